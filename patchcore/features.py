@@ -1,0 +1,96 @@
+"""Patch features: the paper's locally aware patch embeddings as one traceable module.
+
+The official recipe per layer: unfold 3x3 neighbourhoods (stride 1, zero padding 1), bilinearly
+resize deeper grids to the first layer's grid, adaptive-average-pool each patch vector
+(channels x 3 x 3, channel-major) to ``pretrain_dim``, stack the layers and pool the
+concatenation again to ``target_dim``. Every step is linear, and the pooling acts on channels
+while the resize acts on space, so the whole chain equals, per layer, one fixed-weight 3x3
+convolution (both poolings folded into its weights) followed by the resize, summed over layers.
+That form exports to ONNX cleanly (``adaptive_avg_pool1d`` with a non-dividing size does not)
+and runs several times faster than unfold + pooling.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def adaptive_pool_matrix(length: int, size: int) -> np.ndarray:
+    """The (size, length) matrix of ``adaptive_avg_pool1d(x, size)`` on a length-``length`` x."""
+    m = np.zeros((size, length), np.float64)
+    for j in range(size):
+        start = (j * length) // size
+        end = -((-(j + 1) * length) // size)  # ceil
+        m[j, start:end] = 1.0 / (end - start)
+    return m
+
+
+def aggregation_weights(channels: Sequence[int], pretrain_dim: int, target_dim: int, patch: int = 3) -> list[np.ndarray]:
+    """Per layer, the (target_dim, C, patch, patch) weight of the folded aggregation."""
+    k2 = patch * patch
+    stacked = adaptive_pool_matrix(len(channels) * pretrain_dim, target_dim)
+    out = []
+    for i, c in enumerate(channels):
+        first = adaptive_pool_matrix(c * k2, pretrain_dim)  # (pretrain_dim, C*9)
+        w = stacked[:, i * pretrain_dim : (i + 1) * pretrain_dim] @ first  # (target_dim, C*9)
+        out.append(w.reshape(target_dim, c, patch, patch))
+    return out
+
+
+class PatchAggregator(nn.Module):
+    """Feature maps (one per layer, shallow first) -> (B, h*w, target_dim) patch embeddings on
+    the first layer's grid."""
+
+    def __init__(self, channels: Sequence[int], pretrain_dim: int = 1024, target_dim: int = 1024, patch: int = 3):
+        super().__init__()
+        self.channels = list(channels)
+        self.pretrain_dim, self.target_dim, self.patch = pretrain_dim, target_dim, patch
+        weights = aggregation_weights(channels, pretrain_dim, target_dim, patch)
+        # Output rows a layer touches; with the default dims the layers own disjoint halves,
+        # so each conv computes only its own rows and the results are concatenated.
+        self.row_ranges: list[tuple[int, int]] = []
+        for i, w in enumerate(weights):
+            rows = np.flatnonzero(np.abs(w).reshape(target_dim, -1).sum(1))
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            self.row_ranges.append((lo, hi))
+            self.register_buffer(f"weight{i}", torch.from_numpy(w[lo:hi].astype(np.float32)))
+        spans = sorted(self.row_ranges)
+        self.concat = spans[0][0] == 0 and spans[-1][1] == target_dim and all(
+            a[1] == b[0] for a, b in zip(spans, spans[1:])
+        ) and spans == self.row_ranges
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        ref = feats[0].shape[-2:]
+        parts = []
+        for i, f in enumerate(feats):
+            y = F.conv2d(f, getattr(self, f"weight{i}"), padding=self.patch // 2)
+            if y.shape[-2:] != ref:
+                y = F.interpolate(y, size=ref, mode="bilinear", align_corners=False)
+            parts.append(y)
+        if self.concat:
+            out = torch.cat(parts, dim=1)
+        else:
+            out = None
+            for (lo, hi), y in zip(self.row_ranges, parts):
+                y = F.pad(y, (0, 0, 0, 0, lo, self.target_dim - hi))
+                out = y if out is None else out + y
+        b, d, h, w = out.shape
+        return out.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major over the grid
+
+
+class PatchFeatureModel(nn.Module):
+    """Normalised image batch (B, 3, H, W) -> patch embeddings (B, h*w, D). This is the graph
+    that is exported to ONNX."""
+
+    def __init__(self, trunk: nn.Module, aggregator: PatchAggregator):
+        super().__init__()
+        self.trunk = trunk
+        self.aggregator = aggregator
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.aggregator(self.trunk(images))

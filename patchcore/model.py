@@ -1,0 +1,303 @@
+"""PatchCore: fit a memory bank on good images, score new ones, save/load as a bundle.
+
+Pixels go through ``runtime.preprocess`` and scores through ``runtime.search`` and
+``runtime.postprocess``: the PyTorch path and the deployed runtime share those functions, and
+only the feature graph (``PatchFeatureModel``) runs in torch here and in ONNX there.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+import runtime
+from runtime import bundle as bundle_io
+from runtime.images import read_image
+from runtime.postprocess import anomaly_maps, normalise_scores
+from runtime.preprocess import PreprocessSpec, preprocess_batch
+from runtime.search import PatchScorer
+
+from .backbones import create_trunk
+from .coreset import greedy_coreset
+from .features import PatchAggregator, PatchFeatureModel
+from .progress import progress_bar
+from .weights import sha256_file
+
+
+@dataclass
+class PatchCoreConfig:
+    backbone: str = "wrn50"
+    layers: tuple[str, ...] | None = None  # None: the backbone's defaults
+    weights: str = "default"  # "default", "random" or a checkpoint path
+    seed: int = 0
+    pretrain_dim: int = 1024
+    target_dim: int = 1024
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128
+    n_starts: int = 10
+    n_reweight: int = 3
+    blur_sigma: float = 4.0
+    batch_size: int = 8
+    holdout: float = 0.1  # fraction of good training images held out to calibrate the threshold
+    threshold_quantile: float = 0.99
+    resize: int | None = None  # override the backbone's preprocessing sizes
+    crop: int | None = None
+    device: str = "auto"
+    search_backend: str = "auto"
+
+
+@dataclass
+class Prediction:
+    image_scores: np.ndarray  # (B,)
+    patch_scores: np.ndarray  # (B, h, w)
+    maps: np.ndarray  # (B, H, W) blurred anomaly maps at the network input size
+    verdicts: np.ndarray | None = None  # (B,) bool: anomalous, when a threshold is known
+    normalised: np.ndarray | None = None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class PatchCore:
+    def __init__(self, config: PatchCoreConfig):
+        self.config = config
+        trunk, spec, layers = create_trunk(config.backbone, config.layers, config.weights, config.seed)
+        self.spec = spec
+        self.layers = layers
+        pre = spec.preprocess
+        if config.resize is not None or config.crop is not None:
+            pre = replace(pre, resize=config.resize if config.resize is not None else pre.resize,
+                          crop=config.crop if config.crop is not None else pre.crop)
+        self.preprocess: PreprocessSpec = pre
+        aggregator = PatchAggregator([l.channels for l in layers], config.pretrain_dim, config.target_dim)
+        self.device = _device(config.device)
+        self.feature_model = PatchFeatureModel(trunk, aggregator).eval().to(self.device)
+        self.bank: np.ndarray | None = None
+        self.scorer: PatchScorer | None = None
+        self.threshold: float | None = None
+        self.scale: float | None = None
+        self.fit_info: dict = {}
+
+    # ------------------------------------------------------------------ features
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocess.output_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.input_size
+        s = self.layers[0].stride
+        return (h + s - 1) // s, (w + s - 1) // s
+
+    @torch.no_grad()
+    def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed (B, 3, H, W) float32 -> (B, P, D) float32 patch embeddings."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        return self.feature_model(x).float().cpu().numpy()
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embed_tensor(preprocess_batch(images, self.preprocess))
+
+    def _embed_paths(self, paths: Sequence[Path], desc: str) -> np.ndarray:
+        out = []
+        bs = self.config.batch_size
+        with progress_bar(desc, total=len(paths)) as advance:
+            for s in range(0, len(paths), bs):
+                chunk = paths[s : s + bs]
+                out.append(self.embed_images([read_image(p) for p in chunk]))
+                advance(len(chunk))
+        return np.concatenate(out)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train_paths: Sequence[Path]) -> "PatchCore":
+        cfg = self.config
+        paths = sorted(Path(p) for p in train_paths)
+        if not paths:
+            raise ValueError("no training images")
+        holdout: list[Path] = []
+        if cfg.holdout > 0 and len(paths) >= 10:
+            n_hold = max(1, int(round(len(paths) * cfg.holdout)))
+            perm = np.random.default_rng(cfg.seed).permutation(len(paths))
+            holdout = [paths[i] for i in sorted(perm[:n_hold])]
+            paths = [paths[i] for i in sorted(perm[n_hold:])]
+        import time
+
+        t0 = time.perf_counter()
+        feats = self._embed_paths(paths, "features")
+        t1 = time.perf_counter()
+        flat = feats.reshape(-1, feats.shape[-1])
+        with progress_bar("coreset", total=max(1, int(len(flat) * cfg.coreset_ratio))) as advance:
+            state = {"done": 0}
+
+            def on_progress(done: int, total: int) -> None:
+                advance(done - state["done"])
+                state["done"] = done
+
+            idx = greedy_coreset(flat, cfg.coreset_ratio, cfg.projection_dim, cfg.n_starts, cfg.seed,
+                                 device=cfg.device, progress=on_progress)
+        t2 = time.perf_counter()
+        self.set_bank(flat[idx])
+        self.fit_info = {
+            "n_train": len(paths),
+            "n_patches": int(len(flat)),
+            "feature_seconds": round(t1 - t0, 3),
+            "coreset_seconds": round(t2 - t1, 3),
+        }
+        if holdout:
+            self.calibrate_holdout(holdout)
+        return self
+
+    def set_bank(self, bank: np.ndarray) -> None:
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.scorer = PatchScorer(self.bank, n_reweight=self.config.n_reweight,
+                                  backend=self.config.search_backend, device=self.config.device)
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate_holdout(self, paths: Sequence[Path]) -> None:
+        """Threshold = the ``threshold_quantile`` of held-out good images' scores; scale = its
+        distance to their median (normalised score 0 at the median, 0.5 at the threshold)."""
+        scores = self.predict_paths(paths).image_scores
+        q = float(np.quantile(scores, self.config.threshold_quantile))
+        self.threshold = q
+        self.scale = max(q - float(np.median(scores)), 1e-12)
+        self.fit_info["calibration"] = {
+            "method": "holdout-quantile",
+            "quantile": self.config.threshold_quantile,
+            "n_images": len(paths),
+        }
+
+    def calibrate_f1(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        from .metrics import f1_max
+
+        f1, thr = f1_max(labels, scores)
+        good = scores[labels == 0]
+        self.threshold = float(thr)
+        self.scale = max(float(thr) - float(np.median(good)), 1e-12) if len(good) else 1.0
+        self.fit_info["calibration"] = {"method": "f1-max", "f1": float(f1), "n_images": int(len(labels))}
+
+    # ------------------------------------------------------------------ predict
+    def predict_embeddings(self, emb: np.ndarray) -> Prediction:
+        if self.scorer is None:
+            raise RuntimeError("model is not fitted")
+        s = self.scorer.score(emb)
+        h, w = self.grid
+        patch = s.patch_scores.reshape(len(emb), h, w)
+        maps = anomaly_maps(patch, self.input_size, self.config.blur_sigma)
+        pred = Prediction(s.image_scores, patch, maps)
+        if self.threshold is not None:
+            pred.verdicts = s.image_scores >= self.threshold
+            pred.normalised = normalise_scores(s.image_scores, self.threshold, self.scale)
+        return pred
+
+    def predict(self, images: Sequence[np.ndarray]) -> Prediction:
+        return self.predict_embeddings(self.embed_images(images))
+
+    def predict_paths(self, paths: Sequence[Path], desc: str | None = None) -> Prediction:
+        preds = []
+        bs = self.config.batch_size
+        with progress_bar(desc or "scoring", total=len(paths)) as advance:
+            for s in range(0, len(paths), bs):
+                chunk = list(paths[s : s + bs])
+                preds.append(self.predict([read_image(p) for p in chunk]))
+                advance(len(chunk))
+        cat = lambda name: None if getattr(preds[0], name) is None else np.concatenate([getattr(p, name) for p in preds])
+        return Prediction(cat("image_scores"), cat("patch_scores"), cat("maps"), cat("verdicts"), cat("normalised"))
+
+    # ------------------------------------------------------------------ save / load
+    def manifest(self, name: str) -> dict:
+        cfg = self.config
+        weights = cfg.weights
+        backbone = {
+            "name": self.spec.name,
+            "family": self.spec.family,
+            "weights": weights if weights in ("default", "random") else str(Path(weights).resolve()),
+            "weights_tag": self.spec.weights_tag if weights == "default" else weights,
+            "seed": cfg.seed,
+            "layers": [asdict(l) for l in self.layers],
+        }
+        if weights not in ("default", "random"):
+            backbone["weights_sha256"] = sha256_file(Path(weights))
+        return {
+            "schema_version": bundle_io.SCHEMA_VERSION,
+            "format": bundle_io.FORMAT,
+            "name": name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "backbone": backbone,
+            "preprocess": self.preprocess.to_dict(),
+            "features": {
+                "pretrain_dim": cfg.pretrain_dim,
+                "target_dim": cfg.target_dim,
+                "patch": 3,
+                "grid": list(self.grid),
+                "input_size": list(self.input_size),
+            },
+            "memory_bank": {
+                "file": bundle_io.BANK_FILE,
+                "rows": int(self.bank.shape[0]),
+                "dim": int(self.bank.shape[1]),
+                "dtype": str(self.bank.dtype),
+                "coreset_ratio": cfg.coreset_ratio,
+                "projection_dim": cfg.projection_dim,
+                "n_starts": cfg.n_starts,
+                "seed": cfg.seed,
+            },
+            "scoring": {"k": 1, "distance": "l2", "n_reweight": cfg.n_reweight, "blur_sigma": cfg.blur_sigma},
+            "threshold": {"value": self.threshold, "scale": self.scale, **self.fit_info.get("calibration", {})},
+            "fit": {k: v for k, v in self.fit_info.items() if k != "calibration"},
+            "graphs": {},
+            "versions": {
+                "patchcore_rt": runtime.__version__,
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "python": platform.python_version(),
+            },
+        }
+
+    def save(self, root: str | Path, name: str | None = None) -> Path:
+        """Write the fitted model as a bundle (manifest + memory bank; export adds graphs)."""
+        if self.bank is None:
+            raise RuntimeError("model is not fitted")
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        bundle_io.write_array(root, bundle_io.BANK_FILE, self.bank)
+        bundle_io.finalize_manifest(root, self.manifest(name or root.name), [bundle_io.BANK_FILE])
+        return root
+
+    @classmethod
+    def load(cls, root: str | Path, device: str = "auto") -> "PatchCore":
+        """Rebuild a fitted model from a bundle: backbone from its registry entry and weights
+        source, the memory bank from ``memory_bank.npy``."""
+        b = bundle_io.read_bundle(root)
+        m = b.manifest
+        bb = m["backbone"]
+        if "weights_sha256" in bb:
+            wpath = Path(bb["weights"])
+            if not wpath.is_file():
+                raise bundle_io.BundleError(f"{root}: backbone weights file {wpath} is gone")
+            if sha256_file(wpath) != bb["weights_sha256"]:
+                raise bundle_io.BundleError(f"{root}: backbone weights file {wpath} changed since fitting")
+        pre = m["preprocess"]
+        cfg = PatchCoreConfig(
+            backbone=bb["name"], layers=tuple(l["name"] for l in bb["layers"]), weights=bb["weights"],
+            seed=bb["seed"], pretrain_dim=m["features"]["pretrain_dim"], target_dim=m["features"]["target_dim"],
+            coreset_ratio=m["memory_bank"]["coreset_ratio"], n_reweight=m["scoring"]["n_reweight"],
+            blur_sigma=m["scoring"]["blur_sigma"], resize=pre["resize"], crop=pre["crop"], device=device,
+        )
+        model = cls(cfg)
+        if model.preprocess.to_dict() != pre:
+            model.preprocess = PreprocessSpec.from_dict(pre)
+        model.set_bank(b.memory_bank().astype(np.float32))
+        model.threshold = m["threshold"]["value"]
+        model.scale = m["threshold"]["scale"]
+        return model

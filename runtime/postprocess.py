@@ -1,0 +1,50 @@
+"""Patch scores -> anomaly maps and image scores (the paper's segmentation step), torch-free."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+DEFAULT_BLUR_SIGMA = 4.0
+
+
+def gaussian_blur(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each HxW map, equal to ``scipy.ndimage.gaussian_filter(sigma)``.
+
+    scipy's default (truncate 4, mode 'reflect') is a kernel of radius ``int(4 * sigma + 0.5)``
+    with half-sample symmetric borders, which is OpenCV's BORDER_REFLECT.
+    """
+    if sigma <= 0:
+        return maps.astype(np.float32, copy=True)
+    radius = int(4.0 * sigma + 0.5)
+    ksize = 2 * radius + 1
+    out = np.empty(maps.shape, np.float32)
+    for i, m in enumerate(maps.reshape(-1, *maps.shape[-2:])):
+        out.reshape(-1, *maps.shape[-2:])[i] = cv2.GaussianBlur(
+            m.astype(np.float32), (ksize, ksize), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
+        )
+    return out
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of each map in (..., h, w) to (..., H, W), half-pixel centers
+    (torch's ``interpolate(mode='bilinear', align_corners=False)``)."""
+    h, w = size
+    flat = maps.reshape(-1, *maps.shape[-2:]).astype(np.float32)
+    out = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in flat])
+    return out.reshape(*maps.shape[:-2], h, w)
+
+
+def anomaly_maps(patch_scores: np.ndarray, size: tuple[int, int], sigma: float = DEFAULT_BLUR_SIGMA) -> np.ndarray:
+    """(N, h, w) patch scores on the feature grid -> (N, H, W) blurred anomaly maps."""
+    if patch_scores.ndim != 3:
+        raise ValueError(f"patch scores must be (N, h, w), got {patch_scores.shape}")
+    return gaussian_blur(upsample(patch_scores, size), sigma)
+
+
+def normalise_scores(scores: np.ndarray, threshold: float, scale: float) -> np.ndarray:
+    """Scores mapped so the decision threshold sits at 0.5: 0.5 + (s - t) / (2 * scale), clipped
+    to [0, 1]. ``scale`` is the spread of good-image scores stored in the bundle."""
+    if scale <= 0:
+        raise ValueError("scale must be > 0")
+    return np.clip(0.5 + (np.asarray(scores, np.float64) - threshold) / (2.0 * scale), 0.0, 1.0)
