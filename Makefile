@@ -1,0 +1,51 @@
+# patchcore-rt developer entry points. `make demo` runs the main job end to end on the embedded
+# synthetic dataset (no download); `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BACKBONE ?= effnet-lite0
+DATA ?=
+WEIGHTS ?= default
+CORESET ?= 0.1
+OUT ?= models/$(BACKBONE)
+
+.PHONY: venv install demo test test-gpu eval export parity bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+venv: $(PY)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[fit,test]'
+	touch $@
+
+demo: install
+	$(PY) -m patchcore synth --dest datasets/synthetic
+	$(PY) -m patchcore eval --data datasets/synthetic/brick --backbone $(BACKBONE) --out results/demo
+	$(PY) -m export bundle --backbone $(BACKBONE) --data datasets/synthetic/brick --out models/demo
+	$(VENV)/bin/patchcore-rt predict models/demo datasets/synthetic/brick/test --overlays results/demo/runtime > results/demo/runtime.jsonl
+	@echo; cat results/demo/summary.md; echo; echo "runtime scores: results/demo/runtime.jsonl, overlays: results/demo/brick/$(BACKBONE)/overlays"
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-gpu: install
+	$(PY) -m pytest -q -m "gpu or tensorrt"
+
+# make eval DATA=../shared/datasets/mvtec_ad/bottle BACKBONE=effnet-lite0
+eval: install
+	$(PY) -m patchcore eval --data $(or $(DATA),datasets/synthetic/brick) --backbone $(BACKBONE) --weights $(WEIGHTS) --coreset $(CORESET) --out results
+
+# make export BACKBONE=wrn50 [DATA=<class folder>] [WEIGHTS=<file|random>]
+export: install
+	$(PY) -m export bundle --backbone $(BACKBONE) $(if $(DATA),--data $(DATA)) --weights $(WEIGHTS) --coreset $(CORESET) --out $(OUT)
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf results build *.egg-info

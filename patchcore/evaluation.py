@@ -1,0 +1,110 @@
+"""Fit + evaluate one class with one backbone and write its results (metrics, scores, overlays)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from runtime.images import read_image
+from runtime.preprocess import preprocess_mask, resize_and_crop
+
+from .data import ClassDataset, load_class, load_mask
+from .metrics import evaluate
+from .model import PatchCore, PatchCoreConfig
+from .report import overlay_image, write_overlays, write_run_metrics
+
+
+def score_dataset(model: PatchCore, ds: ClassDataset):
+    """Test-set predictions and ground truth at the network input geometry."""
+    paths = [s.path for s in ds.test]
+    pred = model.predict_paths(paths, desc=f"{ds.name} test")
+    labels = np.array([s.label for s in ds.test])
+    masks = None
+    if not ds.image_level_only:
+        masks = np.stack([preprocess_mask(load_mask(s, read_image(s.path).shape), model.preprocess) for s in ds.test])
+    return pred, labels, masks
+
+
+def write_scores(path: Path, ds: ClassDataset, pred) -> None:
+    """Per-image scores as JSON lines (what the runtime's parity test compares against)."""
+    with open(path, "w") as f:
+        for i, s in enumerate(ds.test):
+            rec = {"file": str(s.path), "label": int(s.label), "defect_type": s.defect_type,
+                   "score": float(pred.image_scores[i])}
+            if pred.verdicts is not None:
+                rec["verdict"] = "ng" if pred.verdicts[i] else "ok"
+            f.write(json.dumps(rec) + "\n")
+
+
+def _overlays(model: PatchCore, ds: ClassDataset, pred, masks, n: int, threshold: float):
+    """Up to ``n`` overlay panels: defect images first (all types), then good ones."""
+    order = [i for i, s in enumerate(ds.test) if s.label] + [i for i, s in enumerate(ds.test) if not s.label]
+    if n >= 0:
+        # spread the picks over defect types, then goods
+        order = order[:: max(1, len(order) // max(n, 1))][:n] if n < len(order) else order
+    vmin, vmax = float(np.min(pred.maps)), float(np.max(pred.maps))
+    for i in order:
+        s = ds.test[i]
+        img = resize_and_crop(read_image(s.path), model.preprocess)
+        gt = masks[i] if masks is not None else None
+        panel = overlay_image(img, pred.maps[i], gt, threshold, vmin, vmax)
+        yield f"{s.defect_type}_{s.path.stem}", panel
+
+
+def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | Path, n_overlays: int = 12,
+                     bundle_dir: str | Path | None = None) -> dict:
+    """Fit on ``data``'s train/good, score its test set, write metrics.json, scores.jsonl and
+    overlays under ``out_dir/<class>/<backbone>/``; return the summary row."""
+    ds = load_class(data)
+    t0 = time.perf_counter()
+    model = PatchCore(config).fit(ds.train)
+    t1 = time.perf_counter()
+    pred, labels, masks = score_dataset(model, ds)
+    t2 = time.perf_counter()
+    metrics = evaluate(labels, pred.image_scores, masks, pred.maps)
+    run_dir = Path(out_dir) / ds.name / config.backbone
+    run_dir.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "family": model.spec.family,
+        "coreset": config.coreset_ratio,
+        "weights": config.weights,
+        "layers": ",".join(l.name for l in model.layers),
+        "bank_rows": int(model.bank.shape[0]),
+        "n_train": model.fit_info.get("n_train"),
+        "n_test": len(ds.test),
+        "fit_seconds": round(t1 - t0, 2),
+        "feature_seconds": model.fit_info.get("feature_seconds"),
+        "coreset_seconds": model.fit_info.get("coreset_seconds"),
+        "eval_seconds": round(t2 - t1, 2),
+        "ms_per_image": round(1000 * (t2 - t1) / max(1, len(ds.test)), 1),
+        "threshold": model.threshold,
+    }
+    write_run_metrics(out_dir, ds.name, config.backbone, metrics.to_dict(), extra)
+    write_scores(run_dir / "scores.jsonl", ds, pred)
+    thr = model.threshold if model.threshold is not None else metrics.f1_threshold
+    if n_overlays:
+        write_overlays(run_dir / "overlays", _overlays(model, ds, pred, masks, n_overlays, thr))
+    if bundle_dir is not None:
+        model.save(bundle_dir)
+    row = {"class": ds.name, "backbone": config.backbone, **metrics.to_dict(), **extra}
+    return row
+
+
+def evaluate_bundle(bundle: str | Path, data: str | Path, out_dir: str | Path | None = None, device: str = "auto") -> dict:
+    """Score ``data``'s test set with a saved bundle in PyTorch (the reference the runtime is
+    compared with); writes scores.jsonl and metrics.json when ``out_dir`` is given."""
+    model = PatchCore.load(bundle, device=device)
+    ds = load_class(data)
+    pred, labels, masks = score_dataset(model, ds)
+    metrics = evaluate(labels, pred.image_scores, masks, pred.maps)
+    if out_dir is not None:
+        run_dir = Path(out_dir) / ds.name / model.config.backbone
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_metrics(out_dir, ds.name, model.config.backbone, metrics.to_dict(),
+                          {"family": model.spec.family, "bundle": str(bundle)})
+        write_scores(run_dir / "scores.jsonl", ds, pred)
+    return {"class": ds.name, "backbone": model.config.backbone, **metrics.to_dict()}
