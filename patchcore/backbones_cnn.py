@@ -11,7 +11,7 @@ from torch import nn
 from runtime.preprocess import PreprocessSpec
 
 from .registry import BackboneSpec, FeatureLayer, WeightsUnavailableError, register
-from .weights import download_failed_message, load_into, load_state_dict_file, torch_hub_checkpoint_dir
+from .weights import download_failed_message, load_into, load_state_dict_file, offline, torch_hub_checkpoint_dir
 
 IMAGENET_SPEC = PreprocessSpec(resize=256, crop=224, interpolation="bilinear")
 
@@ -47,6 +47,9 @@ def _resnet_builder(arch: str, weights_enum: str):
             filename = Path(enum.url).name
             cached = torch_hub_checkpoint_dir() / filename
             try:
+                if not cached.is_file() and offline():
+                    raise WeightsUnavailableError(
+                        download_failed_message(f"{arch} ({weights_enum})", filename, enum.url) + "\n(PATCHCORE_OFFLINE is set)")
                 if cached.is_file():
                     net = ctor(weights=None)
                     load_into(net, load_state_dict_file(cached), str(cached))

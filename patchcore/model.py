@@ -83,6 +83,7 @@ class PatchCore:
         aggregator = PatchAggregator([l.channels for l in layers], config.pretrain_dim, config.target_dim)
         self.device = _device(config.device)
         self.feature_model = PatchFeatureModel(trunk, aggregator).eval().to(self.device)
+        self.grid = self._probe_grid()
         self.bank: np.ndarray | None = None
         self.scorer: PatchScorer | None = None
         self.threshold: float | None = None
@@ -94,11 +95,13 @@ class PatchCore:
     def input_size(self) -> tuple[int, int]:
         return self.preprocess.output_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
 
-    @property
-    def grid(self) -> tuple[int, int]:
+    @torch.no_grad()
+    def _probe_grid(self) -> tuple[int, int]:
+        """The patch grid, read off one forward pass of the trunk (padding rules differ by
+        backbone, so H / stride is not always right)."""
         h, w = self.input_size
-        s = self.layers[0].stride
-        return (h + s - 1) // s, (w + s - 1) // s
+        first = self.feature_model.trunk(torch.zeros(1, 3, h, w, device=self.device))[0]
+        return int(first.shape[-2]), int(first.shape[-1])
 
     @torch.no_grad()
     def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
@@ -127,7 +130,8 @@ class PatchCore:
             raise ValueError("no training images")
         holdout: list[Path] = []
         if cfg.holdout > 0 and len(paths) >= 10:
-            n_hold = max(1, int(round(len(paths) * cfg.holdout)))
+            # at least 5 held-out images, or the quantile is one image's score and scale collapses
+            n_hold = max(5, int(round(len(paths) * cfg.holdout)))
             perm = np.random.default_rng(cfg.seed).permutation(len(paths))
             holdout = [paths[i] for i in sorted(perm[:n_hold])]
             paths = [paths[i] for i in sorted(perm[n_hold:])]

@@ -4,6 +4,18 @@ The manifest is versioned JSON carrying everything the runtime needs (preprocess
 grid, scoring settings, threshold, versions) and the sha256 of every other file. Reading checks
 the schema version and every checksum and names the field or file that is wrong. Arrays are
 read with ``allow_pickle=False``: nothing is ever unpickled from a bundle.
+
+The manifest also carries ``manifest_sha256``, the digest of its own canonical JSON without that
+field, so a hand-edited manifest (a changed threshold, say) is refused like any other edited
+file. Tools that change a manifest go through :func:`finalize_manifest`, which recomputes it.
+
+Layout::
+
+    manifest.json          schema, settings, checksums (written last, atomically)
+    memory_bank.npy        (rows, dim) float32 or float16
+    features_fp32.onnx     graphs listed under "graphs" (ONNX external data beside them when > 2 GB)
+    engines/*.plan         optional TensorRT engines listed under "engines" (built for one GPU)
+    engines/cache/         engines built on the target by the runtime; not part of the bundle
 """
 
 from __future__ import annotations
@@ -24,6 +36,9 @@ SCHEMA_VERSION = 1
 FORMAT = "patchcore-rt-bundle"
 MANIFEST = "manifest.json"
 BANK_FILE = "memory_bank.npy"
+ENGINE_DIR = "engines"
+DIGEST_FIELD = "manifest_sha256"
+BANK_DTYPES = ("float32", "float16")
 
 # field path -> type(s) every manifest must carry
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -31,6 +46,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str,
     "name": str,
     "backbone.name": str,
+    "backbone.weights_tag": str,
     "backbone.layers": list,
     "preprocess": dict,
     "features.target_dim": int,
@@ -40,10 +56,12 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "memory_bank.rows": int,
     "memory_bank.dim": int,
     "memory_bank.dtype": str,
+    "scoring.k": int,
     "scoring.n_reweight": int,
     "scoring.blur_sigma": (int, float),
     "threshold.value": (int, float, type(None)),
     "threshold.scale": (int, float, type(None)),
+    "versions": dict,
     "files": dict,
 }
 
@@ -73,6 +91,27 @@ def _get(d: Mapping[str, Any], dotted: str) -> Any:
     return cur
 
 
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace), without its own
+    digest field. JSON floats round-trip exactly, so reading and re-dumping gives the same text."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_entries(manifest: Mapping[str, Any], section: str, where: str) -> None:
+    """Every graph / engine entry names a file that the manifest lists."""
+    entries = manifest.get(section, {})
+    if not isinstance(entries, Mapping):
+        raise BundleError(f"{where}: field '{section}' must be an object")
+    for key, entry in entries.items():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise BundleError(f"{where}: field '{section}.{key}.file' is missing")
+        for rel in [entry["file"], *entry.get("external_data", [])]:
+            if rel not in manifest["files"]:
+                raise BundleError(f"{where}: '{section}.{key}' refers to {rel}, which is not listed in 'files'")
+
+
 def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> None:
     version = manifest.get("schema_version")
     if not isinstance(version, int):
@@ -97,6 +136,17 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> Non
         PreprocessSpec.from_dict(manifest["preprocess"])
     except (TypeError, ValueError) as e:
         raise BundleError(f"{where}: field 'preprocess' is invalid: {e}") from None
+    if manifest["memory_bank"]["dtype"] not in BANK_DTYPES:
+        raise BundleError(
+            f"{where}: field 'memory_bank.dtype' is {manifest['memory_bank']['dtype']!r}; expected one of {BANK_DTYPES}"
+        )
+    for rel, meta in manifest["files"].items():
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
+            raise BundleError(f"{where}: field 'files.{rel}' needs 'sha256' and 'bytes'")
+    if manifest["memory_bank"]["file"] not in manifest["files"]:
+        raise BundleError(f"{where}: 'memory_bank.file' {manifest['memory_bank']['file']} is not listed in 'files'")
+    _check_entries(manifest, "graphs", where)
+    _check_entries(manifest, "engines", where)
 
 
 @dataclass
@@ -143,6 +193,18 @@ class Bundle:
         g = self.manifest.get("graphs", {}).get(key)
         return self.path(g["file"]) if g else None
 
+    def graph_info(self, key: str) -> dict[str, Any]:
+        """The manifest entry of graph ``key``; a BundleError naming the graphs present if absent."""
+        graphs = self.manifest.get("graphs", {})
+        if key not in graphs:
+            have = ", ".join(sorted(graphs)) or "none"
+            raise BundleError(f"{self.root}: bundle has no graph {key!r} (graphs: {have}); run export first")
+        return graphs[key]
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(self.manifest["files"])
+
 
 def read_bundle(root: str | Path, verify: bool = True) -> Bundle:
     """Open and check a bundle folder. ``verify`` recomputes every file's sha256."""
@@ -159,6 +221,12 @@ def read_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath}: expected a JSON object")
     validate_manifest(manifest, str(mpath))
+    recorded = manifest.get(DIGEST_FIELD)
+    if recorded is not None and recorded != manifest_digest(manifest):
+        raise BundleError(
+            f"{mpath}: edited after it was written (its content no longer matches '{DIGEST_FIELD}'); "
+            "re-export the bundle instead of editing the manifest by hand"
+        )
     for rel, meta in manifest["files"].items():
         p = root / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -188,9 +256,19 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def write_array(root: Path, rel: str, array: np.ndarray) -> None:
     import io
 
+    if array.dtype == object:
+        raise BundleError(f"{rel}: object arrays cannot be stored (they would need pickle)")
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    _atomic_write_bytes(root / rel, buf.getvalue())
+    _atomic_write_bytes(Path(root) / rel, buf.getvalue())
+
+
+def write_file(root: str | Path, rel: str, data: bytes) -> Path:
+    """Write ``data`` to ``root/rel`` atomically (parent folders created). Returns the path."""
+    path = Path(root) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, data)
+    return path
 
 
 def finalize_manifest(root: str | Path, manifest: dict[str, Any], files: list[str]) -> Bundle:
@@ -201,9 +279,10 @@ def finalize_manifest(root: str | Path, manifest: dict[str, Any], files: list[st
     manifest.setdefault("schema_version", SCHEMA_VERSION)
     manifest.setdefault("format", FORMAT)
     manifest["files"] = {
-        rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size} for rel in sorted(files)
+        rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size} for rel in sorted(set(files))
     }
     validate_manifest(manifest)
+    manifest[DIGEST_FIELD] = manifest_digest(manifest)
     _atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return Bundle(root, manifest)
 

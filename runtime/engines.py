@@ -1,14 +1,28 @@
-"""Feature engines: run the bundle's feature graph (images -> patch embeddings).
+"""Feature engines: run one of the bundle's graphs (images -> patch embeddings, and for the
+``scores_*`` graphs also each patch's nearest memory-bank distance and index).
 
-onnxruntime with execution providers in priority order; the provider that actually runs is
-checked and reported, and a GPU provider that was asked for but cannot load is an error, never a
-silent fall-back to the CPU.
+- :class:`OnnxEngine`: onnxruntime with execution providers in priority order; the provider that
+  actually runs is checked and reported, and a GPU provider that was asked for but cannot load is
+  an error, never a silent fall-back to the CPU.
+- :class:`TensorRTEngine`: a TensorRT 10 engine built on the target machine from the bundle's
+  ONNX (an engine only runs on the GPU model and TensorRT version it was built with) and cached
+  under ``<bundle>/engines/cache/``, keyed by graph, precision, batch profile, GPU name, compute
+  capability and TensorRT version. Needs ``tensorrt`` and ``cuda-python``; where either or a GPU
+  is missing, :func:`tensorrt_status` says which and :class:`TensorRTEngine` raises
+  :class:`DeviceUnavailableError` with that message.
+
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -52,6 +66,21 @@ def ort_providers(device: str) -> list[str]:
     return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
+def _provider_options(providers: list[str], fp32_exact: bool) -> list:
+    """CUDA's TF32 matmuls/convs keep only 10 mantissa bits: turned off for float32 graphs, whose
+    parity tolerance (1e-4) they would break. (``use_tf32`` exists since onnxruntime 1.18.)"""
+    import onnxruntime as ort
+
+    version = tuple(int(v) for v in re.findall(r"\d+", ort.__version__)[:2])
+    out: list = []
+    for p in providers:
+        if p == "CUDAExecutionProvider" and fp32_exact and version >= (1, 18):
+            out.append((p, {"use_tf32": "0"}))
+        else:
+            out.append(p)
+    return out
+
+
 class OnnxEngine:
     def __init__(self, graph: str | Path, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
@@ -61,7 +90,9 @@ class OnnxEngine:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = ort_providers(device)
-        self.session = ort.InferenceSession(str(graph), sess_options=opts, providers=requested)
+        fp32 = "fp16" not in Path(graph).name
+        self.session = ort.InferenceSession(str(graph), sess_options=opts,
+                                            providers=_provider_options(requested, fp32))
         used = self.session.get_providers()
         if device in ("cuda", "tensorrt") and used[0] != requested[0]:
             raise DeviceUnavailableError(
@@ -72,8 +103,328 @@ class OnnxEngine:
         self.name = f"onnxruntime:{self.provider}"
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type  # tensor(float) or tensor(float16)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        x = images.astype(np.float16 if "float16" in self.input_type else np.float32, copy=False)
+        return {self.input_name: x}
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float16 if "float16" in self.input_type else np.float32, copy=False)
-        out = self.session.run(None, {self.input_name: x})[0]
+        first = "embeddings" if "embeddings" in self.output_names else self.output_names[0]
+        out = self.session.run([first], self._feed(images))[0]
         return out.astype(np.float32, copy=False)
+
+    def run_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (float outputs as float32)."""
+        outs = self.session.run(None, self._feed(images))
+        return {n: (o.astype(np.float32, copy=False) if o.dtype == np.float16 else o)
+                for n, o in zip(self.output_names, outs)}
+
+
+# ============================================================================ TensorRT
+def _cudart():
+    """cuda-python's runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # type: ignore[no-redef]
+    return cudart
+
+
+def _check(result, what: str):
+    """cuda-python returns (error, *values); raise on an error, return the values."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise DeviceUnavailableError(f"CUDA call {what} failed: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason): whether TensorRT, cuda-python and a CUDA GPU are all present here."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return False, "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
+    major = int(trt.__version__.split(".")[0])
+    if major < 10:
+        return False, f"TensorRT {trt.__version__} is too old: the engine code targets the TensorRT 10 API"
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return False, "cuda-python is not installed (pip install cuda-python): TensorRT buffers need it"
+    try:
+        count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except DeviceUnavailableError as e:
+        return False, f"no usable CUDA device ({e})"
+    if count < 1:
+        return False, "no CUDA GPU visible (check the driver and CUDA_VISIBLE_DEVICES)"
+    return True, f"TensorRT {trt.__version__}, {count} GPU(s)"
+
+
+def gpu_identity(device: int = 0) -> dict[str, str]:
+    """What an engine is tied to: GPU name and compute capability, TensorRT, CUDA versions."""
+    import tensorrt as trt
+
+    cudart = _cudart()
+    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    rt = int(_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
+    drv = int(_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion"))
+    fmt = lambda v: f"{v // 1000}.{(v % 1000) // 10}"
+    return {
+        "gpu": name.strip("\x00").strip(),
+        "compute_capability": f"{props.major}.{props.minor}",
+        "tensorrt": trt.__version__,
+        "cuda_runtime": fmt(rt),
+        "cuda_driver": fmt(drv),
+    }
+
+
+@dataclass(frozen=True)
+class TrtBuildOptions:
+    """fp16: build half-precision kernels. A float16 ONNX graph is built as a strongly typed
+    network (the TensorRT 10.12+ way, the only one in TensorRT 11); ``fp16`` on a float32 graph
+    uses the weakly typed ``BuilderFlag.FP16`` where this TensorRT still has it. Float32 builds
+    turn TF32 off so they keep the float32 parity tolerance.
+    min/opt/max_batch: the optimization profile of the batch axis. workspace_mib: builder
+    scratch memory limit."""
+
+    fp16: bool = False
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_mib: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got "
+                             f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "fp32"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
+
+
+def engine_key(graph: str, options: TrtBuildOptions, ident: dict[str, str]) -> str:
+    """File stem of a cached engine: what it is and the hardware/software it only runs on."""
+    return (f"{graph}-{options.precision}-b{options.min_batch}-{options.opt_batch}-{options.max_batch}"
+            f"-{_slug(ident['gpu'])}-sm{ident['compute_capability'].replace('.', '')}-trt{ident['tensorrt']}")
+
+
+def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtBuildOptions(),
+                          timing_cache: str | Path | None = None, fp16_graph: bool | None = None,
+                          log: Callable[[str], None] = print) -> bytes:
+    """Parse ``onnx_path`` with TensorRT's ONNX parser and build a serialized engine.
+
+    ``fp16_graph``: whether the ONNX computes in float16 (built strongly typed); None guesses it
+    from the bundle's file naming (``*fp16*``). Parser errors are logged one per line and raised.
+    ``timing_cache`` (a file) is loaded when present and written back after the build, so
+    rebuilds on the same GPU skip layer timing.
+    """
+    ok, reason = tensorrt_status()
+    if not ok:
+        raise DeviceUnavailableError(reason)
+    import tensorrt as trt
+
+    onnx_path = Path(onnx_path)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = "fp16" in onnx_path.name if fp16_graph is None else fp16_graph
+    flags = 0
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # follows ONNX external data beside the file
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        for e in errors:
+            log(f"TensorRT ONNX parser: {e}")
+        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the graph ({len(errors)} error(s)): "
+                           + "; ".join(errors[:3]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if options.fp16 and not strongly_typed:
+        ident = gpu_identity()
+        if tuple(int(v) for v in ident["compute_capability"].split(".")) < (5, 3):
+            raise DeviceUnavailableError(f"{ident['gpu']} (sm {ident['compute_capability']}) has no float16 arithmetic")
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            raise DeviceUnavailableError(
+                f"TensorRT {trt.__version__} has no weakly typed FP16 flag: build the bundle's float16 graph "
+                "(features_fp16) instead"
+            )
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif options.fp16 is False and strongly_typed:
+        raise ValueError(f"{onnx_path} is a float16 graph: build it with fp16=True")
+    if not options.fp16 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+
+    inp = network.get_input(0)
+    chw = tuple(inp.shape)[1:]
+    if any(d < 0 for d in chw):
+        raise ValueError(f"{onnx_path}: only the batch axis may be dynamic, input shape is {tuple(inp.shape)}")
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
+    config.add_optimization_profile(profile)
+
+    cache_path = Path(timing_cache) if timing_cache else None
+    blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    log(f"building TensorRT {options.precision} engine from {onnx_path.name} "
+        f"(batch {options.min_batch}/{options.opt_batch}/{options.max_batch}, TensorRT {trt.__version__})")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+    if cache_path:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def timing_cache_path(cache_dir: Path, ident: dict[str, str]) -> Path:
+    """The timing cache file for this GPU and TensorRT version (shared by all its builds)."""
+    return Path(cache_dir) / f"timing-{_slug(ident['gpu'])}-sm{ident['compute_capability'].replace('.', '')}" \
+        f"-trt{ident['tensorrt']}.cache"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TensorRTEngine:
+    """A deserialized TensorRT engine with device buffers sized for its largest batch.
+
+    ``run``/``run_outputs`` take host arrays; batches above the profile's maximum are split.
+    """
+
+    def __init__(self, plan: bytes, name: str = "tensorrt", info: dict[str, Any] | None = None):
+        ok, reason = tensorrt_status()
+        if not ok:
+            raise DeviceUnavailableError(reason)
+        import tensorrt as trt
+
+        self._trt = trt
+        self._cudart = _cudart()
+        self.info = dict(info or {})
+        self.name = name
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise DeviceUnavailableError(
+                "TensorRT could not deserialize the engine: it was built for another GPU or TensorRT version"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == mode)
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.max_batch = int(max_shape[0])
+        self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.context.set_input_shape(self.input_name, tuple(max_shape))
+        for n in names:
+            shape = tuple(max_shape) if n == self.input_name else tuple(self.context.get_tensor_shape(n))
+            nbytes = int(np.prod(shape)) * self._dtypes[n].itemsize
+            ptr = _check(self._cudart.cudaMalloc(nbytes), "cudaMalloc")
+            self._buffers[n] = (int(ptr), nbytes)
+            self.context.set_tensor_address(n, int(ptr))
+
+    @classmethod
+    def from_bundle(cls, bundle, graph: str = "features_fp32", options: TrtBuildOptions | None = None,
+                    rebuild: bool = False, log: Callable[[str], None] = print) -> "TensorRTEngine":
+        """The engine for ``graph`` of ``bundle`` (a Bundle or folder) on this GPU.
+
+        Uses, in order: an engine shipped in the bundle's ``engines`` section built for this GPU,
+        TensorRT version and options; one cached in ``<bundle>/engines/cache/`` from the same
+        ONNX; else builds one from the ONNX here and caches it (with its timing cache)."""
+        from .bundle import Bundle, read_bundle
+
+        ok, reason = tensorrt_status()
+        if not ok:
+            raise DeviceUnavailableError(reason)
+        b = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+        info = b.graph_info(graph)
+        onnx_path = b.path(info["file"])
+        if options is None:
+            options = TrtBuildOptions(fp16=info.get("dtype") == "float16")
+        ident = gpu_identity()
+        onnx_sha = b.manifest["files"][info["file"]]["sha256"]
+        # what an engine must match to be used here (the driver may differ: it is backward compatible)
+        want = {**{k: v for k, v in ident.items() if k != "cuda_driver"}, "graph": graph, "onnx_sha256": onnx_sha,
+                "options": asdict(options)}
+        for key, entry in b.manifest.get("engines", {}).items():
+            have = {k: entry.get(k) for k in want}
+            if have == want and not rebuild:
+                log(f"using TensorRT engine {entry['file']} shipped in the bundle")
+                return cls(b.path(entry["file"]).read_bytes(), name=f"tensorrt:{key}", info=entry)
+        key = engine_key(graph, options, ident)
+        cache_dir = b.root / "engines" / "cache"
+        plan_path, meta_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
+        if not rebuild and plan_path.is_file() and meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if {k: meta.get(k) for k in want} == want and meta.get("plan_sha256") == _sha256(plan_path):
+                log(f"using cached TensorRT engine {plan_path}")
+                return cls(plan_path.read_bytes(), name=f"tensorrt:{key}", info=meta)
+            log(f"cached engine {plan_path} does not match this bundle/GPU: rebuilding")
+        timing = timing_cache_path(cache_dir, ident)
+        plan = build_tensorrt_engine(onnx_path, options, timing_cache=timing,
+                                     fp16_graph=info.get("dtype") == "float16", log=log)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        plan_path.write_bytes(plan)
+        meta = {**ident, **want, "file": str(plan_path.relative_to(b.root)), "plan_sha256": _sha256(plan_path),
+                "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return cls(plan, name=f"tensorrt:{key}", info=meta)
+
+    def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        cudart, H2D, D2H = self._cudart, self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, \
+            self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        x = np.ascontiguousarray(x, dtype=self._dtypes[self.input_name])
+        self.context.set_input_shape(self.input_name, x.shape)
+        ptr, _ = self._buffers[self.input_name]
+        _check(cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, H2D, self._stream), "cudaMemcpyAsync")
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TensorRT execution failed")
+        outs = {}
+        for n in self.output_names:
+            out = np.empty(tuple(self.context.get_tensor_shape(n)), self._dtypes[n])
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[n][0], out.nbytes, D2H, self._stream),
+                   "cudaMemcpyAsync")
+            outs[n] = out
+        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return {n: (o.astype(np.float32) if o.dtype == np.float16 else o) for n, o in outs.items()}
+
+    def run_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        parts = [self._run_chunk(images[s : s + self.max_batch]) for s in range(0, len(images), self.max_batch)]
+        return {n: np.concatenate([p[n] for p in parts]) for n in self.output_names}
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        first = "embeddings" if "embeddings" in self.output_names else self.output_names[0]
+        return self.run_outputs(images)[first].astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        for ptr, _ in getattr(self, "_buffers", {}).values():
+            self._cudart.cudaFree(ptr)
+        self._buffers = {}
+        if getattr(self, "_stream", None) is not None:
+            self._cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:  # pragma: no cover - GPU only
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,4 +1,12 @@
-"""Bundle -> scores: preprocess, feature engine, nearest-neighbour scoring, anomaly maps."""
+"""Bundle -> scores: preprocess, feature engine, nearest-neighbour scoring, anomaly maps.
+
+With a ``features_*`` graph the engine returns patch embeddings and :class:`PatchScorer` searches
+the memory bank. With a ``scores_*`` graph the engine also returns each patch's nearest bank
+index (found in-graph, in float32 with the |q|^2 - 2 q.m + |m|^2 expansion); the distance to that
+candidate is then recomputed exactly from ``q - m``, and the most anomalous patch of each image
+is searched again exactly, so its nearest patch m* (which the reweighting depends on) and the
+image score are those of the CPU path.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from .bundle import Bundle, BundleError, read_bundle
 from .engines import FeatureEngine, OnnxEngine
 from .postprocess import anomaly_maps, normalise_scores
 from .preprocess import preprocess_batch
-from .search import PatchScorer
+from .search import PatchScorer, Scores, exact_distances
 
 
 @dataclass
@@ -40,28 +48,56 @@ class Predictor:
         self.blur_sigma = float(m["scoring"]["blur_sigma"])
         self.threshold = m["threshold"]["value"]
         self.scale = m["threshold"]["scale"]
+        info = self.bundle.graph_info(graph)  # BundleError naming the graphs present when absent
+        self.graph = graph
+        self.in_graph_search = info.get("kind") == "scores"
         if engine is None:
-            path = self.bundle.graph(graph)
-            if path is None:
-                have = ", ".join(sorted(m.get("graphs", {}))) or "none"
-                raise BundleError(f"{self.bundle.root}: bundle has no graph {graph!r} (graphs: {have}); run export first")
-            engine = OnnxEngine(path, device=device, threads=threads)
+            engine = OnnxEngine(self.bundle.path(info["file"]), device=device, threads=threads)
+        if self.in_graph_search and not hasattr(engine, "run_outputs"):
+            raise BundleError(f"graph {graph!r} outputs nearest-neighbour indices, but engine {engine.name} "
+                              "cannot return them")
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
                                   device="cuda" if device in ("cuda", "tensorrt") else "auto")
 
     def info(self) -> dict:
-        return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "search": self.scorer.backend}
+        search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
+        return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search}
+
+    def _score_candidates(self, emb: np.ndarray, nn_index: np.ndarray) -> Scores:
+        """Scores from the graph's nearest-bank candidates, distances recomputed exactly."""
+        sc = self.scorer
+        b, p, d = emb.shape
+        flat = emb.reshape(b * p, d)
+        cand = nn_index.reshape(b * p, 1).astype(np.int64)
+        if cand.min() < 0 or cand.max() >= len(sc.bank):
+            raise BundleError(f"graph {self.graph!r} returned bank indices outside 0..{len(sc.bank) - 1}")
+        patch = exact_distances(flat, sc.bank, cand)[:, 0].reshape(b, p)
+        nn = cand.reshape(b, p)
+        rows = np.arange(b)
+        worst = np.argmax(patch, axis=1)
+        s_star, m_star = sc.nearest(emb[rows, worst])  # exact search for the patch that decides
+        patch[rows, worst] = s_star
+        nn[rows, worst] = m_star
+        if sc.n_reweight:
+            s_star = s_star * sc._reweight(emb[rows, worst], m_star)
+        return Scores(patch.astype(np.float32), s_star, nn)
 
     def predict(self, images: Sequence[np.ndarray]) -> PredictResult:
         """RGB uint8 images -> scores, maps and verdicts."""
         t0 = time.perf_counter()
         x = preprocess_batch(images, self.spec)
         t1 = time.perf_counter()
-        emb = self.engine.run(x)
-        t2 = time.perf_counter()
-        s = self.scorer.score(emb)
+        if self.in_graph_search:
+            outs = self.engine.run_outputs(x)
+            emb = outs["embeddings"]
+            t2 = time.perf_counter()
+            s = self._score_candidates(emb, outs["nn_index"])
+        else:
+            emb = self.engine.run(x)
+            t2 = time.perf_counter()
+            s = self.scorer.score(emb)
         t3 = time.perf_counter()
         patch = s.patch_scores.reshape(len(emb), *self.grid)
         maps = anomaly_maps(patch, self.input_size, self.blur_sigma)

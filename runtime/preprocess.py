@@ -18,7 +18,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
+    "nearest": cv2.INTER_NEAREST_EXACT,  # pixel centres, as PIL (plain INTER_NEAREST shifts half a pixel)
     "bilinear": cv2.INTER_LINEAR,
     "bicubic": cv2.INTER_CUBIC,
     "area": cv2.INTER_AREA,

@@ -77,7 +77,10 @@ class FaissIndex:
 
         if threads:
             faiss.omp_set_num_threads(threads)
-        bank = np.ascontiguousarray(bank, dtype=np.float32)
+        bank = np.asarray(bank, dtype=np.float32)
+        # centred like NumpyIndex: faiss's float32 |q|^2 - 2 q.m + |m|^2 loses the ranking otherwise
+        self.mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
+        bank = np.ascontiguousarray(bank - self.mean)
         index = faiss.IndexFlatL2(bank.shape[1])
         ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if device == "cuda" and ngpu == 0:
@@ -91,7 +94,8 @@ class FaissIndex:
         self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        _, idx = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - self.mean)
+        _, idx = self.index.search(q, k)
         return idx.astype(np.int64)
 
 
@@ -154,7 +158,8 @@ class PatchScorer:
         if n_reweight < 0 or n_reweight == 1:
             raise ValueError("n_reweight must be 0 (off) or >= 2")
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.n_reweight = min(n_reweight, len(self.bank))
+        b = min(n_reweight, len(self.bank))
+        self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
         self.index = make_index(self.bank, backend=backend, device=device)
 
     @property

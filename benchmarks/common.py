@@ -1,0 +1,56 @@
+"""Timing and memory helpers shared by both benchmark workers.
+
+Imports only the standard library and numpy, because the anomalib worker runs in its own
+virtual environment, where the project is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def latency_ms(call: Callable[[object], object], items: Sequence[object], warmup: int = 2) -> dict:
+    """Median and p90 milliseconds of ``call(item)`` over ``items`` after ``warmup`` untimed calls."""
+    for i in range(warmup):
+        call(items[i % len(items)])
+    times = []
+    for it in items:
+        t0 = time.perf_counter()
+        call(it)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "n": len(times)}
+
+
+def throughput(call: Callable[[list], object], images: Sequence[object], batch: int, repeats: int) -> dict:
+    """Images per second of ``call(batch_of_images)``: median over ``repeats`` timed calls after
+    one warm-up call. Images are cycled when there are fewer than ``batch``."""
+    chunk = [images[i % len(images)] for i in range(batch)]
+    call(chunk)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call(chunk)
+        rates.append(batch / (time.perf_counter() - t0))
+    return {"images_per_s": statistics.median(rates), "batch": batch, "repeats": repeats}
+
+
+def dir_size_mb(path: Path) -> float:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def write_json(path: Path, obj: dict) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, default=float))

@@ -1,0 +1,129 @@
+"""patchcore-rt side of the benchmark, run in its own process (so its peak RSS is its own).
+
+Fits on the class's train/good images, scores the whole test set with the PyTorch path and with
+the runtime (exported bundle, onnxruntime CPU), times batch-1 latency and batched throughput,
+and writes ``result.json`` plus ``preds_<path>.npz`` (image scores, 224x224 maps) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import dir_size_mb, latency_ms, peak_rss_mb, throughput, write_json  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--backbone", default="wrn50")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--coreset", type=float, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n-latency", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="8,32")
+    ap.add_argument("--no-inference", action="store_true", help="fit and accuracy only")
+    ap.add_argument("--max-train", type=int, default=0, help="first N train images only (development)")
+    ap.add_argument("--max-test", type=int, default=0, help="first N good + first N defect test images (development)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from export.onnx_export import export_bundle
+    from patchcore.data import load_class
+    from patchcore.model import PatchCore, PatchCoreConfig
+    from runtime.images import read_image
+    from runtime.predictor import Predictor
+
+    res: dict = {"tool": "patchcore-rt", "backbone": a.backbone, "coreset_ratio": a.coreset,
+                 "torch_threads": torch.get_num_threads()}
+    ds = load_class(a.data)
+    if a.max_train:
+        ds.train = ds.train[: a.max_train]
+    if a.max_test:
+        ds.test = [s for s in ds.test if s.label == 0][: a.max_test] + [s for s in ds.test if s.label == 1][: a.max_test]
+    # holdout=0: fit on all train/good images, as anomalib does, so both banks come from the
+    # same patches and the same ratio gives the same bank size.
+    cfg = PatchCoreConfig(backbone=a.backbone, weights=a.weights, coreset_ratio=a.coreset, holdout=0.0,
+                          device="cpu", resize=256, crop=224)
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    model = PatchCore(cfg).fit(ds.train)
+    t1 = time.perf_counter()
+    res["fit"] = {
+        "total_s": t1 - t0,
+        "features_s": model.fit_info["feature_seconds"],
+        "coreset_s": model.fit_info["coreset_seconds"],
+        "n_train": model.fit_info["n_train"],
+        "n_patches": model.fit_info["n_patches"],
+        "bank_rows": int(model.bank.shape[0]),
+        "bank_dim": int(model.bank.shape[1]),
+        "bank_mb": model.bank.nbytes / 2**20,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_fit_mb": rss0,
+    }
+    print(f"[ours {a.coreset}] fit {res['fit']['total_s']:.1f}s", flush=True)
+
+    bundle = out / "bundle"
+    export_bundle(model, bundle, name=f"bench-{a.backbone}-{a.coreset}")
+    res["size"] = {"bundle_fp32_mb": dir_size_mb(bundle),
+                   "files": {p.name: dir_size_mb(p) for p in sorted(bundle.iterdir()) if p.is_file()}}
+    predictor = Predictor(bundle, device="cpu")
+    res["runtime_info"] = predictor.info()
+
+    # accuracy: the whole test set, PyTorch path and runtime
+    paths = [s.path for s in ds.test]
+    t0 = time.perf_counter()
+    pred = model.predict_paths(paths)
+    res["eval_torch_s"] = time.perf_counter() - t0
+    np.savez_compressed(out / "preds_torch.npz", image_scores=pred.image_scores, maps=pred.maps.astype(np.float32))
+    scores, maps = [], []
+    t0 = time.perf_counter()
+    for s in range(0, len(paths), 8):
+        r = predictor.predict([read_image(p) for p in paths[s : s + 8]])
+        scores.append(r.image_scores)
+        maps.append(r.maps)
+    res["eval_runtime_s"] = time.perf_counter() - t0
+    np.savez_compressed(out / "preds_runtime.npz", image_scores=np.concatenate(scores),
+                        maps=np.concatenate(maps).astype(np.float32))
+    print(f"[ours {a.coreset}] scored test set", flush=True)
+
+    if not a.no_inference:
+        images = [read_image(s.path) for s in ds.test[: a.n_latency]]
+        batches = [int(b) for b in a.batches.split(",") if b]
+        torch_lat = latency_ms(lambda im: model.predict([im]), images)
+        stages: dict[str, list[float]] = {}
+
+        def run_predictor(im):
+            r = predictor.predict([im])
+            for k, v in r.timings.items():
+                stages.setdefault(k, []).append(v * 1000.0)
+
+        rt_lat = latency_ms(run_predictor, images)
+        # drop the warm-up calls' stage timings
+        stage_ms = {k: float(np.median(v[2:])) for k, v in stages.items()}
+        res["inference"] = {
+            "torch": {"batch1": torch_lat,
+                      **{f"batch{b}": throughput(lambda xs: model.predict(xs), images, b, a.repeats) for b in batches}},
+            "runtime": {"batch1": rt_lat, "stages_ms": stage_ms,
+                        **{f"batch{b}": throughput(lambda xs: predictor.predict(xs), images, b, a.repeats) for b in batches}},
+        }
+        print(f"[ours {a.coreset}] torch {torch_lat['median_ms']:.0f} ms, runtime {rt_lat['median_ms']:.0f} ms", flush=True)
+    res["peak_rss_mb_end"] = peak_rss_mb()
+    write_json(out / "result.json", res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

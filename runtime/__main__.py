@@ -1,0 +1,5 @@
+"""``python -m runtime`` = the ``patchcore-rt`` command."""
+
+from .cli import main
+
+main()

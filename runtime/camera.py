@@ -1,0 +1,261 @@
+"""Score frames from a camera, a video file or a stream, at the rate the model sustains.
+
+Sources (anything ``cv2.VideoCapture`` opens): a device index (``0``), a video file, or a URL
+(``rtsp://``, ``http://``...).
+
+* **Live sources** (device index, URL) are read by a grabber thread that keeps only the newest
+  frame: when the model is slower than the camera, the frames in between are *dropped* (and
+  counted in each record's ``dropped``), so results never fall behind the line.
+* **Video files** are read sequentially and, by default, every frame is scored (``stride`` k
+  scores every k-th frame; the skipped ones are not "dropped"). ``realtime`` treats a file like a
+  live camera instead: it is read at its own frame rate and frames are dropped as for a camera.
+
+One JSON record per scored frame (``source``, ``frame`` index, ``time`` of capture, ``pos_ms``
+for files, ``score``, ``normalised``, ``verdict``, ``latency_ms``, ``lag_ms`` from capture to
+result, ``dropped`` so far, ``bundle``). Frames judged anomalous are saved to the output folder
+as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import cv2
+import numpy as np
+
+from .console import UsageError
+from .outputs import encode_png, overlay_image, overlay_label, write_new
+from .scoring import Item, score_items
+
+
+class SourceError(UsageError):
+    """A camera source that cannot be opened or read (exit code 2)."""
+
+
+@dataclass
+class Frame:
+    index: int  # position in the source (counts dropped and skipped frames)
+    bgr: np.ndarray
+    captured: _dt.datetime
+    captured_mono: float
+    pos_ms: float | None = None
+
+
+def parse_source(source: str) -> tuple[int | str, bool]:
+    """``"0"`` -> (0, live); a URL -> (url, live); anything else -> (file path, not live)."""
+    s = source.strip()
+    if s.isdigit():
+        return int(s), True
+    if "://" in s:
+        return s, True
+    if not Path(s).exists():
+        raise SourceError(f"camera source not found: {s} (give a device index, a video file or an rtsp:// URL)")
+    return s, False
+
+
+def open_capture(source: int | str) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open camera source {source!r} with OpenCV")
+    return cap
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class LatestFrameGrabber:
+    """Reads ``cap`` in a thread as fast as it delivers (or at ``pace_fps``) and keeps only the
+    newest frame; a frame replaced before anyone took it counts as dropped."""
+
+    def __init__(self, cap, pace_fps: float | None = None):
+        self.cap = cap
+        self.pace_fps = pace_fps
+        self.dropped = 0
+        self.grabbed = 0
+        self.ended = False
+        self._latest: Frame | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="frame-grabber", daemon=True)
+
+    def start(self) -> "LatestFrameGrabber":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        index = 0
+        try:
+            while not self._stop:
+                if self.pace_fps:
+                    delay = t0 + index / self.pace_fps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                ok, bgr = self.cap.read()
+                if not ok or bgr is None:
+                    break
+                frame = Frame(index, bgr, _now(), time.monotonic())
+                with self._cond:
+                    if self._latest is not None:
+                        self.dropped += 1
+                    self._latest = frame
+                    self.grabbed += 1
+                    self._cond.notify_all()
+                index += 1
+        finally:
+            with self._cond:
+                self.ended = True
+                self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame not yet taken; None when the source ended (or on timeout)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._latest is not None or self.ended or self._stop, timeout)
+            frame, self._latest = self._latest, None
+            return frame
+
+    def stop(self) -> bool:
+        """Stop reading; True when the thread has ended (only then may the capture be released)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        return not self._thread.is_alive()
+
+
+def sequential_frames(cap, stride: int = 1, fps: float | None = None) -> Iterator[Frame]:
+    """Every ``stride``-th frame of a file, in order, none dropped."""
+    index = 0
+    while True:
+        if index % stride == 0:
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                return
+            pos = 1000.0 * index / fps if fps else None
+            yield Frame(index, bgr, _now(), time.monotonic(), pos)
+        elif not cap.grab():
+            return
+        index += 1
+
+
+@dataclass
+class CameraOptions:
+    source: str
+    out: Path
+    max_frames: int | None = None
+    stride: int = 1
+    realtime: bool = False
+    batch: int = 4  # frames per model call for files read sequentially (live sources use 1)
+    save_overlays: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise UsageError("--stride must be >= 1")
+        if self.batch < 1:
+            raise UsageError("--batch must be >= 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UsageError("--max-frames must be >= 1")
+
+
+@dataclass
+class CameraSummary:
+    processed: int = 0
+    dropped: int = 0
+    saved: list[int] = field(default_factory=list)  # frame indices saved as anomalous
+    live: bool = False
+
+
+class CameraRunner:
+    def __init__(self, predictor, options: CameraOptions, emit: Callable[[dict[str, Any]], None] | None = None,
+                 status=None, stop: threading.Event | None = None):
+        if predictor.threshold is None:
+            raise UsageError("camera needs verdicts to save anomalous frames, but this bundle has no threshold")
+        self.predictor = predictor
+        self.opt = options
+        self.emit = emit or (lambda r: None)
+        self.status = status
+        self.stop = stop or threading.Event()
+        self.summary = CameraSummary()
+        self.src, self.live = parse_source(options.source)
+
+    def run(self) -> CameraSummary:
+        cap = open_capture(self.src)
+        fps = cap.get(cv2.CAP_PROP_FPS) or None
+        self.opt.out.mkdir(parents=True, exist_ok=True)
+        release = True
+        try:
+            if self.live or self.opt.realtime:
+                self.summary.live = True
+                release = self._run_live(cap, fps if self.opt.realtime else None)
+            else:
+                self._run_file(cap, fps)
+        finally:
+            if release:  # never under a grabber thread still blocked in read(); exit frees it
+                cap.release()
+        return self.summary
+
+    def _remaining(self) -> int | None:
+        return None if self.opt.max_frames is None else self.opt.max_frames - self.summary.processed
+
+    def _run_live(self, cap, pace_fps: float | None) -> bool:
+        grabber = LatestFrameGrabber(cap, pace_fps).start()
+        try:
+            while not self.stop.is_set() and self._remaining() != 0:
+                frame = grabber.get(timeout=0.5)
+                if frame is None:
+                    if grabber.ended:
+                        break
+                    continue
+                self._score([frame], lambda: grabber.dropped)
+        finally:
+            ended = grabber.stop()
+            self.summary.dropped = grabber.dropped
+        return ended
+
+    def _run_file(self, cap, fps: float | None) -> None:
+        frames = sequential_frames(cap, self.opt.stride, fps)
+        while not self.stop.is_set():
+            n = self.opt.batch if self._remaining() is None else min(self.opt.batch, self._remaining())
+            chunk = [f for _, f in zip(range(n), frames)]
+            if not chunk:
+                break
+            self._score(chunk, lambda: 0)
+            if self._remaining() == 0:
+                break
+
+    def _score(self, frames: list[Frame], dropped: Callable[[], int]) -> None:
+        items = [Item(f"{self.opt.source}#{f.index}", image=cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)) for f in frames]
+        outcomes = score_items(self.predictor, items)
+        p = self.predictor
+        for f, o in zip(frames, outcomes):
+            stamp = f.captured.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+            rec: dict[str, Any] = {"source": self.opt.source, "frame": f.index,
+                                   "time": f.captured.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+            if f.pos_ms is not None:
+                rec["pos_ms"] = round(f.pos_ms, 3)
+            rec.update({"score": o.score, "normalised": o.normalised, "verdict": o.verdict,
+                        "latency_ms": round(o.latency_ms, 3),
+                        "lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),
+                        "dropped": dropped(), "bundle": p.bundle.bundle_id})
+            if o.error:
+                rec["error"] = o.error
+            if o.verdict == "ng":
+                base = self.opt.out / f"frame-{f.index:06d}-{stamp}.png"
+                rec["saved"] = str(write_new(base, encode_png(f.bgr)))
+                if self.opt.save_overlays and o.map is not None:
+                    ov = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
+                                       overlay_label(o.verdict, o.score, o.normalised))
+                    rec["overlay"] = str(write_new(base.with_name(base.stem + "-overlay.png"), encode_png(ov)))
+                self.summary.saved.append(f.index)
+            self.summary.processed += 1
+            self.emit(rec)
+        if self.status:
+            self.status.extra = f"dropped {dropped()}" if self.summary.live else ""
+            self.status.batch(outcomes, 0)

@@ -1,0 +1,358 @@
+"""``patchcore-rt``: the torch-free runtime command line (predict, watch, camera, bench, info).
+
+stdout carries results as JSON lines; stderr carries progress, the status line and errors.
+Exit codes (see :mod:`runtime.console`): 0 ok (``watch``/``camera`` also after SIGINT/SIGTERM),
+1 internal error, 2 usage or bad input, 3 bad bundle, 4 device unavailable, 5 ``--strict`` and
+some input failed, 130 interrupted.
+
+The command functions are thin: they parse options, call the library (:mod:`runtime.watch`,
+:mod:`runtime.camera`, :mod:`runtime.bench`, :mod:`runtime.info`, :mod:`runtime.scoring`) and
+map known errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import typer
+
+from . import __version__
+from .console import EXIT_CODES_HELP, InputsFailed, JsonLines, UsageError, err, info, known_errors
+
+app = typer.Typer(
+    name="patchcore-rt",
+    help="Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+class Search(str, enum.Enum):
+    auto = "auto"
+    faiss = "faiss"
+    numpy = "numpy"
+
+
+# Options shared by several commands, so a flag means the same everywhere.
+DeviceOpt = typer.Option(Device.auto, "--device", "-d", help="auto (GPU when usable, else CPU), cpu, cuda or tensorrt.")
+SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss when installed), faiss, numpy.")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
+BatchOpt = typer.Option(8, "--batch", "-b", min=1, help="Images per model call.")
+GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
+                        "features_fp32, features_fp16.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"patchcore-rt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark."""
+
+
+def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
+                   graph: str = "features_fp32"):
+    from .predictor import Predictor
+
+    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads)
+    d = p.info()
+    info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, search {d['search']}")
+    return p
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, log: Callable[[str], None]) -> Iterator[None]:
+    """First SIGINT/SIGTERM: set ``stop`` (the current batch finishes, results are flushed, exit 0).
+    A second one aborts at once (exit 130)."""
+    count = {"n": 0}
+
+    def handler(signum, frame):
+        count["n"] += 1
+        if count["n"] > 1:
+            raise KeyboardInterrupt
+        stop.set()
+        log(f"{signal.Signals(signum).name}: finishing the current batch, then stopping (send again to abort)")
+
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------- predict
+@app.command(epilog=EXIT_CODES_HELP)
+def predict(
+    bundle: str = typer.Argument(..., help="Bundle folder (or the name of a bundle under ./models)."),
+    paths: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    batch: int = BatchOpt,
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take images in sub-folders of folders."),
+    overlays: Optional[Path] = typer.Option(None, "--overlays", help="Write heat-map overlays (PNG) into this folder; "
+                                            "an overlay of the same name from an earlier run is replaced."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 5 when any input could not be scored."),
+    device: Device = DeviceOpt,
+    search: Search = SearchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    graph: str = GraphOpt,
+) -> None:
+    """Score image files and folders (JSON lines).
+
+    One JSON line per file on stdout, in argument order.
+
+    A file that cannot be read or decoded gives a record with "verdict": "error" and an "error"
+    message, and the others are still scored.
+    """
+    from .outputs import encode_png, overlay_image, overlay_label, write_replace
+    from .scoring import Item, record, score_items
+    from .selection import collect_inputs, resolve_bundle
+
+    with known_errors():
+        inputs = collect_inputs(paths, recursive)
+        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
+        out = JsonLines()
+        failed = 0
+        used: set[Path] = set()
+        with _progress(len(inputs)) as advance:
+            for s in range(0, len(inputs), batch):
+                chunk = inputs[s : s + batch]
+                outcomes = score_items(p, [Item(name, path=path) for path, name in chunk])
+                for o in outcomes:
+                    extra = {}
+                    if overlays is not None and o.map is not None:
+                        dst = _unique_in_run(overlays / (Path(o.item.name).stem + ".png"), used)
+                        img = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
+                                            overlay_label(o.verdict, o.score, o.normalised))
+                        extra["overlay"] = str(write_replace(dst, encode_png(img)))
+                    o.item.image = None
+                    failed += o.error is not None
+                    out.emit(record(o, p.bundle.bundle_id, **extra))
+                advance(len(chunk))
+        if failed:
+            info(f"{failed} of {len(inputs)} inputs could not be scored (see the records with \"error\")")
+        if strict and failed:
+            raise InputsFailed(f"--strict: {failed} of {len(inputs)} inputs could not be scored")
+
+
+def _unique_in_run(path: Path, used: set[Path]) -> Path:
+    from .outputs import numbered
+
+    n = 0
+    while numbered(path, n) in used:
+        n += 1
+    used.add(numbered(path, n))
+    return numbered(path, n)
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    if not err.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as prog:
+        task = prog.add_task("scoring", total=total)
+        yield lambda n: prog.advance(task, n)
+
+
+# ------------------------------------------------------------------------------------------ watch
+@app.command(epilog=EXIT_CODES_HELP)
+def watch(
+    folder: Path = typer.Argument(..., help="Folder to watch (sub-folders too, unless --no-recursive)."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name. Default: $PATCHCORE_RT_BUNDLE, "
+                                         "else the only bundle under $PATCHCORE_RT_MODELS or ./models."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: results.jsonl, overlays/, ok/ ng/ "
+                                       "error/ (default: FOLDER/_patchcore, which is never scanned)."),
+    existing: bool = typer.Option(True, "--existing/--no-existing", help="Also score files already in the folder at start."),
+    move: bool = typer.Option(False, "--move", help="After its result is saved, move each input to OUT/ok, OUT/ng or "
+                              "OUT/error (never overwriting: name-1.ext, name-2.ext ...)."),
+    overlays: bool = typer.Option(False, "--overlays", help="Write heat-map overlays to OUT/overlays."),
+    batch: int = BatchOpt,
+    poll: float = typer.Option(0.25, "--poll", help="Seconds between scans of the folder."),
+    settle: float = typer.Option(1.0, "--settle", help="A file is read once its size and mtime were unchanged this many seconds."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Watch sub-folders too."),
+    once: bool = typer.Option(False, "--once", help="Score what is there (once complete), then exit."),
+    device: Device = DeviceOpt,
+    search: Search = SearchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    graph: str = GraphOpt,
+) -> None:
+    """Score every image that lands in a folder, exactly once.
+
+    Every image that lands in FOLDER is scored exactly once, also across crashes and restarts.
+    Results go to OUT/results.jsonl (fsynced; it is also the journal of what was done) and to
+    stdout. Files still being written (size/mtime changing, *.part, *.tmp, *.crdownload, dot-files)
+    wait. A corrupt file gives an error record. SIGINT/SIGTERM finish the current batch and exit 0.
+    """
+    from .selection import resolve_bundle
+    from .status import StatusLine
+    from .watch import Watcher, WatchOptions
+
+    with known_errors():
+        if not folder.is_dir():
+            raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
+        opts = WatchOptions(folder, out if out is not None else folder / "_patchcore", existing, move, overlays,
+                            batch, poll, settle, recursive, once)
+        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
+        stop = threading.Event()
+        status = StatusLine("files")
+        watcher = Watcher(p, opts, emit=JsonLines().emit, status=status, stop=stop)
+        info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
+        with stop_on_signals(stop, status.log), status:
+            summary = watcher.run()
+        c = summary.counts
+        info(f"stopped: {summary.scored} files scored in this run ({c['ok']} ok, {c['ng']} ng, {c['error']} error); "
+             f"{summary.already_recorded} were already recorded")
+
+
+# ----------------------------------------------------------------------------------------- camera
+@app.command(epilog=EXIT_CODES_HELP)
+def camera(
+    source: str = typer.Argument(..., help="Camera device index (0), video file, or stream URL (rtsp://...)."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name (default as for watch)."),
+    out: Path = typer.Option(Path("anomalies"), "--out", "-o", help="Folder for anomalous frames and their overlays."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after scoring this many frames."),
+    stride: int = typer.Option(1, "--stride", min=1, help="Video files: score every k-th frame (default: all)."),
+    realtime: bool = typer.Option(False, "--realtime", help="Video files: read at the file's frame rate and drop "
+                                  "frames the model cannot keep up with, like a live camera."),
+    batch: int = typer.Option(4, "--batch", "-b", min=1, help="Frames per model call for files (live sources: 1)."),
+    device: Device = DeviceOpt,
+    search: Search = SearchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    graph: str = GraphOpt,
+) -> None:
+    """Score camera, stream or video frames; save anomalous ones.
+
+    Frames are scored at the rate the model sustains; anomalous frames are saved with overlays.
+    Live sources (device index, URL) are read by a thread that keeps only the newest frame, so
+    frames are dropped rather than falling behind (each record counts them in "dropped"). Video
+    files are read in order, every frame (or every --stride-th) unless --realtime.
+    """
+    from .camera import CameraOptions, CameraRunner
+    from .selection import resolve_bundle
+    from .status import StatusLine
+
+    with known_errors():
+        opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
+        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
+        stop = threading.Event()
+        status = StatusLine("frames")
+        runner = CameraRunner(p, opts, emit=JsonLines().emit, status=status, stop=stop)
+        with stop_on_signals(stop, status.log), status:
+            summary = runner.run()
+        info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
+             f"{len(summary.saved)} anomalous saved to {out}")
+
+
+# ------------------------------------------------------------------------------------------ bench
+@app.command(epilog=EXIT_CODES_HELP)
+def bench(
+    bundle: str = typer.Argument(..., help="Bundle folder (or name under ./models)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to use (default: synthetic PNGs "
+                                          "at the bundle's input size)."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
+    repeat: int = typer.Option(10, "--repeat", min=1, help="Timed runs per batch size (after warm-up)."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs per batch size first."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    device: Device = DeviceOpt,
+    search: Search = SearchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    graph: str = GraphOpt,
+) -> None:
+    """Per-stage latency and throughput of a bundle on this machine.
+
+    Median latency per stage (decode, preprocess, features, search, post-process) after warm-up,
+    and throughput, per batch size: a table on stderr, the JSON report on stdout.
+    """
+    from . import bench as bench_mod
+    from .selection import resolve_bundle
+
+    with known_errors():
+        try:
+            sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+        encoded = bench_mod.load_images(images) if images is not None else None
+        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
+        if encoded is None:
+            encoded = bench_mod.synthetic_images(tuple(p.input_size))
+        report = bench_mod.run_bench(p, encoded, sizes, repeat, warmup,
+                                     progress=lambda b: err.print(f"batch {b} ...", end="\r") if err.is_terminal else None)
+        err.print(bench_mod.table(report))
+        typer.echo(json.dumps(report))
+        if json_file is not None:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(json.dumps(report, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- info
+@app.command("info", epilog=EXIT_CODES_HELP)
+def info_cmd(
+    bundle: str = typer.Argument(..., help="Bundle folder (or name under ./models)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the information as one JSON object."),
+) -> None:
+    """Describe a bundle and the devices it can use here.
+
+    What the bundle is, what it was built with, and which devices it can use on this machine.
+
+    Also checks every file against its sha256 in the manifest (exit code 3 when one differs).
+    """
+    from rich.console import Console
+
+    from .bundle import BundleError
+    from .info import bundle_info, render
+    from .selection import resolve_bundle
+
+    with known_errors():
+        data = bundle_info(resolve_bundle(bundle))
+        if as_json:
+            typer.echo(json.dumps(data))
+        else:
+            Console(highlight=False).print(render(data))
+        if not data["checksums_ok"]:
+            bad = ", ".join(k for k, v in data["checksums"].items() if v != "ok")
+            raise BundleError(f"{data['path']}: sha256 of {bad} does not match the manifest (file edited or corrupt)")
+
+
+def main() -> None:
+    """Console-script entry point (``patchcore-rt``; also ``python -m runtime``)."""
+    _quiet_opencv()
+    app(prog_name="patchcore-rt")
+
+
+def _quiet_opencv() -> None:
+    """OpenCV logs its own warning for every corrupt image; our error record already says it."""
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except (ImportError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""``info``: what a bundle is, what it was built with, which devices it can use here, and
+whether its files still match their checksums. Never loads the model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from .bundle import MANIFEST, Bundle, read_bundle, sha256_file
+
+
+def checksums(bundle: Bundle) -> dict[str, str]:
+    """file -> "ok" or "MISMATCH" (sha256 recomputed for every file the manifest lists)."""
+    out = {}
+    for rel, meta in sorted(bundle.manifest["files"].items()):
+        out[rel] = "ok" if sha256_file(bundle.root / rel) == meta.get("sha256") else "MISMATCH"
+    return out
+
+
+def devices() -> dict[str, Any]:
+    """What this machine offers the runtime (without creating a session or touching a GPU)."""
+    import onnxruntime as ort
+
+    d: dict[str, Any] = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
+    try:
+        import faiss
+
+        d["faiss"] = faiss.__version__
+        d["faiss_gpus"] = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        d["faiss"] = None
+        d["faiss_gpus"] = 0
+    d["tensorrt_python"] = importlib.util.find_spec("tensorrt") is not None
+    provs = d["providers"]
+    d["usable_devices"] = ["cpu"] + [name for name, p in (("cuda", "CUDAExecutionProvider"),
+                                                         ("tensorrt", "TensorrtExecutionProvider")) if p in provs]
+    return d
+
+
+def bundle_info(root: str | Path) -> dict[str, Any]:
+    """Everything ``info`` shows, as a dict. Raises BundleError for a bundle that cannot be read
+    at all (bad manifest, missing or truncated files); checksum mismatches are reported, not raised."""
+    b = read_bundle(root, verify=False)
+    m = b.manifest
+    sums = checksums(b)
+    bank = m["memory_bank"]
+    return {
+        "path": str(b.root),
+        "name": b.name,
+        "bundle_id": b.bundle_id,
+        "schema_version": m["schema_version"],
+        "created": m.get("created"),
+        "backbone": {k: m["backbone"].get(k) for k in ("name", "family", "weights", "weights_tag", "seed")}
+        | {"layers": [l.get("name") if isinstance(l, dict) else l for l in m["backbone"]["layers"]]},
+        "preprocess": m["preprocess"],
+        "input_size": m["features"]["input_size"],
+        "grid": m["features"]["grid"],
+        "memory_bank": {"rows": bank["rows"], "dim": bank["dim"], "dtype": bank["dtype"],
+                        "coreset_ratio": bank.get("coreset_ratio")},
+        "scoring": m["scoring"],
+        "threshold": m["threshold"],
+        "graphs": {k: v.get("file") for k, v in m.get("graphs", {}).items()},
+        "versions": m.get("versions", {}),
+        "checksums": sums,
+        "checksums_ok": all(v == "ok" for v in sums.values()),
+        "devices": devices(),
+        "manifest": str(b.root / MANIFEST),
+    }
+
+
+def render(info: dict[str, Any]):
+    """A rich renderable summary of :func:`bundle_info`."""
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None, pad_edge=False, title=f"bundle {info['bundle_id']}", title_justify="left")
+    t.add_column(style="bold cyan", no_wrap=True)
+    t.add_column()
+    bb = info["backbone"]
+    thr = info["threshold"]
+    pre = info["preprocess"]
+    bank = info["memory_bank"]
+    dev = info["devices"]
+    rows = [
+        ("path", info["path"]),
+        ("schema", f"v{info['schema_version']}, created {info['created'] or '?'}"),
+        ("backbone", f"{bb['name']} ({bb.get('weights_tag') or bb.get('weights')}), layers {', '.join(map(str, bb['layers']))}"),
+        ("preprocess", f"resize {pre.get('resize')}, crop {pre.get('crop')}, {pre.get('interpolation')}, "
+                       f"{pre.get('channel_order')}; input {info['input_size']}, grid {info['grid']}"),
+        ("memory bank", f"{bank['rows']} x {bank['dim']} {bank['dtype']} (coreset {bank.get('coreset_ratio')})"),
+        ("scoring", ", ".join(f"{k} {v}" for k, v in info["scoring"].items())),
+        ("threshold", "none (no verdicts)" if thr.get("value") is None else
+         f"{thr['value']:.6g} (scale {thr.get('scale') or 0:.6g}, {thr.get('method', '?')})"),
+        ("graphs", ", ".join(f"{k}: {v}" for k, v in info["graphs"].items()) or "none (run export)"),
+        ("built with", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
+        ("checksums", "all ok" if info["checksums_ok"] else
+         "; ".join(f"{k} {v}" for k, v in info["checksums"].items() if v != "ok")),
+        ("devices here", f"{', '.join(dev['usable_devices'])} (onnxruntime {dev['onnxruntime']}: "
+                         f"{', '.join(dev['providers'])})"),
+        ("search here", f"faiss {dev['faiss']} ({dev['faiss_gpus']} GPU)" if dev["faiss"] else "numpy (faiss not installed)"),
+        ("tensorrt", "python package present" if dev["tensorrt_python"] else "not installed"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    return t

@@ -1,0 +1,171 @@
+"""Files the runtime writes: durable appends, overlays, and moves that never overwrite.
+
+"Never overwrite" is enforced by the file system, not by an exists-check that could race:
+a new name is claimed with ``os.link`` (fails when the name exists), for moves and for overlay
+files alike. Where hard links are not supported (some network and FAT file systems, or a move
+across file systems) the fall-back creates the target with ``O_EXCL`` and copies.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from .postprocess import normalise_scores
+from .preprocess import PreprocessSpec, resize_and_crop
+
+
+def append_durably(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to an ``O_APPEND`` descriptor and fsync it."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    os.fsync(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform / file system
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def numbered(path: Path, n: int) -> Path:
+    """``x.png`` -> ``x-1.png``, ``x-2.png`` ... (``n`` = 0 gives ``path`` itself)."""
+    if n == 0:
+        return path
+    suffix = "".join(path.suffixes[-1:])
+    return path.with_name(f"{path.name[: len(path.name) - len(suffix)]}-{n}{suffix}")
+
+
+def free_name(path: Path, reserved: Iterable[Path] = ()) -> Path:
+    """The first of ``path``, ``x-1``, ``x-2`` ... that does not exist and is not reserved."""
+    taken = set(reserved)
+    n = 0
+    while True:
+        cand = numbered(path, n)
+        if cand not in taken and not os.path.lexists(cand):
+            return cand
+        n += 1
+
+
+def _link_or_copy_new(src: Path, dst: Path) -> None:
+    """Create ``dst`` with ``src``'s content; FileExistsError if ``dst`` exists."""
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EACCES):
+            raise
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        shutil.copystat(src, dst)
+    except BaseException:
+        Path(dst).unlink(missing_ok=True)
+        raise
+
+
+def move_new(src: Path, dst: Path) -> Path:
+    """Move ``src`` to ``dst``, or to ``dst-1``, ``dst-2`` ... when that name exists; never
+    overwrites. Keeps the modification time. Returns where the file went."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        cand = numbered(dst, n)
+        try:
+            _link_or_copy_new(src, cand)
+            break
+        except FileExistsError:
+            n += 1
+    os.unlink(src)
+    fsync_dir(cand.parent)
+    return cand
+
+
+def write_new(dst: Path, data: bytes) -> Path:
+    """Write ``data`` as a new file at ``dst`` (or ``dst-1`` ...), complete or not at all."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return move_new(Path(tmp), dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_replace(dst: Path, data: bytes) -> Path:
+    """Write ``data`` to ``dst`` atomically, replacing an older version of our own output."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, threshold: float | None,
+                  scale: float | None, label: str | None = None) -> np.ndarray:
+    """The anomaly map as a heat map over the image the network saw (resized and cropped as the
+    bundle's preprocessing does, so map and pixels line up). Colours use the bundle's threshold:
+    red from the decision threshold up, and they mean the same in every overlay. Returns BGR."""
+    base = resize_and_crop(image, spec)
+    if amap.shape != base.shape[:2]:
+        amap = cv2.resize(amap.astype(np.float32), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
+    if threshold is not None and scale:
+        level = normalise_scores(amap, threshold, scale)
+    else:
+        lo, hi = float(amap.min()), float(amap.max())
+        level = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
+    level = np.asarray(level, np.float32)
+    heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
+    alpha = (0.15 + 0.5 * level)[..., None]
+    bgr = cv2.cvtColor(np.ascontiguousarray(base), cv2.COLOR_RGB2BGR).astype(np.float32)
+    out = np.clip(bgr * (1 - alpha) + heat * alpha, 0, 255).astype(np.uint8)
+    if label:
+        size = max(0.35, out.shape[1] / 640)
+        org = (4, max(12, int(22 * size)))
+        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, size, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, size, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def encode_png(bgr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def overlay_label(verdict: str | None, score: float | None, normalised: float | None) -> str:
+    head = (verdict or "score").upper()
+    value = normalised if normalised is not None else score
+    return f"{head} {value:.3f}" if value is not None else head

@@ -1,0 +1,94 @@
+"""Which bundle and which files a command works on.
+
+Bundle choice for ``watch`` (the command people type as ``patchcore-rt watch ./incoming``):
+``--bundle`` if given, else ``$PATCHCORE_RT_BUNDLE``, else the only bundle under the models
+folder (``$PATCHCORE_RT_MODELS`` or ``./models``). Several bundles and no choice is a usage error
+that lists them. A bundle argument is a folder path, or the name of a bundle in the models folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from .bundle import find_bundles
+from .console import UsageError
+from .images import is_image_file
+
+BUNDLE_ENV = "PATCHCORE_RT_BUNDLE"
+MODELS_ENV = "PATCHCORE_RT_MODELS"
+
+# Names that writers use while a file is still being written; such files are never read.
+TEMPORARY_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".filepart", ".swp")
+
+
+def models_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get(MODELS_ENV) or "models")
+
+
+def resolve_bundle(arg: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """The bundle folder to use (see the module docstring). Does not open the bundle."""
+    env = os.environ if env is None else env
+    models = models_dir(env)
+    named = arg or env.get(BUNDLE_ENV)
+    if named:
+        p = Path(named)
+        if p.exists() or os.sep in named or (os.altsep and os.altsep in named):
+            return p  # a path: read_bundle names the problem if it is not a bundle
+        if (models / named).is_dir():
+            return models / named
+        return p
+    found = find_bundles(models)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UsageError(
+            f"no bundle given and none found under {models}/ "
+            f"(pass --bundle PATH, set {BUNDLE_ENV}, or put one bundle in {models}/)"
+        )
+    listing = "\n".join(f"  --bundle {p}" for p in found)
+    raise UsageError(f"{len(found)} bundles under {models}/; choose one:\n{listing}")
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for names that mean 'still being written' or 'not meant for us': dot-files,
+    editor/backup files and partial-download suffixes."""
+    low = name.lower()
+    return name.startswith(".") or name.startswith("~$") or name.endswith("~") or low.endswith(TEMPORARY_SUFFIXES)
+
+
+def folder_images(folder: Path, recursive: bool) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        out.extend(Path(dirpath) / f for f in sorted(filenames)
+                   if is_image_file(f) and not is_temporary_name(f))
+    return out
+
+
+def collect_inputs(paths: list[Path], recursive: bool = False) -> list[tuple[Path, str]]:
+    """Files to score for ``predict``: ``(path, name)`` pairs in argument order.
+
+    A file argument is taken whatever its suffix (a non-image gives an error record); a folder
+    contributes its image files (sorted; sub-folders with ``recursive``). ``name`` is the path
+    as given for files and ``<folder arg>/<relative path>`` for folder contents.
+    """
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    out: list[tuple[Path, str]] = []
+    empty: list[str] = []
+    for p in paths:
+        if p.is_dir():
+            found = folder_images(p, recursive)
+            if not found:
+                empty.append(str(p))
+            out.extend((f, str(f)) for f in found)
+        else:
+            out.append((p, str(p)))
+    if not out:
+        hint = "" if recursive else " (use --recursive for sub-folders)"
+        raise UsageError(f"no image files found in {', '.join(empty)}{hint}")
+    return out

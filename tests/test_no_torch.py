@@ -1,0 +1,146 @@
+"""The runtime installs and runs without torch: every runtime module and every CLI command is run
+in a fresh interpreter where importing torch (or patchcore/export) raises, and torch must never
+appear in sys.modules; pyproject's runtime dependencies do not name torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED = ("torch", "torchvision", "open_clip", "timm", "patchcore", "export")
+
+
+def _build_bundle(root: Path) -> Path:
+    """A small real bundle (effnet-lite0 on a synthetic texture class), built once per session."""
+    bundle = root / "bundle"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    from export.onnx_export import export_bundle
+    from patchcore.data import load_class
+    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.synthetic import make_synthetic_class
+
+    data = make_synthetic_class(root / "data", n_train=30, n_test_good=10, n_test_defect=5, size=128)
+    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.05, resize=128, crop=128, holdout=0.2)
+    export_bundle(PatchCore(cfg).fit(load_class(data).train), bundle)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def rt_bundle(tmp_path_factory) -> Path:
+    return _build_bundle(tmp_path_factory.getbasetemp() / "rt-shared")
+
+
+# Runs in the child: a meta path finder refusing the blocked packages, then the given code.
+_PRELUDE = f"""
+import importlib.abc, sys
+BLOCKED = {BLOCKED!r}
+class _Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked: the runtime must not import it")
+        return None
+sys.meta_path.insert(0, _Refuse())
+"""
+
+_RUN_CLI = """
+import runpy, json
+def cli(*args):
+    sys.argv = ["patchcore-rt", *args]
+    try:
+        runpy.run_module("runtime", run_name="__main__", alter_sys=False)
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+"""
+
+
+def _child(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "child.py"
+    script.write_text(_PRELUDE + _RUN_CLI + textwrap.dedent(code))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_blocker_really_blocks(tmp_path):
+    """The harness must be able to fail: importing torch in the child raises."""
+    r = _child("""
+        try:
+            import torch
+        except ImportError as e:
+            print("BLOCKED", e)
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "BLOCKED torch is blocked" in r.stdout
+
+
+def test_every_runtime_module_imports_without_torch(tmp_path):
+    r = _child("""
+        import importlib, pkgutil
+        import runtime
+        names = sorted(m.name for m in pkgutil.iter_modules(runtime.__path__) if m.name != "__main__")
+        for n in names:
+            importlib.import_module("runtime." + n)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print(json.dumps({"modules": names, "leaked": leaked}))
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["leaked"] == []
+    for needed in ("cli", "watch", "journal", "camera", "bench", "outputs", "predictor", "engines", "search"):
+        assert needed in out["modules"]
+
+
+def test_every_command_runs_without_torch(tmp_path, rt_bundle):
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(img_dir / f"{i}.png"), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    (img_dir / "broken.png").write_bytes(b"not a png")
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 128))
+    for i in range(3):
+        w.write(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    w.release()
+    b, d = str(rt_bundle), str(img_dir)
+    r = _child(f"""
+        codes = {{
+            "help": cli("--help"),
+            "watch-help": cli("watch", "--help"),
+            "info": cli("info", {b!r}),
+            "predict": cli("predict", {b!r}, {d!r}),
+            "watch": cli("watch", {d!r}, "--bundle", {b!r}, "--once", "--settle", "0", "--poll", "0.05"),
+            "camera": cli("camera", {str(video)!r}, "--bundle", {b!r}, "--out", {str(tmp_path / "cam")!r}),
+            "bench": cli("bench", {b!r}, "--batch-sizes", "1", "--repeat", "1", "--warmup", "0"),
+        }}
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print(json.dumps({{"codes": codes, "leaked": leaked, "ort": "onnxruntime" in sys.modules}}))
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["codes"] == {k: 0 for k in out["codes"]}, r.stderr
+    assert out["leaked"] == []
+    assert out["ort"]  # the commands really ran the model
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"file"')]
+    assert sum(rec["verdict"] == "error" for rec in records) == 2  # broken.png: once by predict, once by watch
+    assert sum(rec["score"] is not None for rec in records) == 6
+
+
+def test_pyproject_runtime_dependencies_exclude_torch():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [dep.split(";")[0].strip().lower() for dep in project["dependencies"]]
+    heavy = [n for n in names if any(n.startswith(p) for p in ("torch", "torchvision", "open_clip", "timm", "tensorrt"))]
+    assert heavy == [], f"runtime dependencies must not pull the training stack: {heavy}"
+    assert any(n.startswith("onnxruntime") for n in names)
+    assert project["scripts"]["patchcore-rt"] == "runtime.cli:main"
