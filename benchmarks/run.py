@@ -30,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 BENCH = ROOT / ".bench"
 VENV = BENCH / "anomalib-venv"
@@ -190,7 +191,7 @@ def render(ctx: dict) -> str:
     L = []
     L.append("# Benchmarks: patchcore-rt vs anomalib PatchCore\n")
     L.append("_Written by `benchmarks/run.py` from the run below; do not edit by hand._\n")
-    L.append(f"- Command: `{ctx['command']}`")
+    L.append(f"- Command: `{ctx['command'].strip()}` (what `make bench` runs)")
     L.append(f"- Started {ctx['started']}, this file written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
              + ("" if ctx.get("complete") else
                 "; **the run had not completed when this file was written**: finished stages: "
@@ -200,6 +201,8 @@ def render(ctx: dict) -> str:
              f"load average at start {ctx['load_start']}, now {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for k, v in ctx["versions"].items():
         L.append(f"- {k}: " + ", ".join(f"{a} {b}" for a, b in v.items()))
+    for n in ctx.get("notes", []):
+        L.append(f"- Note: {n}")
     L.append(f"- Data: `{ctx['data']}`: {ctx['n_train']} train/good images, {ctx['n_test']} test images"
              f"{' (QUICK: subset)' if ctx['quick'] else ''}")
     L.append("")
@@ -314,18 +317,42 @@ def render(ctx: dict) -> str:
                  + f"; total median {f(get(o10, 'inference', 'runtime', 'batch1', 'median_ms'), '{:.0f}')} ms")
     L.append("")
 
+    pr = ctx.get("paired")
+    if pr:
+        L.append(f"\n### Paired latency: runtime vs anomalib ONNX in one process (batch 1, {pr['n']} images, alternating)\n")
+        L.append("The per-tool figures above come from separate processes minutes apart, while the machine's load changed "
+                 "(see the load averages); this measurement alternates the two sessions image by image in one process, so "
+                 "both see the same load. It is the figure the ONNX target is judged on.\n")
+        L.append(table(["path", "median ms per image"], [
+            ["patchcore-rt runtime (`Predictor`, fp32 graph)", f"{pr['ours_runtime_ms']:.0f}"],
+            [f"anomalib ONNX (batch fixed at {pr['anomalib_onnx_fixed_batch']}, time / batch)", f"{pr['anomalib_onnx_ms_per_image']:.0f}"],
+            ["ratio ours / anomalib", ratio(pr["ours_runtime_ms"], pr["anomalib_onnx_ms_per_image"], "{:.3f}")],
+            *([[f"patchcore-rt runtime at batch {pr['anomalib_onnx_fixed_batch']} (time / batch, like for like with anomalib's graph)",
+                f"{pr['ours_runtime_ms_per_image_at_fixed_batch']:.0f}"],
+               ["ratio at equal batch ours / anomalib", ratio(pr["ours_runtime_ms_per_image_at_fixed_batch"],
+                                                            pr["anomalib_onnx_ms_per_image"], "{:.3f}")]]
+              if "ours_runtime_ms_per_image_at_fixed_batch" in pr else [])]))
+        L.append("\nruntime stages in this paired run: " + ", ".join(f"{k} {v:.1f} ms" for k, v in pr["ours_stages_ms"].items()))
+    L.append("")
+
     # ---- size
     L.append("## Size on disk\n")
-    rows = [["patchcore-rt bundle fp32 (1% bank)", f(get(o1, "size", "bundle_fp32_mb")),
-             ", ".join(f"{k} {v:.1f}" for k, v in (get(o1, "size", "files") or {}).items())]]
-    if o10:
-        rows.append(["patchcore-rt bundle fp32 (10% bank)", f(get(o10, "size", "bundle_fp32_mb")),
-                     ", ".join(f"{k} {v:.1f}" for k, v in (get(o10, "size", "files") or {}).items())])
-    rows.append(["patchcore-rt bundle fp16", "not measured", "export/onnx_export.py writes the fp32 graph only so far"])
+    rows = []
+    sizes = {}
+    for tag, res in (("1%", o1), ("10%", o10)):
+        files = get(res, "size", "files") or {}
+        for prec in ("fp32", "fp16"):
+            graph = f"features_{prec}.onnx"
+            if graph in files:
+                keep = {k: v for k, v in files.items() if not k.startswith("features_") or k == graph}
+                sizes[(tag, prec)] = sum(keep.values())
+                rows.append([f"patchcore-rt bundle {prec} graph ({tag} bank, fp32 bank)", f(sizes[(tag, prec)]),
+                             ", ".join(f"{k} {v:.1f}" for k, v in keep.items())])
     rows.append(["anomalib `to_onnx` export (1% bank)", f(get(a1, "size", "onnx_mb")), ", ".join(get(a1, "size", "onnx_files") or [])])
     rows.append(["anomalib `to_torch` export (1% bank)", f(get(a1, "size", "torch_pt_mb")), "model.pt (pickled Lightning module)"])
     L.append(table(["artefact", "MiB", "files"], rows))
-    L.append(f"\nratio bundle fp32 / anomalib ONNX: {ratio(get(o1, 'size', 'bundle_fp32_mb'), get(a1, 'size', 'onnx_mb'))}\n")
+    L.append(f"\nratio bundle / anomalib ONNX (1%): fp32 {ratio(sizes.get(('1%', 'fp32')), get(a1, 'size', 'onnx_mb'))}, "
+             f"fp16 {ratio(sizes.get(('1%', 'fp16')), get(a1, 'size', 'onnx_mb'))}\n")
 
     # ---- targets
     L.append("## Targets of issue 6\n")
@@ -338,11 +365,15 @@ def render(ctx: dict) -> str:
     verdicts.append(("Accuracy equal or better (runtime 1% vs anomalib 1%, all three metrics, tolerance 0.002)", acc_ok,
                      f"ours {', '.join(f'{ao.get(k, 0):.4f}' for k in ('image_auroc', 'pixel_auroc', 'pro'))} vs anomalib "
                      f"{', '.join(f'{aa.get(k, 0):.4f}' for k in ('image_auroc', 'pixel_auroc', 'pro'))}" if ao and aa else "missing"))
-    for label, key in [("anomalib TorchInferencer", "torch_inferencer"), ("anomalib ONNX in onnxruntime", "onnx")]:
+    for label, key in [("anomalib TorchInferencer (separate processes)", "torch_inferencer"),
+                       ("anomalib ONNX in onnxruntime (paired run)" if pr else "anomalib ONNX in onnxruntime", "onnx")]:
         theirs = get(a1, "inference", key, "batch1", "median_ms")
-        ok = None if rt is None or theirs is None else theirs / rt >= 5.0
+        mine = rt
+        if key == "onnx" and pr:
+            theirs, mine = pr["anomalib_onnx_ms_per_image"], pr["ours_runtime_ms"]
+        ok = None if mine is None or theirs is None else theirs / mine >= 5.0
         verdicts.append((f"Runtime latency >= 5x lower than {label}", ok,
-                         f"{f(theirs, '{:.0f}')} ms / {f(rt, '{:.0f}')} ms = {ratio(theirs, rt, '{:.1f}x')}"))
+                         f"{f(theirs, '{:.0f}')} ms / {f(mine, '{:.0f}')} ms = {ratio(theirs, mine, '{:.1f}x')}"))
     fo, fa = get(o1, "fit", "total_s"), get(a1, "fit", "total_s")
     verdicts.append(("Fit >= 10x faster (1%, same weights)", None if fo is None or fa is None else fa / fo >= 10.0,
                      f"{f(fa)} s / {f(fo)} s = {ratio(fa, fo, '{:.1f}x')}"))
@@ -365,14 +396,35 @@ def render(ctx: dict) -> str:
             L.append(f"- anomalib fit at 1%: feature extraction {fi['features_s']:.1f} s, coreset {fi['coreset_s']:.1f} s.")
         if stages:
             L.append("- patchcore-rt runtime batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items())
-                     + ". Both tools run the same backbone (wrn50 up to layer 3 on 224x224); our `features` stage alone is "
-                     + "; ".join(f"{100 * stages['features'] / get(p, 'batch1', 'median_ms'):.0f}% of {label}'s whole per-image time"
-                                 for label, p in paths[4:] if get(p, "batch1", "median_ms"))
-                     + ", which caps the batch-1 latency ratio reachable with equal weights unless the feature graph itself gets faster.")
+                     + ". Both tools run the same trunk (wrn50 up to layer 3 on 224x224), so the gap is decided by what "
+                     "each adds around it: our `features` stage (trunk + aggregation to 1024 dims, "
+                     f"{f(get(o1, 'size', 'files', 'features_fp32.onnx'))} MiB of ONNX) against anomalib's whole graph "
+                     f"(trunk + 3x3 average pooling + search, {f(get(a1, 'size', 'onnx_mb'))} MiB including its bank).")
+        if pr:
+            L.append(f"- Paired run: our features stage {pr['ours_stages_ms']['features']:.0f} ms alone exceeds anomalib's whole "
+                     f"ONNX per-image time {pr['anomalib_onnx_ms_per_image']:.0f} ms; search adds {pr['ours_stages_ms']['search']:.0f} ms "
+                     f"({pr['search']} backend, {get(o1, 'fit', 'bank_rows')} x {get(o1, 'fit', 'bank_dim')} bank).")
     L.append("")
     L.append("## Raw results\n")
     L.append("Worker JSON files: `.bench/run/*/result.json` (git-ignored); logs next to them.")
     return "\n".join(L) + "\n"
+
+
+def paired_stage(ctx: dict, work: Path, data: Path, n_latency: int, max_test: int = 0) -> None:
+    """Time our runtime and anomalib's ONNX alternately in this process (see paired.py)."""
+    from paired import paired_latency
+
+    bundle = work / "ours_0.01" / "bundle"
+    onnx = work / "anomalib_0.01" / "export" / "weights" / "onnx" / "model.onnx"
+    if not (bundle / "manifest.json").is_file() or not onnx.is_file():
+        log("paired latency skipped: bundle or anomalib ONNX missing")
+        return
+    paths = [s.path for s in test_samples(data, max_test)][:n_latency]
+    try:
+        ctx["paired"] = paired_latency(bundle, onnx, paths)
+        log(f"paired latency: {ctx['paired']}")
+    except Exception as e:  # report, keep the rest
+        log(f"paired latency failed: {type(e).__name__}: {e}")
 
 
 def main(argv=None) -> int:
@@ -384,6 +436,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="report path (default BENCHMARKS.md; .bench/BENCHMARKS.quick.md with --quick)")
     ap.add_argument("--work", default=str(BENCH / "run"))
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the results in --work")
+    ap.add_argument("--note", default=None, help="with --report-only/--paired-only: a line recorded in the report")
+    ap.add_argument("--paired-only", action="store_true", help="rerun only the paired latency stage on the results in --work")
     a = ap.parse_args(argv)
     data = Path(a.data)
     if not (data / "train").is_dir():
@@ -396,7 +450,7 @@ def main(argv=None) -> int:
     max_train, max_test = (30, 10) if a.quick else (0, 0)
 
     ctx_file = work / "context.json"
-    if a.report_only:
+    if a.report_only or a.paired_only:
         ctx = json.loads(ctx_file.read_text())
     else:
         ensure_anomalib_venv()
@@ -410,7 +464,15 @@ def main(argv=None) -> int:
                "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()), "data": str(data),
                "n_train": min(n_train, max_train) if max_train else n_train, "n_test": len(test), "quick": a.quick,
                "n_latency": n_latency, "repeats": repeats, "results": {}, "accuracy": {}, "complete": False}
-    if a.report_only:
+    if a.note:
+        ctx.setdefault("notes", []).append(f"{time.strftime('%H:%M')}: {a.note}")
+    if a.paired_only:
+        line = "paired stage run by `python benchmarks/run.py --paired-only`"
+        if not any(n.endswith(line) for n in ctx.get("notes", [])):
+            ctx.setdefault("notes", []).append(f"{time.strftime('%H:%M')}: {line}")
+        paired_stage(ctx, work, data, n_latency)
+        ctx_file.write_text(json.dumps(ctx, indent=1, default=float))
+    if a.report_only or a.paired_only:
         out_md.write_text(render(ctx))
         log(f"wrote {out_md}")
         return 0
@@ -447,6 +509,8 @@ def main(argv=None) -> int:
             if acc:
                 ctx["accuracy"][f"{key}_{kind}"] = acc
                 log(f"{key} {kind}: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))
+        if key == "anomalib_0.01":
+            paired_stage(ctx, work, data, n_latency, max_test)
         ctx_file.write_text(json.dumps(ctx, indent=1, default=float))
         out_md.write_text(render(ctx))
         log(f"wrote {out_md}")

@@ -21,27 +21,6 @@ DEFECT_FRAMES = set(range(8, 12)) | set(range(20, 24))
 N_FRAMES = 30
 
 
-def _build_bundle(root: Path) -> Path:
-    """A small real bundle (effnet-lite0 on a synthetic texture class), built once per session."""
-    bundle = root / "bundle"
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    from export.onnx_export import export_bundle
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
-    from patchcore.synthetic import make_synthetic_class
-
-    data = make_synthetic_class(root / "data", n_train=30, n_test_good=10, n_test_defect=5, size=128)
-    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.05, resize=128, crop=128, holdout=0.2)
-    export_bundle(PatchCore(cfg).fit(load_class(data).train), bundle)
-    return bundle
-
-
-@pytest.fixture(scope="session")
-def rt_bundle(tmp_path_factory) -> Path:
-    return _build_bundle(tmp_path_factory.getbasetemp() / "rt-shared")
-
-
 def _write_video(path: Path, data: Path, fps: float) -> None:
     """Good texture frames, with defective images (scratch, stain, hole pasted into the texture)
     at DEFECT_FRAMES. MJPG at full quality: lossy, like a real camera stream."""

@@ -20,34 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "open_clip", "timm", "patchcore", "export")
 
 
-def _build_bundle(root: Path) -> Path:
-    """A small real bundle (effnet-lite0 on a synthetic texture class), built once per session."""
-    bundle = root / "bundle"
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    from export.onnx_export import export_bundle
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
-    from patchcore.synthetic import make_synthetic_class
-
-    data = make_synthetic_class(root / "data", n_train=30, n_test_good=10, n_test_defect=5, size=128)
-    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.05, resize=128, crop=128, holdout=0.2)
-    export_bundle(PatchCore(cfg).fit(load_class(data).train), bundle)
-    return bundle
-
-
-@pytest.fixture(scope="session")
-def rt_bundle(tmp_path_factory) -> Path:
-    return _build_bundle(tmp_path_factory.getbasetemp() / "rt-shared")
-
-
 # Runs in the child: a meta path finder refusing the blocked packages, then the given code.
 _PRELUDE = f"""
 import importlib.abc, sys
 BLOCKED = {BLOCKED!r}
+ATTEMPTS = []
 class _Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
+            ATTEMPTS.append(name)
             raise ImportError(f"{{name}} is blocked: the runtime must not import it")
         return None
 sys.meta_path.insert(0, _Refuse())
@@ -92,11 +73,12 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
         for n in names:
             importlib.import_module("runtime." + n)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-        print(json.dumps({"modules": names, "leaked": leaked}))
+        print(json.dumps({"modules": names, "leaked": leaked, "attempts": ATTEMPTS}))
     """, tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["leaked"] == []
+    assert out["attempts"] == []  # not even a guarded ``try: import torch``
     for needed in ("cli", "watch", "journal", "camera", "bench", "outputs", "predictor", "engines", "search"):
         assert needed in out["modules"]
 
@@ -125,12 +107,12 @@ def test_every_command_runs_without_torch(tmp_path, rt_bundle):
             "bench": cli("bench", {b!r}, "--batch-sizes", "1", "--repeat", "1", "--warmup", "0"),
         }}
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-        print(json.dumps({{"codes": codes, "leaked": leaked, "ort": "onnxruntime" in sys.modules}}))
+        print(json.dumps({{"codes": codes, "leaked": leaked, "attempts": ATTEMPTS, "ort": "onnxruntime" in sys.modules}}))
     """, tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["codes"] == {k: 0 for k in out["codes"]}, r.stderr
-    assert out["leaked"] == []
+    assert out["leaked"] == [] and out["attempts"] == []
     assert out["ort"]  # the commands really ran the model
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"file"')]
     assert sum(rec["verdict"] == "error" for rec in records) == 2  # broken.png: once by predict, once by watch

@@ -24,27 +24,6 @@ from runtime.selection import BUNDLE_ENV, MODELS_ENV, resolve_bundle
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _build_bundle(root: Path) -> Path:
-    """A small real bundle (effnet-lite0 on a synthetic texture class), built once per session."""
-    bundle = root / "bundle"
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    from export.onnx_export import export_bundle
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
-    from patchcore.synthetic import make_synthetic_class
-
-    data = make_synthetic_class(root / "data", n_train=30, n_test_good=10, n_test_defect=5, size=128)
-    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.05, resize=128, crop=128, holdout=0.2)
-    export_bundle(PatchCore(cfg).fit(load_class(data).train), bundle)
-    return bundle
-
-
-@pytest.fixture(scope="session")
-def rt_bundle(tmp_path_factory) -> Path:
-    return _build_bundle(tmp_path_factory.getbasetemp() / "rt-shared")
-
-
 @pytest.fixture(scope="module")
 def test_dir(rt_bundle) -> Path:
     return rt_bundle.parent / "data" / "brick" / "test"

@@ -25,29 +25,8 @@ from runtime.watch import LOCK, RESULTS, Settler, Watcher, WatchOptions, _Lock, 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _build_bundle(root: Path) -> Path:
-    """A small real bundle (effnet-lite0 on a synthetic texture class), built once per session."""
-    bundle = root / "bundle"
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    from export.onnx_export import export_bundle
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
-    from patchcore.synthetic import make_synthetic_class
-
-    data = make_synthetic_class(root / "data", n_train=30, n_test_good=10, n_test_defect=5, size=128)
-    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.05, resize=128, crop=128, holdout=0.2)
-    export_bundle(PatchCore(cfg).fit(load_class(data).train), bundle)
-    return bundle
-
-
-@pytest.fixture(scope="session")
-def rt_bundle(tmp_path_factory) -> Path:
-    return _build_bundle(tmp_path_factory.getbasetemp() / "rt-shared")
-
-
 @pytest.fixture(scope="module")
-def test_images(rt_bundle) -> list[bytes]:
+def class_pngs(rt_bundle) -> list[bytes]:
     """PNG bytes of the synthetic class's test images (good and defective), 128 px."""
     files = sorted((rt_bundle.parent / "data" / "brick" / "test").rglob("*.png"))
     assert len(files) == 25
@@ -108,11 +87,11 @@ def _sha(data: bytes) -> str:
 
 
 # ============================================================================ the big one
-def test_watch_200_files_exactly_once_across_sigkill_and_restart(tmp_path, rt_bundle, test_images):
+def test_watch_200_files_exactly_once_across_sigkill_and_restart(tmp_path, rt_bundle, class_pngs):
     stage, inc, out, log = tmp_path / "stage", tmp_path / "incoming", tmp_path / "out", tmp_path / "watch.log"
     for d in (stage, inc):
         d.mkdir()
-    valid = _variants(test_images, 195)
+    valid = _variants(class_pngs, 195)
 
     # drops: (name in incoming, stage name, content, kind); mtimes are set to unique known values
     drops: list[dict] = []
@@ -275,12 +254,12 @@ def test_watch_200_files_exactly_once_across_sigkill_and_restart(tmp_path, rt_bu
     assert elapsed < 240
 
 
-def test_restart_without_move_skips_every_recorded_file(tmp_path, rt_bundle, test_images):
+def test_restart_without_move_skips_every_recorded_file(tmp_path, rt_bundle, class_pngs):
     """Without --move every scored file is still there after the kill: the journal alone must
     keep the restarted watcher from scoring any of them again."""
     inc, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log"
     inc.mkdir()
-    for i, content in enumerate(_variants(test_images, 60)):
+    for i, content in enumerate(_variants(class_pngs, 60)):
         (inc / f"{i:02d}.png").write_bytes(content)
     args = ("--settle", "0", "--poll", "0.05", "--batch", "4")
     first = _start_watch(inc, rt_bundle, out, log, *args)
@@ -300,10 +279,10 @@ def test_restart_without_move_skips_every_recorded_file(tmp_path, rt_bundle, tes
 
 # ============================================================================ clean stop
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_finishes_the_batch_and_exits_0(tmp_path, rt_bundle, test_images, sig):
+def test_signal_finishes_the_batch_and_exits_0(tmp_path, rt_bundle, class_pngs, sig):
     inc, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log"
     inc.mkdir()
-    for i, content in enumerate(_variants(test_images, 48)):
+    for i, content in enumerate(_variants(class_pngs, 48)):
         (inc / f"{i:02d}.png").write_bytes(content)
     proc = _start_watch(inc, rt_bundle, out, log, "--move", "--settle", "0", "--poll", "0.05", "--batch", "8")
     try:
@@ -349,11 +328,11 @@ def test_journal_cuts_a_torn_tail_and_dedupes(tmp_path):
         assert j.torn_bytes == 0 and len(j) == 4
 
 
-def test_restart_finishes_an_interrupted_move_without_rescoring(tmp_path, predictor, test_images):
+def test_restart_finishes_an_interrupted_move_without_rescoring(tmp_path, predictor, class_pngs):
     inc, out = tmp_path / "in", tmp_path / "out"
     inc.mkdir()
-    (inc / "a.png").write_bytes(test_images[0])
-    (inc / "b.png").write_bytes(test_images[1])
+    (inc / "a.png").write_bytes(class_pngs[0])
+    (inc / "b.png").write_bytes(class_pngs[1])
     st_a, st_b = (inc / "a.png").stat(), (inc / "b.png").stat()
     # a previous run recorded both and was killed before moving them; for b.png it had already
     # linked the target but not removed the source
@@ -364,16 +343,16 @@ def test_restart_finishes_an_interrupted_move_without_rescoring(tmp_path, predic
     (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in recs))
     w = _watch_once(predictor, inc, out, move=True)
     assert w.summary.scored == 0 and w.summary.moves_completed == 2
-    assert (out / "ng" / "a.png").read_bytes() == test_images[0]
-    assert (out / "ok" / "b.png").read_bytes() == test_images[1]
+    assert (out / "ng" / "a.png").read_bytes() == class_pngs[0]
+    assert (out / "ok" / "b.png").read_bytes() == class_pngs[1]
     assert list(inc.iterdir()) == []
     assert len(_lines(out / RESULTS)) == 2
 
 
-def test_recorded_name_with_other_content_at_the_target_is_left_alone(tmp_path, predictor, test_images):
+def test_recorded_name_with_other_content_at_the_target_is_left_alone(tmp_path, predictor, class_pngs):
     inc, out = tmp_path / "in", tmp_path / "out"
     inc.mkdir()
-    (inc / "a.png").write_bytes(test_images[0])
+    (inc / "a.png").write_bytes(class_pngs[0])
     st = (inc / "a.png").stat()
     (out / "ok").mkdir(parents=True)
     (out / "ok" / "a.png").write_bytes(b"something else")
@@ -381,27 +360,27 @@ def test_recorded_name_with_other_content_at_the_target_is_left_alone(tmp_path, 
                                            "verdict": "ok", "moved_to": "ok/a.png"}) + "\n")
     w = _watch_once(predictor, inc, out, move=True)
     assert w.summary.scored == 0 and w.summary.moves_completed == 0
-    assert (inc / "a.png").read_bytes() == test_images[0]
+    assert (inc / "a.png").read_bytes() == class_pngs[0]
     assert (out / "ok" / "a.png").read_bytes() == b"something else"
 
 
-def test_a_file_replaced_under_the_same_name_is_scored_again(tmp_path, predictor, test_images):
+def test_a_file_replaced_under_the_same_name_is_scored_again(tmp_path, predictor, class_pngs):
     inc, out = tmp_path / "in", tmp_path / "out"
     inc.mkdir()
-    (inc / "a.png").write_bytes(test_images[0])
+    (inc / "a.png").write_bytes(class_pngs[0])
     assert _watch_once(predictor, inc, out).summary.scored == 1
     assert _watch_once(predictor, inc, out).summary.scored == 0  # same file: already recorded
-    (inc / "a.png").write_bytes(test_images[12])
+    (inc / "a.png").write_bytes(class_pngs[12])
     assert _watch_once(predictor, inc, out).summary.scored == 1
     recs = [json.loads(line) for line in _lines(out / RESULTS)]
     assert [r["file"] for r in recs] == ["a.png", "a.png"] and recs[0]["size"] != recs[1]["size"]
 
 
-def test_overlays_and_error_records_in_process(tmp_path, predictor, test_images):
+def test_overlays_and_error_records_in_process(tmp_path, predictor, class_pngs):
     inc, out = tmp_path / "in", tmp_path / "out"
     (inc / "sub").mkdir(parents=True)
-    (inc / "sub" / "a.png").write_bytes(test_images[0])
-    (inc / "b.png").write_bytes(test_images[20])
+    (inc / "sub" / "a.png").write_bytes(class_pngs[0])
+    (inc / "b.png").write_bytes(class_pngs[20])
     (inc / "tiny.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     (inc / "notes.txt").write_text("not an image")
     w = _watch_once(predictor, inc, out, overlays=True)
@@ -415,17 +394,17 @@ def test_overlays_and_error_records_in_process(tmp_path, predictor, test_images)
     assert w.summary.counts["error"] == 1 and w.summary.scored == 4
 
 
-def test_no_existing_ignores_files_present_at_start(tmp_path, predictor, test_images):
+def test_no_existing_ignores_files_present_at_start(tmp_path, predictor, class_pngs):
     inc, out = tmp_path / "in", tmp_path / "out"
     inc.mkdir()
-    (inc / "old.png").write_bytes(test_images[0])
+    (inc / "old.png").write_bytes(class_pngs[0])
     stop = threading.Event()
     w = Watcher(predictor, WatchOptions(inc, out, existing=False, settle=0.05, poll=0.02), stop=stop)
     t = threading.Thread(target=w.run)
     t.start()
     try:
         time.sleep(0.3)
-        (inc / "new.png").write_bytes(test_images[1])
+        (inc / "new.png").write_bytes(class_pngs[1])
         _wait(lambda: len(_lines(out / RESULTS)) >= 1, 60, "the new file's record")
         time.sleep(0.3)
     finally:
