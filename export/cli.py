@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -227,8 +226,10 @@ def parity_cmd(
     torch_device: str = typer.Option("cpu", "--torch-device", help="device of the PyTorch reference"),
     batch_size: int = typer.Option(8, "--batch-size"),
 ):
-    """Score DATA's test images with PyTorch and with every runtime engine/graph of BUNDLE and
-    compare: features, patch/image scores, maps, AUROC, verdicts. Exit 6 when a tolerance breaks."""
+    """Compare PyTorch with every runtime engine and graph of BUNDLE on DATA's test images.
+
+    Features, patch and image scores, anomaly maps, AUROC and verdicts; exit 6 when a tolerance
+    breaks."""
 
     def run():
         from .parity import run_parity

@@ -76,7 +76,9 @@ def check_graph(path: str | Path) -> list[str]:
 
     try:
         onnx.checker.check_model(str(path), full_check=False)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()  # load and type-check only: optimising is the engine's job
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # checker errors and ORT's Fail/InvalidGraph are distinct classes
         raise ExportError(f"{path}: exported graph failed its check: {e}") from e
     return [o.name for o in sess.get_outputs()]
@@ -270,7 +272,10 @@ def export_bundle(model, root: str | Path, name: str | None = None, *, fp16: boo
                                        nearest="in-graph argmin of |q|^2 - 2 q.m + |m|^2 (float32)")
             files += [p.name for p in written]
     manifest["graphs"] = graphs
-    manifest["versions"].update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__})
+    import cv2  # the preprocessing's resizes: recorded, since kernels may change between versions
+
+    manifest["versions"].update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                                 "opencv": cv2.__version__})
     if extra:
         manifest.update(extra)
     return bundle_io.finalize_manifest(root, manifest, files)

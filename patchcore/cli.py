@@ -6,7 +6,6 @@ distinct exit code (2 bad input, 3 bad bundle, 5 weights unavailable).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 

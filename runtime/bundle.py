@@ -240,6 +240,12 @@ def read_bundle(root: str | Path, verify: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -247,6 +253,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the bundle from a service user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -6,7 +6,7 @@ with the :class:`PreprocessSpec` stored in the bundle, so they can never disagre
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import cv2

@@ -14,7 +14,8 @@ or ``skip`` with the reason:
 5. tensorrt: an engine built into the bundle (``export.tensorrt_build``), the runtime picking it
    up, and the parity suite on TensorRT for every graph (built on this GPU, cached).
 
-Exit status 0 when nothing failed (skips are fine: a machine without TensorRT skips it), 1 else.
+Exit status 0 when nothing failed (skips are fine: a machine without TensorRT skips it; with
+``--strict`` a skip fails too), 1 else.
 The report holds every figure; a Markdown summary is written beside it.
 """
 
@@ -198,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="class folder (MVTec layout; default: the synthetic class)")
     ap.add_argument("--report", type=Path, default=Path("results/gpu_checks.json"))
     ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(n for n, _ in CHECKS))
+    ap.add_argument("--strict", action="store_true",
+                    help="a skipped check fails too (on a GPU runner a skip means a broken install)")
     args = ap.parse_args(argv)
     if args.bundle and not args.data:
         ap.error("--bundle needs --data")
@@ -226,7 +229,8 @@ def main(argv=None) -> int:
     args.report.with_suffix(".md").write_text(_markdown(report))
     print(_markdown(report))
     print(f"report: {args.report}", file=sys.stderr)
-    return 1 if any(c["status"] == "fail" for c in report["checks"].values()) else 0
+    bad = ("fail", "skip") if args.strict else ("fail",)
+    return 1 if any(c["status"] in bad for c in report["checks"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def test_manifest_describes_everything(bundle):
     assert m["memory_bank"]["rows"] == len(b.memory_bank()) and m["memory_bank"]["dtype"] == "float32"
     assert m["scoring"]["k"] == 1 and m["scoring"]["n_reweight"] == 3 and m["scoring"]["blur_sigma"] == 4.0
     assert m["threshold"]["value"] is not None and m["threshold"]["scale"] > 0
-    assert {"torch", "numpy", "onnx", "onnxruntime", "patchcore_rt"} <= set(m["versions"])
+    assert {"torch", "numpy", "onnx", "onnxruntime", "opencv", "patchcore_rt"} <= set(m["versions"])
     on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {bio.MANIFEST}
     assert set(m["files"]) == on_disk  # every file has its checksum
     assert all(len(v["sha256"]) == 64 for v in m["files"].values())

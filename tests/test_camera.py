@@ -5,7 +5,6 @@ fall behind."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 

@@ -41,7 +41,8 @@ def official_embed(feats: list[torch.Tensor], pretrain_dim: int, target_dim: int
 CASES = [
     # channels, grids (shallow first), target_dim
     ([40, 112], [(12, 12), (6, 6)], 1024),  # effnet-lite0: C*9 = 360, 1008 < 1024 (upsampling pool)
-    ([512, 1024], [(8, 8), (4, 4)], 1024),  # wrn50: 4608, 9216
+    ([512, 1024], [(8, 8), (4, 4)], 1024),  # wrn50: 4608, 9216 (grouped conv: 1 and 2 channels per output)
+    ([128, 256], [(8, 8), (4, 4)], 1024),  # resnet18: grouped conv, 4 and 2 outputs per channel
     ([24, 100], [(9, 11), (5, 6)], 384),  # 216, 900: not divisible, odd grids
     ([48, 120], [(10, 10), (5, 5)], 1024),  # effnet-lite2: 432, 1080 (not divisible by 1024)
     ([16, 40, 80], [(16, 16), (8, 8), (4, 4)], 1024),  # three layers: overlapping output rows

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from export.onnx_export import export_bundle
@@ -57,7 +56,7 @@ def lite0(tmp_path_factory, data) -> Path:
 def test_fp32_parity_every_backbone(backbone, data, tmp_path):
     model = _fit(backbone, data)
     export_bundle(model, tmp_path / backbone, fp16=False)
-    rep = run_parity(tmp_path / backbone, data, engines=("ort-cpu",))
+    rep = run_parity(tmp_path / backbone, data, engines=("ort-cpu",), reference=model)
     (r,) = rep.results
     print(f"\n{backbone}: fp32 ORT CPU max rel err image {r.errors['image']:.2e} patch {r.errors['patch']:.2e} "
           f"features {r.errors['features']:.2e} maps {r.errors['maps']:.2e}")
