@@ -81,7 +81,7 @@ class Predictor:
         patch[rows, worst] = s_star
         nn[rows, worst] = m_star
         if sc.n_reweight:
-            s_star = s_star * sc._reweight(emb[rows, worst], m_star)
+            s_star = s_star * sc.reweight(emb[rows, worst], m_star)
         return Scores(patch.astype(np.float32), s_star, nn)
 
     def predict(self, images: Sequence[np.ndarray]) -> PredictResult:

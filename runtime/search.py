@@ -185,10 +185,10 @@ class PatchScorer:
         rows = np.arange(b)
         s_star = patch[rows, worst]
         if self.n_reweight:
-            s_star = s_star * self._reweight(embeddings[rows, worst], nn[rows, worst])
+            s_star = s_star * self.reweight(embeddings[rows, worst], nn[rows, worst])
         return Scores(patch.astype(np.float32), s_star, nn)
 
-    def _reweight(self, worst_patches: np.ndarray, m_star: np.ndarray) -> np.ndarray:
+    def reweight(self, worst_patches: np.ndarray, m_star: np.ndarray) -> np.ndarray:
         """1 - softmax weight of m* among N_b(m*), computed stably (max subtracted)."""
         found = self.index.search(self.bank[m_star], min(self.n_reweight + 1, len(self.bank)))
         # N_b(m*) = m* itself first, then its nearest other bank patches (float32 search may have
