@@ -44,27 +44,13 @@ def _fail(msg: str, code: int) -> None:
 
 
 def _guard(fn):
-    """Run ``fn``, mapping the project's known errors to one line and an exit code."""
-    from patchcore.data import DatasetError
-    from patchcore.registry import UnknownBackboneError, WeightsUnavailableError
-    from runtime.bundle import BundleError
+    """Run ``fn`` with the ``patchcore`` CLI's error mapping plus the export-only errors."""
+    from patchcore.cli import guard
     from runtime.engines import DeviceUnavailableError
-    from runtime.images import ImageReadError
 
     from .onnx_export import ExportError
 
-    try:
-        return fn()
-    except WeightsUnavailableError as e:
-        _fail(str(e), EXIT_WEIGHTS)
-    except BundleError as e:
-        _fail(str(e), EXIT_BUNDLE)
-    except DeviceUnavailableError as e:
-        _fail(str(e), EXIT_DEVICE)
-    except ExportError as e:
-        _fail(str(e), EXIT_GRAPH)
-    except (DatasetError, ImageReadError, UnknownBackboneError, ValueError, FileNotFoundError) as e:
-        _fail(str(e), EXIT_INPUT)
+    return guard(fn, ((DeviceUnavailableError, EXIT_DEVICE), (ExportError, EXIT_GRAPH)))
 
 
 def _files_digest(root: Path, paths) -> str:

@@ -1,7 +1,7 @@
 """The ``patchcore`` command: fit, evaluate, download data, run the demo.
 
 Thin wrappers over library functions; known errors become one readable line on stderr and a
-distinct exit code (2 bad input, 3 bad bundle, 5 weights unavailable).
+distinct exit code (2 bad input, 3 bad bundle, 4 device unavailable, 5 weights unavailable).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Fit and evaluate PatchCore in PyTorch (exit codes: 2 bad input, 3 bad bundle, 5 weights unavailable).")
+                  help="Fit and evaluate PatchCore in PyTorch (exit codes: 2 bad input, 3 bad bundle, 4 device unavailable, 5 weights unavailable).")
 
-EXIT_INPUT, EXIT_BUNDLE, EXIT_WEIGHTS = 2, 3, 5
+EXIT_INPUT, EXIT_BUNDLE, EXIT_DEVICE, EXIT_WEIGHTS = 2, 3, 4, 5
 
 
 def _fail(msg: str, code: int) -> None:
@@ -31,22 +31,28 @@ def _config(backbone: str, coreset: float, weights: str, layers: Optional[str], 
                            holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size)
 
 
-def _guard(fn):
-    """Run ``fn`` mapping the project's known errors to exit codes."""
+def guard(fn, extra: tuple[tuple[type[BaseException], int], ...] = ()):
+    """Run ``fn``, mapping the project's known errors to one line on stderr and an exit code;
+    ``extra`` (exception type, code) pairs are checked first (the export CLI adds its own)."""
     from runtime.bundle import BundleError
+    from runtime.engines import DeviceUnavailableError
     from runtime.images import ImageReadError
 
     from .data import DatasetError
     from .registry import UnknownBackboneError, WeightsUnavailableError
 
+    known = (*extra, (WeightsUnavailableError, EXIT_WEIGHTS), (BundleError, EXIT_BUNDLE), (DeviceUnavailableError, EXIT_DEVICE),
+             ((DatasetError, ImageReadError, UnknownBackboneError, ValueError, FileNotFoundError), EXIT_INPUT))
     try:
         return fn()
-    except WeightsUnavailableError as e:
-        _fail(str(e), EXIT_WEIGHTS)
-    except BundleError as e:
-        _fail(str(e), EXIT_BUNDLE)
-    except (DatasetError, ImageReadError, UnknownBackboneError, ValueError) as e:
-        _fail(str(e), EXIT_INPUT)
+    except Exception as e:
+        for types, code in known:
+            if isinstance(e, types):
+                _fail(str(e), code)
+        raise
+
+
+_guard = guard
 
 
 _BACKBONE = typer.Option("effnet-lite0", "--backbone", "-b", help="registry name (see `patchcore backbones`)")

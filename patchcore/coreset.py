@@ -16,13 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("coreset on cuda requested but no CUDA device is available")
-    return torch.device(device)
+from .device import torch_device
 
 
 def random_projection(features: torch.Tensor, dim: int, seed: int, chunk: int = 65536) -> torch.Tensor:
@@ -69,7 +63,7 @@ def greedy_coreset(
     n_select = max(1, int(n * ratio))
     if ratio == 1:
         return np.arange(n)
-    dev = _pick_device(device)
+    dev = torch_device(device)
     with torch.no_grad():
         x = random_projection(feats.to(dev), projection_dim, seed)
         x_sq = (x * x).sum(1)

@@ -25,6 +25,7 @@ from runtime.search import PatchScorer
 
 from .backbones import create_trunk
 from .coreset import greedy_coreset
+from .device import torch_device
 from .features import PatchAggregator, PatchFeatureModel
 from .progress import progress_bar
 from .weights import sha256_file
@@ -61,14 +62,6 @@ class Prediction:
     normalised: np.ndarray | None = None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but torch sees no CUDA device")
-    return torch.device(name)
-
-
 class PatchCore:
     def __init__(self, config: PatchCoreConfig):
         self.config = config
@@ -81,7 +74,7 @@ class PatchCore:
                           crop=config.crop if config.crop is not None else pre.crop)
         self.preprocess: PreprocessSpec = pre
         aggregator = PatchAggregator([l.channels for l in layers], config.pretrain_dim, config.target_dim)
-        self.device = _device(config.device)
+        self.device = torch_device(config.device)
         self.feature_model = PatchFeatureModel(trunk, aggregator).eval().to(self.device)
         self.grid = self._probe_grid()
         self.bank: np.ndarray | None = None

@@ -3,21 +3,14 @@ as arbitrary objects), or a framework's pretrained download with a clear offline
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
+from runtime.bundle import sha256_file  # noqa: F401  (re-exported)
+
 from .registry import WeightsUnavailableError
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def torch_hub_checkpoint_dir() -> Path:

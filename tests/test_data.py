@@ -12,15 +12,6 @@ from patchcore.data import ClassDataset, DatasetError, Sample, load_class, load_
 from runtime.images import read_image
 
 
-@pytest.fixture
-def shared_datasets():
-    """../shared/datasets (read-only real data) or skip; stands in until tests/conftest.py has it."""
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    if not root.is_dir():
-        pytest.skip(f"real datasets not found at {root}")
-    return root
-
-
 def _png(path: Path, size=(8, 6), value=0, mode="RGB") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, value).save(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,15 +16,6 @@ from runtime.images import (
     read_image,
     read_mask,
 )
-
-
-@pytest.fixture
-def shared_datasets():
-    """../shared/datasets (read-only real data) or skip; stands in until tests/conftest.py has it."""
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    if not root.is_dir():
-        pytest.skip(f"real datasets not found at {root}")
-    return root
 
 
 RNG = np.random.default_rng(0)
