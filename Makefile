@@ -9,7 +9,7 @@ WEIGHTS ?= default
 CORESET ?= 0.1
 OUT ?= models/$(BACKBONE)
 
-.PHONY: venv install demo test test-gpu eval export parity bench clean
+.PHONY: venv install demo test test-gpu eval export parity bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: install
 	$(PY) -m patchcore synth --dest datasets/synthetic
 	$(PY) -m patchcore eval --data datasets/synthetic/brick --backbone $(BACKBONE) --out results/demo
 	$(PY) -m export bundle --backbone $(BACKBONE) --data datasets/synthetic/brick --out models/demo
-	$(VENV)/bin/patchcore-rt predict models/demo datasets/synthetic/brick/test --overlays results/demo/runtime > results/demo/runtime.jsonl
+	$(VENV)/bin/patchcore-rt predict models/demo datasets/synthetic/brick/test --recursive --overlays results/demo/runtime > results/demo/runtime.jsonl
 	@echo; cat results/demo/summary.md; echo; echo "runtime scores: results/demo/runtime.jsonl, overlays: results/demo/brick/$(BACKBONE)/overlays"
 
 test: install
@@ -44,8 +44,15 @@ eval: install
 export: install
 	$(PY) -m export bundle --backbone $(BACKBONE) $(if $(DATA),--data $(DATA)) --weights $(WEIGHTS) --coreset $(CORESET) --out $(OUT)
 
+# make parity OUT=models/effnet-lite0 DATA=../shared/datasets/mvtec_ad/bottle
+parity: install
+	$(PY) -m export parity $(OUT) $(or $(DATA),datasets/synthetic/brick) --report results/parity-$(BACKBONE).json
+
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) benchmarks/run.py --quick
 
 clean:
 	rm -rf results build *.egg-info

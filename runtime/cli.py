@@ -52,7 +52,7 @@ class Search(str, enum.Enum):
 
 # Options shared by several commands, so a flag means the same everywhere.
 DeviceOpt = typer.Option(Device.auto, "--device", "-d", help="auto (GPU when usable, else CPU), cpu, cuda or tensorrt.")
-SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss when installed), faiss, numpy.")
+SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, else numpy BLAS), faiss, numpy.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
 BatchOpt = typer.Option(8, "--batch", "-b", min=1, help="Images per model call.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
