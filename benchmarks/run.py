@@ -410,6 +410,19 @@ def render(ctx: dict) -> str:
             L.append(f"- Paired run: our features stage {pr['ours_stages_ms']['features']:.0f} ms alone exceeds anomalib's whole "
                      f"ONNX per-image time {pr['anomalib_onnx_ms_per_image']:.0f} ms; search adds {pr['ours_stages_ms']['search']:.0f} ms "
                      f"({pr['search']} backend, {get(o1, 'fit', 'bank_rows')} x {get(o1, 'fit', 'bank_dim')} bank).")
+    lite = ctx["results"].get("ours_lite0_0.1")
+    if lite and not lite.get("failed"):
+        L.append("\n## patchcore-rt alone: effnet-lite0 (real ImageNet weights), 10% bank\n")
+        acc = {k: ctx["accuracy"].get(f"ours_lite0_0.1_{k}") or {} for k in ("torch", "runtime")}
+        fi = lite.get("fit", {})
+        L.append(f"Fit {f(fi.get('total_s'))} s (features {f(fi.get('features_s'))} s, coreset {f(fi.get('coreset_s'))} s), "
+                 f"bank {fi.get('bank_rows')} x {fi.get('bank_dim')}.\n")
+        L.append(table(["path", "image AUROC", "pixel AUROC", "PRO", "batch-1 ms"], [
+            [k, f(acc[k].get("image_auroc"), "{:.4f}"), f(acc[k].get("pixel_auroc"), "{:.4f}"), f(acc[k].get("pro"), "{:.4f}"),
+             f(get(lite, "inference", k, "batch1", "median_ms"))] for k in ("torch", "runtime")]))
+        st = get(lite, "inference", "runtime", "stages_ms")
+        if st:
+            L.append("\nRuntime batch-1 stages (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()) + ".")
     L.append("")
     L.append("## Raw results\n")
     L.append("Worker JSON files: `<work>/*/result.json` under `.bench/` (git-ignored; `--work`, default `.bench/run`), logs next to them.")
@@ -493,11 +506,15 @@ def main(argv=None) -> int:
         plan.append(("ours", 0.1, True))  # fit + accuracy + runtime latency at 10%, no throughput
     if a.full:
         plan.append(("anomalib", 0.1, True))
+    plan.append(("ours_lite0", 0.1, False))  # the deployment backbone with real weights (runtime stages)
     for tool, ratio_, light in plan:
         key = f"{tool}_{ratio_}"
         wdir = work / key
         args = [*common, "--coreset", str(ratio_)]
-        if tool == "ours":
+        if tool == "ours_lite0":
+            res = run_worker(sys.executable, "ours_worker.py", args + ["--backbone", "effnet-lite0", "--weights", "default",
+                                                                      "--batches", ""], wdir, work / f"{key}.log")
+        elif tool == "ours":
             if light:
                 args += ["--batches", ""]
             res = run_worker(sys.executable, "ours_worker.py", args + ["--backbone", "wrn50"], wdir, work / f"{key}.log")

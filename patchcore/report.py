@@ -96,6 +96,16 @@ def backbone_means(rows) -> list[dict]:
     return out
 
 
+def _backbone_label(backbone: str, rows) -> str:
+    """Backbone name as shown in tables: non-default weights are said, so a random-weights row is
+    never read as the pretrained backbone's result."""
+    weights = {r.get("weights") for r in rows if r["backbone"] == backbone} - {None, "default"}
+    if not weights:
+        return backbone
+    w = weights.pop() if len(weights) == 1 else "mixed"
+    return f"{backbone} ({w} weights)" if w in ("random", "mixed") else f"{backbone} (weights {Path(str(w)).name})"
+
+
 def _md_table(header, lines) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(l) + " |" for l in lines)]
 
@@ -125,7 +135,7 @@ def write_summary(out_dir, rows: list[dict]) -> tuple[Path, Path]:
         for c in classes
     ]
     means = backbone_means(rows)
-    study = [[m["backbone"], m["family"], str(m["classes"]), *(_pct(m[k]) for k in METRIC_KEYS[:3])] for m in means]
+    study = [[_backbone_label(m["backbone"], rows), m["family"], str(m["classes"]), *(_pct(m[k]) for k in METRIC_KEYS[:3])] for m in means]
     study += [[f"{name} — {REFERENCE_LABEL}", fam, "15", f"{img:.1f}", f"{pix:.1f}", "–"] for name, fam, img, pix in REFERENCE_ROWS]
 
     lines = [
@@ -133,7 +143,7 @@ def write_summary(out_dir, rows: list[dict]) -> tuple[Path, Path]:
         "",
         "## Per class (image AUROC / pixel AUROC / PRO, %)",
         "",
-        *_md_table(["class", *backbones], per_class),
+        *_md_table(["class", *(_backbone_label(b, rows) for b in backbones)], per_class),
         "",
         "## Mean over classes (%), shaped like the reference study",
         "",

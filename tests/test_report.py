@@ -161,3 +161,16 @@ def test_write_overlays(tmp_path):
     assert paths[0] == tmp_path / "overlays" / "broken_large" / "000.png"
     back = cv2.cvtColor(cv2.imread(str(paths[1])), cv2.COLOR_BGR2RGB)
     assert (back == panel).all()  # written as BGR, so RGB comes back
+
+
+def test_summary_says_when_a_row_does_not_use_the_pretrained_weights(tmp_path):
+    rows = [
+        {"class": "bottle", "backbone": "wrn50", "family": "ImageNet", "weights": "random",
+         "image_auroc": 0.9, "pixel_auroc": 0.8, "pro": 0.6},
+        {"class": "bottle", "backbone": "effnet-lite0", "family": "ImageNet", "weights": "default",
+         "image_auroc": 1.0, "pixel_auroc": 0.98, "pro": 0.95},
+    ]
+    md, _ = write_summary(tmp_path, rows)
+    text = md.read_text()
+    assert "| wrn50 (random weights) | ImageNet | 1 | 90.0 | 80.0 | 60.0 |" in text
+    assert "| effnet-lite0 | ImageNet | 1 | 100.0 | 98.0 | 95.0 |" in text
