@@ -72,6 +72,8 @@ class PatchCore:
         if config.resize is not None or config.crop is not None:
             pre = replace(pre, resize=config.resize if config.resize is not None else pre.resize,
                           crop=config.crop if config.crop is not None else pre.crop)
+        if not pre.crop:
+            raise ValueError("the preprocessing must crop to a fixed size (crop > 0): the bank and graphs need one grid")
         self.preprocess: PreprocessSpec = pre
         aggregator = PatchAggregator([l.channels for l in layers], config.pretrain_dim, config.target_dim)
         self.device = torch_device(config.device)
@@ -86,7 +88,7 @@ class PatchCore:
     # ------------------------------------------------------------------ features
     @property
     def input_size(self) -> tuple[int, int]:
-        return self.preprocess.output_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        return self.preprocess.crop, self.preprocess.crop
 
     @torch.no_grad()
     def _probe_grid(self) -> tuple[int, int]:
