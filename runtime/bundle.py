@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .fileio import atomic_write
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -240,26 +239,6 @@ def read_bundle(root: str | Path, verify: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the bundle from a service user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_array(root: Path, rel: str, array: np.ndarray) -> None:
     import io
 
@@ -267,14 +246,14 @@ def write_array(root: Path, rel: str, array: np.ndarray) -> None:
         raise BundleError(f"{rel}: object arrays cannot be stored (they would need pickle)")
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    _atomic_write_bytes(Path(root) / rel, buf.getvalue())
+    atomic_write(Path(root) / rel, buf.getvalue())
 
 
 def write_file(root: str | Path, rel: str, data: bytes) -> Path:
     """Write ``data`` to ``root/rel`` atomically (parent folders created). Returns the path."""
     path = Path(root) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, data)
+    atomic_write(path, data)
     return path
 
 
@@ -290,7 +269,7 @@ def finalize_manifest(root: str | Path, manifest: dict[str, Any], files: list[st
     }
     validate_manifest(manifest)
     manifest[DIGEST_FIELD] = manifest_digest(manifest)
-    _atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(root / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return Bundle(root, manifest)
 
 

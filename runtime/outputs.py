@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import cv2
 import numpy as np
 
+from .fileio import atomic_write, synced_temp
 from .postprocess import normalise_scores
 from .preprocess import PreprocessSpec, resize_and_crop
 
@@ -105,31 +105,17 @@ def move_new(src: Path, dst: Path) -> Path:
 def write_new(dst: Path, data: bytes) -> Path:
     """Write ``data`` as a new file at ``dst`` (or ``dst-1`` ...), complete or not at all."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    tmp = synced_temp(dst, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return move_new(Path(tmp), dst)
+        return move_new(tmp, dst)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_replace(dst: Path, data: bytes) -> Path:
     """Write ``data`` to ``dst`` atomically, replacing an older version of our own output."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return atomic_write(dst, data)
 
 
 def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, threshold: float | None,

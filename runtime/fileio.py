@@ -1,0 +1,41 @@
+"""Durable file writes shared by the bundle writer and the runtime's outputs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def synced_temp(dst: Path, data: bytes) -> Path:
+    """``data`` in a fsynced temporary file beside ``dst``, with the permissions a plain new file
+    would get (mkstemp's 0600 would hide bundles and outputs from a service user). The caller
+    renames it into place."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(dst: Path, data: bytes) -> Path:
+    """Replace ``dst`` with ``data`` atomically: readers see the old file or the new, never half."""
+    tmp = synced_temp(dst, data)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
