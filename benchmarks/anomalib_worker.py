@@ -12,7 +12,6 @@ export and its ``to_onnx`` export in onnxruntime, and writes ``result.json`` and
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import traceback
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dir_size_mb, latency_ms, peak_rss_mb, throughput, write_json  # noqa: E402
+from common import dir_size_mb, latency_ms, peak_rss_mb, throughput, worker_parser, write_json  # noqa: E402
 
 
 def read_rgb(path) -> np.ndarray:
@@ -55,17 +54,7 @@ def load_backbone(feature_extractor, weights: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--coreset", type=float, required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-latency", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", default="8,32")
-    ap.add_argument("--no-inference", action="store_true")
-    ap.add_argument("--max-train", type=int, default=0, help="first N train images only (development)")
-    ap.add_argument("--max-test", type=int, default=0, help="first N good + first N defect test images (development)")
+    ap = worker_parser()
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

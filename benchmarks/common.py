@@ -14,6 +14,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
+def worker_parser():
+    """The arguments both tools' workers take, so run.py drives them with one argument list."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--coreset", type=float, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n-latency", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="8,32")
+    ap.add_argument("--no-inference", action="store_true", help="fit and accuracy only")
+    ap.add_argument("--max-train", type=int, default=0, help="first N train images only (development)")
+    ap.add_argument("--max-test", type=int, default=0, help="first N good + first N defect test images (development)")
+    return ap
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -7,7 +7,6 @@ and writes ``result.json`` plus ``preds_<path>.npz`` (image scores, 224x224 maps
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -18,22 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import dir_size_mb, latency_ms, peak_rss_mb, throughput, write_json  # noqa: E402
+from common import dir_size_mb, latency_ms, peak_rss_mb, throughput, worker_parser, write_json  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
+    ap = worker_parser()
     ap.add_argument("--backbone", default="wrn50")
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--coreset", type=float, required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-latency", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", default="8,32")
-    ap.add_argument("--no-inference", action="store_true", help="fit and accuracy only")
-    ap.add_argument("--max-train", type=int, default=0, help="first N train images only (development)")
-    ap.add_argument("--max-test", type=int, default=0, help="first N good + first N defect test images (development)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ MVTec AD is licensed CC BY-NC-SA 4.0; it is downloaded from MVTec's servers, nev
 from __future__ import annotations
 
 import difflib
-import hashlib
 import http.client
 import re
 import shutil
@@ -26,6 +25,8 @@ from typing import Iterable, Iterator
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
+
+from runtime.fileio import sha256_file
 
 DEFAULT_DEST = Path("datasets") / "mvtec_ad"
 TIMEOUT_S = 60
@@ -156,14 +157,6 @@ def _fetch(url: str, part: Path, expected_size: int | None, progress: bool) -> N
     raise DownloadError(f"{url}: the server did not resume the download correctly twice")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -------------------------------------------------------------------------------------- extract
 
 
@@ -248,7 +241,7 @@ def download_class(name: str, dest_root: str | Path = DEFAULT_DEST, url: str | N
         archive.unlink()
         raise DownloadError(f"{url}: size mismatch, expected {expected_size} bytes; archive deleted")
     if sha256 is not None:
-        got = _sha256(archive)
+        got = sha256_file(archive)
         if got.lower() != sha256.lower():
             archive.unlink()
             raise DownloadError(f"{url}: sha256 mismatch (expected {sha256}, got {got}); archive deleted")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.bundle import sha256_file  # noqa: F401  (re-exported)
+from runtime.fileio import sha256_file  # noqa: F401  (re-exported for patchcore.model)
 
 from .registry import WeightsUnavailableError
 

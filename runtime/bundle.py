@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .fileio import atomic_write
+from .fileio import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -71,14 +71,6 @@ class BundleError(ValueError):
 
 class BundleVersionError(BundleError):
     """A bundle written by a newer (or unknown) schema version."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _get(d: Mapping[str, Any], dotted: str) -> Any:

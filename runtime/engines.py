@@ -17,7 +17,6 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
+
+from .fileio import sha256_file
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -293,14 +294,6 @@ def timing_cache_path(cache_dir: Path, ident: dict[str, str]) -> Path:
         f"-trt{ident['tensorrt']}.cache"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 class TensorRTEngine:
     """A deserialized TensorRT engine with device buffers sized for its largest batch.
 
@@ -375,7 +368,7 @@ class TensorRTEngine:
         plan_path, meta_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
         if not rebuild and plan_path.is_file() and meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            if {k: meta.get(k) for k in want} == want and meta.get("plan_sha256") == _sha256(plan_path):
+            if {k: meta.get(k) for k in want} == want and meta.get("plan_sha256") == sha256_file(plan_path):
                 log(f"using cached TensorRT engine {plan_path}")
                 return cls(plan_path.read_bytes(), name=f"tensorrt:{key}", info=meta)
             log(f"cached engine {plan_path} does not match this bundle/GPU: rebuilding")
@@ -384,7 +377,7 @@ class TensorRTEngine:
                                      fp16_graph=info.get("dtype") == "float16", log=log)
         cache_dir.mkdir(parents=True, exist_ok=True)
         plan_path.write_bytes(plan)
-        meta = {**ident, **want, "file": str(plan_path.relative_to(b.root)), "plan_sha256": _sha256(plan_path),
+        meta = {**ident, **want, "file": str(plan_path.relative_to(b.root)), "plan_sha256": sha256_file(plan_path),
                 "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return cls(plan, name=f"tensorrt:{key}", info=meta)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def test_dir(rt_bundle) -> Path:
+def rt_test_images(rt_bundle) -> Path:
     return rt_bundle.parent / "data" / "brick" / "test"
 
 
@@ -46,13 +46,13 @@ def _cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.Co
 
 
 # ============================================================================ predict
-def test_predict_folder_gives_one_record_per_image_equal_to_the_predictor(rt_bundle, test_dir):
+def test_predict_folder_gives_one_record_per_image_equal_to_the_predictor(rt_bundle, rt_test_images):
     from runtime.images import read_image
     from runtime.predictor import Predictor
 
-    r, records = _run("predict", str(rt_bundle), str(test_dir), "--recursive", "--batch", "4", "--device", "cpu")
+    r, records = _run("predict", str(rt_bundle), str(rt_test_images), "--recursive", "--batch", "4", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    files = sorted(test_dir.rglob("*.png"))
+    files = sorted(rt_test_images.rglob("*.png"))
     assert sorted(rec["file"] for rec in records) == sorted(map(str, files))
     ref = Predictor(rt_bundle, device="cpu").predict([read_image(f) for f in files])
     by_file = {rec["file"]: rec for rec in records}
@@ -68,12 +68,12 @@ def test_predict_folder_gives_one_record_per_image_equal_to_the_predictor(rt_bun
     assert agree >= len(records) - 1
     assert "bundle bundle@" in r.stderr  # engine and search are reported on stderr
     # without --recursive the class folder itself holds no images
-    r, _ = _run("predict", str(rt_bundle), str(test_dir), "--device", "cpu")
+    r, _ = _run("predict", str(rt_bundle), str(rt_test_images), "--device", "cpu")
     assert r.exit_code == 2 and "--recursive" in r.stderr
 
 
-def test_corrupt_files_give_error_records_and_the_rest_is_scored(tmp_path, rt_bundle, test_dir):
-    good = sorted((test_dir / "good").glob("*.png"))[:3]
+def test_corrupt_files_give_error_records_and_the_rest_is_scored(tmp_path, rt_bundle, rt_test_images):
+    good = sorted((rt_test_images / "good").glob("*.png"))[:3]
     for g in good:
         shutil.copy(g, tmp_path / g.name)
     (tmp_path / "broken.png").write_bytes(good[0].read_bytes()[:500])
@@ -91,10 +91,10 @@ def test_corrupt_files_give_error_records_and_the_rest_is_scored(tmp_path, rt_bu
     assert "2 of 5 inputs could not be scored" in r.stderr
 
 
-def test_overlays_get_unique_names(tmp_path, rt_bundle, test_dir):
+def test_overlays_get_unique_names(tmp_path, rt_bundle, rt_test_images):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    src = sorted((test_dir / "scratch").glob("*.png"))[0]
+    src = sorted((rt_test_images / "scratch").glob("*.png"))[0]
     shutil.copy(src, a / "x.png")
     shutil.copy(src, b / "x.png")
     ov = tmp_path / "ov"
@@ -142,19 +142,19 @@ def test_missing_paths_and_empty_folders_are_usage_errors(tmp_path, rt_bundle):
     assert r.exit_code == 2  # not a choice
 
 
-def test_newer_bundle_version_is_exit_3_with_a_message(tmp_path, rt_bundle, test_dir):
+def test_newer_bundle_version_is_exit_3_with_a_message(tmp_path, rt_bundle, rt_test_images):
     b = tmp_path / "b"
     shutil.copytree(rt_bundle, b)
     m = json.loads((b / "manifest.json").read_text())
     m["schema_version"] = 99
     (b / "manifest.json").write_text(json.dumps(m))
-    r = _cli("predict", str(b), str(test_dir / "good"))
+    r = _cli("predict", str(b), str(rt_test_images / "good"))
     assert r.returncode == 3, r.stderr
     assert "schema version 99 is newer" in r.stderr and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1  # one readable line, no traceback
 
 
-def test_edited_bundle_file_is_exit_3(tmp_path, rt_bundle, test_dir):
+def test_edited_bundle_file_is_exit_3(tmp_path, rt_bundle, rt_test_images):
     b = tmp_path / "b"
     shutil.copytree(rt_bundle, b)
     bank = np.load(b / "memory_bank.npy")
@@ -163,18 +163,18 @@ def test_edited_bundle_file_is_exit_3(tmp_path, rt_bundle, test_dir):
         np.save(f, bank)
     r, _ = _run("info", str(b))
     assert r.exit_code == 3 and "memory_bank.npy" in r.stderr and "MISMATCH" in r.stdout
-    r, _ = _run("predict", str(b), str(test_dir / "good"))
+    r, _ = _run("predict", str(b), str(rt_test_images / "good"))
     assert r.exit_code == 3 and "sha256" in r.stderr
-    r, _ = _run("predict", str(tmp_path / "no-bundle"), str(test_dir / "good"))
+    r, _ = _run("predict", str(tmp_path / "no-bundle"), str(rt_test_images / "good"))
     assert r.exit_code == 3 and "bundle folder not found" in r.stderr
 
 
-def test_cuda_on_a_machine_without_it_is_exit_4(rt_bundle, test_dir):
+def test_cuda_on_a_machine_without_it_is_exit_4(rt_bundle, rt_test_images):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider")
-    r = _cli("predict", str(rt_bundle), str(test_dir / "good"), "--device", "cuda")
+    r = _cli("predict", str(rt_bundle), str(rt_test_images / "good"), "--device", "cuda")
     assert r.returncode == 4, r.stderr
     assert "CUDAExecutionProvider" in r.stderr and "Traceback" not in r.stderr
 
@@ -229,9 +229,9 @@ def test_info_says_what_the_bundle_is_and_where_it_can_run(rt_bundle):
     assert r.exit_code == 0 and "checksums" in r.stdout and "all ok" in r.stdout
 
 
-def test_bench_reports_every_stage_per_batch_size(tmp_path, rt_bundle, test_dir):
+def test_bench_reports_every_stage_per_batch_size(tmp_path, rt_bundle, rt_test_images):
     jf = tmp_path / "bench.json"
-    r, records = _run("bench", str(rt_bundle), "--images", str(test_dir), "--batch-sizes", "1,3", "--repeat", "2",
+    r, records = _run("bench", str(rt_bundle), "--images", str(rt_test_images), "--batch-sizes", "1,3", "--repeat", "2",
                       "--warmup", "1", "--json", str(jf), "--device", "cpu")
     assert r.exit_code == 0, r.output
     (rep,) = records
