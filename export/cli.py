@@ -135,6 +135,7 @@ def bundle_cmd(
     crop: Optional[int] = typer.Option(None, "--crop", help="override the backbone's center crop"),
     device: str = typer.Option("auto", "--device", help="torch device for fitting: auto | cpu | cuda"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    target_dim: int = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024)"),
     name: Optional[str] = typer.Option(None, "--name", help="bundle name (default: the --out folder name)"),
 ):
     """Fit PatchCore on DATA/train/good (or reuse a fitted bundle) and write the bundle."""
@@ -155,7 +156,7 @@ def bundle_cmd(
         ds = load_class(data_dir, image_level_only=True)
         cfg = PatchCoreConfig(backbone=backbone, weights=weights, coreset_ratio=coreset, seed=seed,
                               layers=tuple(layers.split(",")) if layers else None, holdout=holdout,
-                              resize=resize, crop=crop, device=device, batch_size=batch_size)
+                              resize=resize, crop=crop, device=device, batch_size=batch_size, target_dim=target_dim)
         target = out or Path("models") / backbone
         settings = fit_settings(cfg, Path(data_dir), ds.train, calibrate)
         reused = False

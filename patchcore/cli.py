@@ -23,12 +23,14 @@ def _fail(msg: str, code: int) -> None:
 
 
 def _config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int, n_reweight: int,
-            holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int):
+            holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int,
+            target_dim: int = 1024):
     from .model import PatchCoreConfig
 
     return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights,
                            layers=tuple(layers.split(",")) if layers else None, seed=seed, n_reweight=n_reweight,
-                           holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size)
+                           holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size,
+                           target_dim=target_dim)
 
 
 def guard(fn, extra: tuple[tuple[type[BaseException], int], ...] = ()):
@@ -66,6 +68,8 @@ _RESIZE = typer.Option(None, "--resize", help="override the backbone's resize (s
 _CROP = typer.Option(None, "--crop", help="override the backbone's center crop")
 _DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
 _BATCH = typer.Option(8, "--batch-size")
+_TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024; "
+                           "smaller banks search faster, see BENCHMARKS.md)")
 
 
 @app.command()
@@ -74,7 +78,7 @@ def fit(
     out: Path = typer.Option(None, "--out", "-o", help="bundle folder (default models/<class>-<backbone>)"),
     backbone: str = _BACKBONE, coreset: float = _CORESET, weights: str = _WEIGHTS, layers: Optional[str] = _LAYERS,
     seed: int = _SEED, n_reweight: int = _REWEIGHT, holdout: float = _HOLDOUT, resize: Optional[int] = _RESIZE,
-    crop: Optional[int] = _CROP, device: str = _DEVICE, batch_size: int = _BATCH,
+    crop: Optional[int] = _CROP, device: str = _DEVICE, batch_size: int = _BATCH, target_dim: int = _TARGET_DIM,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `python -m export` adds it)."""
     from .data import load_class
@@ -82,7 +86,8 @@ def fit(
 
     def run():
         ds = load_class(data)
-        cfg = _config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device, batch_size)
+        cfg = _config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device, batch_size,
+                      target_dim)
         model = PatchCore(cfg).fit(ds.train)
         dest = out or Path("models") / f"{ds.name}-{backbone}"
         model.save(dest)
@@ -98,7 +103,7 @@ def eval_(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="results folder"),
     coreset: float = _CORESET, weights: str = _WEIGHTS, layers: Optional[str] = _LAYERS, seed: int = _SEED,
     n_reweight: int = _REWEIGHT, holdout: float = _HOLDOUT, resize: Optional[int] = _RESIZE,
-    crop: Optional[int] = _CROP, device: str = _DEVICE, batch_size: int = _BATCH,
+    crop: Optional[int] = _CROP, device: str = _DEVICE, batch_size: int = _BATCH, target_dim: int = _TARGET_DIM,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="evaluate this saved bundle instead of fitting"),
 ):
@@ -118,7 +123,8 @@ def eval_(
         else:
             for d in data:
                 for bb in backbone:
-                    cfg = _config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device, batch_size)
+                    cfg = _config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
+                                  batch_size, target_dim)
                     row = fit_and_evaluate(d, cfg, out, n_overlays=overlays)
                     typer.echo(_row_line(row))
         md, csv = write_summary(out, load_rows(out))

@@ -83,12 +83,15 @@ def _provider_options(providers: list[str], fp32_exact: bool) -> list:
 
 
 class OnnxEngine:
-    def __init__(self, graph: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, graph: str | Path, device: str = "auto", threads: int | None = None, spin: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # By default no busy-waiting after a run: the search that follows needs the same cores for
+        # its BLAS threads (BENCHMARKS.md times both settings side by side).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = ort_providers(device)
         fp32 = "fp16" not in Path(graph).name

@@ -249,3 +249,40 @@ def test_tensorrt_engine_built_into_the_bundle(bundle, model, images, tmp_path):
     got = engine.run(np.concatenate([x] * 3))  # more than the profile's max batch: split
     assert got.shape == (3 * len(x), *ref.shape[1:])
     assert np.abs(got[: len(x)] - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_cli_target_dim_sets_the_embedding_width(data, tmp_path):
+    out = tmp_path / "d64"
+    res, summary = _bundle(CliRunner(), "--data", str(data), "--out", str(out), "--coreset", "0.05", "--no-fp16",
+                           "--target-dim", "64", *SMALL)
+    assert res.exit_code == 0, res.output
+    b = read_bundle(out)
+    assert b.manifest["features"]["target_dim"] == 64
+    assert np.load(out / "memory_bank.npy").shape[1] == 64
+    ds = load_class(data)
+    r = Predictor(out, device="cpu").predict([read_image(ds.test[0].path)])
+    assert r.maps.shape == (1, 112, 112) and np.isfinite(r.image_scores).all()
+    # a different width is a different fit: --reuse must not take this bundle
+    res, again = _bundle(CliRunner(), "--data", str(data), "--out", str(out), "--coreset", "0.05", "--no-fp16",
+                         "--target-dim", "32", "--reuse", *SMALL)
+    assert res.exit_code == 0 and again["reused"] is False and "target_dim" in res.stderr
+    assert np.load(out / "memory_bank.npy").shape[1] == 32
+
+
+def test_cli_target_dim_must_be_positive(data, tmp_path):
+    res = CliRunner().invoke(app, ["bundle", "--data", str(data), "--out", str(tmp_path / "x"), "--target-dim", "0"])
+    assert res.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_onnx_engine_does_not_spin_unless_asked(bundle, model, images):
+    """The runtime's sessions leave the cores to the search between runs (allow_spinning=0);
+    spinning is an explicit choice, and both give the same embeddings."""
+    from runtime.engines import OnnxEngine
+
+    path = read_bundle(bundle).graph("features_fp32")
+    x = preprocess_batch(images[:1], model.preprocess)
+    quiet, spinning = OnnxEngine(path, device="cpu"), OnnxEngine(path, device="cpu", spin=True)
+    entry = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
+    assert spinning.session.get_session_options().get_session_config_entry(entry) == "1"
+    np.testing.assert_array_equal(quiet.run(x), spinning.run(x))
