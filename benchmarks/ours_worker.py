@@ -20,29 +20,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dir_size_mb, latency_ms, peak_rss_mb, throughput, worker_parser, write_json  # noqa: E402
 
 
+def other_runtime_paths(model, predictor, out: Path, images: list, batches: list[int], repeats: int) -> dict:
+    """The runtime's other two ways to search: faiss instead of numpy, and the single graph
+    (features and nearest-neighbour search in one ONNX graph, ``scores_fp32``, exported to its own
+    bundle so the size table stays the feature-graph bundle's)."""
+    from export.onnx_export import export_bundle
+    from runtime.predictor import Predictor
+
+    single = out / "bundle_single"
+    export_bundle(model, single, name="bench-single-graph", fp16=False, scoring=True)
+    paths = {"runtime_faiss": Predictor(out / "bundle", device="cpu", search="faiss"),
+             "runtime_single_graph": Predictor(single, device="cpu", graph="scores_fp32")}
+    ref = predictor.predict(images).image_scores
+    res = {}
+    for key, p in paths.items():
+        diff = float(np.abs(p.predict(images).image_scores - ref).max() / np.abs(ref).max())
+        res[key] = {"batch1": latency_ms(lambda im: p.predict([im]), images), "info": p.info(),
+                    "max_rel_diff_vs_numpy_search": diff,
+                    **{f"batch{b}": throughput(lambda xs: p.predict(xs), images, b, repeats) for b in batches}}
+    return res
+
+
 def spin_ab(predictor, bundle: Path, images: list) -> dict:
-    """The runtime with onnxruntime's default thread spinning against ours (no spinning),
-    alternated image by image in this process so both see the same load."""
+    """The runtime with onnxruntime's default thread spinning against ours (no spinning).
+
+    Timed in blocks, A B B A (each block: 2 warm-up calls, then every image), never interleaved:
+    a spinning session's threads would otherwise slow whichever session runs next."""
     from runtime.engines import OnnxEngine
     from runtime.predictor import Predictor
 
     info = predictor.bundle.graph_info(predictor.graph)
-    spinning = Predictor(bundle, device="cpu", engine=OnnxEngine(bundle / info["file"], device="cpu", spin=True))
-    runs = {"no_spin": predictor, "spin": spinning}
-    for p in runs.values():
-        for im in images[:2]:
-            p.predict([im])
+    runs = {"no_spin": predictor,
+            "spin": Predictor(bundle, device="cpu", engine=OnnxEngine(bundle / info["file"], device="cpu", spin=True))}
     totals: dict[str, list[float]] = {k: [] for k in runs}
     stages: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
-    for i, im in enumerate(images):
-        for k in (("no_spin", "spin") if i % 2 == 0 else ("spin", "no_spin")):
+    for k in ("no_spin", "spin", "spin", "no_spin"):
+        for im in images[:2]:
+            runs[k].predict([im])
+        for im in images:
             t0 = time.perf_counter()
             r = runs[k].predict([im])
             totals[k].append((time.perf_counter() - t0) * 1000.0)
             for s, v in r.timings.items():
                 stages[k].setdefault(s, []).append(v * 1000.0)
     return {k: {"median_ms": float(np.median(totals[k])), "p90_ms": float(np.percentile(totals[k], 90)),
-                "stages_ms": {s: float(np.median(v)) for s, v in stages[k].items()}} for k in runs}
+                "stages_ms": {s: float(np.median(v)) for s, v in stages[k].items()}, "blocks": "ABBA"} for k in runs}
 
 
 def main(argv=None) -> int:
@@ -137,6 +159,7 @@ def main(argv=None) -> int:
         }
         print(f"[ours {a.coreset}] torch {torch_lat['median_ms']:.0f} ms, runtime {rt_lat['median_ms']:.0f} ms", flush=True)
         if batches:
+            res["inference"].update(other_runtime_paths(model, predictor, out, images, batches, a.repeats))
             res["inference"]["spin_ab"] = spin_ab(predictor, bundle, images)
     res["peak_rss_mb_end"] = peak_rss_mb()
     write_json(out / "result.json", res)

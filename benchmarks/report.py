@@ -97,6 +97,8 @@ def _header(ctx: dict) -> list[str]:
              f"load average at start {ctx['load_start']}, at writing {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for k, v in ctx["versions"].items():
         L.append(f"- {k}: " + ", ".join(f"{a} {b}" for a, b in v.items()))
+    for n in ctx.get("notes", []):
+        L.append(f"- Note: {n}")
     L.append(f"- Data: `{ctx['data']}`: {ctx['n_train']} train/good images, {ctx['n_test']} test images"
              f"{' (QUICK: subset, figures not meaningful)' if ctx['quick'] else ''}")
     return L
@@ -120,15 +122,18 @@ def _targets(v: View, bb: str) -> list[str]:
         ok = None if mine is None or ti is None else ti / mine >= 5.0
         rows.append(["latency >= 5x lower than its TorchInferencer (separate processes)", label, _verdict(ok),
                      f"{f(ti, '{:.1f}')} ms / {f(mine, '{:.1f}')} ms = {ratio(ti, mine, '{:.1f}x')}"])
+        # judged on both measurements: separate processes (each tool with its own thread defaults)
+        # and the paired run (same load; anomalib's session without spinning, see paired.py)
+        sep_theirs = v.latency(theirs, "onnx")
+        figures = [("separate processes", sep_theirs, mine)]
         pr = v.paired.get(f"{fast}|{theirs}")
         if pr:
-            theirs_ms, mine_ms = pr["anomalib_onnx_ms_per_image"], pr["ours_runtime_ms"]
-            how = "paired run"
-        else:
-            theirs_ms, mine_ms, how = v.latency(theirs, "onnx"), mine, "separate processes"
-        ok = None if mine_ms is None or theirs_ms is None else theirs_ms / mine_ms >= 5.0
-        rows.append([f"latency >= 5x lower than its ONNX in onnxruntime ({how})", label, _verdict(ok),
-                     f"{f(theirs_ms, '{:.1f}')} ms / {f(mine_ms, '{:.1f}')} ms = {ratio(theirs_ms, mine_ms, '{:.1f}x')}"])
+            figures.append(("paired run", pr["anomalib_onnx_ms_per_image"], pr["ours_runtime_ms"]))
+        have = [(t, m) for _, t, m in figures if t is not None and m is not None]
+        ok = None if not have else all(t / m >= 5.0 for t, m in have)
+        rows.append(["latency >= 5x lower than its ONNX in onnxruntime (separate processes and paired run)", label,
+                     _verdict(ok), "; ".join(f"{how}: {f(t, '{:.1f}')} ms / {f(m, '{:.1f}')} ms = {ratio(t, m, '{:.1f}x')}"
+                                             for how, t, m in figures)])
         fo, fa = get(v.res(fast), "fit", "total_s"), get(v.res(theirs), "fit", "total_s")
         ok = None if fo is None or fa is None else fa / fo >= 10.0
         rows.append(["fit >= 10x faster", label, _verdict(ok), f"{f(fa)} s / {f(fo)} s = {ratio(fa, fo, '{:.1f}x')}"])
@@ -178,6 +183,8 @@ def _inference_table(v: View, keys: list[str]) -> list[str]:
         lab = v.runs[k]["label"]
         if v.runs[k]["tool"] == "ours":
             paths += [(f"{lab}: runtime (`Predictor`, ORT CPU + numpy search)", k, "runtime"),
+                      (f"{lab}: runtime, faiss search (`--search faiss`)", k, "runtime_faiss"),
+                      (f"{lab}: runtime, single graph (features + search in `scores_fp32`)", k, "runtime_single_graph"),
                       (f"{lab}: PyTorch (`PatchCore.predict`)", k, "torch")]
         else:
             paths += [(f"{lab}: torch model (pre-processor + `PatchcoreModel`)", k, "model"),
@@ -189,16 +196,17 @@ def _inference_table(v: View, keys: list[str]) -> list[str]:
         d = get(v.res(k), "inference", p)
         if not d:
             continue
-        note = ""
-        if get(d, "batch1", "note"):
+        note, p90 = "", get(d, "batch1", "p90_ms")
+        if get(d, "batch1", "note"):  # per image; runs before p90_per_image divided only the median
             note, fixed = " *", get(d, "fixed_batch")
-        tp = get(d, "batch8", "images_per_s")
-        rows.append([label, f(get(d, "batch1", "median_ms"), "{:.1f}") + note, f(get(d, "batch1", "p90_ms"), "{:.1f}"),
-                     f(tp, "{:.1f}")])
-    L = [table(["path", "batch-1 latency, median ms", "p90 ms", "8-image batches, images/s"], rows)]
+            if p90 is not None and not get(d, "batch1", "p90_per_image"):
+                p90 = p90 / fixed
+        rows.append([label, f(get(d, "batch1", "median_ms"), "{:.1f}") + note, f(p90, "{:.1f}") + note,
+                     *[f(get(d, f"batch{b}", "images_per_s"), "{:.1f}") for b in (2, 8, 32)]])
+    L = [table(["path", "batch-1 latency, median ms", "p90 ms", "images/s in batches of 2", "of 8", "of 32"], rows)]
     if fixed:
         L.append(f"\n\\* anomalib's ONNX export comes out with the batch axis fixed at {fixed}: it cannot run batch 1, so "
-                 "its per-image figure is the median time of a batch of that size divided by the batch size (this favours anomalib).")
+                 "its per-image figures are the times of a batch of that size divided by the batch size (this favours anomalib).")
     for k in keys:
         for what, err in (get(v.res(k), "errors") or {}).items():
             L.append(f"\n{v.runs[k]['label']}: {what} failed: `{err[:400]}`")
@@ -221,16 +229,23 @@ def _stages(v: View, keys: list[str]) -> list[str]:
     ab_rows = []
     for k in keys:
         ab = get(v.res(k), "inference", "spin_ab")
-        if ab:
+        if ab and get(ab, "spin", "blocks"):  # earlier interleaved timings let one session slow the other
             for setting, label in (("no_spin", "no spinning (the runtime's setting)"), ("spin", "onnxruntime default (spinning)")):
                 d = ab[setting]
                 ab_rows.append([v.runs[k]["label"], label, f"{d['median_ms']:.1f}", f"{d['p90_ms']:.1f}",
                                 f"{d['stages_ms'].get('features', 0):.1f}", f"{d['stages_ms'].get('search', 0):.1f}"])
     if ab_rows:
         L.append("\nonnxruntime's intra-op threads spin after each run by default, while the search that follows needs the "
-                 "same cores for BLAS. The runtime turns spinning off (`session.intra_op.allow_spinning=0`); both settings, "
-                 "alternated image by image in one process:\n")
+                 "same cores for BLAS. The runtime turns spinning off (`session.intra_op.allow_spinning=0`) for a steadier "
+                 "per-image time (a line has a deadline per part); both settings in one process, timed in blocks A B B A "
+                 "over the latency images:\n")
         L.append(table(["run", "threads", "batch-1 median ms", "p90 ms", "features ms", "search ms"], ab_rows))
+        for k in keys:
+            ab = get(v.res(k), "inference", "spin_ab")
+            if ab and get(ab, "spin", "blocks"):
+                q, s_ = ab["no_spin"], ab["spin"]
+                L.append(f"\n{v.runs[k]['label']}: no spinning changes the median by {q['median_ms'] - s_['median_ms']:+.1f} ms "
+                         f"and the p90 by {q['p90_ms'] - s_['p90_ms']:+.1f} ms.")
     return L
 
 
@@ -248,8 +263,10 @@ def _paired(v: View, bb: str) -> list[str]:
     if not rows:
         return []
     return ["\nPaired latency: our runtime and anomalib's ONNX in one process, alternating image by image, so both see the "
-            "same machine load (the target's ONNX figure). Ours at batch 1, and at anomalib's fixed batch for a like-for-like "
-            "per-image cost:\n",
+            "same machine load. Both sessions run without onnxruntime's thread spinning here (a spinning session would "
+            "slow the other one), which costs anomalib's graph time against its own process (the table above): the ONNX "
+            "target is judged on both figures. Ours at batch 1, and at anomalib's fixed batch for a like-for-like per-image "
+            "cost:\n",
             table(["pair", "ours batch 1, ms", "anomalib ONNX ms/image", "speed-up", "ours at anomalib's batch, ms/image",
                    "speed-up at equal batch"], rows)]
 
@@ -303,12 +320,21 @@ def _dims_study(v: View) -> list[str]:
                      *([f(a.get(m), "{:.4f}") for m in METRICS] if a else [v.status(k)] * 3),
                      f(st.get("features"), "{:.1f}"), f(st.get("search"), "{:.1f}"), f(v.latency(k, "runtime"), "{:.1f}"),
                      f(get(v.res(k), "fit", "bank_mb"))])
-    return [f"## patchcore-rt: the target_dim study ({bb}, runtime)\n",
-            "The paper pools each patch's 3x3 neighbourhood to 1024 dims. Search cost grows with the bank's rows x dims, "
-            "so the deployment setting was chosen from this table: the smallest dims and bank whose accuracy stays within "
-            f"{TOL} of the paper's setting at 10% on all three metrics.\n",
-            table(["coreset", "target_dim", "image AUROC", "pixel AUROC", "PRO", "features ms", "search ms",
-                   "batch-1 total ms", "bank MiB"], rows), ""]
+    L = [f"## patchcore-rt: the target_dim study ({bb}, runtime)\n",
+         "The paper pools each patch's 3x3 neighbourhood to 1024 dims and keeps 10% of the patches. Search cost grows "
+         "with the bank's rows x dims; this table is what the deployment setting was chosen from (one process per row, "
+         "so the latencies carry this machine's noise).\n",
+         table(["coreset", "target_dim", "image AUROC", "pixel AUROC", "PRO", "features ms", "search ms",
+                "batch-1 total ms", "bank MiB"], rows)]
+    deploy, paper = f"{bb}_ours-fast", f"{bb}_ours-10"
+    a, b = v.acc(deploy, "runtime"), v.acc(paper, "runtime")
+    if a and b:
+        diffs = [a[m] - b[m] for m in METRICS]
+        L.append(f"\nDeployment setting ({v.runs[deploy]['label'].split(' (')[0]}) minus the paper's setting at 10%: "
+                 + " / ".join(f"{d:+.4f}" for d in diffs)
+                 + f" (image / pixel / PRO; {'within' if min(diffs) >= -TOL else 'outside'} the issue's {TOL} tolerance), "
+                 f"batch-1 latency {f(v.latency(deploy, 'runtime'))} ms against {f(v.latency(paper, 'runtime'))} ms.")
+    return L + [""]
 
 
 SETUP = [

@@ -199,7 +199,7 @@ def paired_stage(ctx: dict, work: Path, data: Path, n_latency: int, max_test: in
 
 
 def main(argv=None) -> int:
-    from plan import BACKBONES, Run, anomalib_weights, ours_weights, runs_for
+    from plan import BACKBONES, Run, runs_for
     from report import render
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="report path (default BENCHMARKS.md; .bench/BENCHMARKS.quick.md with --quick)")
     ap.add_argument("--work", default=str(BENCH / "run"))
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the results in --work")
+    ap.add_argument("--rerun", action="append", metavar="RUN", help="run these runs (keys as in --work) again into the "
+                    "existing context, with the paired timings that use them; recorded in the report (repeatable)")
     a = ap.parse_args(argv)
     data = Path(a.data)
     if not (data / "train").is_dir():
@@ -228,6 +230,21 @@ def main(argv=None) -> int:
 
     ensure_anomalib_venv()
     ensure_weights()
+    if a.rerun:
+        ctx = json.loads(ctx_file.read_text())
+        known = {r["key"]: Run(**r) for r in ctx["runs"]}
+        unknown = [k for k in a.rerun if k not in known]
+        if unknown:
+            raise SystemExit(f"--rerun: no run {unknown} in {ctx_file} (runs: {', '.join(known)})")
+        max_train, max_test = (30, 10) if ctx["quick"] else (0, 0)
+        ctx.setdefault("notes", []).append(
+            f"{time.strftime('%Y-%m-%d %H:%M %Z')}: `python benchmarks/run.py --rerun {' --rerun '.join(a.rerun)}` ran "
+            f"{', '.join(a.rerun)} again (and the paired timings that use them)")
+        ctx["complete"] = False
+        execute(ctx, [known[k] for k in a.rerun], work, data, ctx["n_latency"], ctx["repeats"], max_train, max_test,
+                out_md, render, paired_for=list(known.values()))
+        return 0
+
     test = test_samples(data, max_test)
     from patchcore.data import load_class
 
@@ -242,14 +259,25 @@ def main(argv=None) -> int:
            "n_train": min(n_train, max_train) if max_train else n_train, "n_test": len(test), "quick": a.quick,
            "n_latency": n_latency, "repeats": repeats, "backbones": backbones, "runs": [r.as_dict() for r in runs],
            "results": {}, "accuracy": {}, "paired": {}, "complete": False}
-    labels, masks = ground_truth(test)
+    execute(ctx, runs, work, data, n_latency, repeats, max_train, max_test, out_md, render)
+    return 0
+
+
+def execute(ctx: dict, runs: list, work: Path, data: Path, n_latency: int, repeats: int, max_train: int, max_test: int,
+            out_md: Path, render, paired_for: list | None = None) -> None:
+    """Run each worker, score its outputs, time the paired sessions, rewrite the report after each.
+    ``paired_for``: every run of the context (a rerun of our deployment run redoes its pairs)."""
+    from plan import anomalib_weights, ours_weights
+
+    ctx_file = work / "context.json"
+    labels, masks = ground_truth(test_samples(data, max_test))
     common = ["--data", str(data), "--n-latency", str(n_latency), "--repeats", str(repeats)]
     if max_train:
         common += ["--max-train", str(max_train), "--max-test", str(max_test)]
     probes = {}
     for run in runs:
         wdir = work / run.key
-        args = [*common, "--coreset", str(run.ratio), "--batches", "8" if run.throughput else ""]
+        args = [*common, "--coreset", str(run.ratio), "--batches", "8,32" if run.throughput else ""]
         if run.tool == "ours":
             args += ["--backbone", run.backbone, "--target-dim", str(run.target_dim),
                      "--weights", ours_weights(run.backbone, BENCH)]
@@ -263,7 +291,7 @@ def main(argv=None) -> int:
             # fall under glibc's dynamic mmap threshold (raised by loading the weights), the heap
             # fragments and the worker grows ~15 MB per iteration until the OOM killer stops it. A fixed
             # threshold keeps them mmapped. Full runs allocate ~190 MB per iteration, mmapped anyway.
-            env = {"MALLOC_MMAP_THRESHOLD_": "1048576"} if a.quick else None
+            env = {"MALLOC_MMAP_THRESHOLD_": "1048576"} if ctx["quick"] else None
             res = run_worker(VPY, "anomalib_worker.py", args, wdir, work / f"{run.key}.log", env=env)
         ctx["results"][run.key] = res
         for kind in ("torch", "runtime"):
@@ -277,6 +305,10 @@ def main(argv=None) -> int:
                 log(f"{run.key} {kind}: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))
         if run.tool == "anomalib":
             paired_stage(ctx, work, data, n_latency, max_test, f"{run.backbone}_ours-fast", run.key)
+        elif run.key.endswith("_ours-fast"):
+            for other in paired_for or []:
+                if other.tool == "anomalib" and other.backbone == run.backbone:
+                    paired_stage(ctx, work, data, n_latency, max_test, run.key, other.key)
         ctx_file.write_text(json.dumps(ctx, indent=1, default=float))
         out_md.write_text(render(ctx))
         log(f"wrote {out_md}")
@@ -284,7 +316,6 @@ def main(argv=None) -> int:
     ctx_file.write_text(json.dumps(ctx, indent=1, default=float))
     out_md.write_text(render(ctx))
     log(f"done: {out_md}")
-    return 0
 
 
 if __name__ == "__main__":

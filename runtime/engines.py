@@ -90,7 +90,8 @@ class OnnxEngine:
         if threads:
             opts.intra_op_num_threads = threads
         # By default no busy-waiting after a run: the search that follows needs the same cores for
-        # its BLAS threads (BENCHMARKS.md times both settings side by side).
+        # its BLAS threads. On 2 cores spinning gave a slightly lower median but twice the p90
+        # (BENCHMARKS.md times both settings side by side); a line's deadline is set by the tail.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = ort_providers(device)
