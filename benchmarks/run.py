@@ -38,7 +38,6 @@ VENV = BENCH / "anomalib-venv"
 VPY = VENV / "bin" / "python"
 WEIGHTS = BENCH / "wrn50_random.pt"
 ANOMALIB_PINS = ["torch==2.14.1", "torchvision==0.29.1", "anomalib==2.7.0", "onnx==1.23.2", "onnxscript==0.7.2"]
-TOL = 0.002  # "equal accuracy": within 0.2 AUROC/PRO points
 
 
 def log(msg: str) -> None:
@@ -75,13 +74,12 @@ def ensure_weights() -> None:
 
 def ensure_probe(backbone: str) -> Path:
     """Our trunk's outputs for a fixed random input, for the anomalib worker to compare against."""
-    from plan import ours_weights
-
-    path = BENCH / f"probe_{backbone}.npz"
     import torch
+    from plan import ours_weights
 
     from patchcore.backbones import create_trunk
 
+    path = BENCH / f"probe_{backbone}.npz"
     trunk, _, _ = create_trunk(backbone, None, ours_weights(backbone, BENCH), 0)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32))
     with torch.no_grad():

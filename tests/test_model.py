@@ -144,3 +144,18 @@ def test_grid_matches_embeddings_at_any_input_size(backbone, side):
     m.set_bank(emb[0, ::7])
     pred = m.predict([img])
     assert pred.patch_scores.shape == (1, h, w) and pred.maps.shape == (1, side, side)
+
+
+def test_cli_fit_target_dim_sets_the_bank_width(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from patchcore.cli import app
+
+    out = tmp_path / "narrow"
+    res = CliRunner().invoke(app, ["fit", "--data", str(dataset.root), "--out", str(out), "--coreset", "0.05",
+                                   "--resize", str(SIDE), "--crop", str(SIDE), "--target-dim", "48", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["features"]["target_dim"] == 48
+    assert np.load(out / "memory_bank.npy").shape[1] == 48
+    assert CliRunner().invoke(app, ["fit", "--data", str(dataset.root), "--target-dim", "0"]).exit_code == 2
