@@ -26,7 +26,7 @@ $(VENV)/.installed: $(PY) pyproject.toml
 demo: install
 	$(PY) -m patchcore synth --dest datasets/synthetic
 	$(PY) -m patchcore eval --data datasets/synthetic/brick --backbone $(BACKBONE) --out results/demo
-	$(PY) -m export bundle --backbone $(BACKBONE) --data datasets/synthetic/brick --out models/demo
+	$(PY) -m patchcore export --backbone $(BACKBONE) --data datasets/synthetic/brick --out models/demo
 	$(VENV)/bin/patchcore-rt predict models/demo datasets/synthetic/brick/test --recursive --overlays results/demo/runtime > results/demo/runtime.jsonl
 	@echo; cat results/demo/summary.md; echo; echo "runtime scores: results/demo/runtime.jsonl, overlays: results/demo/brick/$(BACKBONE)/overlays"
 
@@ -42,11 +42,11 @@ eval: install
 
 # make export BACKBONE=wrn50 [DATA=<class folder>] [WEIGHTS=<file|random>]
 export: install
-	$(PY) -m export bundle --backbone $(BACKBONE) $(if $(DATA),--data $(DATA)) --weights $(WEIGHTS) --coreset $(CORESET) --out $(OUT)
+	$(PY) -m patchcore export --backbone $(BACKBONE) $(if $(DATA),--data $(DATA)) --weights $(WEIGHTS) --coreset $(CORESET) --out $(OUT)
 
 # make parity OUT=models/effnet-lite0 DATA=../shared/datasets/mvtec_ad/bottle
 parity: install
-	$(PY) -m export parity $(OUT) $(or $(DATA),datasets/synthetic/brick) --report results/parity-$(BACKBONE).json
+	$(PY) -m patchcore parity $(OUT) $(or $(DATA),datasets/synthetic/brick) --report results/parity-$(BACKBONE).json
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

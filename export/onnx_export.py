@@ -7,7 +7,7 @@ Graphs (keys of the manifest's ``graphs`` section):
 - ``features_fp16``: the same graph with weights and activations in float16 and float32 at its
   input and output (casts inside), so every engine feeds it the same arrays.
 - ``scores_fp32`` / ``scores_fp16`` (optional): a feature graph followed by the nearest-neighbour
-  search against the memory bank (see :mod:`export.scoring_graph`): one engine does everything.
+  search against the memory bank (see :mod:`export.search_graph`): one engine does everything.
 
 Every graph carries the bundle's identity in its ONNX ``metadata_props`` (JSON values), is checked
 with the ONNX checker and is loaded back in onnxruntime before the manifest lists it. Graphs whose
@@ -16,15 +16,23 @@ weights would pass protobuf's 2 GB limit are written with ONNX external data bes
 
 from __future__ import annotations
 
+import heapq
+import io
 import json
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+import cv2
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
 from runtime import bundle as bundle_io
+from runtime import errors
+
+from .search_graph import DEFAULT_CHUNK, append_search, search_outputs
 
 OPSET = 17
 INPUT_NAME = "images"
@@ -35,6 +43,8 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 class ExportError(RuntimeError):
     """A graph that could not be written, or that failed its checks; the message names the file."""
+
+    exit_code = errors.GRAPH
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -54,8 +64,6 @@ def initializer_bytes(model) -> int:
 def save_graph(model, path: str | Path, external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
     """Write ``model`` to ``path``; with external data (``<name>.data`` beside it) when its
     initializers pass ``external_threshold`` bytes. Returns every file written."""
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = path.with_name(path.name + ".data")
@@ -71,14 +79,11 @@ def save_graph(model, path: str | Path, external_threshold: int = EXTERNAL_DATA_
 def check_graph(path: str | Path) -> list[str]:
     """The ONNX checker (by path, so external data is followed) and an onnxruntime CPU session
     (which also runs ONNX shape inference). Returns the graph's output names."""
-    import onnx
-    import onnxruntime as ort
-
     try:
         onnx.checker.check_model(str(path), full_check=False)
-        opts = ort.SessionOptions()  # load and type-check only: optimising is the engine's job
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        opts = onnxruntime.SessionOptions()  # load and type-check only: optimising is the engine's job
+        opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # checker errors and ORT's Fail/InvalidGraph are distinct classes
         raise ExportError(f"{path}: exported graph failed its check: {e}") from e
     return [o.name for o in sess.get_outputs()]
@@ -97,8 +102,6 @@ def set_metadata(model, meta: dict[str, Any]) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata stored by :func:`set_metadata` in an ONNX file."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: json.loads(p.value) for p in model.metadata_props}
 
@@ -106,10 +109,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- graphs
 def trace_feature_graph(model, opset: int = OPSET):
     """``model.feature_model`` -> an ONNX ModelProto (float32, dynamic batch)."""
-    import io
-
-    import onnx
-
     h, w = model.input_size
     example = torch.zeros(2, 3, h, w, device=model.device)
     fm = model.feature_model.eval()
@@ -136,8 +135,6 @@ def topological_sort(graph) -> None:
         for j in d:
             users[j].append(i)
     pending = [len(d) for d in deps]
-    import heapq
-
     ready = [i for i, k in enumerate(pending) if k == 0]
     heapq.heapify(ready)
     order = []
@@ -161,12 +158,10 @@ def to_fp16(model):
     onnxruntime (``onnxruntime.transformers.float16``): both keep the inputs that ONNX requires
     in float32 (Resize scales) and clamp weights to the float16 range.
     """
-    try:
+    try:  # optional package; onnxruntime ships a copy of the same converter
         from onnxconverter_common.float16 import convert_float_to_float16
     except ImportError:
         from onnxruntime.transformers.float16 import convert_float_to_float16
-    import onnx
-
     src = onnx.ModelProto()
     src.CopyFrom(model)  # the converter may work in place; the float32 graph must survive
     with warnings.catch_warnings():
@@ -222,34 +217,21 @@ def export_bundle(model, root: str | Path, name: str | None = None, *, fp16: boo
     bundle and a reloaded model all score identically. ``extra`` adds top-level manifest
     sections (e.g. the export command's settings). Returns the finished bundle.
     """
-    import onnx
-    import onnxruntime
-
-    from .scoring_graph import DEFAULT_CHUNK, append_scoring, scoring_outputs
-
     if bank_dtype not in bundle_io.BANK_DTYPES:
         raise ValueError(f"bank_dtype must be one of {bundle_io.BANK_DTYPES}, got {bank_dtype!r}")
     if model.bank is None:
         raise RuntimeError("model is not fitted")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    name = name or root.name
     if bank_dtype == "float16":
         model.set_bank(model.bank.astype(np.float16).astype(np.float32))
-    bank_file = bundle_io.BANK_FILE
-    bundle_io.write_array(root, bank_file, model.bank.astype(bank_dtype))
-    manifest = model.manifest(name or root.name)
-    manifest["memory_bank"]["dtype"] = bank_dtype
     for stale in root.glob("*.onnx*"):  # graphs of an earlier export that this one may not rewrite
         stale.unlink()
 
-    meta = {
-        "patchcore_rt.bundle": manifest["name"],
-        "patchcore_rt.schema_version": bundle_io.SCHEMA_VERSION,
-        "patchcore_rt.backbone": manifest["backbone"]["name"],
-        "patchcore_rt.preprocess": manifest["preprocess"],
-    }
+    identity = model.manifest(name)  # what each graph's metadata must agree with
     graphs: dict[str, dict] = {}
-    files: list[str] = [bank_file]
+    files: list[str] = []
     base = trace_feature_graph(model)
     chunk = bank_chunk or DEFAULT_CHUNK
     variants = [("fp32", "float32", base)]
@@ -257,25 +239,22 @@ def export_bundle(model, root: str | Path, name: str | None = None, *, fp16: boo
         variants.append(("fp16", "float16", to_fp16(base)))
     for suffix, dtype, proto in variants:
         key = f"features_{suffix}"
-        set_metadata(proto, {**meta, "patchcore_rt.graph": key})
+        set_metadata(proto, bundle_io.graph_metadata(identity, key))
         written = save_graph(proto, root / f"{key}.onnx", external_threshold)
         check_graph(written[0])
         graphs[key] = _graph_entry(written, "features", dtype, [OUTPUT_NAME], model)
         files += [p.name for p in written]
         if scoring:
             key = f"scores_{suffix}"
-            full = append_scoring(proto, model.bank, model.grid[0] * model.grid[1], bank_dtype=bank_dtype, chunk=chunk)
-            set_metadata(full, {**meta, "patchcore_rt.graph": key})
+            full = append_search(proto, model.bank, model.grid[0] * model.grid[1], bank_dtype=bank_dtype, chunk=chunk)
+            set_metadata(full, bundle_io.graph_metadata(identity, key))
             written = save_graph(full, root / f"{key}.onnx", external_threshold)
             check_graph(written[0])
-            graphs[key] = _graph_entry(written, "scores", dtype, scoring_outputs(), model, bank_chunk=chunk,
+            graphs[key] = _graph_entry(written, "scores", dtype, search_outputs(), model, bank_chunk=chunk,
                                        nearest="in-graph argmin of |q|^2 - 2 q.m + |m|^2 (float32)")
             files += [p.name for p in written]
-    manifest["graphs"] = graphs
-    import cv2  # the preprocessing's resizes: recorded, since kernels may change between versions
-
-    manifest["versions"].update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                                 "opencv": cv2.__version__})
-    if extra:
-        manifest.update(extra)
-    return bundle_io.finalize_manifest(root, manifest, files)
+    # the preprocessing's resizes are OpenCV's: recorded, since kernels may change between versions
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__}
+    model.save(root, name, bank_dtype=bank_dtype, graphs=graphs, files=files,
+               extra={**(extra or {}), "versions": versions})
+    return bundle_io.read_bundle(root, verify=False)

@@ -29,10 +29,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import onnxruntime as ort
+import torch
 
+from patchcore.data import load_mask, load_test_set
+from patchcore.metrics import image_auroc, pixel_auroc
+from patchcore.model import PatchCore
+from runtime import errors
 from runtime.bundle import Bundle, read_bundle
 from runtime.engines import DeviceUnavailableError, TensorRTEngine, TrtBuildOptions, tensorrt_status
 from runtime.images import read_image
+from runtime.postprocess import Prediction
 from runtime.predictor import Predictor
 from runtime.preprocess import PreprocessSpec, preprocess_batch, preprocess_mask
 
@@ -149,8 +156,6 @@ def _pct(v: float | None) -> str:
 
 
 def _ort_has(provider: str) -> bool:
-    import onnxruntime as ort
-
     return provider in ort.get_available_providers()
 
 
@@ -214,15 +219,110 @@ class _Acc:
         return self.diff / self.ref if self.ref > 0 else (0.0 if self.diff == 0 else float("inf"))
 
 
-def _load_test_set(data: Path):
-    from patchcore.data import DatasetError, load_class
+class ParityBroken(RuntimeError):
+    """At least one runtime target broke a tolerance (the report says which)."""
 
-    try:
-        return load_class(data)
-    except DatasetError as e:
-        if "no mask" not in str(e):
-            raise
-        return load_class(data, image_level_only=True)
+    exit_code = errors.PARITY
+
+
+def open_targets(bundle: Bundle, engines: Sequence[str], graphs: Sequence[str] | None,
+                 log: Callable[[str], None] = lambda s: None
+                 ) -> tuple[dict[str, tuple[Target, Predictor]], list[dict[str, str]], list[dict[str, str]]]:
+    """A predictor per target this machine can run; the skipped targets (hardware or software
+    absent) and the broken ones (present, but the graph does not load or build), with reasons."""
+    targets, skipped = discover_targets(bundle, engines)
+    if graphs:
+        missing = sorted(set(graphs) - set(bundle.manifest.get("graphs", {})))
+        if missing:
+            raise ValueError(f"bundle has no graph(s) {missing}; graphs: {sorted(bundle.manifest.get('graphs', {}))}")
+        targets = [t for t in targets if t.graph in graphs]
+    opened: dict[str, tuple[Target, Predictor]] = {}
+    broken: list[dict[str, str]] = []
+    for t in targets:
+        try:
+            opened[t.name] = (t, make_predictor(bundle, t, log))
+        except DeviceUnavailableError as e:
+            skipped.append({"name": t.name, "reason": str(e)})
+        except Exception as e:  # noqa: BLE001 - any load/build failure of a present target is a parity failure
+            broken.append({"name": t.name, "reason": f"{type(e).__name__}: {e}"})
+    return opened, skipped, broken
+
+
+class TargetComparison:
+    """One target's running comparison with the reference, batch by batch."""
+
+    def __init__(self, target: Target, predictor: Predictor):
+        self.target, self.predictor = target, predictor
+        self.acc = {k: _Acc() for k in ("features", "patch", "maps", "in_graph_distance")}
+        self.image_err = 0.0
+        self.unweighted_err = 0.0  # max patch score s*, before eq. 7 reweighting
+        self.seconds = 0.0
+        self.scores: list[np.ndarray] = []
+        self.maps: list[np.ndarray] = []
+
+    def add(self, images: list[np.ndarray], emb_ref: np.ndarray, ref: Prediction) -> None:
+        pred = self.predictor
+        t0 = time.perf_counter()
+        out = pred.predict(images)
+        self.seconds += time.perf_counter() - t0
+        x_rt = preprocess_batch(images, pred.spec)
+        if pred.in_graph_search:
+            outs = pred.engine.run_outputs(x_rt)
+            self.acc["features"].add(emb_ref, outs["embeddings"])
+            self.acc["in_graph_distance"].add(ref.patch_scores.reshape(len(images), -1), outs["nn_distance"])
+        else:
+            self.acc["features"].add(emb_ref, pred.engine.run(x_rt))
+        self.acc["patch"].add(ref.patch_scores, out.patch_scores)
+        self.acc["maps"].add(ref.maps, out.maps)
+        self.image_err = max(self.image_err, _max_rel(ref.image_scores, out.image_scores))
+        n = len(images)
+        self.unweighted_err = max(self.unweighted_err, _max_rel(ref.patch_scores.reshape(n, -1).max(1),
+                                                                out.patch_scores.reshape(n, -1).max(1)))
+        self.scores.append(out.image_scores)
+        self.maps.append(out.maps)
+
+    def judge(self, labels: np.ndarray, ref_scores: np.ndarray, ref_aurocs: tuple[float | None, float | None],
+              masks: np.ndarray | None, threshold: float | None) -> TargetResult:
+        """Errors, AUROCs and verdicts against the tolerance of the target's precision."""
+        t, tol = self.target, self.target.tolerance
+        got = np.concatenate(self.scores)
+        errors = {"features": self.acc["features"].value, "patch": self.acc["patch"].value,
+                  "image": self.image_err, "maps": self.acc["maps"].value, "image_unweighted": self.unweighted_err}
+        if self.predictor.in_graph_search:
+            errors["in_graph_distance"] = self.acc["in_graph_distance"].value
+        ref_img, ref_pix = ref_aurocs
+        img = image_auroc(labels, got) if ref_img is not None else None
+        pix = pixel_auroc(masks, np.concatenate(self.maps)) if ref_pix is not None else None
+        auroc = {"image": img, "pixel": pix, "image_diff": None if img is None else abs(img - ref_img),
+                 "pixel_diff": None if pix is None else abs(pix - ref_pix)}
+        failures = [f"{k} max relative error {errors[k]:.2e} > {getattr(tol, k):.0e}"
+                    for k in ("features", "patch", "image", "maps") if not errors[k] <= getattr(tol, k)]  # NaN fails
+        failures += [f"{k} AUROC differs by {auroc[f'{k}_diff']:.2e} > {tol.auroc:.0e}" for k in ("image", "pixel")
+                     if auroc[f"{k}_diff"] is not None and not auroc[f"{k}_diff"] <= tol.auroc]
+        verdicts = _verdicts(ref_scores, got, threshold, tol)
+        if verdicts.get("disagree_outside"):
+            failures.append(f"{verdicts['disagree_outside']} verdict(s) differ outside the band "
+                            f"+-{tol.band:.0e} x threshold")
+        return TargetResult(t.name, t.engine, t.graph, t.precision, self.predictor.engine.name, asdict(tol), errors,
+                            auroc, verdicts, round(self.seconds, 3), failures)
+
+
+def _max_rel(ref: np.ndarray, got: np.ndarray) -> float:
+    """max |got - ref| / |ref| elementwise; a non-finite value counts as infinite error."""
+    rel = np.abs(np.asarray(got, np.float64) - ref) / np.maximum(np.abs(ref), 1e-30)
+    return float(np.max(np.where(np.isfinite(rel), rel, np.inf)))
+
+
+def _verdicts(ref: np.ndarray, got: np.ndarray, threshold: float | None, tol: Tolerance) -> dict[str, Any]:
+    """Verdict agreement outside a band of ``tol.band`` x threshold (inside it a flip is allowed)."""
+    out: dict[str, Any] = {"threshold": threshold, "band_rel": tol.band, "checked": None}
+    if threshold is None:
+        return out
+    outside = np.abs(ref - threshold) > tol.band * abs(threshold)
+    disagree = (ref >= threshold) != (got >= threshold)
+    out.update(checked=int(outside.sum()), inside_band=int((~outside).sum()),
+               disagree_outside=int((disagree & outside).sum()), disagree_inside=int((disagree & ~outside).sum()))
+    return out
 
 
 def run_parity(bundle_root: str | Path, data: str | Path, engines: Sequence[str] = ("ort-cpu", "ort-cuda", "tensorrt"),
@@ -234,131 +334,44 @@ def run_parity(bundle_root: str | Path, data: str | Path, engines: Sequence[str]
     ``reference``: the fitted PatchCore the bundle was exported from, when it is in memory
     (saves rebuilding it); by default ``PatchCore.load(bundle)``, which also proves that the
     bundle alone reconstructs the PyTorch model."""
-    from patchcore.data import load_mask
-    from patchcore.metrics import image_auroc, pixel_auroc
-    from patchcore.model import PatchCore
-
     bundle = read_bundle(bundle_root)
-    ds = _load_test_set(Path(data))
+    ds = load_test_set(Path(data))
     samples = [ds.test[i] for i in _subset(len(ds.test), max_images)]
     labels = np.array([s.label for s in samples])
     model = reference if reference is not None else PatchCore.load(bundle.root, device=torch_device)
     if model.device.type == "cuda":  # TF32 would cost the reference its float32 precision
-        import torch
-
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    targets, skipped = discover_targets(bundle, engines)
-    if graphs:
-        missing = sorted(set(graphs) - set(bundle.manifest.get("graphs", {})))
-        if missing:
-            raise ValueError(f"bundle has no graph(s) {missing}; graphs: {sorted(bundle.manifest.get('graphs', {}))}")
-        targets = [t for t in targets if t.graph in graphs]
-    predictors: dict[str, Predictor] = {}
-    broken: list[dict[str, str]] = []
-    for t in list(targets):
-        try:
-            predictors[t.name] = make_predictor(bundle, t, log)
-        except DeviceUnavailableError as e:  # the hardware/software is not there: a skip
-            skipped.append({"name": t.name, "reason": str(e)})
-            targets.remove(t)
-        except Exception as e:  # it is there but the graph does not load or build: a failure
-            broken.append({"name": t.name, "reason": f"{type(e).__name__}: {e}"})
-            targets.remove(t)
-    for p in predictors.values():
+    opened, skipped, broken = open_targets(bundle, engines, graphs, log)
+    comparisons = {}
+    for name, (t, pred) in opened.items():
         if runtime_spec is not None:
-            p.spec = runtime_spec
-    log(f"parity: {len(samples)} images, targets {', '.join(t.name for t in targets) or 'none'}")
+            pred.spec = runtime_spec
+        comparisons[name] = TargetComparison(t, pred)
+    log(f"parity: {len(samples)} images, targets {', '.join(comparisons) or 'none'}")
 
-    acc = {t.name: {k: _Acc() for k in ("features", "patch", "maps", "in_graph_distance")} for t in targets}
-    img_err = {t.name: 0.0 for t in targets}
-    unw_err = {t.name: 0.0 for t in targets}  # max patch score s*, before eq. 7 reweighting
-    seconds = {t.name: 0.0 for t in targets}
     ref_scores, ref_maps, masks = [], [], []
-    got_scores = {t.name: [] for t in targets}
-    got_maps = {t.name: [] for t in targets}
-    has_masks = ds.has_masks
     for s in range(0, len(samples), batch_size):
         chunk = samples[s : s + batch_size]
         images = [read_image(x.path) for x in chunk]
-        x_ref = preprocess_batch(images, model.preprocess)
-        emb_ref = model.embed_tensor(x_ref)
+        emb_ref = model.embed_tensor(preprocess_batch(images, model.preprocess))
         ref = model.predict_embeddings(emb_ref)
         ref_scores.append(ref.image_scores)
         ref_maps.append(ref.maps)
-        if has_masks:
+        if ds.has_masks:
             masks += [preprocess_mask(load_mask(x, im.shape), model.preprocess) for x, im in zip(chunk, images)]
-        for t in list(targets):
-            pred = predictors[t.name]
-            a = acc[t.name]
+        for name, comp in list(comparisons.items()):
             try:
-                t0 = time.perf_counter()
-                out = pred.predict(images)
-                seconds[t.name] += time.perf_counter() - t0
-                x_rt = preprocess_batch(images, pred.spec)
-                if pred.in_graph_search:
-                    outs = pred.engine.run_outputs(x_rt)
-                    a["features"].add(emb_ref, outs["embeddings"])
-                    a["in_graph_distance"].add(ref.patch_scores.reshape(len(images), -1), outs["nn_distance"])
-                else:
-                    a["features"].add(emb_ref, pred.engine.run(x_rt))
-            except Exception as e:  # an engine that fails at run time fails parity, the others go on
-                broken.append({"name": t.name, "reason": f"{type(e).__name__}: {e}"})
-                targets.remove(t)
-                continue
-            a["patch"].add(ref.patch_scores, out.patch_scores)
-            a["maps"].add(ref.maps, out.maps)
-            rel = np.abs(out.image_scores - ref.image_scores) / np.maximum(np.abs(ref.image_scores), 1e-30)
-            img_err[t.name] = max(img_err[t.name], float(np.max(np.where(np.isfinite(rel), rel, np.inf))))
-            s_ref, s_got = ref.patch_scores.reshape(len(images), -1).max(1), out.patch_scores.reshape(len(images), -1).max(1)
-            rel = np.abs(s_got - s_ref) / np.maximum(np.abs(s_ref), 1e-30)
-            unw_err[t.name] = max(unw_err[t.name], float(np.max(np.where(np.isfinite(rel), rel, np.inf))))
-            got_scores[t.name].append(out.image_scores)
-            got_maps[t.name].append(out.maps)
+                comp.add(images, emb_ref, ref)
+            except Exception as e:  # noqa: BLE001 - an engine failing at run time fails parity; the others go on
+                broken.append({"name": name, "reason": f"{type(e).__name__}: {e}"})
+                del comparisons[name]
 
     ref_s = np.concatenate(ref_scores)
-    two_classes = len(set(labels.tolist())) == 2
-    ref_img_auc = image_auroc(labels, ref_s) if two_classes else None
-    mask_arr = np.stack(masks) if has_masks and masks else None
-    ref_pix_auc = pixel_auroc(mask_arr, np.concatenate(ref_maps)) if mask_arr is not None and mask_arr.any() else None
-    threshold = model.threshold
-    results = []
-    for t in targets:
-        tol = t.tolerance
-        got_s = np.concatenate(got_scores[t.name])
-        errors = {"features": acc[t.name]["features"].value, "patch": acc[t.name]["patch"].value,
-                  "image": img_err[t.name], "maps": acc[t.name]["maps"].value,
-                  "image_unweighted": unw_err[t.name]}
-        if predictors[t.name].in_graph_search:
-            errors["in_graph_distance"] = acc[t.name]["in_graph_distance"].value
-        img_auc = image_auroc(labels, got_s) if two_classes else None
-        pix_auc = pixel_auroc(mask_arr, np.concatenate(got_maps[t.name])) if ref_pix_auc is not None else None
-        auroc = {"image": img_auc, "pixel": pix_auc,
-                 "image_diff": None if img_auc is None else abs(img_auc - ref_img_auc),
-                 "pixel_diff": None if pix_auc is None else abs(pix_auc - ref_pix_auc)}
-        verdicts: dict[str, Any] = {"threshold": threshold, "band_rel": tol.band, "checked": None}
-        failures = []
-        for k in ("features", "patch", "image", "maps"):
-            limit = getattr(tol, k)
-            if not errors[k] <= limit:  # also catches NaN
-                failures.append(f"{k} max relative error {errors[k]:.2e} > {limit:.0e}")
-        for k in ("image", "pixel"):
-            d = auroc[f"{k}_diff"]
-            if d is not None and not d <= tol.auroc:
-                failures.append(f"{k} AUROC differs by {d:.2e} > {tol.auroc:.0e}")
-        if threshold is not None:
-            band = tol.band * abs(threshold)
-            outside = np.abs(ref_s - threshold) > band
-            disagree = (ref_s >= threshold) != (got_s >= threshold)
-            verdicts.update(checked=int(outside.sum()), inside_band=int((~outside).sum()),
-                            disagree_outside=int((disagree & outside).sum()),
-                            disagree_inside=int((disagree & ~outside).sum()))
-            if verdicts["disagree_outside"]:
-                failures.append(f"{verdicts['disagree_outside']} verdict(s) differ outside the band "
-                                f"+-{tol.band:.0e} x threshold")
-        pred = predictors[t.name]
-        results.append(TargetResult(t.name, t.engine, t.graph, t.precision, pred.engine.name, asdict(tol), errors,
-                                    auroc, verdicts, round(seconds[t.name], 3), failures))
-    reference = {"engine": f"torch:{model.device}", "image_auroc": ref_img_auc, "pixel_auroc": ref_pix_auc,
-                 "threshold": threshold}
+    ref_img = image_auroc(labels, ref_s) if len(set(labels.tolist())) == 2 else None
+    mask_arr = np.stack(masks) if masks else None
+    ref_pix = pixel_auroc(mask_arr, np.concatenate(ref_maps)) if mask_arr is not None and mask_arr.any() else None
+    results = [c.judge(labels, ref_s, (ref_img, ref_pix), mask_arr, model.threshold) for c in comparisons.values()]
+    reference = {"engine": f"torch:{model.device}", "image_auroc": ref_img, "pixel_auroc": ref_pix,
+                 "threshold": model.threshold}
     return ParityReport(str(bundle.root), str(data), len(samples), reference, results, skipped, broken)

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.fileio import sha256_file
 from runtime.preprocess import CLIP_MEAN, CLIP_STD, PreprocessSpec
 
 from .registry import BackboneSpec, FeatureLayer, WeightsUnavailableError, register
-from .weights import load_into, load_state_dict_file, offline, sha256_file
+from .weights import load_into, load_state_dict_file, offline
 
 HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -97,7 +98,7 @@ def _layer_index(name: str, prefix: str) -> int:
 
 
 def _vision_cfg(model: str) -> dict:
-    import open_clip
+    import open_clip  # lazy: importing open_clip takes seconds; only CLIP builds need it
 
     cfg = open_clip.get_model_config(model)
     if not cfg or "vision_cfg" not in cfg:

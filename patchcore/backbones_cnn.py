@@ -37,7 +37,7 @@ class ResNetTrunk(nn.Module):
 
 def _resnet_builder(arch: str, weights_enum: str):
     def build(layer_names: Sequence[str], weights: str | Path = "default") -> nn.Module:
-        import torchvision
+        import torchvision  # lazy: only the torchvision backbones need it, and it is slow to import
 
         ctor = getattr(torchvision.models, arch)
         if weights == "random":
@@ -131,7 +131,7 @@ def _lite_builder(variant: int):
 
     def build(layer_names: Sequence[str], weights: str | Path = "default", image_size: int = 224) -> nn.Module:
         try:
-            from efficientnet_lite_pytorch import EfficientNet
+            from efficientnet_lite_pytorch import EfficientNet  # lazy: optional package, checked here
         except ImportError:
             raise WeightsUnavailableError(
                 f"{model_name} needs the package efficientnet-lite-pytorch: pip install efficientnet-lite-pytorch"

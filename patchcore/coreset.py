@@ -4,8 +4,8 @@ Features are projected to ``projection_dim`` by a random linear map; the minimum
 starts as the mean distance to ``n_starts`` random points; then the farthest point is taken
 repeatedly and every point's distance to the selected set is updated. Memory stays linear in N:
 no N x N matrix is ever built. Each iteration is one matrix-vector product over the projected
-features plus O(N) in-place vector work, which keeps the official selection exactly while
-running ~6x faster than a loop that concatenates and re-reduces distance columns.
+features plus O(N) in-place vector work: the official selection exactly, without the official
+loop's concatenation and re-reduction of distance columns.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def greedy_coreset(
         min_dist /= len(starts)
         if dev.type == "cpu":
             # the loop is memory-bound with tiny per-iteration kernels: one thread is as fast on an
-            # idle machine and 5x faster when other processes share the cores
+            # idle machine and much faster when other processes share the cores
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
@@ -88,7 +88,7 @@ def greedy_coreset(
 def _select(x, x_sq, min_dist, n_select, progress) -> np.ndarray:
     """The greedy loop: take the farthest point, fold its distances into ``min_dist`` in place.
 
-    One matrix-vector product per iteration (~2 ms for 164k x 128 on 2 CPU cores)."""
+    One matrix-vector product per iteration."""
     selected = np.empty(n_select, np.int64)
     report = max(1, n_select // 200)
     for i in range(n_select):

@@ -26,6 +26,10 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from runtime import errors
 from runtime.fileio import sha256_file
 
 DEFAULT_DEST = Path("datasets") / "mvtec_ad"
@@ -59,6 +63,8 @@ _ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar.gz", ".tgz", ".tar", ".zip")
 class DownloadError(RuntimeError):
     """A download, verification or extraction that failed; the message names the URL or file."""
 
+    exit_code = errors.USAGE
+
 
 def _by_hand(url: str, target: Path) -> str:
     return (f"Without internet access, fetch {url} elsewhere and extract it so that "
@@ -84,10 +90,6 @@ def _progress(enabled: bool, label: str, total: int | None, done: int) -> Iterat
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
     cols = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn())
     with Progress(*cols, console=Console(stderr=True), transient=False) as bar:

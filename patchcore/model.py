@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -18,8 +19,9 @@ import torch
 
 import runtime
 from runtime import bundle as bundle_io
+from runtime.fileio import sha256_file
 from runtime.images import read_image
-from runtime.postprocess import anomaly_maps, normalise_scores
+from runtime.postprocess import Prediction, finish
 from runtime.preprocess import PreprocessSpec, preprocess_batch
 from runtime.search import PatchScorer
 
@@ -27,8 +29,8 @@ from .backbones import create_trunk
 from .coreset import greedy_coreset
 from .device import torch_device
 from .features import PatchAggregator, PatchFeatureModel
+from .metrics import f1_max
 from .progress import progress_bar
-from .weights import sha256_file
 
 
 @dataclass
@@ -52,14 +54,22 @@ class PatchCoreConfig:
     device: str = "auto"
     search_backend: str = "auto"
 
-
-@dataclass
-class Prediction:
-    image_scores: np.ndarray  # (B,)
-    patch_scores: np.ndarray  # (B, h, w)
-    maps: np.ndarray  # (B, H, W) blurred anomaly maps at the network input size
-    verdicts: np.ndarray | None = None  # (B,) bool: anomalous, when a threshold is known
-    normalised: np.ndarray | None = None
+    def __post_init__(self) -> None:
+        """Refuse impossible settings before any image is read (ValueError names the setting)."""
+        checks = [
+            (0 < self.coreset_ratio <= 1, f"coreset ratio must be in (0, 1], got {self.coreset_ratio}"),
+            (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
+            (0 < self.threshold_quantile <= 1, f"threshold quantile must be in (0, 1], got {self.threshold_quantile}"),
+            (self.n_reweight == 0 or self.n_reweight >= 2, "n_reweight must be 0 (off) or >= 2"),
+            (min(self.pretrain_dim, self.target_dim, self.projection_dim, self.batch_size, self.n_starts) >= 1,
+             "pretrain_dim, target_dim, projection_dim, batch_size and n_starts must be >= 1"),
+            (self.blur_sigma >= 0, f"blur sigma must be >= 0, got {self.blur_sigma}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 class PatchCore:
@@ -130,8 +140,6 @@ class PatchCore:
             perm = np.random.default_rng(cfg.seed).permutation(len(paths))
             holdout = [paths[i] for i in sorted(perm[:n_hold])]
             paths = [paths[i] for i in sorted(perm[n_hold:])]
-        import time
-
         t0 = time.perf_counter()
         feats = self._embed_paths(paths, "features")
         t1 = time.perf_counter()
@@ -177,8 +185,6 @@ class PatchCore:
         }
 
     def calibrate_f1(self, labels: np.ndarray, scores: np.ndarray) -> None:
-        from .metrics import f1_max
-
         f1, thr = f1_max(labels, scores)
         good = scores[labels == 0]
         self.threshold = float(thr)
@@ -189,15 +195,8 @@ class PatchCore:
     def predict_embeddings(self, emb: np.ndarray) -> Prediction:
         if self.scorer is None:
             raise RuntimeError("model is not fitted")
-        s = self.scorer.score(emb)
-        h, w = self.grid
-        patch = s.patch_scores.reshape(len(emb), h, w)
-        maps = anomaly_maps(patch, self.input_size, self.config.blur_sigma)
-        pred = Prediction(s.image_scores, patch, maps)
-        if self.threshold is not None:
-            pred.verdicts = s.image_scores >= self.threshold
-            pred.normalised = normalise_scores(s.image_scores, self.threshold, self.scale)
-        return pred
+        return finish(self.scorer.score(emb), self.grid, self.input_size, self.config.blur_sigma,
+                      self.threshold, self.scale)
 
     def predict(self, images: Sequence[np.ndarray]) -> Prediction:
         return self.predict_embeddings(self.embed_images(images))
@@ -210,8 +209,7 @@ class PatchCore:
                 chunk = list(paths[s : s + bs])
                 preds.append(self.predict([read_image(p) for p in chunk]))
                 advance(len(chunk))
-        cat = lambda name: None if getattr(preds[0], name) is None else np.concatenate([getattr(p, name) for p in preds])
-        return Prediction(cat("image_scores"), cat("patch_scores"), cat("maps"), cat("verdicts"), cat("normalised"))
+        return Prediction.concat(preds)
 
     # ------------------------------------------------------------------ save / load
     def manifest(self, name: str) -> dict:
@@ -263,14 +261,27 @@ class PatchCore:
             },
         }
 
-    def save(self, root: str | Path, name: str | None = None) -> Path:
-        """Write the fitted model as a bundle (manifest + memory bank; export adds graphs)."""
+    def save(self, root: str | Path, name: str | None = None, *, bank_dtype: str = "float32",
+             graphs: dict | None = None, files: Sequence[str] = (), extra: dict | None = None) -> Path:
+        """Write the fitted model as a bundle: the memory bank, then the manifest, last and
+        atomically. The one bundle writer: ``export`` passes the ``graphs`` entries and ``files``
+        it wrote into ``root`` first, and ``extra`` top-level sections (its ``versions`` are
+        merged into the manifest's). ``bank_dtype`` float16 stores the bank rounded to half
+        precision (the caller rounds the model's own bank first, so both score alike)."""
         if self.bank is None:
             raise RuntimeError("model is not fitted")
+        if bank_dtype not in bundle_io.BANK_DTYPES:
+            raise ValueError(f"bank_dtype must be one of {bundle_io.BANK_DTYPES}, got {bank_dtype!r}")
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        bundle_io.write_array(root, bundle_io.BANK_FILE, self.bank)
-        bundle_io.finalize_manifest(root, self.manifest(name or root.name), [bundle_io.BANK_FILE])
+        bundle_io.write_array(root, bundle_io.BANK_FILE, self.bank.astype(bank_dtype))
+        manifest = self.manifest(name or root.name)
+        manifest["memory_bank"]["dtype"] = bank_dtype
+        manifest["graphs"] = dict(graphs or {})
+        extra = dict(extra or {})
+        manifest["versions"].update(extra.pop("versions", {}))
+        manifest.update(extra)
+        bundle_io.finalize_manifest(root, manifest, [bundle_io.BANK_FILE, *files])
         return root
 
     @classmethod

@@ -9,19 +9,24 @@ the deepest layer used, returning the chosen feature maps in order.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from runtime import errors
 from runtime.preprocess import PreprocessSpec
 
 
 class UnknownBackboneError(KeyError):
+    exit_code = errors.USAGE
+
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
 
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be loaded; the message names the file to place and where."""
+
+    exit_code = errors.WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,6 @@ class BackboneSpec:
         order = {l.name: i for i, l in enumerate(self.layers)}
         return tuple(sorted(chosen, key=lambda l: order[l.name]))
 
-    def with_preprocess(self, **changes) -> "BackboneSpec":
-        return replace(self, preprocess=replace(self.preprocess, **changes))
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import torch
 
-from runtime.fileio import sha256_file  # noqa: F401  (re-exported for patchcore.model)
-
 from .registry import WeightsUnavailableError
 
 
@@ -25,7 +23,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # lazy: only .safetensors files need it
 
             state = load_file(str(path))
         else:
@@ -40,7 +38,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, strict_prefixes=()) -> None:
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``module``, ignoring keys of layers the trunk cut off (e.g. ``fc.``)
     but failing loudly when a kept parameter is missing or mis-shaped."""
     own = module.state_dict()

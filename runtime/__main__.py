@@ -1,5 +1,5 @@
 """``python -m runtime`` = the ``patchcore-rt`` command."""
 
-from .cli import main
+from .line.cli import main
 
 main()

@@ -21,6 +21,7 @@ Layout::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .fileio import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
+from . import errors
+from .fileio import atomic_write, sha256_file
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -67,6 +69,8 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 
 class BundleError(ValueError):
     """A bundle that cannot be used: missing, corrupt, edited or inconsistent."""
+
+    exit_code = errors.BAD_BUNDLE
 
 
 class BundleVersionError(BundleError):
@@ -138,6 +142,35 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> Non
         raise BundleError(f"{where}: 'memory_bank.file' {manifest['memory_bank']['file']} is not listed in 'files'")
     _check_entries(manifest, "graphs", where)
     _check_entries(manifest, "engines", where)
+
+
+# Keys of the identity every exported graph carries in its ONNX metadata_props (JSON values):
+# written by export, checked against the manifest by the runtime when it opens the graph.
+GRAPH_META = {"bundle": "patchcore_rt.bundle", "schema_version": "patchcore_rt.schema_version",
+              "backbone": "patchcore_rt.backbone", "preprocess": "patchcore_rt.preprocess",
+              "graph": "patchcore_rt.graph"}
+
+
+def graph_metadata(manifest: Mapping[str, Any], graph: str) -> dict[str, Any]:
+    """The identity written into graph ``graph`` of the bundle described by ``manifest``."""
+    return {GRAPH_META["bundle"]: manifest["name"], GRAPH_META["schema_version"]: manifest["schema_version"],
+            GRAPH_META["backbone"]: manifest["backbone"]["name"], GRAPH_META["preprocess"]: manifest["preprocess"],
+            GRAPH_META["graph"]: graph}
+
+
+def check_graph_metadata(stored: Mapping[str, str], manifest: Mapping[str, Any], graph: str, where: str) -> None:
+    """Refuse a graph whose stored identity (``metadata_props``, JSON strings) disagrees with the
+    manifest: a graph of another bundle, another preprocessing or another graph key."""
+    want = graph_metadata(manifest, graph)
+    for key, value in want.items():
+        if key not in stored:
+            raise BundleError(f"{where}: graph metadata lacks '{key}' (not written by patchcore-rt export)")
+        try:
+            have = json.loads(stored[key])
+        except (TypeError, ValueError):
+            raise BundleError(f"{where}: graph metadata '{key}' is not JSON") from None
+        if have != value:
+            raise BundleError(f"{where}: graph metadata '{key}' is {have!r}, the manifest says {value!r}")
 
 
 @dataclass
@@ -232,8 +265,6 @@ def read_bundle(root: str | Path, verify: bool = True) -> Bundle:
 
 
 def write_array(root: Path, rel: str, array: np.ndarray) -> None:
-    import io
-
     if array.dtype == object:
         raise BundleError(f"{rel}: object arrays cannot be stored (they would need pickle)")
     buf = io.BytesIO()

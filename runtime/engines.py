@@ -25,11 +25,14 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from . import errors
 from .fileio import sha256_file
 
 
 class DeviceUnavailableError(RuntimeError):
     """The requested device or provider cannot be used on this machine."""
+
+    exit_code = errors.DEVICE
 
 
 class FeatureEngine(Protocol):

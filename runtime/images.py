@@ -17,11 +17,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import errors
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageReadError(ValueError):
     """A file or buffer that cannot be decoded as an image; the message names it and says why."""
+
+    exit_code = errors.USAGE
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

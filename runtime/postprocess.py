@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Sequence
+
 import cv2
 import numpy as np
+
+from .search import Scores
 
 DEFAULT_BLUR_SIGMA = 4.0
 
@@ -48,3 +53,44 @@ def normalise_scores(scores: np.ndarray, threshold: float, scale: float) -> np.n
     if scale <= 0:
         raise ValueError("scale must be > 0")
     return np.clip(0.5 + (np.asarray(scores, np.float64) - threshold) / (2.0 * scale), 0.0, 1.0)
+
+
+@dataclass
+class Prediction:
+    """What scoring a batch of images gives, in PyTorch (``patchcore``) and in the runtime alike."""
+
+    image_scores: np.ndarray  # (B,) float64: max patch score, reweighted (paper eq. 7)
+    patch_scores: np.ndarray  # (B, h, w) float32 on the feature grid
+    maps: np.ndarray  # (B, H, W) blurred anomaly maps at the network input size
+    normalised: np.ndarray | None = None  # (B,) in [0, 1], 0.5 at the threshold; None without threshold
+    verdicts: np.ndarray | None = None  # (B,) bool, True = anomalous; None without threshold
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage for this batch
+
+    @classmethod
+    def concat(cls, parts: Sequence["Prediction"]) -> "Prediction":
+        """One Prediction for several batches (timings summed)."""
+        if not parts:
+            raise ValueError("no predictions to concatenate")
+
+        def cat(name: str):
+            first = getattr(parts[0], name)
+            return None if first is None else np.concatenate([getattr(p, name) for p in parts])
+
+        timings: dict[str, float] = {}
+        for p in parts:
+            for k, v in p.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        return cls(cat("image_scores"), cat("patch_scores"), cat("maps"), cat("normalised"), cat("verdicts"), timings)
+
+
+def finish(scores: Scores, grid: tuple[int, int], input_size: tuple[int, int], blur_sigma: float,
+           threshold: float | None, scale: float | None) -> Prediction:
+    """Patch and image scores -> anomaly maps, verdicts and normalised scores: the last step of
+    scoring, the same for the PyTorch model and every runtime engine."""
+    patch = scores.patch_scores.reshape(len(scores.image_scores), *grid)
+    maps = anomaly_maps(patch, tuple(input_size), blur_sigma)
+    pred = Prediction(scores.image_scores, patch, maps)
+    if threshold is not None:
+        pred.verdicts = scores.image_scores >= threshold
+        pred.normalised = normalise_scores(scores.image_scores, threshold, scale)
+    return pred

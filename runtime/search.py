@@ -33,9 +33,9 @@ class NumpyIndex:
 
     The bank is centred (its mean subtracted from bank and queries alike: distances do not
     change, but the norms in ``|q|^2 - 2 q.m + |m|^2`` shrink, and with them float32
-    cancellation). On 2 CPU cores this is ~3x faster than faiss's flat index for PatchCore's
-    shapes (784 queries x thousands of 1024-d rows), since faiss spends the difference in its
-    top-k selection.
+    cancellation). On CPUs it beats faiss's flat index for PatchCore's shapes (hundreds of
+    queries x thousands of rows; BENCHMARKS.md has the figures), since faiss spends the
+    difference in its top-k selection.
     """
 
     name = "numpy"
@@ -101,7 +101,7 @@ class FaissIndex:
 
 def _faiss_gpus() -> int:
     try:
-        import faiss
+        import faiss  # optional: faiss-cpu or faiss-gpu, or neither
     except ImportError:
         return 0
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -172,19 +172,44 @@ class PatchScorer:
         rows = np.arange(len(queries))
         return dist[rows, best], cand[rows, best]
 
-    def score(self, embeddings: np.ndarray) -> Scores:
-        """(B, P, D) patch embeddings -> Scores."""
+    def _check(self, embeddings: np.ndarray) -> None:
         if embeddings.ndim != 3 or embeddings.shape[2] != self.bank.shape[1]:
             raise ValueError(f"embeddings must be (B, P, {self.bank.shape[1]}), got {embeddings.shape}")
+
+    def score(self, embeddings: np.ndarray) -> Scores:
+        """(B, P, D) patch embeddings -> Scores."""
+        self._check(embeddings)
         b, p, d = embeddings.shape
-        flat = embeddings.reshape(b * p, d)
-        dist, nn = self.nearest(flat)
-        patch = dist.reshape(b, p)
-        nn = nn.reshape(b, p)
+        dist, nn = self.nearest(embeddings.reshape(b * p, d))
+        patch, nn = dist.reshape(b, p), nn.reshape(b, p)
         worst = np.argmax(patch, axis=1)
+        return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst])
+
+    def score_candidates(self, embeddings: np.ndarray, candidates: np.ndarray) -> Scores:
+        """Scores from one nearest-bank candidate per patch (found by an in-graph search).
+
+        Each candidate's distance is recomputed exactly from ``q - m``; the most anomalous patch
+        of each image is then searched again exactly, so its nearest patch m* (which the
+        reweighting depends on) and the image score are those of :meth:`score`."""
+        self._check(embeddings)
+        b, p, d = embeddings.shape
+        cand = np.asarray(candidates).reshape(b * p, 1).astype(np.int64)
+        if cand.min() < 0 or cand.max() >= len(self.bank):
+            raise ValueError(f"candidate bank indices outside 0..{len(self.bank) - 1}")
+        patch = exact_distances(embeddings.reshape(b * p, d), self.bank, cand)[:, 0].reshape(b, p)
+        nn = cand.reshape(b, p)
         rows = np.arange(b)
-        s_star = patch[rows, worst]
+        worst = np.argmax(patch, axis=1)
+        s_star, m_star = self.nearest(embeddings[rows, worst])  # exact search for the patch that decides
+        patch[rows, worst] = s_star
+        nn[rows, worst] = m_star
+        return self._image_scores(embeddings, patch, nn, worst, s_star)
+
+    def _image_scores(self, embeddings: np.ndarray, patch: np.ndarray, nn: np.ndarray, worst: np.ndarray,
+                      s_star: np.ndarray) -> Scores:
+        """Image score: the worst patch's score s*, reweighted with eq. 7 when enabled."""
         if self.n_reweight:
+            rows = np.arange(len(worst))
             s_star = s_star * self.reweight(embeddings[rows, worst], nn[rows, worst])
         return Scores(patch.astype(np.float32), s_star, nn)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.camera import LatestFrameGrabber, sequential_frames
-from runtime.cli import app
+from runtime.line.camera import LatestFrameGrabber, sequential_frames
+from runtime.line.cli import app
 
 DEFECT_FRAMES = set(range(8, 12)) | set(range(20, 24))
 N_FRAMES = 30

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchcore.data import ClassDataset, DatasetError, Sample, load_class, load_mask, load_masks
+from patchcore.data import ClassDataset, DatasetError, Sample, load_class, load_mask
 from runtime.images import read_image
 
 
@@ -61,7 +61,7 @@ def test_real_reduced_one_bit_masks(shared_datasets, name):
     assert (len(ds.train), sum(s.label == 0 for s in ds.test), sum(s.label for s in ds.test)) == (50, 2, 8)
     assert len(ds.defect_types) == 4
     for s in ds.test:
-        m = load_masks(s, (256, 256, 3))
+        m = load_mask(s, (256, 256, 3))
         assert m.shape == (256, 256)
         assert (m.sum() > 0) == bool(s.label)
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from export.cli import EXIT_WEIGHTS, app
+from export.cli import app
+from runtime.errors import WEIGHTS
 from export.onnx_export import OPSET, export_bundle, read_metadata
-from export.scoring_graph import append_scoring
+from export.search_graph import append_search
 from patchcore.data import load_class
 from patchcore.model import PatchCore, PatchCoreConfig
 from patchcore.synthetic import make_synthetic_class
@@ -115,7 +116,7 @@ def test_scoring_graph_is_chunked_and_finds_the_nearest_patch(model, images):
 
     chunk = 64
     n_patches = model.grid[0] * model.grid[1]
-    proto = append_scoring(trace_feature_graph(model), model.bank, n_patches, chunk=chunk)
+    proto = append_search(trace_feature_graph(model), model.bank, n_patches, chunk=chunk)
     onnx.checker.check_model(proto)
     gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
     assert len(gemms) == -(-len(model.bank) // chunk) > 1
@@ -161,7 +162,7 @@ def test_reexport_replaces_old_graphs(model, tmp_path):
 
 # ------------------------------------------------------------------------------------ CLI
 def _bundle(runner, *args):
-    res = runner.invoke(app, ["bundle", *args])
+    res = runner.invoke(app, ["export", *args])
     return res, (json.loads(res.stdout.strip().splitlines()[-1]) if res.exit_code == 0 else None)
 
 
@@ -197,9 +198,9 @@ def test_cli_calibrate_on_labelled_folder(data, tmp_path):
 
 
 def test_cli_missing_weights_exit_code_and_remedy(data, tmp_path):
-    res = CliRunner().invoke(app, ["bundle", "--backbone", "resnet18", "--data", str(data), "--weights",
+    res = CliRunner().invoke(app, ["export", "--backbone", "resnet18", "--data", str(data), "--weights",
                                    str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x")])
-    assert res.exit_code == EXIT_WEIGHTS
+    assert res.exit_code == WEIGHTS
     assert "missing.pth" in res.stderr and "Traceback" not in res.output
 
 
@@ -270,7 +271,7 @@ def test_cli_target_dim_sets_the_embedding_width(data, tmp_path):
 
 
 def test_cli_target_dim_must_be_positive(data, tmp_path):
-    res = CliRunner().invoke(app, ["bundle", "--data", str(data), "--out", str(tmp_path / "x"), "--target-dim", "0"])
+    res = CliRunner().invoke(app, ["export", "--data", str(data), "--out", str(tmp_path / "x"), "--target-dim", "0"])
     assert res.exit_code == 2 and not (tmp_path / "x").exists()
 
 

@@ -69,9 +69,10 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     r = _child("""
         import importlib, pkgutil
         import runtime
-        names = sorted(m.name for m in pkgutil.iter_modules(runtime.__path__) if m.name != "__main__")
+        names = sorted(m.name for m in pkgutil.walk_packages(runtime.__path__, "runtime.")
+                       if not m.name.endswith("__main__"))
         for n in names:
-            importlib.import_module("runtime." + n)
+            importlib.import_module(n)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print(json.dumps({"modules": names, "leaked": leaked, "attempts": ATTEMPTS}))
     """, tmp_path)
@@ -79,8 +80,9 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["leaked"] == []
     assert out["attempts"] == []  # not even a guarded ``try: import torch``
-    for needed in ("cli", "watch", "journal", "camera", "bench", "outputs", "predictor", "engines", "search"):
-        assert needed in out["modules"]
+    for needed in ("line.cli", "line.watch", "line.journal", "line.camera", "line.bench", "line.outputs",
+                   "predictor", "engines", "search", "errors"):
+        assert f"runtime.{needed}" in out["modules"]
 
 
 def test_every_command_runs_without_torch(tmp_path, rt_bundle):
@@ -125,4 +127,4 @@ def test_pyproject_runtime_dependencies_exclude_torch():
     heavy = [n for n in names if any(n.startswith(p) for p in ("torch", "torchvision", "open_clip", "timm", "tensorrt"))]
     assert heavy == [], f"runtime dependencies must not pull the training stack: {heavy}"
     assert any(n.startswith("onnxruntime") for n in names)
-    assert project["scripts"]["patchcore-rt"] == "runtime.cli:main"
+    assert project["scripts"]["patchcore-rt"] == "runtime.line.cli:main"

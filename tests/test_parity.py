@@ -121,7 +121,8 @@ def test_parity_cli_exit_code_when_runtime_preprocessing_breaks(lite0, data, mon
     from typer.testing import CliRunner
 
     import runtime.predictor as rp
-    from export.cli import EXIT_PARITY, app
+    from export.cli import app
+    from runtime.errors import PARITY
 
     runner = CliRunner()
     ok = runner.invoke(app, ["parity", str(lite0), str(data), "--engines", "ort-cpu", "--graphs", "features_fp32"])
@@ -131,7 +132,7 @@ def test_parity_cli_exit_code_when_runtime_preprocessing_breaks(lite0, data, mon
     report = tmp_path / "parity.json"
     bad = runner.invoke(app, ["parity", str(lite0), str(data), "--engines", "ort-cpu", "--graphs", "features_fp32",
                               "--report", str(report)])
-    assert bad.exit_code == EXIT_PARITY, bad.output
+    assert bad.exit_code == PARITY, bad.output
     rep = json.loads(report.read_text())
     assert rep["ok"] is False and rep["results"][0]["errors"]["image"] > 1e-2
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.cli import app
-from runtime.console import UsageError
+from runtime.line.cli import app
+from runtime.errors import UsageError
 from runtime.preprocess import PreprocessError
-from runtime.scoring import Item, score_items
-from runtime.selection import BUNDLE_ENV, MODELS_ENV, resolve_bundle
+from runtime.line.records import Item, score_items
+from runtime.line.selection import BUNDLE_ENV, MODELS_ENV, resolve_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_predict_folder_gives_one_record_per_image_equal_to_the_predictor(rt_bun
     from runtime.images import read_image
     from runtime.predictor import Predictor
 
-    r, records = _run("predict", str(rt_bundle), str(rt_test_images), "--recursive", "--batch", "4", "--device", "cpu")
+    r, records = _run("predict", str(rt_bundle), str(rt_test_images), "--recursive", "--batch-size", "4", "--device", "cpu")
     assert r.exit_code == 0, r.output
     files = sorted(rt_test_images.rglob("*.png"))
     assert sorted(rec["file"] for rec in records) == sorted(map(str, files))
@@ -78,7 +78,7 @@ def test_corrupt_files_give_error_records_and_the_rest_is_scored(tmp_path, rt_bu
         shutil.copy(g, tmp_path / g.name)
     (tmp_path / "broken.png").write_bytes(good[0].read_bytes()[:500])
     (tmp_path / "notes.txt").write_text("hello")
-    args = ["predict", str(rt_bundle), str(tmp_path), str(tmp_path / "notes.txt"), "--batch", "8", "--device", "cpu"]
+    args = ["predict", str(rt_bundle), str(tmp_path), str(tmp_path / "notes.txt"), "--batch-size", "8", "--device", "cpu"]
     r, records = _run(*args)
     assert r.exit_code == 0, r.output
     assert len(records) == 5
@@ -87,7 +87,7 @@ def test_corrupt_files_give_error_records_and_the_rest_is_scored(tmp_path, rt_bu
     assert "broken.png" in errors["broken.png"]["error"] and errors["broken.png"]["score"] is None
     assert all(rec["score"] > 0 for rec in records if rec["verdict"] != "error")
     r, records = _run(*args, "--strict")
-    assert r.exit_code == 5 and len(records) == 5
+    assert r.exit_code == 8 and len(records) == 5
     assert "2 of 5 inputs could not be scored" in r.stderr
 
 
@@ -232,7 +232,7 @@ def test_info_says_what_the_bundle_is_and_where_it_can_run(rt_bundle):
 def test_bench_reports_every_stage_per_batch_size(tmp_path, rt_bundle, rt_test_images):
     jf = tmp_path / "bench.json"
     r, records = _run("bench", str(rt_bundle), "--images", str(rt_test_images), "--batch-sizes", "1,3", "--repeat", "2",
-                      "--warmup", "1", "--json", str(jf), "--device", "cpu")
+                      "--warmup", "1", "--report", str(jf), "--device", "cpu")
     assert r.exit_code == 0, r.output
     (rep,) = records
     assert rep == json.loads(jf.read_text())
@@ -253,7 +253,7 @@ def test_help_documents_the_exit_codes():
     r = _cli("--help")
     assert r.returncode == 0
     text = " ".join(r.stdout.split())  # help is wrapped to the terminal width
-    for part in ("2 usage or bad input", "3 bad bundle", "4 device unavailable", "5 --strict", "predict", "watch",
+    for part in ("2 usage or bad input", "3 bad bundle", "4 device unavailable", "8 --strict", "predict", "watch",
                  "camera", "bench", "info"):
         assert part in text
     r, _ = _run("watch", "--help")

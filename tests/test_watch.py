@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.console import UsageError
-from runtime.journal import Journal
-from runtime.outputs import move_new, write_new
-from runtime.watch import LOCK, RESULTS, Settler, Watcher, WatchOptions, _Lock, scan
+from runtime.errors import UsageError
+from runtime.line.journal import Journal
+from runtime.line.outputs import move_new, write_new
+from runtime.line.watch import LOCK, RESULTS, Settler, Watcher, WatchOptions, _Lock, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_watch_200_files_exactly_once_across_sigkill_and_restart(tmp_path, rt_bu
 
     # expected verdicts: predict on the staged copies, before anything moves
     r = subprocess.run([sys.executable, "-m", "runtime", "predict", str(rt_bundle), str(stage), "--device", "cpu",
-                        "--batch", "16"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                        "--batch-size", "16"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     expected = {Path(rec["file"]).name: rec for rec in map(json.loads, r.stdout.splitlines())}
     assert len(expected) == 200
@@ -185,7 +185,7 @@ def test_watch_200_files_exactly_once_across_sigkill_and_restart(tmp_path, rt_bu
         drop_file(slow[3], 6, 0.2)
         drop_file(slow[4], 3, 0.45, slow[4]["name"] + ".part")
 
-    args = ("--move", "--poll", "0.05", "--settle", "0.3", "--batch", "8")
+    args = ("--move", "--poll", "0.05", "--settle", "0.3", "--batch-size", "8")
     t0 = time.monotonic()
     first = _start_watch(inc, rt_bundle, out, log, *args)
     feeder = threading.Thread(target=guarded, args=(dropper,))
@@ -261,7 +261,7 @@ def test_restart_without_move_skips_every_recorded_file(tmp_path, rt_bundle, cla
     inc.mkdir()
     for i, content in enumerate(_variants(class_pngs, 60)):
         (inc / f"{i:02d}.png").write_bytes(content)
-    args = ("--settle", "0", "--poll", "0.05", "--batch", "4")
+    args = ("--settle", "0", "--poll", "0.05", "--batch-size", "4")
     first = _start_watch(inc, rt_bundle, out, log, *args)
     try:
         _wait(lambda: len(_lines(out / RESULTS)) >= 12, 120, "12 records", first, log)
@@ -284,7 +284,7 @@ def test_signal_finishes_the_batch_and_exits_0(tmp_path, rt_bundle, class_pngs, 
     inc.mkdir()
     for i, content in enumerate(_variants(class_pngs, 48)):
         (inc / f"{i:02d}.png").write_bytes(content)
-    proc = _start_watch(inc, rt_bundle, out, log, "--move", "--settle", "0", "--poll", "0.05", "--batch", "8")
+    proc = _start_watch(inc, rt_bundle, out, log, "--move", "--settle", "0", "--poll", "0.05", "--batch-size", "8")
     try:
         _wait(lambda: len(_lines(out / RESULTS)) >= 1, 120, "the first record", proc, log)
         proc.send_signal(sig)

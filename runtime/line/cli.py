@@ -1,13 +1,11 @@
 """``patchcore-rt``: the torch-free runtime command line (predict, watch, camera, bench, info).
 
-stdout carries results as JSON lines; stderr carries progress, the status line and errors.
-Exit codes (see :mod:`runtime.console`): 0 ok (``watch``/``camera`` also after SIGINT/SIGTERM),
-1 internal error, 2 usage or bad input, 3 bad bundle, 4 device unavailable, 5 ``--strict`` and
-some input failed, 130 interrupted.
+stdout carries results as JSON lines; stderr carries progress, the status line and errors. Exit
+codes are the table of :mod:`runtime.errors`, shared with ``patchcore`` and ``python -m export``.
 
-The command functions are thin: they parse options, call the library (:mod:`runtime.watch`,
-:mod:`runtime.camera`, :mod:`runtime.bench`, :mod:`runtime.info`, :mod:`runtime.scoring`) and
-map known errors to exit codes.
+The command functions are thin: they parse options, call the library (:mod:`runtime.line.watch`,
+:mod:`runtime.line.camera`, :mod:`runtime.line.bench`, :mod:`runtime.line.info`,
+:mod:`runtime.line.records`) and print.
 """
 
 from __future__ import annotations
@@ -20,21 +18,34 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
+import cv2
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__
-from .console import EXIT_CODES_HELP, InputsFailed, JsonLines, UsageError, err, info, known_errors
+from .. import __version__
+from ..bundle import BundleError
+from ..errors import InputsFailed, UsageError
+from ..predictor import Predictor
+from . import bench as bench_mod
+from .camera import CameraOptions, CameraRunner
+from .console import JsonLines, err, info, known_errors
+from .info import bundle_info, render
+from .options import EXIT_CODES_HELP, app as make_app, run, version_callback
+from .outputs import encode_png, numbered, overlay_image, overlay_label, write_replace
+from .records import Item, record, score_items
+from .selection import collect_inputs, resolve_bundle
+from .status import StatusLine
+from .watch import Watcher, WatchOptions
 
-app = typer.Typer(
-    name="patchcore-rt",
-    help="Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark.",
-    epilog=EXIT_CODES_HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode=None,
-)
+PROG = "patchcore-rt"
+app = make_app(PROG, "Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark.")
+
+# Old spellings that still work for one release (runtime.line.options.rewrite_deprecated).
+DEPRECATED = {
+    "*": {"-d": "--device", "-b": "--batch-size", "--batch": "--batch-size"},
+    "bench": {"--json": "--report"},
+}
 
 
 class Device(str, enum.Enum):
@@ -51,30 +62,23 @@ class Search(str, enum.Enum):
 
 
 # Options shared by several commands, so a flag means the same everywhere.
-DeviceOpt = typer.Option(Device.auto, "--device", "-d", help="auto (GPU when usable, else CPU), cpu, cuda or tensorrt.")
-SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, else numpy BLAS), faiss, numpy.")
+DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda or tensorrt.")
+SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
+                         "else numpy BLAS), faiss, numpy.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
-BatchOpt = typer.Option(8, "--batch", "-b", min=1, help="Images per model call.")
+BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
                         "features_fp32, features_fp16.")
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"patchcore-rt {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=version_callback(PROG, __version__),
+                                       is_eager=True, help="Print the version and exit.")) -> None:
     """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark."""
 
 
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
-                   graph: str = "features_fp32"):
-    from .predictor import Predictor
-
+                   graph: str = "features_fp32") -> Predictor:
     p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads)
     d = p.info()
     info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, search {d['search']}")
@@ -112,7 +116,7 @@ def predict(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take images in sub-folders of folders."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Write heat-map overlays (PNG) into this folder; "
                                             "an overlay of the same name from an earlier run is replaced."),
-    strict: bool = typer.Option(False, "--strict", help="Exit with code 5 when any input could not be scored."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 8 when any input could not be scored."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -125,10 +129,6 @@ def predict(
     A file that cannot be read or decoded gives a record with "verdict": "error" and an "error"
     message, and the others are still scored.
     """
-    from .outputs import encode_png, overlay_image, overlay_label, write_replace
-    from .scoring import Item, record, score_items
-    from .selection import collect_inputs, resolve_bundle
-
     with known_errors():
         inputs = collect_inputs(paths, recursive)
         p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
@@ -157,8 +157,6 @@ def predict(
 
 
 def _unique_in_run(path: Path, used: set[Path]) -> Path:
-    from .outputs import numbered
-
     n = 0
     while numbered(path, n) in used:
         n += 1
@@ -171,8 +169,6 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
     if not err.is_terminal:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True) as prog:
         task = prog.add_task("scoring", total=total)
@@ -208,10 +204,6 @@ def watch(
     stdout. Files still being written (size/mtime changing, *.part, *.tmp, *.crdownload, dot-files)
     wait. A corrupt file gives an error record. SIGINT/SIGTERM finish the current batch and exit 0.
     """
-    from .selection import resolve_bundle
-    from .status import StatusLine
-    from .watch import Watcher, WatchOptions
-
     with known_errors():
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
@@ -239,7 +231,7 @@ def camera(
     stride: int = typer.Option(1, "--stride", min=1, help="Video files: score every k-th frame (default: all)."),
     realtime: bool = typer.Option(False, "--realtime", help="Video files: read at the file's frame rate and drop "
                                   "frames the model cannot keep up with, like a live camera."),
-    batch: int = typer.Option(4, "--batch", "-b", min=1, help="Frames per model call for files (live sources: 1)."),
+    batch: int = typer.Option(4, "--batch-size", min=1, help="Frames per model call for files (live sources: 1)."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -252,10 +244,6 @@ def camera(
     frames are dropped rather than falling behind (each record counts them in "dropped"). Video
     files are read in order, every frame (or every --stride-th) unless --realtime.
     """
-    from .camera import CameraOptions, CameraRunner
-    from .selection import resolve_bundle
-    from .status import StatusLine
-
     with known_errors():
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
         p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
@@ -277,7 +265,7 @@ def bench(
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
     repeat: int = typer.Option(10, "--repeat", min=1, help="Timed runs per batch size (after warm-up)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs per batch size first."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -288,9 +276,6 @@ def bench(
     Median latency per stage (decode, preprocess, features, search, post-process) after warm-up,
     and throughput, per batch size: a table on stderr, the JSON report on stdout.
     """
-    from . import bench as bench_mod
-    from .selection import resolve_bundle
-
     with known_errors():
         try:
             sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
@@ -304,9 +289,9 @@ def bench(
                                      progress=lambda b: err.print(f"batch {b} ...", end="\r") if err.is_terminal else None)
         err.print(bench_mod.table(report))
         typer.echo(json.dumps(report))
-        if json_file is not None:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(json.dumps(report, indent=2) + "\n")
+        if report_file is not None:
+            report_file.parent.mkdir(parents=True, exist_ok=True)
+            report_file.write_text(json.dumps(report, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------- info
@@ -321,12 +306,6 @@ def info_cmd(
 
     Also checks every file against its sha256 in the manifest (exit code 3 when one differs).
     """
-    from rich.console import Console
-
-    from .bundle import BundleError
-    from .info import bundle_info, render
-    from .selection import resolve_bundle
-
     with known_errors():
         data = bundle_info(resolve_bundle(bundle))
         if as_json:
@@ -338,19 +317,17 @@ def info_cmd(
             raise BundleError(f"{data['path']}: sha256 of {bad} does not match the manifest (file edited or corrupt)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``patchcore-rt``; also ``python -m runtime``)."""
     _quiet_opencv()
-    app(prog_name="patchcore-rt")
+    run(app, PROG, DEPRECATED, argv)
 
 
 def _quiet_opencv() -> None:
     """OpenCV logs its own warning for every corrupt image; our error record already says it."""
     try:
-        import cv2
-
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    except (ImportError, AttributeError):
+    except AttributeError:  # builds without the logging utilities
         pass
 
 

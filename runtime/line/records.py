@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .images import ImageReadError, decode_image, read_image
-from .preprocess import PreprocessError
+from ..images import ImageReadError, decode_image, read_image
+from ..preprocess import PreprocessError
 
 
 @dataclass

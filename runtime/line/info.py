@@ -7,7 +7,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, Bundle, read_bundle, sha256_file
+import onnxruntime as ort
+from rich.table import Table
+
+from ..bundle import MANIFEST, Bundle, read_bundle
+from ..fileio import sha256_file
 
 
 def checksums(bundle: Bundle) -> dict[str, str]:
@@ -20,11 +24,9 @@ def checksums(bundle: Bundle) -> dict[str, str]:
 
 def devices() -> dict[str, Any]:
     """What this machine offers the runtime (without creating a session or touching a GPU)."""
-    import onnxruntime as ort
-
     d: dict[str, Any] = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
     try:
-        import faiss
+        import faiss  # optional: reported when installed
 
         d["faiss"] = faiss.__version__
         d["faiss_gpus"] = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
@@ -71,8 +73,6 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
 
 def render(info: dict[str, Any]):
     """A rich renderable summary of :func:`bundle_info`."""
-    from rich.table import Table
-
     t = Table(show_header=False, box=None, pad_edge=False, title=f"bundle {info['bundle_id']}", title_justify="left")
     t.add_column(style="bold cyan", no_wrap=True)
     t.add_column()

@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .console import UsageError, warn
+from ..errors import UsageError
+from .console import warn
 from .journal import Journal, Key
 from .outputs import encode_png, free_name, move_new, overlay_image, overlay_label, write_new
-from .scoring import Item, Outcome, record, score_items
+from .records import Item, Outcome, record, score_items
 from .selection import is_temporary_name
 
 RESULTS = "results.jsonl"
 LOCK = ".watch.lock"
-VERDICT_DIRS = ("ok", "ng", "error")
 
 
 @dataclass

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .bundle import find_bundles
-from .console import UsageError
-from .images import is_image_file
+from ..bundle import find_bundles
+from ..errors import UsageError
+from ..images import is_image_file
 
 BUNDLE_ENV = "PATCHCORE_RT_BUNDLE"
 MODELS_ENV = "PATCHCORE_RT_MODELS"

@@ -21,9 +21,11 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+import onnxruntime
+from rich.table import Table
 
-from .console import UsageError
-from .images import decode_image
+from ..errors import UsageError
+from ..images import decode_image
 from .selection import folder_images
 
 STAGES = ("decode", "preprocess", "features", "search", "postprocess")
@@ -97,8 +99,6 @@ def run_bench(predictor, encoded: Sequence[bytes], batch_sizes: Sequence[int], r
 
 
 def environment(predictor) -> dict[str, Any]:
-    import onnxruntime
-
     env = {
         **predictor.info(),
         "bank": list(predictor.scorer.bank.shape),
@@ -111,7 +111,7 @@ def environment(predictor) -> dict[str, Any]:
         "opencv": cv2.__version__,
     }
     try:
-        import faiss
+        import faiss  # optional: reported when installed
 
         env["faiss"] = faiss.__version__
     except ImportError:
@@ -121,8 +121,6 @@ def environment(predictor) -> dict[str, Any]:
 
 def table(report: dict[str, Any]):
     """A rich table: per-image median ms per stage, batch total and throughput."""
-    from rich.table import Table
-
     env = report["environment"]
     t = Table(title=f"{report['bundle']}  ({env['engine']}, search {env['search']}, {env['cpu_count']} CPUs)",
               caption="median ms per image over the timed runs; total is per batch")

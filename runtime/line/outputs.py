@@ -17,9 +17,9 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from .fileio import atomic_write, synced_temp
-from .postprocess import normalise_scores
-from .preprocess import PreprocessSpec, resize_and_crop
+from ..fileio import atomic_write, synced_temp
+from ..postprocess import normalise_scores
+from ..preprocess import PreprocessSpec, resize_and_crop
 
 
 def append_durably(fd: int, data: bytes) -> None:

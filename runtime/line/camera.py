@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
-from .console import UsageError
+from ..errors import UsageError
 from .outputs import encode_png, overlay_image, overlay_label, write_new
-from .scoring import Item, score_items
+from .records import Item, score_items
 
 
 class SourceError(UsageError):

@@ -21,17 +21,19 @@ measures both.
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 DEFAULT_CHUNK = 4096
 PREFIX = "nn/"
 OUTPUTS = ("embeddings", "nn_distance", "nn_index")
 
 
-def scoring_outputs() -> list[str]:
+def search_outputs() -> list[str]:
     return list(OUTPUTS)
 
 
-def append_scoring(features, bank: np.ndarray, n_patches: int, bank_dtype: str = "float32",
+def append_search(features, bank: np.ndarray, n_patches: int, bank_dtype: str = "float32",
                    chunk: int = DEFAULT_CHUNK, embeddings: str = "embeddings"):
     """A copy of the feature graph ``features`` (ModelProto whose output ``embeddings`` is
     (batch, n_patches, D) float32) with the nearest-neighbour search against ``bank`` (M, D)
@@ -41,9 +43,6 @@ def append_scoring(features, bank: np.ndarray, n_patches: int, bank_dtype: str =
     ``nn_index`` (batch, P) int64. ``bank_dtype`` float16 stores the bank in half precision
     (exactly the values of a float16 ``memory_bank.npy``) and computes in float32.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     if bank.ndim != 2 or len(bank) == 0:
         raise ValueError(f"memory bank must be a non-empty (M, D) array, got {bank.shape}")
     if chunk < 1:

@@ -1,0 +1,161 @@
+"""The export pipeline behind ``patchcore export`` and ``make export``: fit (or reuse a bundle
+fitted with the same settings), calibrate, write the bundle with its graphs, build engines.
+
+A plain library function (:func:`export_model`) so that the command line only parses and
+prints, and scripts can call the same steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from patchcore.data import load_class, load_test_set
+from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.registry import WeightsUnavailableError
+from patchcore.synthetic import make_synthetic_class
+from runtime.bundle import Bundle, BundleError, read_bundle
+from runtime.fileio import sha256_file
+
+from .onnx_export import export_bundle
+from .tensorrt_build import TensorRTUnavailableError, build_bundle_engine
+
+SYNTHETIC_DEST = Path("datasets/synthetic")
+
+
+@dataclass
+class ExportRequest:
+    """What to export: the fit settings, where the data and the bundle are, which graphs."""
+
+    config: PatchCoreConfig
+    out: Path
+    data: Path | None = None  # None: the embedded synthetic class
+    name: str | None = None
+    fp16: bool = True
+    scoring_graph: bool = False
+    bank_dtype: str = "float32"
+    tensorrt: bool = False
+    calibrate: Path | None = None
+    reuse: bool = False
+
+
+@dataclass
+class ExportResult:
+    bundle: Bundle
+    data: Path
+    reused: bool
+    tensorrt_skipped: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The one JSON line the command prints."""
+        m = self.bundle.manifest
+        out = {"bundle": str(self.bundle.root), "id": self.bundle.bundle_id, "reused": self.reused,
+               "graphs": sorted(m["graphs"]), "engines": sorted(m.get("engines", {})),
+               "files": {k: v["bytes"] for k, v in m["files"].items()}, "threshold": m["threshold"]["value"],
+               "data": str(self.data)}
+        if self.tensorrt_skipped:
+            out["tensorrt_skipped"] = self.tensorrt_skipped
+        return out
+
+
+def files_digest(root: Path, paths) -> str:
+    """Digest of a file list (relative names and sizes): changes when the images change."""
+    h = hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def fit_settings(cfg: PatchCoreConfig, data_root: Path, train: list[Path], calibrate: Path | None) -> dict:
+    """Everything that determines the fitted memory bank and threshold: what ``--reuse`` compares."""
+    if cfg.weights not in ("default", "random") and not Path(cfg.weights).is_file():
+        raise WeightsUnavailableError(f"weights file not found: {cfg.weights} (use default, random or a file path)")
+    s = {k: v for k, v in asdict(cfg).items() if k not in ("device", "search_backend", "batch_size")}
+    s["layers"] = list(s["layers"]) if s["layers"] else None
+    if cfg.weights not in ("default", "random"):
+        s["weights"] = str(Path(cfg.weights).resolve())
+        s["weights_sha256"] = sha256_file(Path(cfg.weights))
+    s["data"] = {"root": str(data_root.resolve()), "train": files_digest(data_root, train)}
+    s["calibrate"] = None if calibrate is None else str(calibrate.resolve())
+    return s
+
+
+def reusable(out: Path, settings: dict) -> tuple[bool, str]:
+    """Whether the bundle at ``out`` was fitted with ``settings``, and why (not)."""
+    if not (out / "manifest.json").is_file():
+        return False, f"no bundle at {out}"
+    try:
+        old = read_bundle(out).manifest
+    except BundleError as e:
+        return False, f"existing bundle unusable ({e})"
+    have = old.get("export", {}).get("settings")
+    if have == settings:
+        return True, "fit settings match"
+    if not isinstance(have, dict):
+        return False, "existing bundle does not record its fit settings"
+    diff = sorted(k for k in set(have) | set(settings) if have.get(k) != settings.get(k))
+    return False, f"fit settings differ ({', '.join(diff)})"
+
+
+def calibrate_f1(model: PatchCore, folder: Path) -> None:
+    """Set the F1-optimal threshold of ``folder``'s labelled test images."""
+    ds = load_test_set(folder)
+    labels = np.array([s.label for s in ds.test])
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"{folder}: --calibrate needs good and defective test images (test/good and test/<defect>)")
+    scores = model.predict_paths([s.path for s in ds.test], desc="calibrate").image_scores
+    model.calibrate_f1(labels, scores)
+    model.fit_info["calibration"]["folder"] = str(folder.resolve())
+
+
+def _reload(out: Path, device: str) -> PatchCore:
+    """The fitted model of the bundle at ``out``, with the fit facts its manifest recorded."""
+    old = read_bundle(out).manifest
+    model = PatchCore.load(out, device=device)
+    model.fit_info = dict(old.get("fit", {}))
+    model.fit_info["calibration"] = {k: v for k, v in old["threshold"].items() if k not in ("value", "scale")}
+    return model
+
+
+def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None) -> ExportResult:
+    """Fit (or reuse) and write the bundle ``req.out``; build TensorRT engines when asked and
+    possible (a machine without TensorRT skips them and says why)."""
+    if req.bank_dtype not in ("float32", "float16"):
+        raise ValueError(f"--bank-dtype must be float32 or float16, got {req.bank_dtype!r}")
+    data_dir = req.data
+    if data_dir is None:
+        data_dir = make_synthetic_class(SYNTHETIC_DEST)
+        log(f"no --data: using the embedded synthetic class {data_dir}")
+    ds = load_class(data_dir, image_level_only=True)
+    settings = fit_settings(req.config, Path(data_dir), ds.train, req.calibrate)
+    reused = False
+    if req.reuse:
+        reused, why = reusable(req.out, settings)
+        log(f"--reuse: {'reusing' if reused else 'fitting again'}: {why}")
+    if reused:
+        model = _reload(req.out, req.config.device)
+    else:
+        model = PatchCore(req.config).fit(ds.train)
+        if req.calibrate is not None:
+            if req.data is not None and req.calibrate.resolve() == Path(data_dir).resolve():
+                log("warning: --calibrate uses the same folder's test images that evaluation uses: "
+                    "metrics on them will be optimistic")
+            calibrate_f1(model, req.calibrate)
+    bundle = export_bundle(model, req.out, name=req.name, fp16=req.fp16, scoring=req.scoring_graph,
+                           bank_dtype=req.bank_dtype,
+                           extra={"export": {"settings": settings, "tool": "patchcore export"}})
+    skipped = None
+    if req.tensorrt:
+        try:
+            for g in ("features_fp32", "features_fp16") if req.fp16 else ("features_fp32",):
+                bundle = build_bundle_engine(req.out, graph=g, fp16=g.endswith("fp16"), log=log)
+        except TensorRTUnavailableError as e:
+            skipped = str(e)
+            log(f"skipped: {e}")
+    m = bundle.manifest
+    log(f"bundle written: {req.out} ({', '.join(sorted(m['graphs']))}; threshold {m['threshold']['value']})")
+    return ExportResult(bundle, Path(data_dir), reused, skipped)

@@ -1,0 +1,37 @@
+"""The fitting options, defined once for every command that fits (``patchcore fit``, ``eval``,
+``export``) so that a flag has one name, one default and one help text everywhere.
+
+Kept free of torch so that building a command line (``--help``) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+BACKBONE = typer.Option("effnet-lite0", "--backbone", "-b", help="registry name (see `patchcore backbones`)")
+CORESET = typer.Option(0.1, "--coreset", help="fraction of patches kept in the memory bank")
+WEIGHTS = typer.Option("default", "--weights", help="default | random | PATH to a checkpoint")
+LAYERS = typer.Option(None, "--layers", help="comma-separated feature layers (default: the backbone's)")
+SEED = typer.Option(0, "--seed", help="seed of the coreset, the hold-out split and random weights")
+N_REWEIGHT = typer.Option(3, "--n-reweight", min=0, help="eq. 7 reweighting neighbours (0 = off)")
+HOLDOUT = typer.Option(0.1, "--holdout", help="fraction of good training images kept for the threshold")
+RESIZE = typer.Option(None, "--resize", help="override the backbone's resize (shorter side)")
+CROP = typer.Option(None, "--crop", help="override the backbone's center crop")
+DEVICE = typer.Option("auto", "--device", help="torch device for fitting: auto | cpu | cuda")
+BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="images per forward pass")
+TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024; "
+                          "smaller banks search faster, see BENCHMARKS.md)")
+
+
+def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int, n_reweight: int,
+               holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int,
+               target_dim: int):
+    """The :class:`~patchcore.model.PatchCoreConfig` of the options above."""
+    from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
+
+    return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights,
+                           layers=tuple(layers.split(",")) if layers else None, seed=seed, n_reweight=n_reweight,
+                           holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size,
+                           target_dim=target_dim)

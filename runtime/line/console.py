@@ -1,0 +1,78 @@
+"""Where a command line's output goes, and how known errors become exit codes.
+
+stdout carries results only (one JSON object per line, flushed per line, so another program can
+read them as they come); stderr carries progress, the status line, warnings and errors. Every
+known error is one readable line on stderr and its exit code from :mod:`runtime.errors` (the
+one table all three command lines share).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import INTERRUPTED, exit_code_for
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class JsonLines:
+    """Writes result records to stdout, one compact JSON object per line, flushed each time.
+
+    A closed pipe (``patchcore-rt watch ... | head``) stops the stdout copy without stopping the
+    command: the durable copy of ``watch`` results is its ``results.jsonl``.
+    """
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.closed = False
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(dumps(record) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed = True
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(str(message))}")
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(str(message))}")
+
+
+def info(message: str) -> None:
+    err.print(escape(str(message)))
+
+
+@contextlib.contextmanager
+def known_errors() -> Iterator[None]:
+    """Turn known errors into one line on stderr and their exit code (``typer.Exit``); anything
+    else is a bug and keeps its traceback (exit 1)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:  # noqa: BLE001 - mapped or re-raised below
+        code = exit_code_for(e)
+        if code is None:
+            raise
+        error_line(str(e))
+        raise typer.Exit(code) from None
