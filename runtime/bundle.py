@@ -5,9 +5,13 @@ grid, scoring settings, threshold, versions) and the sha256 of every other file.
 the schema version and every checksum and names the field or file that is wrong. Arrays are
 read with ``allow_pickle=False``: nothing is ever unpickled from a bundle.
 
-The manifest also carries ``manifest_sha256``, the digest of its own canonical JSON without that
-field, so a hand-edited manifest (a changed threshold, say) is refused like any other edited
-file. Tools that change a manifest go through :func:`finalize_manifest`, which recomputes it.
+The manifest also carries ``manifest_sha256`` (required), the digest of its own canonical JSON
+without that field, so a hand-edited manifest (a changed threshold, say) is refused like any
+other edited file; the bundle id is taken from it. Tools that change a manifest go through
+:func:`finalize_manifest`, which recomputes it. The schema and its field checks are
+:mod:`runtime.manifest`. Files are read only when they are regular files inside the bundle
+(no symlinks, devices or FIFOs), and the bank's .npy header is checked against the manifest
+before its data is read.
 
 Layout::
 
@@ -20,128 +24,30 @@ Layout::
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from . import errors
 from .fileio import atomic_write, sha256_file
+from .manifest import (BANK_DTYPES, DIGEST_FIELD, FORMAT, SCHEMA_VERSION, BundleError, BundleVersionError,
+                       manifest_digest, parse_manifest, validate_manifest)
 from .preprocess import PreprocessSpec
 
-SCHEMA_VERSION = 1
-FORMAT = "patchcore-rt-bundle"
+__all__ = ["BANK_DTYPES", "BANK_FILE", "DIGEST_FIELD", "ENGINE_DIR", "FORMAT", "MANIFEST", "SCHEMA_VERSION", "Bundle",
+           "BundleError", "BundleVersionError", "check_graph_metadata", "finalize_manifest", "find_bundles",
+           "graph_metadata", "manifest_digest", "read_bundle", "validate_manifest", "write_array", "write_file"]
+
 MANIFEST = "manifest.json"
 BANK_FILE = "memory_bank.npy"
 ENGINE_DIR = "engines"
-DIGEST_FIELD = "manifest_sha256"
-BANK_DTYPES = ("float32", "float16")
-
-# field path -> type(s) every manifest must carry
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "format": str,
-    "name": str,
-    "backbone.name": str,
-    "backbone.weights_tag": str,
-    "backbone.layers": list,
-    "preprocess": dict,
-    "features.target_dim": int,
-    "features.grid": list,
-    "features.input_size": list,
-    "memory_bank.file": str,
-    "memory_bank.rows": int,
-    "memory_bank.dim": int,
-    "memory_bank.dtype": str,
-    "scoring.k": int,
-    "scoring.n_reweight": int,
-    "scoring.blur_sigma": (int, float),
-    "threshold.value": (int, float, type(None)),
-    "threshold.scale": (int, float, type(None)),
-    "versions": dict,
-    "files": dict,
-}
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing, corrupt, edited or inconsistent."""
-
-    exit_code = errors.BAD_BUNDLE
-
-
-class BundleVersionError(BundleError):
-    """A bundle written by a newer (or unknown) schema version."""
-
-
-def _get(d: Mapping[str, Any], dotted: str) -> Any:
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            raise KeyError(dotted)
-        cur = cur[part]
-    return cur
-
-
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace), without its own
-    digest field. JSON floats round-trip exactly, so reading and re-dumping gives the same text."""
-    body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _check_entries(manifest: Mapping[str, Any], section: str, where: str) -> None:
-    """Every graph / engine entry names a file that the manifest lists."""
-    entries = manifest.get(section, {})
-    if not isinstance(entries, Mapping):
-        raise BundleError(f"{where}: field '{section}' must be an object")
-    for key, entry in entries.items():
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
-            raise BundleError(f"{where}: field '{section}.{key}.file' is missing")
-        for rel in [entry["file"], *entry.get("external_data", [])]:
-            if rel not in manifest["files"]:
-                raise BundleError(f"{where}: '{section}.{key}' refers to {rel}, which is not listed in 'files'")
-
-
-def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> None:
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{where}: field 'schema_version' is missing or not an integer")
-    if version > SCHEMA_VERSION:
-        raise BundleVersionError(
-            f"{where}: bundle schema version {version} is newer than this runtime supports "
-            f"({SCHEMA_VERSION}); upgrade patchcore-rt to read it"
-        )
-    if version < 1:
-        raise BundleVersionError(f"{where}: unknown bundle schema version {version}")
-    for field, types in _REQUIRED.items():
-        try:
-            value = _get(manifest, field)
-        except KeyError:
-            raise BundleError(f"{where}: required field '{field}' is missing") from None
-        if not isinstance(value, types) or isinstance(value, bool) and types is int:
-            raise BundleError(f"{where}: field '{field}' has the wrong type ({type(value).__name__})")
-    if manifest["format"] != FORMAT:
-        raise BundleError(f"{where}: field 'format' is {manifest['format']!r}, expected {FORMAT!r}")
-    try:
-        PreprocessSpec.from_dict(manifest["preprocess"])
-    except (TypeError, ValueError) as e:
-        raise BundleError(f"{where}: field 'preprocess' is invalid: {e}") from None
-    if manifest["memory_bank"]["dtype"] not in BANK_DTYPES:
-        raise BundleError(
-            f"{where}: field 'memory_bank.dtype' is {manifest['memory_bank']['dtype']!r}; expected one of {BANK_DTYPES}"
-        )
-    for rel, meta in manifest["files"].items():
-        if not isinstance(meta, Mapping) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
-            raise BundleError(f"{where}: field 'files.{rel}' needs 'sha256' and 'bytes'")
-    if manifest["memory_bank"]["file"] not in manifest["files"]:
-        raise BundleError(f"{where}: 'memory_bank.file' {manifest['memory_bank']['file']} is not listed in 'files'")
-    _check_entries(manifest, "graphs", where)
-    _check_entries(manifest, "engines", where)
+MAX_HEADER_BYTES = 1 << 16  # an .npy header of a plain 2-D array is ~128 bytes
+MAX_MANIFEST_READ = (16 << 20) + 1  # one byte over the manifest limit, so parse_manifest can name it
 
 
 # Keys of the identity every exported graph carries in its ONNX metadata_props (JSON values):
@@ -188,11 +94,9 @@ class Bundle:
 
     @property
     def bundle_id(self) -> str:
-        """Short id that changes whenever any file of the bundle changes."""
-        digest = hashlib.sha256(
-            json.dumps(self.manifest["files"], sort_keys=True).encode()
-        ).hexdigest()
-        return f"{self.name}@{digest[:12]}"
+        """``name@`` + the start of the manifest's digest: it changes with any field of the
+        manifest and, through the checksums the manifest holds, with any byte of any file."""
+        return f"{self.name}@{self.manifest[DIGEST_FIELD][:12]}"
 
     def path(self, rel: str) -> Path:
         if rel not in self.manifest["files"]:
@@ -200,18 +104,26 @@ class Bundle:
         return self.root / rel
 
     def memory_bank(self) -> np.ndarray:
+        """The bank, read header first: dtype, shape and file size must match the manifest before
+        any data is read, and every value must be finite."""
         mb = self.manifest["memory_bank"]
         path = self.path(mb["file"])
-        try:
-            bank = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise BundleError(f"{path}: not a plain numpy array ({e})") from None
-        if bank.shape != (mb["rows"], mb["dim"]) or str(bank.dtype) != mb["dtype"]:
-            raise BundleError(
-                f"{path}: array is {bank.shape} {bank.dtype}, manifest says "
-                f"({mb['rows']}, {mb['dim']}) {mb['dtype']}"
-            )
-        return bank
+        want = np.dtype(mb["dtype"]).newbyteorder("<")
+        with open_regular(path, self.root) as f:
+            shape, offset = _npy_header(f, path, want)
+            if shape != (mb["rows"], mb["dim"]):
+                raise BundleError(f"{path}: array is {shape}, manifest says ({mb['rows']}, {mb['dim']})")
+            size = os.fstat(f.fileno()).st_size
+            if size != offset + mb["rows"] * mb["dim"] * want.itemsize:
+                raise BundleError(f"{path}: {size} bytes, a {shape} {want.name} array needs "
+                                  f"{offset + mb['rows'] * mb['dim'] * want.itemsize}")
+            bank = np.fromfile(f, dtype=want, count=mb["rows"] * mb["dim"]).reshape(shape)
+        bad = ~np.isfinite(bank)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise BundleError(f"{path}: {int(bad.sum())} non-finite value(s) (NaN or infinity) in row(s) "
+                              f"{', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}")
+        return bank.astype(want.newbyteorder("="), copy=False)
 
     def graph(self, key: str) -> Path | None:
         g = self.manifest.get("graphs", {}).get(key)
@@ -230,36 +142,72 @@ class Bundle:
         return sorted(self.manifest["files"])
 
 
+def open_regular(path: Path, root: Path):
+    """Open ``path`` for reading when it is a regular file inside ``root`` and not a symlink;
+    a BundleError otherwise (nothing of a bundle is read through a link or from a device)."""
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        raise BundleError(f"{path}: resolves outside the bundle folder {root}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: listed in {MANIFEST} but missing") from None
+    except OSError as e:
+        if os.path.islink(path):
+            raise BundleError(f"{path}: is a symbolic link; a bundle's files must be regular files") from None
+        raise BundleError(f"{path}: cannot read ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BundleError(f"{path}: not a regular file; a bundle's files must be regular files")
+    return os.fdopen(fd, "rb")
+
+
+def _npy_header(f, path: Path, want: np.dtype) -> tuple[tuple[int, ...], int]:
+    """(shape, data offset) of an open .npy file whose header must declare ``want`` in C order."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(f, max_header_size=MAX_HEADER_BYTES)
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError ...
+        raise BundleError(f"{path}: not a plain numpy array ({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise BundleError(f"{path}: not a plain numpy array (object dtype: it would need pickle)")
+    if dtype != want or fortran:
+        raise BundleError(f"{path}: array is {dtype.str}{' Fortran-ordered' if fortran else ''}, "
+                          f"manifest says {want.str} in C order")
+    return tuple(int(n) for n in shape), f.tell()
+
+
 def read_bundle(root: str | Path, verify: bool = True) -> Bundle:
-    """Open and check a bundle folder. ``verify`` recomputes every file's sha256."""
+    """Open and check a bundle folder. ``verify`` recomputes every file's sha256.
+
+    ``root`` may be a symlink (a deployment may flip one between versions), but no file inside
+    the bundle may be one, nor resolve outside it."""
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"bundle folder not found: {root}")
     mpath = root / MANIFEST
-    if not mpath.is_file():
+    if not os.path.lexists(mpath):
         raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mpath}: expected a JSON object")
+    with open_regular(mpath, root) as f:
+        data = f.read(MAX_MANIFEST_READ)
+    manifest = parse_manifest(data, str(mpath))
     validate_manifest(manifest, str(mpath))
-    recorded = manifest.get(DIGEST_FIELD)
-    if recorded is not None and recorded != manifest_digest(manifest):
+    if manifest[DIGEST_FIELD] != manifest_digest(manifest):
         raise BundleError(
             f"{mpath}: edited after it was written (its content no longer matches '{DIGEST_FIELD}'); "
             "re-export the bundle instead of editing the manifest by hand"
         )
     for rel, meta in manifest["files"].items():
         p = root / rel
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise BundleError(f"{mpath}: file entry {rel!r} points outside the bundle")
-        if not p.is_file():
-            raise BundleError(f"{p}: listed in {MANIFEST} but missing")
-        if p.stat().st_size != meta.get("bytes"):
-            raise BundleError(f"{p}: size {p.stat().st_size} bytes, manifest says {meta.get('bytes')} (truncated or edited)")
-        if verify and sha256_file(p) != meta.get("sha256"):
+        with open_regular(p, root) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != meta["bytes"]:
+                raise BundleError(f"{p}: size {size} bytes, manifest says {meta['bytes']} (truncated or edited)")
+        if verify and sha256_file(p) != meta["sha256"]:
             raise BundleError(f"{p}: sha256 does not match the manifest (file edited or corrupt)")
     return Bundle(root, manifest)
 
@@ -290,7 +238,7 @@ def finalize_manifest(root: str | Path, manifest: dict[str, Any], files: list[st
     manifest["files"] = {
         rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size} for rel in sorted(set(files))
     }
-    validate_manifest(manifest)
+    validate_manifest(manifest, digest=False)
     manifest[DIGEST_FIELD] = manifest_digest(manifest)
     atomic_write(root / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return Bundle(root, manifest)

@@ -7,19 +7,60 @@ on every platform and the same code serves files, camera frames and uploaded byt
 
 Pixels are returned as stored: EXIF orientation tags are ignored, so training, export checks and
 the runtime all see the same array for the same file.
+
+Hostile files are refused before they cost memory: only regular files are read (a symlink to
+``/dev/zero`` or a FIFO named ``x.png`` is an error at once, never a hang), with a byte cap, and
+the image's width and height are read from its header (Pillow, which parses headers without
+decoding) and checked against a pixel cap before OpenCV decodes anything: a 30000 x 30000 PNG of
+zeros is under a megabyte on disk and 2.7 GB decoded.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from struct import error as struct_error
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from . import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_PIXELS_ENV = "PATCHCORE_RT_MAX_PIXELS"
+MAX_BYTES_ENV = "PATCHCORE_RT_MAX_BYTES"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image may cost: pixels (width x height, from the header) and bytes on disk.
+    The defaults fit real line cameras (up to 100 megapixels; 20 MP is common) with room."""
+
+    max_pixels: int = 100_000_000
+    max_bytes: int = 512 << 20
+
+    @classmethod
+    def from_env(cls, env=None) -> "ImageLimits":
+        """Defaults, overridden by $PATCHCORE_RT_MAX_PIXELS / $PATCHCORE_RT_MAX_BYTES."""
+        env = os.environ if env is None else env
+        out = {}
+        for field, name in (("max_pixels", MAX_PIXELS_ENV), ("max_bytes", MAX_BYTES_ENV)):
+            if env.get(name):
+                try:
+                    out[field] = int(env[name])
+                except ValueError:
+                    raise ValueError(f"${name} must be an integer, got {env[name]!r}") from None
+                if out[field] < 1:
+                    raise ValueError(f"${name} must be >= 1")
+        return cls(**out)
+
+
+DEFAULT_LIMITS = ImageLimits()
 
 
 class ImageReadError(ValueError):
@@ -34,16 +75,63 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_LIMITS.max_bytes) -> bytes:
+    """The bytes of a regular file, at most ``max_bytes``; ImageReadError for anything else
+    (missing, a folder, a device, a FIFO, too large). Opened without blocking, so a FIFO is
+    refused at once instead of waiting for a writer."""
     p = Path(path)
-    if not p.exists():
-        raise ImageReadError(f"{p}: file not found")
-    if p.is_dir():
-        raise ImageReadError(f"{p}: is a directory, not an image file")
     try:
-        return p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageReadError(f"{p}: file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{p}: is a directory, not an image file") from None
     except OSError as e:
-        raise ImageReadError(f"{p}: cannot read file ({e.strerror or e})") from e
+        raise ImageReadError(f"{p}: cannot read file ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(f"{p}: is a directory, not an image file")
+        raise ImageReadError(f"{p}: not a regular file (a device, FIFO or socket); only files are read")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > max_bytes:
+            raise ImageReadError(f"{p}: {st.st_size} bytes is over the {max_bytes}-byte limit per image "
+                                 f"(${MAX_BYTES_ENV})")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise ImageReadError(f"{p}: cannot read file ({e.strerror or e})") from None
+    if len(data) > max_bytes:  # grew while we read it
+        raise ImageReadError(f"{p}: over the {max_bytes}-byte limit per image (${MAX_BYTES_ENV})")
+    return data
+
+
+def image_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding its pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: our cap decides
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        return 1 << 31, 1 << 31  # Pillow's own limit is far over any cap we accept
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct_error) as e:
+        raise ImageReadError(
+            f"{name}: cannot decode image (corrupt, truncated or not a supported image format: {e}; "
+            f"supported suffixes: {' '.join(IMAGE_SUFFIXES)})"
+        ) from None
+
+
+def check_size(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """(width, height) of an encoded image, refused when over the pixel cap."""
+    w, h = image_size(data, name)
+    if w < 1 or h < 1:
+        raise ImageReadError(f"{name}: image header declares {w}x{h} pixels")
+    if w * h > limits.max_pixels:
+        raise ImageReadError(f"{name}: {w}x{h} pixels is over the {limits.max_pixels}-pixel limit per image "
+                             f"(${MAX_PIXELS_ENV})")
+    return w, h
 
 
 def _decode_raw(data: bytes, name: str) -> np.ndarray:
@@ -80,12 +168,16 @@ def _channels(arr: np.ndarray) -> int:
     return 1 if arr.ndim == 2 else arr.shape[2]
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
+def decode_image(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode encoded image bytes (PNG, JPEG, ...) to an ``HxWx3 uint8 RGB`` array.
 
     ``name`` is used only in error messages (a file path, camera id or upload name).
     Alpha channels are dropped, not composited: anomaly detection must see the stored colour.
+    The header's size is checked against ``limits`` first.
     """
+    if len(data) == 0:
+        raise ImageReadError(f"{name}: file is empty")
+    check_size(data, name, limits)
     arr = _to_uint8(_decode_raw(data, name), name)
     c = _channels(arr)
     if c == 1:
@@ -99,9 +191,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     raise ImageReadError(f"{name}: unsupported channel count {c}")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Read an image file as ``HxWx3 uint8 RGB``; raises :class:`ImageReadError` naming the file."""
-    return decode_image(_read_bytes(path), str(path))
+    return decode_image(read_file_bytes(path, limits.max_bytes), str(path), limits)
 
 
 def decode_mask(data: bytes, name: str) -> np.ndarray:
@@ -118,6 +210,8 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
     return np.any(colour > 0, axis=2)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Read a mask file as ``HxW bool``; raises :class:`ImageReadError` naming the file."""
-    return decode_mask(_read_bytes(path), str(path))
+    data = read_file_bytes(path, limits.max_bytes)
+    check_size(data, str(path), limits)
+    return decode_mask(data, str(path))

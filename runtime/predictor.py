@@ -17,10 +17,49 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
-from .engines import FeatureEngine, OnnxEngine
+from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine
 from .postprocess import Prediction, finish
 from .preprocess import preprocess_batch
 from .search import PatchScorer
+
+
+def open_graph(bundle: Bundle, graph: str, device: str = "auto", threads: int | None = None) -> OnnxEngine:
+    """An onnxruntime engine for graph ``graph`` of ``bundle``, checked against the manifest: the
+    identity stored in the graph, its input size and its output (patches per image, dims). A
+    graph onnxruntime cannot load is a bad bundle naming the file (a missing device is not)."""
+    m = bundle.manifest
+    info = bundle.graph_info(graph)
+    path = bundle.path(info["file"])
+    try:
+        engine = OnnxEngine(path, device=device, threads=threads)
+    except DeviceUnavailableError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes for corrupt graphs
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({reason[:300]})") from None
+    check_graph_metadata(engine.session.get_modelmeta().custom_metadata_map, m, graph, str(path))
+    _check_graph_shapes(engine, m, path)
+    return engine
+
+
+def _check_graph_shapes(engine: OnnxEngine, manifest: dict, path: Path) -> None:
+    """The graph takes the manifest's input size and gives grid h*w patches of the bank's dim.
+    Dimensions the graph leaves symbolic are read off one probe run of a single zero image."""
+    h, w = manifest["features"]["input_size"]
+    gh, gw = manifest["features"]["grid"]
+    dim = manifest["memory_bank"]["dim"]
+    shape_in = engine.session.get_inputs()[0].shape
+    if list(shape_in[1:]) != [3, h, w]:
+        raise BundleError(f"{path}: graph input is {shape_in}, the manifest's input_size is [{h}, {w}]")
+    shape_out = list(engine.session.get_outputs()[0].shape[1:])
+    if not all(isinstance(d, int) for d in shape_out):
+        try:
+            shape_out = list(engine.run(np.zeros((1, 3, h, w), np.float32)).shape[1:])
+        except Exception as e:  # noqa: BLE001 - a graph that cannot run is a bad bundle, whatever ORT raises
+            raise BundleError(f"{path}: the graph fails on a {h}x{w} input ({str(e).strip()[:300]})") from None
+    if shape_out != [gh * gw, dim]:
+        raise BundleError(f"{path}: graph gives {shape_out[0]} patches of {shape_out[1]} dims per image; the manifest's "
+                          f"grid {gh}x{gw} and bank dim need {gh * gw} of {dim}")
 
 
 class Predictor:
@@ -37,14 +76,14 @@ class Predictor:
         self.blur_sigma = float(m["scoring"]["blur_sigma"])
         self.threshold = m["threshold"]["value"]
         self.scale = m["threshold"]["scale"]
+        if self.spec.crop and (self.spec.crop, self.spec.crop) != self.input_size:
+            raise BundleError(f"{self.bundle.root}: preprocessing crops {self.spec.crop}x{self.spec.crop} but "
+                              f"'features.input_size' is {list(self.input_size)}")
         info = self.bundle.graph_info(graph)  # BundleError naming the graphs present when absent
         self.graph = graph
         self.in_graph_search = info.get("kind") == "scores"
         if engine is None:
-            path = self.bundle.path(info["file"])
-            engine = OnnxEngine(path, device=device, threads=threads)
-            stored = engine.session.get_modelmeta().custom_metadata_map
-            check_graph_metadata(stored, m, graph, str(path))
+            engine = open_graph(self.bundle, graph, device, threads)
         if self.in_graph_search and not hasattr(engine, "run_outputs"):
             raise BundleError(f"graph {graph!r} outputs nearest-neighbour indices, but engine {engine.name} "
                               "cannot return them")

@@ -129,11 +129,14 @@ def test_wrong_values_are_named(bundle):
         read_bundle(bundle)
 
 
-def test_old_manifest_without_digest_still_reads(bundle):
+def test_manifest_without_digest_is_refused(bundle):
+    """Deleting the digest must not switch the check off: any edit would then pass."""
     m = _manifest(bundle)
     del m[bio.DIGEST_FIELD]
+    m["threshold"]["value"] = 1e9
     _write_manifest(bundle, m)
-    assert read_bundle(bundle).name == "lite0"
+    with pytest.raises(BundleError, match=f"'{bio.DIGEST_FIELD}' is missing"):
+        read_bundle(bundle)
 
 
 def test_no_pickle_anywhere(bundle):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from runtime.errors import UsageError
-from runtime.line.journal import Journal
+from runtime.line.journal import Journal, Key
 from runtime.line.outputs import move_new, write_new
-from runtime.line.watch import LOCK, RESULTS, Settler, Watcher, WatchOptions, _Lock, scan
+from runtime.line.watch import RESULTS, Settler, Watcher, WatchOptions, _Lock, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -317,7 +317,7 @@ def test_journal_cuts_a_torn_tail_and_dedupes(tmp_path):
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in good) + b'{"file": "3.png", "si')
     with Journal(path) as j:
         assert j.torn_bytes == len(b'{"file": "3.png", "si')
-        assert len(j) == 3 and ("1.png", 11, 5) in j and ("3.png", 13, 5) not in j
+        assert len(j) == 3 and Key("1.png", 11, 5) in j and Key("3.png", 13, 5) not in j
         j.append([{"file": "3.png", "size": 13, "mtime_ns": 5, "verdict": "ng"}])
         with pytest.raises(ValueError):
             j.append([{"file": "x.png"}])  # a record without its key is refused
@@ -453,9 +453,16 @@ def test_moves_and_new_files_never_overwrite(tmp_path):
 
 
 def test_a_second_watcher_on_the_same_output_is_refused(tmp_path):
-    with _Lock(tmp_path / LOCK):
-        with pytest.raises(UsageError, match="another patchcore-rt watch"):
-            with _Lock(tmp_path / LOCK):
+    with _Lock(tmp_path, True, "is writing results here"):
+        with pytest.raises(UsageError, match="another patchcore-rt watch is writing results here"):
+            with _Lock(tmp_path, True, "is writing results here"):
                 pass
-    with _Lock(tmp_path / LOCK):  # released again
+    with _Lock(tmp_path, True, "x"):  # released again
         pass
+
+
+def test_watchers_that_only_read_share_a_folder_but_a_mover_is_alone(tmp_path):
+    with _Lock(tmp_path, False, "moves files"), _Lock(tmp_path, False, "moves files"):
+        with pytest.raises(UsageError, match="another patchcore-rt watch moves files"):
+            with _Lock(tmp_path, True, "moves files"):
+                pass

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from .outputs import encode_png, overlay_image, overlay_label, write_new
 from .records import Item, score_items
 
@@ -159,7 +159,7 @@ class CameraOptions:
         if self.stride < 1:
             raise UsageError("--stride must be >= 1")
         if self.batch < 1:
-            raise UsageError("--batch must be >= 1")
+            raise UsageError("--batch-size must be >= 1")
         if self.max_frames is not None and self.max_frames < 1:
             raise UsageError("--max-frames must be >= 1")
 
@@ -186,9 +186,15 @@ class CameraRunner:
         self.src, self.live = parse_source(options.source)
 
     def run(self) -> CameraSummary:
+        """Score until the source ends, ``max_frames`` or a stop request. A source that delivers
+        no frame at all is a SourceError (exit 2), not a run that scored nothing."""
         cap = open_capture(self.src)
         fps = cap.get(cv2.CAP_PROP_FPS) or None
-        self.opt.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.opt.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            cap.release()
+            raise OutputError(f"--out {self.opt.out}: cannot create the folder ({e.strerror or e})") from None
         release = True
         try:
             if self.live or self.opt.realtime:
@@ -199,6 +205,9 @@ class CameraRunner:
         finally:
             if release:  # never under a grabber thread still blocked in read(); exit frees it
                 cap.release()
+        if self.summary.processed == 0 and not self.stop.is_set():
+            raise SourceError(f"camera source {self.opt.source!r} delivered no frame (empty or unreadable video, "
+                              "or a camera that sends nothing)")
         return self.summary
 
     def _remaining(self) -> int | None:
@@ -248,11 +257,14 @@ class CameraRunner:
                 rec["error"] = o.error
             if o.verdict == "ng":
                 base = self.opt.out / f"frame-{f.index:06d}-{stamp}.png"
-                rec["saved"] = str(write_new(base, encode_png(f.bgr)))
-                if self.opt.save_overlays and o.map is not None:
-                    ov = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
-                                       overlay_label(o.verdict, o.score, o.normalised))
-                    rec["overlay"] = str(write_new(base.with_name(base.stem + "-overlay.png"), encode_png(ov)))
+                try:
+                    rec["saved"] = str(write_new(base, encode_png(f.bgr)))
+                    if self.opt.save_overlays and o.map is not None:
+                        ov = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
+                                           overlay_label(o.verdict, o.score, o.normalised))
+                        rec["overlay"] = str(write_new(base.with_name(base.stem + "-overlay.png"), encode_png(ov)))
+                except OSError as e:
+                    raise OutputError(f"--out {self.opt.out}: cannot save frame {f.index} ({e.strerror or e})") from None
                 self.summary.saved.append(f.index)
             self.summary.processed += 1
             self.emit(rec)

@@ -15,6 +15,7 @@ import enum
 import json
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
@@ -25,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..bundle import BundleError
-from ..errors import InputsFailed, UsageError
+from ..errors import InputsFailed, OutputError, UsageError
+from ..images import ImageLimits
 from ..predictor import Predictor
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
@@ -67,6 +69,9 @@ SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search
                          "else numpy BLAS), faiss, numpy.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
 BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
+MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
+                            "height, read from the file header before decoding; default 100000000 or "
+                            "$PATCHCORE_RT_MAX_PIXELS). Such an image gets an error record.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
                         "features_fp32, features_fp16.")
 
@@ -117,6 +122,7 @@ def predict(
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Write heat-map overlays (PNG) into this folder; "
                                             "an overlay of the same name from an earlier run is replaced."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 8 when any input could not be scored."),
+    max_pixels: Optional[int] = MaxPixelsOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -130,6 +136,7 @@ def predict(
     message, and the others are still scored.
     """
     with known_errors():
+        limits = _limits(max_pixels)
         inputs = collect_inputs(paths, recursive)
         p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
         out = JsonLines()
@@ -138,14 +145,18 @@ def predict(
         with _progress(len(inputs)) as advance:
             for s in range(0, len(inputs), batch):
                 chunk = inputs[s : s + batch]
-                outcomes = score_items(p, [Item(name, path=path) for path, name in chunk])
+                outcomes = score_items(p, [Item(name, path=path) for path, name in chunk], limits)
                 for o in outcomes:
                     extra = {}
                     if overlays is not None and o.map is not None:
                         dst = _unique_in_run(overlays / (Path(o.item.name).stem + ".png"), used)
                         img = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
                                             overlay_label(o.verdict, o.score, o.normalised))
-                        extra["overlay"] = str(write_replace(dst, encode_png(img)))
+                        try:
+                            extra["overlay"] = str(write_replace(dst, encode_png(img)))
+                        except OSError as e:
+                            raise OutputError(f"--overlays {overlays}: cannot write {dst.name} "
+                                              f"({e.strerror or e})") from None
                     o.item.image = None
                     failed += o.error is not None
                     out.emit(record(o, p.bundle.bundle_id, **extra))
@@ -154,6 +165,12 @@ def predict(
             info(f"{failed} of {len(inputs)} inputs could not be scored (see the records with \"error\")")
         if strict and failed:
             raise InputsFailed(f"--strict: {failed} of {len(inputs)} inputs could not be scored")
+
+
+def _limits(max_pixels: int | None) -> ImageLimits:
+    """The image limits: $PATCHCORE_RT_MAX_PIXELS / $PATCHCORE_RT_MAX_BYTES, then the option."""
+    limits = ImageLimits.from_env()
+    return replace(limits, max_pixels=max_pixels) if max_pixels else limits
 
 
 def _unique_in_run(path: Path, used: set[Path]) -> Path:
@@ -192,6 +209,9 @@ def watch(
     settle: float = typer.Option(1.0, "--settle", help="A file is read once its size and mtime were unchanged this many seconds."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Watch sub-folders too."),
     once: bool = typer.Option(False, "--once", help="Score what is there (once complete), then exit."),
+    follow_links: bool = typer.Option(False, "--follow-links", help="Score symbolic links that resolve to files "
+                                      "inside FOLDER (other links, and all links without this, get an error record)."),
+    max_pixels: Optional[int] = MaxPixelsOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -203,16 +223,18 @@ def watch(
     Results go to OUT/results.jsonl (fsynced; it is also the journal of what was done) and to
     stdout. Files still being written (size/mtime changing, *.part, *.tmp, *.crdownload, dot-files)
     wait. A corrupt file gives an error record. SIGINT/SIGTERM finish the current batch and exit 0.
+    Symbolic links are not followed (see --follow-links); OUT may lie inside FOLDER but not be it.
     """
     with known_errors():
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
         opts = WatchOptions(folder, out if out is not None else folder / "_patchcore", existing, move, overlays,
-                            batch, poll, settle, recursive, once)
+                            batch, poll, settle, recursive, once, follow_links)
+        limits = _limits(max_pixels)
         p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
         stop = threading.Event()
         status = StatusLine("files")
-        watcher = Watcher(p, opts, emit=JsonLines().emit, status=status, stop=stop)
+        watcher = Watcher(p, opts, emit=JsonLines().emit, status=status, stop=stop, limits=limits)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
         with stop_on_signals(stop, status.log), status:
             summary = watcher.run()

@@ -44,7 +44,9 @@ class JsonLines:
 
 
 def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """One compact JSON line, ASCII only: file names that are not valid UTF-8 (decoded by Python
+    with surrogate escapes) round-trip as \\udcXX escapes instead of failing to encode."""
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 def error_line(message: str) -> None:

@@ -22,15 +22,6 @@ from ..postprocess import normalise_scores
 from ..preprocess import PreprocessSpec, resize_and_crop
 
 
-def append_durably(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to an ``O_APPEND`` descriptor and fsync it."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    os.fsync(fd)
-
-
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -64,15 +55,19 @@ def free_name(path: Path, reserved: Iterable[Path] = ()) -> Path:
 
 
 def _link_or_copy_new(src: Path, dst: Path) -> None:
-    """Create ``dst`` with ``src``'s content; FileExistsError if ``dst`` exists."""
+    """Create ``dst`` with ``src``'s content; FileExistsError if ``dst`` exists. A symlink is
+    moved as the link itself, never as what it points to."""
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
         return
     except FileExistsError:
         raise
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EACCES):
             raise
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:

@@ -8,6 +8,7 @@ again image by image so the culprit gets an error record and the others their sc
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..images import ImageReadError, decode_image, read_image
+from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, decode_image, read_image
 from ..preprocess import PreprocessError
 
 
@@ -47,16 +48,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def decode(item: Item) -> None:
+def decode(item: Item, limits: ImageLimits = DEFAULT_LIMITS) -> None:
     """Fill ``item.image`` (or ``item.error``) from its bytes or path, timing it."""
     if item.image is not None or item.error is not None:
         return
     t0 = time.perf_counter()
     try:
         if item.data is not None:
-            item.image = decode_image(item.data, item.name)
+            item.image = decode_image(item.data, item.name, limits)
         elif item.path is not None:
-            item.image = read_image(item.path)
+            item.image = read_image(item.path, limits)
         else:
             item.error = f"{item.name}: nothing to decode"
     except ImageReadError as e:
@@ -67,23 +68,27 @@ def decode(item: Item) -> None:
 def _outcomes(items: Sequence[Item], res, seconds: float) -> list[Outcome]:
     out = []
     for i, it in enumerate(items):
+        latency = 1000.0 * (it.decode_s + seconds)
+        score = float(res.image_scores[i])
+        normalised = None if res.normalised is None else float(res.normalised[i])
+        if not math.isfinite(score) or (normalised is not None and not math.isfinite(normalised)):
+            it.error = (f"{it.name}: the model gave a non-finite anomaly score ({score}); "
+                        "no verdict (check the bundle and the image)")
+            out.append(Outcome(it, verdict="error", latency_ms=latency, error=it.error))
+            continue
         verdict = None if res.verdicts is None else ("ng" if bool(res.verdicts[i]) else "ok")
-        out.append(Outcome(
-            it, float(res.image_scores[i]),
-            None if res.normalised is None else float(res.normalised[i]),
-            verdict, 1000.0 * (it.decode_s + seconds), res.maps[i],
-        ))
+        out.append(Outcome(it, score, normalised, verdict, latency, res.maps[i]))
     return out
 
 
-def score_items(predictor, items: Sequence[Item]) -> list[Outcome]:
+def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_LIMITS) -> list[Outcome]:
     """Decode and score ``items`` as one batch; returns one Outcome per item, in order.
 
     ``latency_ms`` is the input's own decode time plus the wall time of the model call it was
     part of (what a file waits for once it is picked up).
     """
     for it in items:
-        decode(it)
+        decode(it, limits)
     good = [it for it in items if it.image is not None]
     by_id: dict[int, Outcome] = {}
     if good:

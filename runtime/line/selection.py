@@ -3,7 +3,9 @@
 Bundle choice for ``watch`` (the command people type as ``patchcore-rt watch ./incoming``):
 ``--bundle`` if given, else ``$PATCHCORE_RT_BUNDLE``, else the only bundle under the models
 folder (``$PATCHCORE_RT_MODELS`` or ``./models``). Several bundles and no choice is a usage error
-that lists them. A bundle argument is a folder path, or the name of a bundle in the models folder.
+that lists them. A bundle argument with a path separator is a folder path; a bare name is the
+bundle of that name in the models folder (a folder of the same name in the current directory is
+used only when the models folder has none, and a warning names the one chosen when both exist).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Mapping
 from ..bundle import find_bundles
 from ..errors import UsageError
 from ..images import is_image_file
+from .console import warn
 
 BUNDLE_ENV = "PATCHCORE_RT_BUNDLE"
 MODELS_ENV = "PATCHCORE_RT_MODELS"
@@ -35,9 +38,14 @@ def resolve_bundle(arg: str | None, env: Mapping[str, str] | None = None) -> Pat
     named = arg or env.get(BUNDLE_ENV)
     if named:
         p = Path(named)
-        if p.exists() or os.sep in named or (os.altsep and os.altsep in named):
+        if os.sep in named or (os.altsep and os.altsep in named) or named in (".", ".."):
             return p  # a path: read_bundle names the problem if it is not a bundle
+        # a bare name means the bundle of that name in the models folder; a folder of the same
+        # name here is used only when the models folder has none, and never silently instead
         if (models / named).is_dir():
+            if p.exists():
+                warn(f"bundle {named!r}: using {models / named} (a folder ./{named} exists too; "
+                     f"write ./{named} to use that one)")
             return models / named
         return p
     found = find_bundles(models)
@@ -73,22 +81,26 @@ def collect_inputs(paths: list[Path], recursive: bool = False) -> list[tuple[Pat
 
     A file argument is taken whatever its suffix (a non-image gives an error record); a folder
     contributes its image files (sorted; sub-folders with ``recursive``). ``name`` is the path
-    as given for files and ``<folder arg>/<relative path>`` for folder contents.
+    as given for files and ``<folder arg>/<relative path>`` for folder contents. A folder
+    argument without image files is itself an input (its record says it is a folder, and a
+    warning says it was empty), unless nothing else was given: then it is a usage error.
     """
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     out: list[tuple[Path, str]] = []
-    empty: list[str] = []
+    empty: list[Path] = []
+    hint = "" if recursive else " (use --recursive for sub-folders)"
     for p in paths:
         if p.is_dir():
             found = folder_images(p, recursive)
             if not found:
-                empty.append(str(p))
+                empty.append(p)
+                warn(f"{p}: folder holds no image files{hint}")
+                out.append((p, str(p)))
             out.extend((f, str(f)) for f in found)
         else:
             out.append((p, str(p)))
-    if not out:
-        hint = "" if recursive else " (use --recursive for sub-folders)"
-        raise UsageError(f"no image files found in {', '.join(empty)}{hint}")
+    if len(empty) == len(out):
+        raise UsageError(f"no image files found in {', '.join(map(str, empty))}{hint}")
     return out

@@ -8,10 +8,18 @@ Rules (the things that lose or duplicate data when done loosely):
   ...; see :data:`runtime.selection.TEMPORARY_SUFFIXES`) are never read. A writer that pauses
   longer than ``settle`` mid-file should write under a temporary name and rename at the end.
 * **Exactly once, across crashes.** ``OUT/results.jsonl`` is the journal (see
-  :mod:`runtime.journal`): a file whose (relative path, size, mtime) is recorded is never scored
-  again. Order per batch: claim overlay files, append + fsync the records (the commit), then
-  move inputs. A kill before the commit rescores the batch; a kill after it finishes the moves on
-  restart from the ``moved_to`` field of the records.
+  :mod:`runtime.line.journal`): a file whose (relative path, size, mtime, inode, ctime) is
+  recorded is never scored again. Order per batch: claim overlay files, append + fsync the
+  records (the commit), then move inputs. A kill before the commit rescores the batch; a kill
+  after it finishes the moves on restart (also with ``--once``) from the ``moved_to`` field of
+  the records. Nothing is deleted without a line on stderr.
+* **Our own outputs are never inputs.** ``--out`` may lie inside the watched folder (it is
+  skipped by every scan, whatever path leads to it) but may not be the watched folder itself.
+* **Links are not followed** unless ``follow_links``, and then only links that resolve inside
+  the watched folder: anything else gets an error record without being read (and is moved to
+  ``error/`` as a link with ``--move``).
+* **One mover per folder.** The output folder is locked (one journal, one writer), and with
+  ``--move`` the watched folder too, so a second watcher moving the same files is refused.
 * **Moves never overwrite.** ``--move`` puts inputs under ``OUT/ok``, ``OUT/ng`` or ``OUT/error``
   keeping their sub-folder, as ``name-1.ext``, ``name-2.ext`` ... when the name is taken.
 * **Bad files do not stop the watcher**: they get a record with ``verdict: "error"`` and an
@@ -19,10 +27,14 @@ Rules (the things that lose or duplicate data when done loosely):
 * Files already in the folder at start are scored unless ``existing`` is off; then the files
   present at this start are ignored (by path, size and mtime: a later change makes them new).
 * A stop request (SIGINT/SIGTERM set the ``stop`` event) takes effect after the current batch.
+* **Outputs that cannot be written** (read-only or full disk) stop the watcher with one line
+  and exit code 9, the journal cut back to the last complete batch; a move that fails is
+  warned about once and retried with a growing delay.
 """
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import os
 import stat
@@ -32,15 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..errors import UsageError
-from .console import warn
-from .journal import Journal, Key
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; documented limitation
+    fcntl = None
+
+from ..errors import OutputError, UsageError
+from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_file_bytes
+from .console import info, warn
+from .journal import MOVE_STARTED, SAME, Journal, Key
 from .outputs import encode_png, free_name, move_new, overlay_image, overlay_label, write_new
 from .records import Item, Outcome, record, score_items
 from .selection import is_temporary_name
 
 RESULTS = "results.jsonl"
-LOCK = ".watch.lock"
 
 
 @dataclass
@@ -55,14 +72,19 @@ class WatchOptions:
     settle: float = 1.0
     recursive: bool = True
     once: bool = False  # stop when nothing is left to do (for scripts and tests)
+    follow_links: bool = False  # score symlinks that resolve inside the watched folder
 
     def __post_init__(self) -> None:
         if self.batch < 1:
-            raise UsageError("--batch must be >= 1")
+            raise UsageError("--batch-size must be >= 1")
         if self.poll <= 0:
             raise UsageError("--poll must be > 0 seconds")
         if self.settle < 0:
             raise UsageError("--settle must be >= 0 seconds")
+        if self.folder.is_dir() and os.path.realpath(self.out) == os.path.realpath(self.folder):
+            raise UsageError(f"--out {self.out} is the watched folder itself: results, overlays and moved files "
+                             "would be scored as inputs; give a sub-folder (e.g. the default FOLDER/_patchcore) "
+                             "or a folder elsewhere")
 
 
 @dataclass
@@ -80,45 +102,86 @@ class WatchStatus(Protocol):
     def idle(self, queue: int, settling: int) -> None: ...
 
 
-def scan(folder: Path, exclude: Path | None, recursive: bool = True) -> dict[str, tuple[int, int]]:
-    """Regular, non-temporary files under ``folder`` -> (size, mtime_ns), by relative posix path.
-    Skips dot-folders, ``exclude`` (the output folder) and symlinked folders."""
-    out: dict[str, tuple[int, int]] = {}
+@dataclass(frozen=True)
+class Entry:
+    """One file seen by a scan: its identity (from lstat, or stat of a followed link)."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+    link: str | None = None  # why a symlink is not followed; None for files that are read
+
+    @property
+    def sig(self) -> tuple[int, int, int, int]:
+        return self.size, self.mtime_ns, self.inode, self.ctime_ns
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def scan(folder: Path, exclude: Path | None, recursive: bool = True, follow_links: bool = False) -> dict[str, Entry]:
+    """Non-temporary files under ``folder`` by relative posix path. Skips dot-folders, the
+    folder ``exclude`` (our output folder, compared by its real path) and symlinked folders.
+    Symlinks to files are entries with ``link`` set (not to be read) unless ``follow_links``
+    and they resolve to a regular file inside ``folder``."""
+    out: dict[str, Entry] = {}
+    root = os.path.realpath(folder)
+    skip = os.path.realpath(exclude) if exclude is not None else None
     stack = [(folder, "")]
     while stack:
         d, prefix = stack.pop()
         try:
             it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+        except OSError:
+            continue  # vanished, or not readable
         with it:
             for e in it:
                 if is_temporary_name(e.name):
                     continue
                 try:
                     if e.is_dir(follow_symlinks=False):
-                        if recursive and not (exclude and os.path.realpath(e.path) == str(exclude)):
+                        if recursive and os.path.realpath(e.path) != skip:
                             stack.append((Path(e.path), f"{prefix}{e.name}/"))
                         continue
-                    st = e.stat()
+                    st = e.stat(follow_symlinks=False)
+                    link = None
+                    if stat.S_ISLNK(st.st_mode):
+                        target = os.path.realpath(e.path)
+                        if os.path.isdir(target):
+                            continue  # linked folders are not descended into
+                        if not os.path.exists(target):
+                            link = "a broken symbolic link"
+                        elif not follow_links:
+                            link = "a symbolic link; links are not followed (--follow-links follows links inside " \
+                                   "the watched folder)"
+                        elif not _inside(target, root) or (skip and _inside(target, skip)):
+                            link = "a symbolic link that leads outside the watched folder; not followed"
+                        else:
+                            st = os.stat(e.path)
+                            if not stat.S_ISREG(st.st_mode):
+                                continue
+                    elif not stat.S_ISREG(st.st_mode):
+                        continue  # FIFOs, sockets, devices: not files anyone drops for scoring
                 except OSError:
                     continue  # vanished or unreadable between listing and stat
-                if stat.S_ISREG(st.st_mode):
-                    out[f"{prefix}{e.name}"] = (st.st_size, st.st_mtime_ns)
+                out[f"{prefix}{e.name}"] = Entry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, link)
     return out
 
 
 class Settler:
-    """Reports files whose (size, mtime) has not changed for ``settle`` seconds."""
+    """Reports files whose signature (size, mtime, ...) has not changed for ``settle`` seconds."""
 
     def __init__(self, settle: float, clock: Callable[[], float] = time.monotonic):
         self.settle = settle
         self.clock = clock
-        self.state: dict[str, tuple[tuple[int, int], float]] = {}
+        self.state: dict[str, tuple[Any, float]] = {}
 
-    def update(self, entries: dict[str, tuple[int, int]]) -> list[str]:
+    def update(self, entries: dict[str, Any]) -> list[str]:
+        """``entries``: relative path -> signature (anything comparable with ``==``)."""
         now = self.clock()
-        new: dict[str, tuple[tuple[int, int], float]] = {}
+        new: dict[str, tuple[Any, float]] = {}
         ready = []
         for rel, sig in entries.items():
             prev = self.state.get(rel)
@@ -134,33 +197,50 @@ class Settler:
 
 
 class _Lock:
-    """An exclusive lock on the output folder: two watchers on one journal would duplicate."""
+    """An advisory lock (flock) on a folder, taken without blocking: the output folder is locked
+    exclusively (one journal, one writer), the watched folder exclusively by a watcher that
+    moves files and shared by one that does not (two moving watchers, or one moving and one
+    reading, would race for the same files)."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.fh = None
+    def __init__(self, folder: Path, exclusive: bool, what: str):
+        self.folder, self.exclusive, self.what = folder, exclusive, what
+        self.fd = -1
 
     def __enter__(self) -> "_Lock":
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks here; documented limitation
+        if fcntl is None:
             return self
-        self.fh = open(self.path, "a+")
         try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.close()
-            raise UsageError(f"{self.path.parent}: another patchcore-rt watch is writing here") from None
+            self.fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as e:
+            raise OutputError(f"{self.folder}: cannot open the folder to lock it ({e.strerror or e})") from None
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(self.fd)
+            self.fd = -1
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"{self.folder}: another patchcore-rt watch {self.what}") from None
+            raise OutputError(f"{self.folder}: cannot lock ({e.strerror or e})") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fh is not None:
-            self.fh.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class _Retry:
+    """A move that failed: when to try again (the delay doubles up to five minutes)."""
+
+    at: float
+    delay: float
 
 
 class Watcher:
     def __init__(self, predictor, options: WatchOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status: WatchStatus | None = None, stop: threading.Event | None = None):
+                 status: WatchStatus | None = None, stop: threading.Event | None = None,
+                 limits: ImageLimits = DEFAULT_LIMITS):
         folder = options.folder
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
@@ -168,6 +248,7 @@ class Watcher:
             raise UsageError("--move needs verdicts, but this bundle has no threshold (calibrate it first)")
         self.predictor = predictor
         self.opt = options
+        self.limits = limits
         self.emit = emit or (lambda r: None)
         self.status = status
         self.stop = stop or threading.Event()
@@ -175,12 +256,21 @@ class Watcher:
         self.settler = Settler(options.settle)
         self.summary = WatchSummary()
         self._left: set[Key] = set()  # recorded files we leave where they are (warned once)
+        self._retry: dict[str, _Retry] = {}  # failed moves by source path, tried again later
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> WatchSummary:
         opt = self.opt
-        opt.out.mkdir(parents=True, exist_ok=True)
-        with _Lock(opt.out / LOCK), Journal(opt.out / RESULTS) as journal:
+        try:
+            opt.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"--out {opt.out}: cannot create the output folder ({e.strerror or e})") from None
+        if not opt.out.is_dir():
+            raise OutputError(f"--out {opt.out}: not a folder")
+        with _Lock(opt.out, True, "is writing results here"), \
+                _Lock(opt.folder, opt.move, "moves files out of this folder" if not opt.move else
+                      "watches this folder (a watcher with --move must be the only one)"), \
+                Journal(opt.out / RESULTS) as journal:
             self.journal = journal
             self.summary.already_recorded = len(journal)
             self.summary.torn_bytes = journal.torn_bytes
@@ -191,67 +281,70 @@ class Watcher:
                 warn(f"{journal.path}: ignored {journal.bad_lines} line(s) that are not result records")
             ignored: set[Key] = set()
             if not opt.existing:
-                ignored = {(rel, *sig) for rel, sig in self._scan().items()}
+                ignored = {self._key(rel, e) for rel, e in self._scan().items()}
             while not self.stop.is_set():
                 entries = self._scan()
-                ready = set(self.settler.update(entries))
+                ready = set(self.settler.update({rel: e.sig for rel, e in entries.items()}))
                 todo: list[Key] = []
-                settling = 0
-                for rel in sorted(entries, key=lambda r: (entries[r][1], r)):
-                    key = (rel, *entries[rel])
+                settling = pending = 0
+                for rel in sorted(entries, key=lambda r: (entries[r].mtime_ns, r)):
+                    key = self._key(rel, entries[rel])
                     if key in ignored:
                         continue
-                    if key in journal:
-                        if rel in ready:
-                            self._recover(key)
+                    how, rec = journal.match(key)
+                    if how is not None:
+                        pending += self._recover(key, how, rec or {})  # recorded: no need to settle
                     elif rel in ready:
                         todo.append(key)
                     else:
                         settling += 1
                 for i in range(0, len(todo), opt.batch):
-                    outcomes = self._process(todo[i : i + opt.batch])
+                    outcomes = self._process(todo[i : i + opt.batch], entries)
                     if self.status:
                         self.status.batch(outcomes, max(0, len(todo) - i - opt.batch), settling)
                     if self.stop.is_set():
                         break
                 if not todo:
-                    if opt.once and settling == 0:
+                    if opt.once and settling == 0 and pending == 0:
                         break
                     if self.status:
                         self.status.idle(0, settling)
                     self.stop.wait(opt.poll)
         return self.summary
 
-    def _scan(self) -> dict[str, tuple[int, int]]:
-        return scan(self.opt.folder, Path(self.out_real), self.opt.recursive)
+    @staticmethod
+    def _key(rel: str, e: Entry) -> Key:
+        return Key(rel, e.size, e.mtime_ns, e.inode, e.ctime_ns)
+
+    def _scan(self) -> dict[str, Entry]:
+        return scan(self.opt.folder, Path(self.out_real), self.opt.recursive, self.opt.follow_links)
 
     # ------------------------------------------------------------------ one batch
-    def _read(self, key: Key) -> Item | None:
-        rel, size, mtime = key
-        path = self.opt.folder / rel
-        extra = {"size": size, "mtime_ns": mtime}
+    def _read(self, key: Key, entry: Entry) -> Item | None:
+        path = self.opt.folder / key.rel
+        extra = key.fields()
+        if entry.link:
+            return Item(key.rel, path=path, error=f"{path}: {entry.link}", extra=extra)
         try:
+            data = read_file_bytes(path, self.limits.max_bytes)
             st = os.stat(path)
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                self.settler.forget(rel)  # changed since it settled: wait for it again
-                return None
-            data = path.read_bytes()
-            st = os.stat(path)
+        except ImageReadError as e:
+            if not os.path.lexists(path):
+                return None  # removed before we got to it: nothing to record
+            return Item(key.rel, path=path, error=str(e), extra=extra)
         except FileNotFoundError:
-            return None  # removed before we got to it: nothing to record
-        except OSError as e:
-            return Item(rel, path=path, error=f"{path}: cannot read file ({e.strerror or e})", extra=extra)
-        if (st.st_size, st.st_mtime_ns) != (size, mtime) or len(data) != size:
-            self.settler.forget(rel)
             return None
-        return Item(rel, path=path, data=data, extra=extra)
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (key.size, key.mtime_ns, key.inode) or len(data) != key.size:
+            self.settler.forget(key.rel)  # changed since it settled: wait for it again
+            return None
+        return Item(key.rel, path=path, data=data, extra=extra)
 
-    def _process(self, keys: list[Key]) -> list[Outcome]:
+    def _process(self, keys: list[Key], entries: dict[str, Entry]) -> list[Outcome]:
         opt = self.opt
-        items = [it for it in (self._read(k) for k in keys) if it is not None]
+        items = [it for it in (self._read(k, entries[k.rel]) for k in keys) if it is not None]
         if not items:
             return []
-        outcomes = score_items(self.predictor, items)
+        outcomes = score_items(self.predictor, items, self.limits)
         bundle_id = self.predictor.bundle.bundle_id
         reserved: set[Path] = set()
         records = []
@@ -262,7 +355,10 @@ class Watcher:
                                                self.predictor.scale, overlay_label(o.verdict, o.score, o.normalised)))
                 # claimed before the commit: a crash in between leaves an unreferenced overlay,
                 # never a record that points at nothing
-                dst = write_new(opt.out / "overlays" / Path(o.item.name).with_suffix(".png"), png)
+                try:
+                    dst = write_new(opt.out / "overlays" / Path(o.item.name).with_suffix(".png"), png)
+                except OSError as e:
+                    raise OutputError(f"{opt.out / 'overlays'}: cannot write an overlay ({e.strerror or e})") from None
                 extra["overlay"] = dst.relative_to(opt.out).as_posix()
             if opt.move:
                 dst = free_name(opt.out / o.verdict / o.item.name, reserved)
@@ -280,40 +376,69 @@ class Watcher:
                 self._move(opt.folder / r["file"], opt.out / r["moved_to"])
         return outcomes
 
-    def _move(self, src: Path, dst: Path) -> None:
+    def _move(self, src: Path, dst: Path) -> bool:
+        """Move ``src`` to ``dst`` (never overwriting); True when done or nothing is left to do.
+        A failure is warned about once, then retried with a growing delay."""
+        key = str(src)
+        retry = self._retry.get(key)
+        now = time.monotonic()
+        if retry is not None and now < retry.at:
+            return False
         try:
             got = move_new(src, dst)
         except FileNotFoundError:
-            warn(f"{src}: gone before it could be moved to {dst}")
-            return
+            if not os.path.lexists(src):
+                warn(f"{src}: gone before it could be moved to {dst}")
+                self._retry.pop(key, None)
+                return True
+            got = None
+            error = f"{dst.parent} does not exist"
         except OSError as e:
-            warn(f"{src}: could not move to {dst} ({e.strerror or e}); left in place")
-            return
+            got, error = None, e.strerror or str(e)
+        if got is None:
+            if retry is None:
+                warn(f"{src}: could not move to {dst} ({error}); left in place, retried later (no more warnings "
+                     "for this file)")
+                self._retry[key] = _Retry(now + 1.0, 1.0)
+            else:
+                delay = min(retry.delay * 2, 300.0)
+                self._retry[key] = _Retry(now + delay, delay)
+            return False
+        if retry is not None:
+            info(f"{src}: moved to {got} after {self._retry.pop(key).delay:.0f} s of retries")
         if got != dst:
             warn(f"{src}: {dst} appeared meanwhile; moved to {got} instead")
+        return True
 
-    def _recover(self, key: Key) -> None:
-        """A recorded file is still in the folder: finish an interrupted move, or leave it."""
+    def _recover(self, key: Key, how: str, rec: dict[str, Any]) -> int:
+        """A recorded file is still in the folder: finish an interrupted move, or leave it.
+        Returns 1 while a move is still to be done (so ``--once`` waits for it), else 0."""
         if not self.opt.move or key in self._left:
-            return
-        rec = self.journal.get(key) or {}
+            return 0
         moved_to = rec.get("moved_to")
-        src = self.opt.folder / key[0]
+        src = self.opt.folder / key.rel
         if not moved_to:
             self._left.add(key)  # scored by a run without --move: left where it is
-            return
+            return 0
         dst = self.opt.out / moved_to
         try:
-            if not dst.exists():
-                self._move(src, dst)
+            if how == SAME and not os.path.lexists(dst):
+                if self._move(src, dst):
+                    self.summary.moves_completed += 1
+                    return 0
+                return 1
+            if os.path.samefile(src, dst) or (how == SAME and filecmp.cmp(src, dst, shallow=False)):
+                os.unlink(src)  # killed between creating dst and removing src: the move is finished
                 self.summary.moves_completed += 1
-                return
-            if os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False):
-                os.unlink(src)  # killed between creating dst and removing src
-                self.summary.moves_completed += 1
-                return
+                info(f"{src}: finished an interrupted move to {dst}")
+                return 0
         except FileNotFoundError:
-            return
+            return 0
+        except OSError as e:
+            warn(f"{src}: could not finish its move to {dst} ({e.strerror or e}); left in place")
         self._left.add(key)
-        warn(f"{src}: same name, size and mtime as an already recorded file, but {dst} holds other "
-             "content; not scored again, left in place")
+        if how == MOVE_STARTED:
+            return 0  # recorded as moved, but dst is another file: a new version, scored later if it changes
+        warn(f"{src}: already recorded (same name, size, mtime and inode), but {dst} holds other content; "
+             "not scored again, left in place")
+        return 0

@@ -1,0 +1,260 @@
+"""The manifest's schema: parsing ``manifest.json`` safely and checking every field's type and
+range before anything else reads it.
+
+A manifest reaches this code from disk, possibly edited or crafted: it is parsed with JSON's
+``NaN``/``Infinity`` constants refused (they are not JSON and would make thresholds or scores
+non-finite), with a size cap and without recursion errors escaping, and every field the runtime
+uses is checked here (finite numbers, positive integers, consistent sizes, files named relative
+to the bundle), so that a bad field is one :class:`BundleError` naming it, never a traceback
+further down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import PurePosixPath
+from typing import Any, Callable, Mapping
+
+from . import errors
+from .preprocess import PreprocessSpec
+
+SCHEMA_VERSION = 1
+FORMAT = "patchcore-rt-bundle"
+DIGEST_FIELD = "manifest_sha256"
+BANK_DTYPES = ("float32", "float16")
+GRAPH_KINDS = ("features", "scores")
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KiB; anything this large is not one
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, corrupt, edited or inconsistent."""
+
+    exit_code = errors.BAD_BUNDLE
+
+
+class BundleVersionError(BundleError):
+    """A bundle written by a newer (or unknown) schema version."""
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """``manifest.json`` bytes -> the manifest object; a BundleError for anything that is not a
+    plain JSON object (invalid UTF-8 or JSON, NaN/Infinity constants, absurd nesting or size)."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {len(data)} bytes is too large for a manifest (limit {MAX_MANIFEST_BYTES})")
+
+    def refuse_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number {text[:40]} is out of range")
+        return value
+
+    try:
+        manifest = json.loads(data.decode("utf-8"), parse_constant=refuse_constant, parse_float=finite_float)
+    except RecursionError:
+        raise BundleError(f"{where}: not a manifest (JSON nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: expected a JSON object")
+    return manifest
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace), without its own
+    digest field. JSON floats round-trip exactly, so reading and re-dumping gives the same text."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- checks
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v > 0 else "a positive integer"
+
+
+def non_negative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else "an integer >= 0"
+
+
+def finite_number(v: Any) -> str | None:
+    return None if _is_number(v) else "a finite number"
+
+
+def finite_or_null(v: Any) -> str | None:
+    return None if v is None or _is_number(v) else "a finite number or null"
+
+
+def non_empty_str(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else "a non-empty string"
+
+
+def string(v: Any) -> str | None:
+    return None if isinstance(v, str) else "a string"
+
+
+def obj(v: Any) -> str | None:
+    return None if isinstance(v, dict) else "an object"
+
+
+def array(v: Any) -> str | None:
+    return None if isinstance(v, list) else "an array"
+
+
+def size_pair(v: Any) -> str | None:
+    ok = isinstance(v, list) and len(v) == 2 and all(_is_int(x) and 0 < x <= 1 << 16 for x in v)
+    return None if ok else "two positive integers [height, width]"
+
+
+def one_of(*choices: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices and type(v) in {type(c) for c in choices} else f"one of {list(choices)}"
+
+    return check
+
+
+def n_reweight(v: Any) -> str | None:
+    return None if _is_int(v) and (v == 0 or v >= 2) else "0 (off) or an integer >= 2"
+
+
+def blur_sigma(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v <= 1e3 else "a finite number in [0, 1000]"
+
+
+# field path -> check returning None when fine, else what the value should be
+FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "format": one_of(FORMAT),
+    "name": non_empty_str,
+    "backbone": obj,
+    "backbone.name": non_empty_str,
+    "backbone.weights_tag": string,
+    "backbone.layers": array,
+    "preprocess": obj,
+    "features": obj,
+    "features.target_dim": positive_int,
+    "features.grid": size_pair,
+    "features.input_size": size_pair,
+    "memory_bank": obj,
+    "memory_bank.file": non_empty_str,
+    "memory_bank.rows": positive_int,
+    "memory_bank.dim": positive_int,
+    "memory_bank.dtype": one_of(*BANK_DTYPES),
+    "scoring": obj,
+    "scoring.k": one_of(1),
+    "scoring.n_reweight": n_reweight,
+    "scoring.blur_sigma": blur_sigma,
+    "threshold": obj,
+    "threshold.value": finite_or_null,
+    "threshold.scale": finite_or_null,
+    "versions": obj,
+    "files": obj,
+    DIGEST_FIELD: lambda v: None if isinstance(v, str) and _HEX64.fullmatch(v) else "a sha256 hex digest",
+}
+
+
+def _get(d: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            raise KeyError(dotted)
+        cur = cur[part]
+    return cur
+
+
+def safe_relative(rel: Any) -> bool:
+    """A file name relative to the bundle root that cannot point outside it."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts and p.parts[0] not in ("", ".")
+
+
+def _check_files(manifest: Mapping[str, Any], where: str) -> None:
+    for rel, meta in manifest["files"].items():
+        if not safe_relative(rel):
+            raise BundleError(f"{where}: file entry {rel!r} points outside the bundle")
+        if not isinstance(meta, Mapping) or not (isinstance(meta.get("sha256"), str)
+                                                 and _HEX64.fullmatch(meta["sha256"])):
+            raise BundleError(f"{where}: field 'files.{rel}.sha256' must be a sha256 hex digest")
+        if not (_is_int(meta.get("bytes")) and meta["bytes"] >= 0):
+            raise BundleError(f"{where}: field 'files.{rel}.bytes' must be an integer >= 0")
+
+
+def _check_entries(manifest: Mapping[str, Any], section: str, where: str) -> None:
+    """Every graph / engine entry names files that the manifest lists."""
+    entries = manifest.get(section, {})
+    if not isinstance(entries, Mapping):
+        raise BundleError(f"{where}: field '{section}' must be an object")
+    for key, entry in entries.items():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise BundleError(f"{where}: field '{section}.{key}.file' is missing")
+        external = entry.get("external_data", [])
+        if not isinstance(external, list) or not all(isinstance(x, str) for x in external):
+            raise BundleError(f"{where}: field '{section}.{key}.external_data' must be a list of file names")
+        for rel in [entry["file"], *external]:
+            if rel not in manifest["files"]:
+                raise BundleError(f"{where}: '{section}.{key}' refers to {rel}, which is not listed in 'files'")
+        if section == "graphs":
+            if entry.get("kind", "features") not in GRAPH_KINDS:
+                raise BundleError(f"{where}: field 'graphs.{key}.kind' must be one of {list(GRAPH_KINDS)}")
+            if entry.get("dtype", "float32") not in BANK_DTYPES:
+                raise BundleError(f"{where}: field 'graphs.{key}.dtype' must be one of {list(BANK_DTYPES)}")
+
+
+def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json", *, digest: bool = True) -> None:
+    """Check the schema version first (a newer layout is named as such), then every field.
+    ``digest``: the manifest must carry its own digest (a manifest being written has none yet)."""
+    version = manifest.get("schema_version")
+    if not _is_int(version):
+        raise BundleError(f"{where}: field 'schema_version' is missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise BundleVersionError(f"{where}: bundle schema version {version} is newer than this runtime supports "
+                                 f"({SCHEMA_VERSION}); upgrade patchcore-rt to read it")
+    if version < 1:
+        raise BundleVersionError(f"{where}: unknown bundle schema version {version}")
+    for field, check in FIELDS.items():
+        if field == DIGEST_FIELD and not digest:
+            continue
+        try:
+            value = _get(manifest, field)
+        except KeyError:
+            hint = " (written by an older export or edited: re-export the bundle)" if field == DIGEST_FIELD else ""
+            raise BundleError(f"{where}: required field '{field}' is missing{hint}") from None
+        wanted = check(value)
+        if wanted:
+            raise BundleError(f"{where}: field '{field}' must be {wanted}, got {_short(value)}")
+    try:
+        PreprocessSpec.from_dict(manifest["preprocess"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{where}: field 'preprocess' is invalid: {e}") from None
+    bank, threshold = manifest["memory_bank"], manifest["threshold"]
+    if bank["dim"] != manifest["features"]["target_dim"]:
+        raise BundleError(f"{where}: field 'memory_bank.dim' ({bank['dim']}) differs from 'features.target_dim' "
+                          f"({manifest['features']['target_dim']})")
+    if threshold["value"] is not None and not (threshold["scale"] is not None and threshold["scale"] > 0):
+        raise BundleError(f"{where}: field 'threshold.scale' must be > 0 when a threshold is set, "
+                          f"got {_short(threshold['scale'])}")
+    _check_files(manifest, where)
+    if bank["file"] not in manifest["files"]:
+        raise BundleError(f"{where}: 'memory_bank.file' {bank['file']} is not listed in 'files'")
+    _check_entries(manifest, "graphs", where)
+    _check_entries(manifest, "engines", where)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True)[:60] if not isinstance(value, str) else repr(value[:60])
+    return text
