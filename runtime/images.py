@@ -150,7 +150,11 @@ def _decode_raw(data: bytes, name: str) -> np.ndarray:
     return arr
 
 
+_ROWS = 512  # rows converted at a time, so the temporaries of a 16-bit or float conversion stay small
+
+
 def _to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """8-bit pixels (``arr`` is one band of rows of the decoded image)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16:
@@ -178,17 +182,21 @@ def decode_image(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -
     if len(data) == 0:
         raise ImageReadError(f"{name}: file is empty")
     check_size(data, name, limits)
-    arr = _to_uint8(_decode_raw(data, name), name)
-    c = _channels(arr)
-    if c == 1:
-        return cv2.cvtColor(arr.reshape(arr.shape[:2]), cv2.COLOR_GRAY2RGB)
-    if c == 2:  # gray + alpha
-        return cv2.cvtColor(np.ascontiguousarray(arr[:, :, 0]), cv2.COLOR_GRAY2RGB)
-    if c == 3:
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    if c == 4:
-        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
-    raise ImageReadError(f"{name}: unsupported channel count {c}")
+    raw = _decode_raw(data, name)
+    c = _channels(raw)
+    if c not in (1, 2, 3, 4):
+        raise ImageReadError(f"{name}: unsupported channel count {c}")
+    if raw.dtype == np.uint8 and c == 3:
+        return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB, dst=raw)  # in place: the common case costs one array
+    # otherwise converted band by band into the result: the decoded array and the result are the
+    # only full-size arrays alive at once (a 16-bit RGBA image costs 8 + 3 bytes per pixel)
+    out = np.empty((*raw.shape[:2], 3), np.uint8)
+    code = {1: cv2.COLOR_GRAY2RGB, 2: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}[c]
+    for s in range(0, raw.shape[0], _ROWS):
+        band = _to_uint8(raw[s : s + _ROWS], name)
+        band = band.reshape(band.shape[:2]) if c == 1 else band[:, :, 0] if c == 2 else band
+        out[s : s + _ROWS] = cv2.cvtColor(np.ascontiguousarray(band), code)
+    return out
 
 
 def read_image(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -154,7 +154,7 @@ MANIFEST_EDITS = {
     "scale null": (lambda m: m["threshold"].update(scale=None), "threshold.scale"),
     "blur_sigma NaN": (lambda m: m["scoring"].update(blur_sigma=float("nan")), "NaN is not a JSON number"),
     "threshold Infinity": (lambda m: m["threshold"].update(value=float("inf")), "Infinity is not a JSON number"),
-    "threshold 1e999": (lambda m: m["threshold"].update(value="__1e999__"), "threshold.value"),
+    "threshold 1e999": (lambda m: m["threshold"].update(value="__1e999__"), "1e999 is out of range"),
     "external_data 5": (lambda m: m["graphs"]["features_fp32"].update(external_data=5), "external_data"),
     "bank dim != target_dim": (lambda m: m["features"].update(target_dim=7), "memory_bank.dim"),
     "rows 0": (lambda m: m["memory_bank"].update(rows=0), "memory_bank.rows"),
