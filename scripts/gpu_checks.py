@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -50,9 +51,12 @@ def environment(ctx: Context) -> dict:
     """What the box is: GPU, driver, CPU, Python and the GPU stacks (no probe that loads a GPU library)."""
     env: dict = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
     if shutil.which("nvidia-smi"):
-        res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        env["nvidia_smi"] = res.stdout.strip() or res.stderr.strip()
+        try:
+            res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+            env["nvidia_smi"] = res.stdout.strip() or res.stderr.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            env["nvidia_smi"] = f"failed: {e}"
     try:
         import torch
 
@@ -62,6 +66,8 @@ def environment(ctx: Context) -> dict:
             env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
     except ImportError:
         env["torch"] = None
+    except Exception as e:  # a driver that torch finds but cannot use: the checks will say so
+        env["torch_error"] = f"{type(e).__name__}: {e}"
     ld = os.environ.get("LD_LIBRARY_PATH", "")
     env["ld_library_path_nvidia_dirs"] = [p for p in ld.split(":") if "nvidia" in p]
     return env
@@ -158,7 +164,7 @@ def main(argv=None) -> int:
         ap.error("--resume needs --work (where the earlier report is kept)")
     start = time.perf_counter()
     checks = selected(args.phase, only, skip)
-    temp = None if args.work else Path(__import__("tempfile").mkdtemp(prefix="gpu-checks-"))
+    temp = None if args.work else Path(tempfile.mkdtemp(prefix="gpu-checks-"))
     work = args.work or temp
     ctx = Context(work=work, deadline=start + args.budget_s, rehearse=args.rehearse,
                   log=lambda s: print(s, file=sys.stderr))

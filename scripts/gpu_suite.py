@@ -21,7 +21,10 @@ import numpy as np
 from gpu_workspace import BUNDLE_SECONDS, RECIPES, REHEARSAL, Sizes, Workspace
 
 FP32_FEATURES_TOL = 1e-4  # torch on CUDA (TF32 off) against the CPU, max |a - b| / max |a|
-CORESET_RADIUS_TOL = 0.05  # relative covering-radius difference allowed once float order splits the selections
+# relative covering-radius difference allowed once float order splits the CPU and GPU selections:
+# perturbing features by 1e-3..1e-2 split them and moved the radius 0..0.8%; another random start
+# moves it 3.5..6%, a random selection 160% (20k clustered points, 1% coreset)
+CORESET_RADIUS_TOL = 0.02
 
 
 class Skip(Exception):
@@ -215,7 +218,7 @@ def covering_radius(x, selected: np.ndarray, chunk: int = 4096) -> float:
 
 def check_coreset(ctx: Context) -> dict:
     """The greedy coreset on CUDA against the CPU on wrn50's patch features of the training set:
-    the same selection, or (once float order splits the two) a covering radius within 5%;
+    the same selection, or (once float order splits the two) a covering radius within 2%;
     and the speed-up."""
     import torch
 

@@ -148,3 +148,20 @@ def test_throughput_stops_at_the_deadline(scoring_bundle):
     res = gpu_throughput.measure(scoring_bundle, frames, device="cpu", deadline=time.perf_counter() - 1,
                                  log=lambda s: None)
     assert res["stopped"] == "time budget" and not res["complete"] and res["runs"] == []
+
+
+def test_covering_radius_is_the_farthest_point_from_the_selection():
+    import torch
+
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [6.0, 9.0]])
+    assert gpu_suite.covering_radius(x, np.array([0]), chunk=3) == pytest.approx(np.hypot(6, 9))
+    assert gpu_suite.covering_radius(x, np.array([0, 2])) == pytest.approx(5.0)
+
+
+def test_report_summary_lines_for_skips_and_crashes():
+    assert gpu_report_md.summary("tensorrt", {"status": "skip", "reason": "TensorRT is not installed"}) == \
+        "TensorRT is not installed"
+    assert gpu_report_md.summary("coreset", {"status": "fail", "error": "RuntimeError: CUDA error"}) == \
+        "RuntimeError: CUDA error"
+    md = gpu_report_md.render({"order": ["a"], "checks": {"a": {"status": "fail", "error": "X: y|z\nw"}}})
+    assert "| a | fail | - | X: y/z w |" in md
