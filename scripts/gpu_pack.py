@@ -135,8 +135,11 @@ def ensure_wheels(wheels, cache: Path, allow_download: bool, log=print) -> list[
 def working_tree_bytes(repo: Path) -> int:
     """Bytes of what a device call sends besides the carried folders: tracked files, untracked
     files git does not ignore, and a ``shared/`` folder inside the checkout."""
-    res = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         capture_output=True, check=True)
+    try:
+        res = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise PackError(f"cannot list the working tree of {repo} with git ({e}): the pack needs a git checkout") from None
     files = {repo / f for f in res.stdout.decode().split("\0") if f}
     shared = repo / "shared"
     if shared.is_dir():
