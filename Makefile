@@ -9,7 +9,7 @@ WEIGHTS ?= default
 CORESET ?= 0.1
 OUT ?= models/$(BACKBONE)
 
-.PHONY: venv install demo test test-gpu eval export parity bench bench-quick clean
+.PHONY: venv install demo test test-gpu gpu-pack eval export parity bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install
 
 test-gpu: install
 	$(PY) -m pytest -q -m "gpu or tensorrt"
+
+# make gpu-pack [GPU_PACK_ARGS="--cache DIR --no-download"]: .gpu-pack/ (git-ignored) with what a bare
+# CUDA 13 GPU box lacks, split into device calls of under 60 MiB, and their run.sh (README, GPU checks)
+gpu-pack: $(PY)
+	$(PY) scripts/gpu_pack.py $(GPU_PACK_ARGS)
 
 # make eval DATA=../shared/datasets/mvtec_ad/bottle BACKBONE=effnet-lite0
 eval: install

@@ -3,13 +3,15 @@
 
 - :class:`OnnxEngine`: onnxruntime with execution providers in priority order; the provider that
   actually runs is checked and reported, and a GPU provider that was asked for but cannot load is
-  an error, never a silent fall-back to the CPU.
-- :class:`TensorRTEngine`: a TensorRT 10 engine built on the target machine from the bundle's
-  ONNX (an engine only runs on the GPU model and TensorRT version it was built with) and cached
-  under ``<bundle>/engines/cache/``, keyed by graph, precision, batch profile, GPU name, compute
-  capability and TensorRT version. Needs ``tensorrt`` and ``cuda-python``; where either or a GPU
-  is missing, :func:`tensorrt_status` says which and :class:`TensorRTEngine` raises
-  :class:`DeviceUnavailableError` with that message.
+  an error, never a silent fall-back to the CPU. onnxruntime's own fall-back (which retries a
+  failed provider list as CUDA + CPU *without* provider options, dropping ``use_tf32=0``) is
+  turned off; ``--device auto`` retries provider by provider itself, with the options.
+- :class:`TensorRTEngine`: a TensorRT 10/11 engine built on the target machine from the bundle's
+  ONNX (an engine only runs on the GPU model and TensorRT build it was made with) and cached
+  under :func:`engine_cache_dir`, keyed by graph, precision, batch profile, GPU name, compute
+  capability, TensorRT version and the CUDA major of the TensorRT wheels. Needs ``tensorrt`` and
+  ``cuda-python``; where either or a GPU is missing, :func:`tensorrt_status` says which and
+  :class:`TensorRTEngine` raises :class:`DeviceUnavailableError` with that message.
 
 Nothing here imports torch.
 """
@@ -26,6 +28,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import errors
+from .bundle import ENGINE_DIR
 from .fileio import sha256_file
 
 
@@ -70,9 +73,21 @@ def ort_providers(device: str) -> list[str]:
     return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
+def provider_attempts(device: str, requested: list[str]) -> list[list[str]]:
+    """The provider lists to try in turn. ``auto`` drops the first provider after each failure
+    (TensorRT listed but its libraries missing: CUDA next, then the CPU); an explicit device is
+    tried once, since a fall-back there would run something else than was asked for."""
+    if device != "auto":
+        return [requested]
+    return [requested[i:] for i in range(len(requested))]
+
+
 def _provider_options(providers: list[str], fp32_exact: bool) -> list:
     """CUDA's TF32 matmuls/convs keep only 10 mantissa bits: turned off for float32 graphs, whose
-    parity tolerance (1e-4) they would break. (``use_tf32`` exists since onnxruntime 1.18.)"""
+    parity tolerance (1e-4) they would break. (``use_tf32`` exists since onnxruntime 1.18.)
+    The TensorRT provider has no such switch: float32 graphs through it may run with TF32
+    (TensorRT's default), so use ``--device cuda`` (or a TensorRTEngine, built with TF32 off) where
+    float32 parity matters."""
     import onnxruntime as ort
 
     version = tuple(int(v) for v in re.findall(r"\d+", ort.__version__)[:2])
@@ -83,6 +98,34 @@ def _provider_options(providers: list[str], fp32_exact: bool) -> list:
         else:
             out.append(p)
     return out
+
+
+def create_session(graph: str | Path, opts, device: str, fp32_exact: bool):
+    """``(session, failures)``: an onnxruntime session on the first provider list of
+    :func:`provider_attempts` that loads, and the reasons the lists before it failed.
+
+    onnxruntime's fall-back is disabled (``enable_fallback=0``; ``disable_fallback()`` also stops
+    the one at run time), so provider options are never dropped on the way."""
+    import onnxruntime as ort
+
+    requested = ort_providers(device)
+    failures: list[str] = []
+    attempts = provider_attempts(device, requested)
+    for i, providers in enumerate(attempts):
+        try:
+            session = ort.InferenceSession(str(graph), sess_options=opts,
+                                           providers=_provider_options(providers, fp32_exact), enable_fallback=0)
+        except Exception as e:  # onnxruntime raises RuntimeError, Fail, EPFail, ... by provider and version
+            if i == len(attempts) - 1:
+                if device in ("cuda", "tensorrt"):
+                    raise DeviceUnavailableError(f"{providers[0]} could not load {Path(graph).name}: {e}") from e
+                raise
+            failures.append(f"{providers[0]}: {e}")
+            continue
+        if hasattr(session, "disable_fallback"):
+            session.disable_fallback()
+        return session, failures
+    raise AssertionError("unreachable: provider_attempts returns at least one list")
 
 
 class OnnxEngine:
@@ -97,10 +140,9 @@ class OnnxEngine:
         # (BENCHMARKS.md times both settings side by side); a line's deadline is set by the tail.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        requested = ort_providers(device)
         fp32 = "fp16" not in Path(graph).name
-        self.session = ort.InferenceSession(str(graph), sess_options=opts,
-                                            providers=_provider_options(requested, fp32))
+        self.session, self.provider_failures = create_session(graph, opts, device, fp32)
+        requested = ort_providers(device)
         used = self.session.get_providers()
         if device in ("cuda", "tensorrt") and used[0] != requested[0]:
             raise DeviceUnavailableError(
@@ -147,45 +189,95 @@ def _check(result, what: str):
     return values[0] if len(values) == 1 else values
 
 
+def native_handle(obj) -> int:
+    """The address behind a cuda-python object (a stream): ``int(obj)`` is deprecated since
+    cuda-bindings 12.9.1 in favour of ``cuda.bindings.utils.get_cuda_native_handle``."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
+
+
 def tensorrt_status() -> tuple[bool, str]:
-    """(usable, reason): whether TensorRT, cuda-python and a CUDA GPU are all present here."""
+    """(usable, reason): whether TensorRT, cuda-python and a CUDA GPU are all present here.
+
+    Never raises: a TensorRT wheel on a host without a driver fails inside its import or in
+    cuda-python, and that is a reason too."""
     try:
         import tensorrt as trt
     except ImportError:
-        return False, "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
-    major = int(trt.__version__.split(".")[0])
-    if major < 10:
-        return False, f"TensorRT {trt.__version__} is too old: the engine code targets the TensorRT 10 API"
+        return False, "TensorRT is not installed (pip install '.[gpu-cu13]' or '.[gpu-cu12]'; needs an NVIDIA GPU and driver)"
+    except Exception as e:  # OSError (libnvinfer/libcuda missing), RuntimeError, ...
+        return False, f"TensorRT is installed but does not load: {type(e).__name__}: {e}"
+    try:
+        version = str(trt.__version__)
+    except Exception as e:
+        return False, f"TensorRT is installed but does not load: {type(e).__name__}: {e}"
+    if not re.match(r"\d+\.", version):
+        return False, f"TensorRT reports an unreadable version {version!r}"
+    if int(version.split(".")[0]) < 10:
+        return False, f"TensorRT {version} is too old: the engine code targets the TensorRT 10/11 API"
     try:
         cudart = _cudart()
     except ImportError:
         return False, "cuda-python is not installed (pip install cuda-python): TensorRT buffers need it"
+    except Exception as e:
+        return False, f"cuda-python is installed but does not load: {type(e).__name__}: {e}"
     try:
         count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
-    except DeviceUnavailableError as e:
+    except Exception as e:
         return False, f"no usable CUDA device ({e})"
     if count < 1:
         return False, "no CUDA GPU visible (check the driver and CUDA_VISIBLE_DEVICES)"
-    return True, f"TensorRT {trt.__version__}, {count} GPU(s)"
+    return True, f"TensorRT {version}, {count} GPU(s)"
 
 
-def gpu_identity(device: int = 0) -> dict[str, str]:
-    """What an engine is tied to: GPU name and compute capability, TensorRT, CUDA versions."""
+def tensorrt_has_weak_fp16() -> bool:
+    """Whether this TensorRT still has the weakly typed ``BuilderFlag.FP16`` (TensorRT 10;
+    deprecated in 10.12, removed in 11, where half precision comes only from float16 graphs)."""
+    import tensorrt as trt
+
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def tensorrt_cuda_major() -> str | None:
+    """The CUDA build of the installed TensorRT wheels, read from package metadata: ``cu12`` or
+    ``cu13`` (``tensorrt-cu13``, ``tensorrt-cu13-libs``, ...); None when TensorRT came without
+    such wheels (a tarball, a container). Two majors at once (a broken install) are both named."""
+    from importlib import metadata
+
+    found = set()
+    for dist in metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "").lower())
+        m = re.fullmatch(r"tensorrt-(cu\d+)(-libs|-bindings)?", name)
+        if m:
+            found.add(m.group(1))
+    return "+".join(sorted(found)) or None
+
+
+def gpu_identity(device: int = 0) -> dict[str, Any]:
+    """What an engine is tied to: GPU name and compute capability, the TensorRT version and the
+    CUDA major of its wheels (:func:`tensorrt_cuda_major`). The driver version is recorded but
+    not matched (drivers are backward compatible); cuda-python's own runtime version is not
+    recorded at all, since it says nothing about the CUDA that TensorRT runs on."""
     import tensorrt as trt
 
     cudart = _cudart()
     props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    rt = int(_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
     drv = int(_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion"))
-    fmt = lambda v: f"{v // 1000}.{(v % 1000) // 10}"
     return {
         "gpu": name.strip("\x00").strip(),
         "compute_capability": f"{props.major}.{props.minor}",
         "tensorrt": trt.__version__,
-        "cuda_runtime": fmt(rt),
-        "cuda_driver": fmt(drv),
+        "tensorrt_cuda": tensorrt_cuda_major(),
+        "cuda_driver": f"{drv // 1000}.{(drv % 1000) // 10}",
     }
+
+
+# the identity fields an engine must match to be used (see gpu_identity)
+ENGINE_MATCH_FIELDS = ("gpu", "compute_capability", "tensorrt", "tensorrt_cuda")
 
 
 @dataclass(frozen=True)
@@ -217,10 +309,55 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
-def engine_key(graph: str, options: TrtBuildOptions, ident: dict[str, str]) -> str:
-    """File stem of a cached engine: what it is and the hardware/software it only runs on."""
+def engine_key(graph: str, options: TrtBuildOptions, ident: dict[str, Any]) -> str:
+    """File stem of an engine: what it is and the hardware/software it only runs on."""
+    cuda = f"-{ident['tensorrt_cuda']}" if ident.get("tensorrt_cuda") else ""
     return (f"{graph}-{options.precision}-b{options.min_batch}-{options.opt_batch}-{options.max_batch}"
-            f"-{_slug(ident['gpu'])}-sm{ident['compute_capability'].replace('.', '')}-trt{ident['tensorrt']}")
+            f"-{_slug(ident['gpu'])}-sm{ident['compute_capability'].replace('.', '')}-trt{ident['tensorrt']}{cuda}")
+
+
+def engine_cache_dir(bundle_root: str | Path) -> Path:
+    """Where engines built on the target (and their timing cache) are kept: ``<bundle>/engines/cache``,
+    not part of the bundle's checksummed files."""
+    return Path(bundle_root) / ENGINE_DIR / "cache"
+
+
+def engine_requirements(ident: dict[str, Any], graph: str, onnx_sha256: str, options: TrtBuildOptions) -> dict[str, Any]:
+    """The fields an engine's record must hold, exactly, for it to be used here."""
+    return {**{k: ident.get(k) for k in ENGINE_MATCH_FIELDS}, "graph": graph, "onnx_sha256": onnx_sha256,
+            "options": asdict(options)}
+
+
+def engine_matches(record: dict[str, Any], requirements: dict[str, Any]) -> bool:
+    return all(record.get(k) == v for k, v in requirements.items())
+
+
+def engine_metadata(ident: dict[str, Any], graph: str, onnx_sha256: str, options: TrtBuildOptions,
+                    file: str, plan_sha256: str) -> dict[str, Any]:
+    """The record of one built engine: the manifest's ``engines`` entry at export and the
+    ``.json`` beside a cached engine alike. ``file`` is relative to the bundle root."""
+    return {
+        **ident,
+        **engine_requirements(ident, graph, onnx_sha256, options),
+        "file": file,
+        "plan_sha256": plan_sha256,
+        "precision": options.precision,
+        "profile": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
+        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _attach_timing_cache(config, cache_path: Path | None, log: Callable[[str], None]) -> None:
+    """Load ``cache_path`` into the builder config; a cache that TensorRT refuses (written by
+    another TensorRT or GPU) is replaced by a fresh one, and a refused fresh one is an error."""
+    blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    if config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
+        return
+    if blob:
+        log(f"timing cache {cache_path} does not fit this TensorRT/GPU: starting a fresh one")
+        if config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            return
+    raise RuntimeError("TensorRT refused its timing cache (IBuilderConfig.set_timing_cache returned False)")
 
 
 def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtBuildOptions(),
@@ -239,12 +376,21 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
     import tensorrt as trt
 
     onnx_path = Path(onnx_path)
+    strongly_typed = "fp16" in onnx_path.name if fp16_graph is None else fp16_graph
+    if options.fp16 is False and strongly_typed:
+        raise ValueError(f"{onnx_path} is a float16 graph: build it with fp16=True")
+    if options.fp16 and not strongly_typed:
+        if not tensorrt_has_weak_fp16():
+            raise DeviceUnavailableError(
+                f"TensorRT {trt.__version__} has no weakly typed FP16 flag: build the bundle's float16 graph "
+                "(features_fp16) instead"
+            )
+        ident = gpu_identity()
+        if tuple(int(v) for v in ident["compute_capability"].split(".")) < (5, 3):
+            raise DeviceUnavailableError(f"{ident['gpu']} (sm {ident['compute_capability']}) has no float16 arithmetic")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = "fp16" in onnx_path.name if fp16_graph is None else fp16_graph
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # follows ONNX external data beside the file
@@ -257,17 +403,7 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if options.fp16 and not strongly_typed:
-        ident = gpu_identity()
-        if tuple(int(v) for v in ident["compute_capability"].split(".")) < (5, 3):
-            raise DeviceUnavailableError(f"{ident['gpu']} (sm {ident['compute_capability']}) has no float16 arithmetic")
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise DeviceUnavailableError(
-                f"TensorRT {trt.__version__} has no weakly typed FP16 flag: build the bundle's float16 graph "
-                "(features_fp16) instead"
-            )
         config.set_flag(trt.BuilderFlag.FP16)
-    elif options.fp16 is False and strongly_typed:
-        raise ValueError(f"{onnx_path} is a float16 graph: build it with fp16=True")
     if not options.fp16 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
 
@@ -278,14 +414,12 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
     config.add_optimization_profile(profile)
-
     cache_path = Path(timing_cache) if timing_cache else None
-    blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _attach_timing_cache(config, cache_path, log)
 
     log(f"building TensorRT {options.precision} engine from {onnx_path.name} "
-        f"(batch {options.min_batch}/{options.opt_batch}/{options.max_batch}, TensorRT {trt.__version__})")
+        f"({'strongly typed float16 graph' if strongly_typed else 'float32 graph'}, "
+        f"batch {options.min_batch}/{options.opt_batch}/{options.max_batch}, TensorRT {trt.__version__})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
@@ -295,16 +429,18 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
     return bytes(serialized)
 
 
-def timing_cache_path(cache_dir: Path, ident: dict[str, str]) -> Path:
-    """The timing cache file for this GPU and TensorRT version (shared by all its builds)."""
+def timing_cache_path(cache_dir: Path, ident: dict[str, Any]) -> Path:
+    """The timing cache file for this GPU and TensorRT build (shared by all its builds)."""
+    cuda = f"-{ident['tensorrt_cuda']}" if ident.get("tensorrt_cuda") else ""
     return Path(cache_dir) / f"timing-{_slug(ident['gpu'])}-sm{ident['compute_capability'].replace('.', '')}" \
-        f"-trt{ident['tensorrt']}.cache"
+        f"-trt{ident['tensorrt']}{cuda}.cache"
 
 
 class TensorRTEngine:
     """A deserialized TensorRT engine with device buffers sized for its largest batch.
 
-    ``run``/``run_outputs`` take host arrays; batches above the profile's maximum are split.
+    ``run``/``run_outputs`` take host arrays; batches above the profile's maximum are split, an
+    empty batch gives empty outputs.
     """
 
     def __init__(self, plan: bytes, name: str = "tensorrt", info: dict[str, Any] | None = None):
@@ -329,18 +465,26 @@ class TensorRTEngine:
         mode = trt.TensorIOMode.INPUT
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == mode)
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
-        self.max_batch = int(max_shape[0])
+        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream_handle = native_handle(self._stream)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
-        self.context.set_input_shape(self.input_name, tuple(max_shape))
+        self._tails: dict[str, tuple[int, ...]] = {}  # tensor shapes after the batch axis
+        self._set_batch_shape(tuple(max_shape))
         for n in names:
             shape = tuple(max_shape) if n == self.input_name else tuple(self.context.get_tensor_shape(n))
+            self._tails[n] = shape[1:]
             nbytes = int(np.prod(shape)) * self._dtypes[n].itemsize
-            ptr = _check(self._cudart.cudaMalloc(nbytes), "cudaMalloc")
-            self._buffers[n] = (int(ptr), nbytes)
-            self.context.set_tensor_address(n, int(ptr))
+            ptr = int(_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self._buffers[n] = (ptr, nbytes)
+            self.context.set_tensor_address(n, ptr)
+
+    def _set_batch_shape(self, shape: tuple[int, ...]) -> None:
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise ValueError(f"TensorRT engine {self.name} refused input shape {shape} "
+                             f"(its profile takes batch {self.min_batch}..{self.max_batch})")
 
     @classmethod
     def from_bundle(cls, bundle, graph: str = "features_fp32", options: TrtBuildOptions | None = None,
@@ -348,8 +492,8 @@ class TensorRTEngine:
         """The engine for ``graph`` of ``bundle`` (a Bundle or folder) on this GPU.
 
         Uses, in order: an engine shipped in the bundle's ``engines`` section built for this GPU,
-        TensorRT version and options; one cached in ``<bundle>/engines/cache/`` from the same
-        ONNX; else builds one from the ONNX here and caches it (with its timing cache)."""
+        TensorRT build and options; one cached in :func:`engine_cache_dir` from the same ONNX;
+        else builds one from the ONNX here and caches it (with its timing cache)."""
         from .bundle import Bundle, read_bundle
 
         ok, reason = tensorrt_status()
@@ -362,20 +506,17 @@ class TensorRTEngine:
             options = TrtBuildOptions(fp16=info.get("dtype") == "float16")
         ident = gpu_identity()
         onnx_sha = b.manifest["files"][info["file"]]["sha256"]
-        # what an engine must match to be used here (the driver may differ: it is backward compatible)
-        want = {**{k: v for k, v in ident.items() if k != "cuda_driver"}, "graph": graph, "onnx_sha256": onnx_sha,
-                "options": asdict(options)}
+        want = engine_requirements(ident, graph, onnx_sha, options)
         for key, entry in b.manifest.get("engines", {}).items():
-            have = {k: entry.get(k) for k in want}
-            if have == want and not rebuild:
+            if engine_matches(entry, want) and not rebuild:
                 log(f"using TensorRT engine {entry['file']} shipped in the bundle")
                 return cls(b.path(entry["file"]).read_bytes(), name=f"tensorrt:{key}", info=entry)
         key = engine_key(graph, options, ident)
-        cache_dir = b.root / "engines" / "cache"
+        cache_dir = engine_cache_dir(b.root)
         plan_path, meta_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
         if not rebuild and plan_path.is_file() and meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            if {k: meta.get(k) for k in want} == want and meta.get("plan_sha256") == sha256_file(plan_path):
+            if engine_matches(meta, want) and meta.get("plan_sha256") == sha256_file(plan_path):
                 log(f"using cached TensorRT engine {plan_path}")
                 return cls(plan_path.read_bytes(), name=f"tensorrt:{key}", info=meta)
             log(f"cached engine {plan_path} does not match this bundle/GPU: rebuilding")
@@ -384,8 +525,8 @@ class TensorRTEngine:
                                      fp16_graph=info.get("dtype") == "float16", log=log)
         cache_dir.mkdir(parents=True, exist_ok=True)
         plan_path.write_bytes(plan)
-        meta = {**ident, **want, "file": str(plan_path.relative_to(b.root)), "plan_sha256": sha256_file(plan_path),
-                "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        meta = engine_metadata(ident, graph, onnx_sha, options, plan_path.relative_to(b.root).as_posix(),
+                               sha256_file(plan_path))
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return cls(plan, name=f"tensorrt:{key}", info=meta)
 
@@ -393,10 +534,10 @@ class TensorRTEngine:
         cudart, H2D, D2H = self._cudart, self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, \
             self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         x = np.ascontiguousarray(x, dtype=self._dtypes[self.input_name])
-        self.context.set_input_shape(self.input_name, x.shape)
+        self._set_batch_shape(x.shape)
         ptr, _ = self._buffers[self.input_name]
         _check(cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, H2D, self._stream), "cudaMemcpyAsync")
-        if not self.context.execute_async_v3(int(self._stream)):
+        if not self.context.execute_async_v3(self._stream_handle):
             raise RuntimeError("TensorRT execution failed")
         outs = {}
         for n in self.output_names:
@@ -405,9 +546,11 @@ class TensorRTEngine:
                    "cudaMemcpyAsync")
             outs[n] = out
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return {n: (o.astype(np.float32) if o.dtype == np.float16 else o) for n, o in outs.items()}
+        return {n: _float32(o) for n, o in outs.items()}
 
     def run_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if len(images) == 0:
+            return {n: _float32(np.empty((0, *self._tails[n]), self._dtypes[n])) for n in self.output_names}
         parts = [self._run_chunk(images[s : s + self.max_batch]) for s in range(0, len(images), self.max_batch)]
         return {n: np.concatenate([p[n] for p in parts]) for n in self.output_names}
 
@@ -428,3 +571,7 @@ class TensorRTEngine:
             self.close()
         except Exception:
             pass
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) if a.dtype == np.float16 else a

@@ -1,236 +1,208 @@
 #!/usr/bin/env python
-"""Every GPU check of patchcore-rt in one run, with a report file.
+"""Every GPU check of patchcore-rt in one run, within a time budget, with a report.
 
-    python scripts/gpu_checks.py [--bundle DIR --data DIR] [--report results/gpu_checks.json]
+    python scripts/gpu_checks.py [--phase torch|ort|all] [--budget-s 420] [--out DIR] [--work DIR]
+                                 [--only A,B] [--skip A,B] [--resume] [--dry-run] [--strict] [--rehearse]
 
-Without ``--bundle`` an effnet-lite0 bundle (all graphs, in-graph search included) is fitted on
-the embedded synthetic class (or ``--data``) in a temporary folder. Checks, each ``ok``, ``fail``
-or ``skip`` with the reason:
+Checks (``gpu_suite.CHECKS``, in this order, the most valuable figures first per phase):
+torch-features, fit, coreset (phase torch: PyTorch on CUDA); ort-provider, parity-effnet-lite0,
+throughput-wrn50, parity-wrn50, throughput-effnet-lite0, gpu-search, faiss-gpu, tensorrt (phase
+ort: onnxruntime's CUDA provider, faiss, TensorRT). Each is ok, fail or skip with the reason; one
+that would not finish inside the budget is skipped as such. The data and bundles are made in
+``--work`` (the synthetic class at bottle's size; nothing needs ../shared).
 
-1. environment: GPU, driver, CUDA, torch, onnxruntime providers, faiss GPUs, TensorRT versions;
-2. torch-cuda: PyTorch features on CUDA (TF32 off) against the CPU, max relative error <= 1e-4;
-3. faiss-gpu: image/patch scores with faiss on the GPU against numpy search (exact rescoring);
-4. ort-cuda: the parity suite (``export.parity``) on onnxruntime's CUDA provider, every graph;
-5. tensorrt: an engine built into the bundle (``export.tensorrt_build``), the runtime picking it
-   up, and the parity suite on TensorRT for every graph (built on this GPU, cached).
-
-Exit status 0 when nothing failed (skips are fine: a machine without TensorRT skips it; with
-``--strict`` a skip fails too), 1 else.
-The report holds every figure; a Markdown summary is written beside it.
+``OUT/gpu_report.json`` and ``OUT/gpu_report.md`` (OUT: ``--out``, else ``$OUT``, else
+results/gpu_checks) are rewritten after every check, so a run cut short still leaves a report;
+with ``--resume`` the report kept in ``--work`` by an earlier run is continued (checks already ok
+or failed are not run again). Exit status 0 when nothing failed (skips are fine; with
+``--strict`` a skip fails too), 1 else, 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
+from gpu_suite import CHECKS, PROBES, Context, Skip, needed_seconds  # noqa: E402
+
+REPORT = "gpu_report"
+PHASES = ("torch", "ort", "all")
 
 
-class Skip(Exception):
-    pass
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def environment() -> dict:
-    import onnxruntime as ort
-    import torch
-
-    from runtime.engines import tensorrt_status
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-           "torch_sees_gpu": torch.cuda.is_available(), "onnxruntime": ort.__version__,
-           "ort_providers": ort.get_available_providers()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+def environment(ctx: Context) -> dict:
+    """What the box is: GPU, driver, CPU, Python and the GPU stacks (no probe that loads a GPU library)."""
+    env: dict = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    if shutil.which("nvidia-smi"):
+        try:
+            res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+            env["nvidia_smi"] = res.stdout.strip() or res.stderr.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            env["nvidia_smi"] = f"failed: {e}"
     try:
-        import faiss
+        import torch
 
-        env["faiss"] = faiss.__version__
-        env["faiss_gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        env.update(torch=torch.__version__, torch_cuda=torch.version.cuda, torch_sees_gpu=torch.cuda.is_available())
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
     except ImportError:
-        env["faiss"] = None
-    ok, reason = tensorrt_status()
-    env["tensorrt_status"] = reason
-    if ok:
-        from runtime.engines import gpu_identity
-
-        env.update({f"trt_{k}": v for k, v in gpu_identity().items()})
+        env["torch"] = None
+    except Exception as e:  # a driver that torch finds but cannot use: the checks will say so
+        env["torch_error"] = f"{type(e).__name__}: {e}"
+    ld = os.environ.get("LD_LIBRARY_PATH", "")
+    env["ld_library_path_nvidia_dirs"] = [p for p in ld.split(":") if "nvidia" in p]
     return env
 
 
-def check_torch_cuda(bundle: Path, data: Path) -> dict:
-    import torch
-
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore
-    from runtime.images import read_image
-    from runtime.preprocess import preprocess_batch
-
-    if not torch.cuda.is_available():
-        raise Skip("torch sees no CUDA device")
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    cpu = PatchCore.load(bundle, device="cpu")
-    gpu = PatchCore.load(bundle, device="cuda")
-    images = [read_image(s.path) for s in load_class(data, image_level_only=True).test[:16]]
-    x = preprocess_batch(images, cpu.preprocess)
-    a, b = cpu.embed_tensor(x), gpu.embed_tensor(x)
-    feat = float(np.abs(a - b).max() / np.abs(a).max())
-    sa, sb = cpu.predict_embeddings(a).image_scores, gpu.predict_embeddings(b).image_scores
-    img = float(np.max(np.abs(sa - sb) / np.abs(sa)))
-    ok = feat <= 1e-4 and img <= 1e-4
-    return {"status": "ok" if ok else "fail", "features_max_rel_err": feat, "image_max_rel_err": img,
-            "tolerance": 1e-4}
-
-
-def check_faiss_gpu(bundle: Path, data: Path) -> dict:
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore
-    from runtime.images import read_image
-    from runtime.search import PatchScorer
-
-    try:
-        import faiss
-    except ImportError:
-        raise Skip("faiss is not installed") from None
-    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
-        raise Skip("this faiss build sees no GPU (install faiss-gpu)")
-    model = PatchCore.load(bundle, device="cpu")
-    images = [read_image(s.path) for s in load_class(data, image_level_only=True).test[:16]]
-    emb = model.embed_images(images)
-    ref = PatchScorer(model.bank, model.config.n_reweight, backend="numpy").score(emb)
-    t0 = time.perf_counter()
-    gpu_scorer = PatchScorer(model.bank, model.config.n_reweight, backend="faiss", device="cuda")
-    got = gpu_scorer.score(emb)
-    secs = time.perf_counter() - t0
-    img = float(np.max(np.abs(ref.image_scores - got.image_scores) / np.abs(ref.image_scores)))
-    patch = float(np.abs(ref.patch_scores - got.patch_scores).max() / np.abs(ref.patch_scores).max())
-    ok = gpu_scorer.backend == "faiss-gpu" and img <= 1e-6 and patch <= 1e-6
-    return {"status": "ok" if ok else "fail", "backend": gpu_scorer.backend, "image_max_rel_err": img,
-            "patch_max_rel_err": patch, "seconds": round(secs, 3)}
-
-
-def _parity(bundle: Path, data: Path, engine: str) -> dict:
-    from export.parity import run_parity
-
-    rep = run_parity(bundle, data, engines=(engine,), log=lambda s: print(s, file=sys.stderr))
-    if not rep.results:
-        raise Skip("; ".join(sorted({s["reason"] for s in rep.skipped})) or f"no {engine} target")
-    print(rep.format(), file=sys.stderr)
-    return {"status": "ok" if rep.ok else "fail", **rep.to_dict()}
-
-
-def check_ort_cuda(bundle: Path, data: Path) -> dict:
-    return _parity(bundle, data, "ort-cuda")
-
-
-def check_tensorrt(bundle: Path, data: Path) -> dict:
-    from export.tensorrt_build import build_bundle_engine
-    from runtime.bundle import read_bundle
-    from runtime.engines import TensorRTEngine, tensorrt_status
-
-    ok, reason = tensorrt_status()
-    if not ok:
-        raise Skip(reason)
-    out: dict = {}
-    work = Path(tempfile.mkdtemp(prefix="trt-bundle-"))
-    try:  # the export path: an engine built into a copy of the bundle, then found by the runtime
-        copy = Path(shutil.copytree(bundle, work / "b"))
-        t0 = time.perf_counter()
-        b = build_bundle_engine(copy, fp16=True, log=lambda s: print(s, file=sys.stderr))
-        out["build_seconds"] = round(time.perf_counter() - t0, 1)
-        out["engines"] = b.manifest["engines"]
-        read_bundle(copy)
-        messages: list[str] = []
-        TensorRTEngine.from_bundle(copy, "features_fp16", log=messages.append).close()
-        out["shipped_engine_used"] = any("shipped in the bundle" in m for m in messages)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    par = _parity(bundle, data, "tensorrt")
-    status = "ok" if par["status"] == "ok" and out["shipped_engine_used"] else "fail"
-    return {**par, **out, "status": status}
-
-
-def make_bundle(data: Path | None, work: Path) -> tuple[Path, Path]:
-    from export.onnx_export import export_bundle
-    from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
-    from patchcore.synthetic import make_synthetic_class
-
-    data = data or make_synthetic_class(work / "data", n_train=40, n_test_good=10, n_test_defect=6)
-    model = PatchCore(PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, device="auto"))
-    model.fit(load_class(data, image_level_only=True).train)
-    root = work / "bundle"
-    export_bundle(model, root, fp16=True, scoring=True)
-    return root, data
-
-
-CHECKS = [("torch-cuda", check_torch_cuda), ("faiss-gpu", check_faiss_gpu), ("ort-cuda", check_ort_cuda),
-          ("tensorrt", check_tensorrt)]
-
-
 def _markdown(report: dict) -> str:
-    lines = ["# patchcore-rt GPU checks", "", f"- GPU: {report['environment'].get('gpu', 'none')}",
-             f"- TensorRT: {report['environment'].get('tensorrt_status')}", "",
-             "| check | status | figures |", "|---|---|---|"]
-    for name, res in report["checks"].items():
-        if "results" in res:
-            figs = "; ".join(f"{r['name']}: image {r['errors']['image']:.1e}" for r in res["results"])
-        else:
-            figs = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()
-                             if k not in ("status",) and not isinstance(v, (dict, list)))
-        lines.append(f"| {name} | {res['status']} | {figs} |")
-    return "\n".join(lines) + "\n"
+    from gpu_report_md import render
+
+    return render(report)
+
+
+def write_report(report: dict, out: Path, work: Path | None) -> None:
+    from runtime.fileio import atomic_write
+
+    report["updated"] = _now()
+    text = json.dumps(report, indent=1, default=str) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"{REPORT}.json", text.encode())
+    atomic_write(out / f"{REPORT}.md", _markdown(report).encode())
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write(work / f"{REPORT}.json", text.encode())
+
+
+def _short_traceback() -> str:
+    lines = traceback.format_exc().strip().splitlines()
+    return "\n".join(lines[-12:])
+
+
+def selected(phase: str, only: set[str] | None, skip: set[str]):
+    return [c for c in CHECKS if (phase == "all" or c.phase == phase) and (not only or c.name in only)
+            and c.name not in skip]
+
+
+def unmet(ctx: Context, requires) -> str | None:
+    for name in requires:
+        reason = PROBES[name](ctx)
+        if reason:
+            return reason
+    return None
+
+
+def run_one(ctx: Context, check) -> dict:
+    reason = unmet(ctx, check.requires)
+    if reason:
+        return {"status": "skip", "reason": reason}
+    need = needed_seconds(ctx, check)
+    if ctx.left() < need:
+        return {"status": "skip", "reason": f"time budget: needs about {need:.0f} s, {max(ctx.left(), 0):.0f} s left"}
+    t0 = time.perf_counter()
+    try:
+        res = check.fn(ctx)
+    except Skip as e:
+        res = {"status": "skip", "reason": str(e)}
+    except Exception as e:  # a check that crashes is a failure, with where it crashed
+        res = {"status": "fail", "error": f"{type(e).__name__}: {e}", "traceback": _short_traceback()}
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def dry_run(ctx: Context, checks) -> str:
+    lines = [f"{'check':24} {'phase':6} {'~s':>5}  plan"]
+    for c in checks:
+        reason = unmet(ctx, c.requires)
+        plan = f"skip: {reason}" if reason else "run"
+        lines.append(f"{c.name:24} {c.phase:6} {c.estimate_s:5.0f}  {plan}")
+        lines.append(f"{'':37}{c.proves}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, help="bundle to check (default: fit one)")
-    ap.add_argument("--data", type=Path, help="class folder (MVTec layout; default: the synthetic class)")
-    ap.add_argument("--report", type=Path, default=Path("results/gpu_checks.json"))
-    ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(n for n, _ in CHECKS))
-    ap.add_argument("--strict", action="store_true",
-                    help="a skipped check fails too (on a GPU runner a skip means a broken install)")
+    ap.add_argument("--phase", choices=PHASES, default="all")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting checks that would end after this")
+    ap.add_argument("--out", type=Path, help="report folder (default $OUT, else results/gpu_checks)")
+    ap.add_argument("--work", type=Path, help="data and bundles (default: a temporary folder)")
+    ap.add_argument("--only", help="comma-separated checks to run: " + ", ".join(c.name for c in CHECKS))
+    ap.add_argument("--skip", default="", help="comma-separated checks not to run")
+    ap.add_argument("--resume", action="store_true", help="continue the report kept in --work")
+    ap.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped, and why")
+    ap.add_argument("--strict", action="store_true", help="a skipped check fails too (for a GPU runner)")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="run every check on the CPU with tiny data (tests this script; its figures mean nothing)")
     args = ap.parse_args(argv)
-    if args.bundle and not args.data:
-        ap.error("--bundle needs --data")
-    work = Path(tempfile.mkdtemp(prefix="gpu-checks-"))
-    report: dict = {"environment": environment(), "checks": {}}
+    names = {c.name for c in CHECKS}
+    only = {s for s in (args.only or "").split(",") if s}
+    skip = {s for s in args.skip.split(",") if s}
+    unknown = sorted((only | skip) - names)
+    if unknown:
+        ap.error(f"unknown check(s) {', '.join(unknown)}; checks: {', '.join(c.name for c in CHECKS)}")
+    if args.budget_s <= 0:
+        ap.error("--budget-s must be positive")
+    if args.resume and not args.work:
+        ap.error("--resume needs --work (where the earlier report is kept)")
+    start = time.perf_counter()
+    checks = selected(args.phase, only, skip)
+    temp = None if args.work else Path(tempfile.mkdtemp(prefix="gpu-checks-"))
+    work = args.work or temp
+    ctx = Context(work=work, deadline=start + args.budget_s, rehearse=args.rehearse,
+                  log=lambda s: print(s, file=sys.stderr))
+    if args.dry_run:
+        print(dry_run(ctx, checks))
+        return 0
+    out = args.out or Path(os.environ.get("OUT") or "results/gpu_checks")
+    report: dict = {}
+    if args.resume and (work / f"{REPORT}.json").is_file():
+        report = json.loads((work / f"{REPORT}.json").read_text())
+    report.setdefault("started", _now())
+    report.setdefault("checks", {})
+    report["rehearsal"] = args.rehearse
+    report["environment"] = environment(ctx)
+    report.setdefault("runs", []).append({"phase": args.phase, "budget_s": args.budget_s, "started": _now()})
+    report["order"] = [c.name for c in CHECKS]
     try:
-        bundle, data = (args.bundle, args.data) if args.bundle else make_bundle(args.data, work)
-        report["bundle"], report["data"] = str(bundle), str(data)
-        wanted = set(args.only.split(",")) if args.only else None
-        for name, fn in CHECKS:
-            if wanted and name not in wanted:
+        write_report(report, out, args.work)
+        for check in checks:
+            done = report["checks"].get(check.name, {}).get("status") in ("ok", "fail")
+            if args.resume and done:
                 continue
-            print(f"== {name}", file=sys.stderr)
-            try:
-                report["checks"][name] = fn(bundle, data)
-            except Skip as e:
-                report["checks"][name] = {"status": "skip", "reason": str(e)}
-            except Exception as e:  # a check that crashes is a failure with its traceback
-                report["checks"][name] = {"status": "fail", "error": f"{type(e).__name__}: {e}",
-                                          "traceback": traceback.format_exc()}
-            print(f"   {report['checks'][name]['status']}", file=sys.stderr)
+            print(f"== {check.name}", file=sys.stderr)
+            report["checks"][check.name] = {"phase": check.phase, "proves": check.proves, **run_one(ctx, check)}
+            if "ort" in ctx.probes:
+                report["environment"]["onnxruntime"] = ctx.probes["ort"]
+            report["runs"][-1]["seconds"] = round(time.perf_counter() - start, 1)
+            write_report(report, out, args.work)
+            res = report["checks"][check.name]
+            print(f"   {res['status']}" + (f": {res.get('reason') or res.get('error')}" if res["status"] != "ok" else ""),
+                  file=sys.stderr)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    args.report.with_suffix(".md").write_text(_markdown(report))
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
     print(_markdown(report))
-    print(f"report: {args.report}", file=sys.stderr)
+    print(f"report: {out / REPORT}.json and .md", file=sys.stderr)
     bad = ("fail", "skip") if args.strict else ("fail",)
-    return 1 if any(c["status"] in bad for c in report["checks"].values()) else 0
+    return 1 if any(report["checks"].get(c.name, {}).get("status") in bad for c in checks) else 0
 
 
 if __name__ == "__main__":
