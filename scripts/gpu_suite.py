@@ -341,7 +341,7 @@ def check_gpu_search(ctx: Context) -> dict:
     t0 = time.perf_counter()
     ref = scorer.score(emb)
     t1 = time.perf_counter()
-    got = gpu._score_candidates(emb, outs["nn_index"])
+    got = gpu.scorer.score_candidates(emb, outs["nn_index"])
     t2 = time.perf_counter()
     exact_nn = ref.nearest.reshape(len(frames), -1)
     dist_err = float(np.abs(outs["nn_distance"] - ref.patch_scores).max() / np.abs(ref.patch_scores).max())

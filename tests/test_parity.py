@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from export.onnx_export import export_bundle
@@ -158,6 +159,28 @@ def test_a_target_that_cannot_load_fails_parity(lite0, data, monkeypatch):
 def test_tolerances_are_stated():
     assert FP32.image == 1e-4 and FP16.image == 1e-2 and FP16.auroc == 1e-3
     assert FP16.band == pytest.approx(2e-2)
+    assert FP32.image_scores == "reweighted" and FP16.image_scores == "unweighted"
+
+
+@pytest.mark.parametrize("precision, passes", [("float32", False), ("float16", True)])
+def test_a_reweighting_near_tie_fails_fp32_but_not_fp16(precision, passes):
+    """The wrn50 fp16 case measured: reweighted image scores 2.8e-2 apart, unweighted 1.9e-3, same
+    AUROC and verdicts. fp16 judges the unweighted scores; fp32 holds the reweighted ones to 1e-4."""
+    from types import SimpleNamespace
+
+    from export.parity import Target, TargetComparison
+
+    pred = SimpleNamespace(in_graph_search=False, engine=SimpleNamespace(name="fake"))
+    comp = TargetComparison(Target("ort-cpu", "features", precision), pred)
+    for acc in comp.acc.values():
+        acc.ref, acc.diff = 1.0, 1e-5 if precision == "float32" else 1e-3
+    comp.image_err, comp.unweighted_err = 2.8e-2, 1.9e-3 if precision == "float16" else 5e-5
+    ref = np.array([1.0, 2.0, 3.0, 4.0])
+    comp.scores = [ref * (1 + np.array([0.0, 0.028, 0.0, 0.0]))]
+    comp.maps = [np.zeros((4, 2, 2))]
+    r = comp.judge(np.array([0, 0, 1, 1]), ref, (1.0, None), None, threshold=2.5)
+    assert r.ok is passes, r.failures
+    assert r.auroc["image_diff"] == 0.0 and r.verdicts["disagree_outside"] == 0
 
 
 def _have_cuda_ort() -> bool:
