@@ -13,6 +13,7 @@ Layout::
 
     manifest.json          schema, settings, checksums (written last, atomically)
     memory_bank.npy        (rows, dim) float32 or float16
+    coreset_projection.npy (proj_dim, dim) float32: the coreset's random projection (bank updates)
     features_fp32.onnx     graphs listed under "graphs" (ONNX external data beside them when > 2 GB)
     engines/*.plan         optional TensorRT engines listed under "engines" (built for one GPU)
     engines/cache/         engines built on the target by the runtime; not part of the bundle
@@ -37,6 +38,7 @@ SCHEMA_VERSION = 1
 FORMAT = "patchcore-rt-bundle"
 MANIFEST = "manifest.json"
 BANK_FILE = "memory_bank.npy"
+PROJECTION_FILE = "coreset_projection.npy"
 ENGINE_DIR = "engines"
 DIGEST_FIELD = "manifest_sha256"
 BANK_DTYPES = ("float32", "float16")
@@ -138,8 +140,12 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> Non
     for rel, meta in manifest["files"].items():
         if not isinstance(meta, Mapping) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
             raise BundleError(f"{where}: field 'files.{rel}' needs 'sha256' and 'bytes'")
-    if manifest["memory_bank"]["file"] not in manifest["files"]:
-        raise BundleError(f"{where}: 'memory_bank.file' {manifest['memory_bank']['file']} is not listed in 'files'")
+    bank = manifest["memory_bank"]
+    for field in ("file", "projection_file"):  # projection_file: optional
+        if (field == "file" or field in bank) and bank[field] not in manifest["files"]:
+            raise BundleError(f"{where}: 'memory_bank.{field}' {bank[field]} is not listed in 'files'")
+    if not isinstance(manifest.get("lineage", []), list):
+        raise BundleError(f"{where}: field 'lineage' must be a list")
     _check_entries(manifest, "graphs", where)
     _check_entries(manifest, "engines", where)
 
@@ -199,19 +205,34 @@ class Bundle:
             raise BundleError(f"{self.root}: {rel} is not listed in {MANIFEST}")
         return self.root / rel
 
-    def memory_bank(self) -> np.ndarray:
-        mb = self.manifest["memory_bank"]
-        path = self.path(mb["file"])
+    def _array(self, rel: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        path = self.path(rel)
         try:
-            bank = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False)
         except ValueError as e:
             raise BundleError(f"{path}: not a plain numpy array ({e})") from None
-        if bank.shape != (mb["rows"], mb["dim"]) or str(bank.dtype) != mb["dtype"]:
-            raise BundleError(
-                f"{path}: array is {bank.shape} {bank.dtype}, manifest says "
-                f"({mb['rows']}, {mb['dim']}) {mb['dtype']}"
-            )
-        return bank
+        if arr.shape != shape or str(arr.dtype) != dtype:
+            raise BundleError(f"{path}: array is {arr.shape} {arr.dtype}, manifest says {shape} {dtype}")
+        return arr
+
+    def memory_bank(self) -> np.ndarray:
+        mb = self.manifest["memory_bank"]
+        return self._array(mb["file"], (mb["rows"], mb["dim"]), mb["dtype"])
+
+    def coreset_projection(self) -> np.ndarray | None:
+        """The (proj_dim, dim) float32 map the coreset was selected in (``projected = x @ W.T``);
+        None for bundles written before it was stored."""
+        mb = self.manifest["memory_bank"]
+        rel = mb.get("projection_file")
+        if rel is None:
+            return None
+        dim = mb["dim"]
+        return self._array(rel, (min(mb.get("projection_dim", dim), dim), dim), "float32")
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """The updates that led to this bundle, oldest first (empty for a fitted bundle)."""
+        return list(self.manifest.get("lineage", []))
 
     def graph(self, key: str) -> Path | None:
         g = self.manifest.get("graphs", {}).get(key)
