@@ -174,10 +174,11 @@ class CameraSummary:
 
 class CameraRunner:
     def __init__(self, predictor, options: CameraOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status=None, stop: threading.Event | None = None):
+                 status=None, stop: threading.Event | None = None, source=None):
         if predictor.threshold is None:
             raise UsageError("camera needs verdicts to save anomalous frames, but this bundle has no threshold")
         self.predictor = predictor
+        self.source = source  # a BundleSource: hot reload between batches (runtime.line.reload)
         self.opt = options
         self.emit = emit or (lambda r: None)
         self.status = status
@@ -232,6 +233,8 @@ class CameraRunner:
 
     def _score(self, frames: list[Frame], dropped: Callable[[], int]) -> None:
         items = [Item(f"{self.opt.source}#{f.index}", image=cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)) for f in frames]
+        if self.source is not None:
+            self.predictor = self.source.current()
         outcomes = score_items(self.predictor, items)
         p = self.predictor
         for f, o in zip(frames, outcomes):

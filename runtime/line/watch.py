@@ -19,6 +19,8 @@ Rules (the things that lose or duplicate data when done loosely):
 * Files already in the folder at start are scored unless ``existing`` is off; then the files
   present at this start are ignored (by path, size and mtime: a later change makes them new).
 * A stop request (SIGINT/SIGTERM set the ``stop`` event) takes effect after the current batch.
+* A new bundle (``source``, see :mod:`runtime.line.reload`) is taken between batches, never
+  within one: every record names the bundle that scored it.
 """
 
 from __future__ import annotations
@@ -160,13 +162,14 @@ class _Lock:
 
 class Watcher:
     def __init__(self, predictor, options: WatchOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status: WatchStatus | None = None, stop: threading.Event | None = None):
+                 status: WatchStatus | None = None, stop: threading.Event | None = None, source=None):
         folder = options.folder
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
         if options.move and predictor.threshold is None:
             raise UsageError("--move needs verdicts, but this bundle has no threshold (calibrate it first)")
         self.predictor = predictor
+        self.source = source  # a BundleSource: hot reload between batches
         self.opt = options
         self.emit = emit or (lambda r: None)
         self.status = status
@@ -193,6 +196,7 @@ class Watcher:
             if not opt.existing:
                 ignored = {(rel, *sig) for rel, sig in self._scan().items()}
             while not self.stop.is_set():
+                self._take_current_bundle()
                 entries = self._scan()
                 ready = set(self.settler.update(entries))
                 todo: list[Key] = []
@@ -221,6 +225,10 @@ class Watcher:
                         self.status.idle(0, settling)
                     self.stop.wait(opt.poll)
         return self.summary
+
+    def _take_current_bundle(self) -> None:
+        if self.source is not None:
+            self.predictor = self.source.current()
 
     def _scan(self) -> dict[str, tuple[int, int]]:
         return scan(self.opt.folder, Path(self.out_real), self.opt.recursive)
@@ -251,6 +259,7 @@ class Watcher:
         items = [it for it in (self._read(k) for k in keys) if it is not None]
         if not items:
             return []
+        self._take_current_bundle()
         outcomes = score_items(self.predictor, items)
         bundle_id = self.predictor.bundle.bundle_id
         reserved: set[Path] = set()
