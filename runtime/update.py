@@ -83,9 +83,10 @@ def requirements(bundle: Bundle) -> tuple[np.ndarray, float]:
 
 
 def check_out(parent: Bundle, out: Path) -> None:
-    """``out`` must be a new (or empty) folder, never the parent."""
-    if out.resolve() == parent.root.resolve():
-        raise UsageError(f"--out {out} is the bundle being updated: give a new folder (the original is never modified)")
+    """``out`` must be a new (or empty) folder, neither the parent nor inside it."""
+    if out.resolve().is_relative_to(parent.root.resolve()):
+        raise UsageError(f"--out {out} is (inside) the bundle being updated: give a new folder (the original is "
+                         "never modified)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} already exists: give a new folder")
 

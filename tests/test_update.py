@@ -253,7 +253,7 @@ def test_update_refuses_an_existing_out_and_the_bundle_itself(tmp_path, parts):
     teach = _images(parts["root"] / "copper" / "teach")[:1]
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep me")
-    for out in (tmp_path / "taken", parts["bundle"]):
+    for out in (tmp_path / "taken", parts["bundle"], parts["bundle"] / "v2"):
         with pytest.raises(UsageError, match="give a new folder"):
             update_bundle(parts["bundle"], teach, p.embed, out)
     assert (tmp_path / "taken" / "x").read_text() == "keep me"

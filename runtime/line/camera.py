@@ -13,7 +13,8 @@ Sources (anything ``cv2.VideoCapture`` opens): a device index (``0``), a video f
 One JSON record per scored frame (``source``, ``frame`` index, ``time`` of capture, ``pos_ms``
 for files, ``score``, ``normalised``, ``verdict``, ``latency_ms``, ``lag_ms`` from capture to
 result, ``dropped`` so far, ``bundle``). Frames judged anomalous are saved to the output folder
-as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them.
+as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them. A replaced bundle
+folder or SIGHUP switches bundles between batches (:mod:`runtime.line.reload`).
 """
 
 from __future__ import annotations
