@@ -115,7 +115,14 @@ def extend_coreset(projected_bank: np.ndarray, projected_new: np.ndarray, budget
         if min_dist[idx] <= radius:
             break
         selected.append(idx)
-        np.minimum(min_dist, _distances(x, x_sq, x[idx : idx + 1], x_sq[idx : idx + 1])[:, 0], out=min_dist)
+        # one matrix-vector product per step: einsum, not BLAS, whose threads cost more than the
+        # product itself at this size (and far more when other processes share the cores)
+        d = np.einsum("ij,j->i", x, x[idx])
+        d *= -2.0
+        d += x_sq
+        d += x_sq[idx]
+        np.maximum(d, 0.0, out=d)
+        np.minimum(min_dist, np.sqrt(d, out=d), out=min_dist)
         min_dist[idx] = 0.0  # exactly: float32 cancellation may leave a small positive self-distance
         if progress and (i % report == 0):
             progress(i + 1, budget)

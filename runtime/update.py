@@ -48,7 +48,7 @@ Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 images -> (
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 REFIT = "refit or re-export it with this version of patchcore-rt"
-FOLDS = 10  # cross-validation folds for the new images' held-out scores
+FOLDS = 10  # cross-validation folds for the new images' held-out scores: each costs one more selection
 
 
 @dataclass
