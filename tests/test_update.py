@@ -231,7 +231,8 @@ def test_lineage_info_and_update_of_an_update(tmp_path, parts):
     assert [e["parent"] for e in lineage] == [p0.bundle.bundle_id, p1.bundle.bundle_id]
     assert lineage[0] == first.entry and lineage[1] == second.entry
     assert [i["file"] for e in lineage for i in e["images"]] == [name for _, name in teach]
-    assert all(i["sha256"] == sha256_file(path) for (path, _), i in zip(teach, lineage[0]["images"] + lineage[1]["images"]))
+    recorded = lineage[0]["images"] + lineage[1]["images"]
+    assert all(i["sha256"] == sha256_file(path) for (path, _), i in zip(teach, recorded))
     assert lineage[1]["rows"]["before"] == lineage[0]["rows"]["after"]
     assert lineage[1]["calibration"]["before"] == lineage[0]["calibration"]["after"]
     assert read_bundle(tmp_path / "v3").manifest["threshold"]["n_images"] == 6 + len(teach)
@@ -266,7 +267,8 @@ def test_scores_graphs_holding_the_old_bank_are_left_out(tmp_path, parts):
     m = read_bundle(src).manifest
     shutil.copy(src / "features_fp32.onnx", src / "scores_fp32.onnx")  # stands in for a real scores graph
     m["graphs"]["scores_fp32"] = {**m["graphs"]["features_fp32"], "file": "scores_fp32.onnx", "kind": "scores"}
-    finalize_manifest(src, {k: v for k, v in m.items() if k != bundle_io.DIGEST_FIELD}, [*m["files"], "scores_fp32.onnx"])
+    m = {k: v for k, v in m.items() if k != bundle_io.DIGEST_FIELD}
+    finalize_manifest(src, m, [*m["files"], "scores_fp32.onnx"])
     p = Predictor(src, device="cpu")
     res = update_bundle(src, _images(parts["root"] / "copper" / "teach")[:2], p.embed, tmp_path / "new")
     assert res.entry["graphs_dropped"] == ["scores_fp32"]

@@ -238,7 +238,9 @@ def _bundle_source(bundle: Optional[str], device: Device, search: Search, thread
 
 
 def _reloads(source: BundleSource) -> str:
-    return f"; bundle reloaded {source.reloads} time(s), {source.refused} refused" if source.reloads + source.refused else ""
+    if not source.reloads + source.refused:
+        return ""
+    return f"; bundle reloaded {source.reloads} time(s), {source.refused} refused"
 
 
 # ----------------------------------------------------------------------------------------- camera
@@ -356,8 +358,8 @@ def update(
     The images are embedded with the bundle's own feature graph; the memory bank grows by the
     new patches it does not yet cover (greedy coreset continued from the bank), the threshold is
     recalibrated with each new image scored as if held out, and the new bundle records its parent
-    and what was added (see info). Point watch/camera's bundle folder at the new bundle (flip a symlink or
-    rename it into place) and they switch to it without a restart.
+    and what was added (see info). Point the bundle folder of a running watch or camera at the new
+    bundle (flip a symlink, or rename it into place) and it switches without a restart.
     """
     with known_errors():
         images = collect_inputs(good, recursive)

@@ -84,9 +84,9 @@ def describe_update(entry: dict[str, Any]) -> str:
     thr = (f"threshold {_fmt(before.get('value'))} -> {_fmt(after.get('value'))}" if cal.get("recalibrated")
            else f"threshold kept at {_fmt(after.get('value'))} ({after.get('method') or 'none'})")
     line = (f"{entry.get('created', '?')} {entry.get('tool', 'update')}: +{entry.get('rows_added')} rows "
-            f"({rows.get('before')} -> {rows.get('after')}) from {len(entry.get('images', []))} images ({entry.get('patches')} patches, "
-            f"{entry.get('covered')} already covered, stopped: {entry.get('stopped')}); {thr}; "
-            f"parent {entry.get('parent')}")
+            f"({rows.get('before')} -> {rows.get('after')}) from {len(entry.get('images', []))} images "
+            f"({entry.get('patches')} patches, {entry.get('covered')} already covered, stopped: "
+            f"{entry.get('stopped')}); {thr}; parent {entry.get('parent')}")
     if entry.get("graphs_dropped"):
         line += f"; dropped {', '.join(entry['graphs_dropped'])} (held the old bank: export again for them)"
     return line
