@@ -5,6 +5,9 @@ grid, scoring settings, threshold, versions) and the sha256 of every other file.
 the schema version and every checksum and names the field or file that is wrong. Arrays are
 read with ``allow_pickle=False``: nothing is ever unpickled from a bundle.
 
+A bundle written by ``update`` (see :mod:`runtime.update`) carries ``lineage``: one entry per
+update, oldest first (parent bundle id, the images added and their sha256, rows, calibration).
+
 The manifest also carries ``manifest_sha256``, the digest of its own canonical JSON without that
 field, so a hand-edited manifest (a changed threshold, say) is refused like any other edited
 file. Tools that change a manifest go through :func:`finalize_manifest`, which recomputes it.
