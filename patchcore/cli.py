@@ -1,4 +1,4 @@
-"""The ``patchcore`` command's fit-side commands: fit, eval, backbones, download, synth.
+"""The ``patchcore`` command's fit-side commands: fit, eval, update, backbones, download, synth.
 
 Thin wrappers over library functions; known errors become one readable line on stderr and
 their exit code from the shared table (:mod:`runtime.errors`). The export floor adds ``export``,
@@ -17,7 +17,8 @@ import typer
 
 from runtime import __version__
 from runtime.line.console import known_errors
-from runtime.line.options import EXIT_CODES_HELP, app as make_app, version_callback
+from runtime.line.options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT,
+                                  UPDATE_RECURSIVE, app as make_app, version_callback)
 
 from . import fit_options as opt
 
@@ -94,6 +95,36 @@ def eval_(
 def _row_line(row: dict) -> str:
     keep = ("class", "backbone", "image_auroc", "pixel_auroc", "pro", "f1_max", "fit_seconds", "ms_per_image")
     return json.dumps({k: row[k] for k in keep if k in row})
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def update(
+    bundle: Path = typer.Argument(..., help="bundle folder to teach (not modified)"),
+    good: List[Path] = UPDATE_GOOD, out: Path = UPDATE_OUT, add: Optional[int] = UPDATE_ADD,
+    recursive: bool = UPDATE_RECURSIVE, device: str = opt.DEVICE,
+    batch_size: int = opt.BATCH_SIZE, as_json: bool = UPDATE_JSON,
+):
+    """Teach a bundle new good images with the PyTorch feature extractor and write a new bundle
+    (what `patchcore-rt update` does torch-free with the bundle's ONNX graph; same selection)."""
+    from runtime.bundle import read_bundle
+    from runtime.line.console import info, stage_progress
+    from runtime.line.info import describe_update
+    from runtime.line.selection import collect_inputs
+    from runtime.update import requirements, update_bundle
+
+    from .model import PatchCore
+
+    with known_errors():
+        images = collect_inputs(good, recursive)
+        parent = read_bundle(bundle)
+        requirements(parent)  # before loading the backbone: an old bundle is refused at once
+        model = PatchCore.load(bundle, device=device)
+        with stage_progress() as progress:
+            result = update_bundle(parent, images, model.embed_images, out, add=add, batch_size=batch_size,
+                                   tool="patchcore update",
+                                   embedder=f"torch {model.device} {model.config.backbone}", progress=progress)
+        info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
+        typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
 
 
 @app.command(epilog=EXIT_CODES_HELP)

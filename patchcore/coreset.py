@@ -19,16 +19,24 @@ import torch
 from .device import torch_device
 
 
+def projection_matrix(d: int, dim: int, seed: int) -> torch.Tensor:
+    """The (dim, d) float32 map of :func:`random_projection`: ``nn.Linear(d, dim)``'s
+    initialisation under ``seed``; the (d, d) identity when d <= dim. Bundles store it (the
+    runtime extends a bank in the same projection space without torch)."""
+    if d <= dim:
+        return torch.eye(d)
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(d)  # nn.Linear's kaiming-uniform(a=sqrt(5)) bound
+    return (torch.rand(dim, d, generator=g) * 2 - 1) * bound
+
+
 def random_projection(features: torch.Tensor, dim: int, seed: int, chunk: int = 65536) -> torch.Tensor:
     """Project (N, D) to (N, dim) with a linear map initialised like ``nn.Linear(D, dim)`` under
     ``seed``; identity when D <= dim."""
     n, d = features.shape
     if d <= dim:
         return features.float().contiguous()
-    g = torch.Generator().manual_seed(seed)
-    bound = 1.0 / math.sqrt(d)  # nn.Linear's kaiming-uniform(a=sqrt(5)) bound
-    w = (torch.rand(dim, d, generator=g) * 2 - 1) * bound
-    w = w.to(features.device)
+    w = projection_matrix(d, dim, seed).to(features.device)
     out = torch.empty(n, dim, device=features.device)
     for s in range(0, n, chunk):
         out[s : s + chunk] = features[s : s + chunk].float() @ w.T

@@ -19,14 +19,15 @@ import torch
 
 import runtime
 from runtime import bundle as bundle_io
+from runtime.coreset_update import project, selection_radius
 from runtime.fileio import sha256_file
 from runtime.images import read_image
-from runtime.postprocess import Prediction, finish
+from runtime.postprocess import Prediction, finish, quantile_threshold
 from runtime.preprocess import PreprocessSpec, preprocess_batch
 from runtime.search import PatchScorer
 
 from .backbones import create_trunk
-from .coreset import greedy_coreset
+from .coreset import greedy_coreset, projection_matrix
 from .device import torch_device
 from .features import PatchAggregator, PatchFeatureModel
 from .metrics import f1_max
@@ -175,13 +176,13 @@ class PatchCore:
         """Threshold = the ``threshold_quantile`` of held-out good images' scores; scale = its
         distance to their median (normalised score 0 at the median, 0.5 at the threshold)."""
         scores = self.predict_paths(paths).image_scores
-        q = float(np.quantile(scores, self.config.threshold_quantile))
-        self.threshold = q
-        self.scale = max(q - float(np.median(scores)), 1e-12)
+        self.threshold, self.scale = quantile_threshold(scores, self.config.threshold_quantile)
         self.fit_info["calibration"] = {
             "method": "holdout-quantile",
             "quantile": self.config.threshold_quantile,
             "n_images": len(paths),
+            # what a bank update recalibrates from (the held-out images themselves are not kept)
+            "calibration_scores": [float(s) for s in scores],
         }
 
     def calibrate_f1(self, labels: np.ndarray, scores: np.ndarray) -> None:
@@ -212,6 +213,12 @@ class PatchCore:
         return Prediction.concat(preds)
 
     # ------------------------------------------------------------------ save / load
+    def coreset_projection(self) -> np.ndarray:
+        """The (projection_dim, D) float32 map the coreset was selected in, as numpy (stored in
+        the bundle so that the runtime can extend the bank without torch)."""
+        cfg = self.config
+        return projection_matrix(self.bank.shape[1], cfg.projection_dim, cfg.seed).numpy()
+
     def manifest(self, name: str) -> dict:
         cfg = self.config
         weights = cfg.weights
@@ -248,6 +255,8 @@ class PatchCore:
                 "projection_dim": cfg.projection_dim,
                 "n_starts": cfg.n_starts,
                 "seed": cfg.seed,
+                "projection_file": bundle_io.PROJECTION_FILE,
+                "coverage_radius": selection_radius(project(self.bank, self.coreset_projection())),
             },
             "scoring": {"k": 1, "distance": "l2", "n_reweight": cfg.n_reweight, "blur_sigma": cfg.blur_sigma},
             "threshold": {"value": self.threshold, "scale": self.scale, **self.fit_info.get("calibration", {})},
@@ -275,13 +284,14 @@ class PatchCore:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         bundle_io.write_array(root, bundle_io.BANK_FILE, self.bank.astype(bank_dtype))
+        bundle_io.write_array(root, bundle_io.PROJECTION_FILE, self.coreset_projection())
         manifest = self.manifest(name or root.name)
         manifest["memory_bank"]["dtype"] = bank_dtype
         manifest["graphs"] = dict(graphs or {})
         extra = dict(extra or {})
         manifest["versions"].update(extra.pop("versions", {}))
         manifest.update(extra)
-        bundle_io.finalize_manifest(root, manifest, [bundle_io.BANK_FILE, *files])
+        bundle_io.finalize_manifest(root, manifest, [bundle_io.BANK_FILE, bundle_io.PROJECTION_FILE, *files])
         return root
 
     @classmethod

@@ -5,6 +5,9 @@ grid, scoring settings, threshold, versions) and the sha256 of every other file.
 the schema version and every checksum and names the field or file that is wrong. Arrays are
 read with ``allow_pickle=False``: nothing is ever unpickled from a bundle.
 
+A bundle written by ``update`` (see :mod:`runtime.update`) carries ``lineage``: one entry per
+update, oldest first (parent bundle id, the images added and their sha256, rows, calibration).
+
 The manifest also carries ``manifest_sha256`` (required), the digest of its own canonical JSON
 without that field, so a hand-edited manifest (a changed threshold, say) is refused like any
 other edited file; the bundle id is taken from it. Tools that change a manifest go through
@@ -17,6 +20,7 @@ Layout::
 
     manifest.json          schema, settings, checksums (written last, atomically)
     memory_bank.npy        (rows, dim) float32 or float16
+    coreset_projection.npy (proj_dim, dim) float32: the coreset's random projection (bank updates)
     features_fp32.onnx     graphs listed under "graphs" (ONNX external data beside them when > 2 GB)
     engines/*.plan         optional TensorRT engines listed under "engines" (built for one GPU)
     engines/cache/         engines built on the target by the runtime; not part of the bundle
@@ -39,12 +43,13 @@ from .manifest import (BANK_DTYPES, DIGEST_FIELD, FORMAT, SCHEMA_VERSION, Bundle
                        manifest_digest, parse_manifest, validate_manifest)
 from .preprocess import PreprocessSpec
 
-__all__ = ["BANK_DTYPES", "BANK_FILE", "DIGEST_FIELD", "ENGINE_DIR", "FORMAT", "MANIFEST", "SCHEMA_VERSION", "Bundle",
+__all__ = ["BANK_DTYPES", "BANK_FILE", "DIGEST_FIELD", "ENGINE_DIR", "FORMAT", "MANIFEST", "PROJECTION_FILE", "SCHEMA_VERSION", "Bundle",
            "BundleError", "BundleVersionError", "check_graph_metadata", "finalize_manifest", "find_bundles",
            "graph_metadata", "manifest_digest", "read_bundle", "validate_manifest", "write_array", "write_file"]
 
 MANIFEST = "manifest.json"
 BANK_FILE = "memory_bank.npy"
+PROJECTION_FILE = "coreset_projection.npy"
 ENGINE_DIR = "engines"
 MAX_HEADER_BYTES = 1 << 16  # an .npy header of a plain 2-D array is ~128 bytes
 MAX_MANIFEST_READ = (16 << 20) + 1  # one byte over the manifest limit, so parse_manifest can name it
@@ -103,27 +108,45 @@ class Bundle:
             raise BundleError(f"{self.root}: {rel} is not listed in {MANIFEST}")
         return self.root / rel
 
-    def memory_bank(self) -> np.ndarray:
-        """The bank, read header first: dtype, shape and file size must match the manifest before
-        any data is read, and every value must be finite."""
-        mb = self.manifest["memory_bank"]
-        path = self.path(mb["file"])
-        want = np.dtype(mb["dtype"]).newbyteorder("<")
+    def _array(self, rel: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A 2-D array file of the bundle, read header first: dtype, shape and file size must
+        match the manifest before any data is read, and every value must be finite."""
+        path = self.path(rel)
+        want = np.dtype(dtype).newbyteorder("<")
+        n = int(np.prod(shape))
         with open_regular(path, self.root) as f:
-            shape, offset = _npy_header(f, path, want)
-            if shape != (mb["rows"], mb["dim"]):
-                raise BundleError(f"{path}: array is {shape}, manifest says ({mb['rows']}, {mb['dim']})")
+            got, offset = _npy_header(f, path, want)
+            if got != shape:
+                raise BundleError(f"{path}: array is {got}, manifest says {shape}")
             size = os.fstat(f.fileno()).st_size
-            if size != offset + mb["rows"] * mb["dim"] * want.itemsize:
-                raise BundleError(f"{path}: {size} bytes, a {shape} {want.name} array needs "
-                                  f"{offset + mb['rows'] * mb['dim'] * want.itemsize}")
-            bank = np.fromfile(f, dtype=want, count=mb["rows"] * mb["dim"]).reshape(shape)
-        bad = ~np.isfinite(bank)
+            if size != offset + n * want.itemsize:
+                raise BundleError(f"{path}: {size} bytes, a {shape} {want.name} array needs {offset + n * want.itemsize}")
+            arr = np.fromfile(f, dtype=want, count=n).reshape(shape)
+        bad = ~np.isfinite(arr)
         if bad.any():
             rows = np.unique(np.nonzero(bad)[0])
             raise BundleError(f"{path}: {int(bad.sum())} non-finite value(s) (NaN or infinity) in row(s) "
                               f"{', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}")
-        return bank.astype(want.newbyteorder("="), copy=False)
+        return arr.astype(want.newbyteorder("="), copy=False)
+
+    def memory_bank(self) -> np.ndarray:
+        mb = self.manifest["memory_bank"]
+        return self._array(mb["file"], (mb["rows"], mb["dim"]), mb["dtype"])
+
+    def coreset_projection(self) -> np.ndarray | None:
+        """The (proj_dim, dim) float32 map the coreset was selected in (``projected = x @ W.T``);
+        None for bundles written before it was stored."""
+        mb = self.manifest["memory_bank"]
+        rel = mb.get("projection_file")
+        if rel is None:
+            return None
+        dim = mb["dim"]
+        return self._array(rel, (min(mb.get("projection_dim", dim), dim), dim), "float32")
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """The updates that led to this bundle, oldest first (empty for a fitted bundle)."""
+        return list(self.manifest.get("lineage", []))
 
     def graph(self, key: str) -> Path | None:
         g = self.manifest.get("graphs", {}).get(key)

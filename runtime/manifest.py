@@ -166,6 +166,24 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+def finite_list(v: Any) -> str | None:
+    return None if isinstance(v, list) and all(_is_number(x) for x in v) else "a list of finite numbers"
+
+
+def non_negative_number(v: Any) -> str | None:
+    return None if _is_number(v) and v >= 0 else "a finite number >= 0"
+
+
+# fields a manifest may carry (bank updates): checked when present
+OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "memory_bank.projection_file": non_empty_str,
+    "memory_bank.projection_dim": positive_int,
+    "memory_bank.coverage_radius": non_negative_number,
+    "threshold.calibration_scores": finite_list,
+    "lineage": array,
+}
+
+
 def _get(d: Mapping[str, Any], dotted: str) -> Any:
     cur: Any = d
     for part in dotted.split("."):
@@ -249,8 +267,17 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json",
         raise BundleError(f"{where}: field 'threshold.scale' must be > 0 when a threshold is set, "
                           f"got {_short(threshold['scale'])}")
     _check_files(manifest, where)
-    if bank["file"] not in manifest["files"]:
-        raise BundleError(f"{where}: 'memory_bank.file' {bank['file']} is not listed in 'files'")
+    for field in ("file", "projection_file"):  # projection_file: optional (bank updates need it)
+        if (field == "file" or field in bank) and bank[field] not in manifest["files"]:
+            raise BundleError(f"{where}: 'memory_bank.{field}' {_short(bank[field])} is not listed in 'files'")
+    for field, check in OPTIONAL_FIELDS.items():
+        try:
+            value = _get(manifest, field)
+        except KeyError:
+            continue
+        wanted = check(value)
+        if wanted:
+            raise BundleError(f"{where}: field '{field}' must be {wanted}, got {_short(value)}")
     _check_entries(manifest, "graphs", where)
     _check_entries(manifest, "engines", where)
 

@@ -55,6 +55,14 @@ def normalise_scores(scores: np.ndarray, threshold: float, scale: float) -> np.n
     return np.clip(0.5 + (np.asarray(scores, np.float64) - threshold) / (2.0 * scale), 0.0, 1.0)
 
 
+def quantile_threshold(good_scores, quantile: float) -> tuple[float, float]:
+    """Threshold and scale from good images' scores: the ``quantile`` of the scores, and its
+    distance to their median (normalised score 0 at the median, 0.5 at the threshold)."""
+    scores = np.asarray(good_scores, np.float64)
+    threshold = float(np.quantile(scores, quantile))
+    return threshold, max(threshold - float(np.median(scores)), 1e-12)
+
+
 @dataclass
 class Prediction:
     """What scoring a batch of images gives, in PyTorch (``patchcore``) and in the runtime alike."""

@@ -96,10 +96,22 @@ class Predictor:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
         return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search}
 
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 images -> the feature graph's input batch (the bundle's preprocessing)."""
+        return preprocess_batch(images, self.spec)
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 images -> (B, P, D) float32 patch embeddings from the bundle's feature graph
+        (what the memory bank holds; a bank update adds rows of these)."""
+        x = self.prepare(images)
+        if self.in_graph_search:
+            return self.engine.run_outputs(x)["embeddings"]
+        return self.engine.run(x)
+
     def predict(self, images: Sequence[np.ndarray]) -> Prediction:
         """RGB uint8 images -> scores, maps and verdicts."""
         t0 = time.perf_counter()
-        x = preprocess_batch(images, self.spec)
+        x = self.prepare(images)
         t1 = time.perf_counter()
         if self.in_graph_search:
             outs = self.engine.run_outputs(x)

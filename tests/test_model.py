@@ -122,7 +122,8 @@ def test_calibrate_holdout_sets_quantile(dataset):
     m.calibrate_holdout(hold)
     assert m.threshold == pytest.approx(float(np.quantile(scores, 0.9)), rel=1e-12)
     assert m.scale == pytest.approx(m.threshold - float(np.median(scores)), rel=1e-12)
-    assert m.fit_info["calibration"] == {"method": "holdout-quantile", "quantile": 0.9, "n_images": len(hold)}
+    assert m.fit_info["calibration"] == {"method": "holdout-quantile", "quantile": 0.9, "n_images": len(hold),
+                                         "calibration_scores": scores.tolist()}  # what a bank update builds on
     assert len(hold) == 5
     norm = m.predict_paths(hold).normalised
     np.testing.assert_allclose(np.median(norm), 0.0, atol=1e-9)  # median at 0, threshold at 0.5

@@ -81,7 +81,7 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     assert out["leaked"] == []
     assert out["attempts"] == []  # not even a guarded ``try: import torch``
     for needed in ("line.cli", "line.watch", "line.journal", "line.camera", "line.bench", "line.outputs",
-                   "predictor", "engines", "search", "errors"):
+                   "line.reload", "predictor", "engines", "search", "errors", "update", "coreset_update"):
         assert f"runtime.{needed}" in out["modules"]
 
 
@@ -89,15 +89,18 @@ def test_every_command_runs_without_torch(tmp_path, rt_bundle):
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
     rng = np.random.default_rng(0)
+    good_dir = tmp_path / "good"
+    good_dir.mkdir()
     for i in range(3):
         cv2.imwrite(str(img_dir / f"{i}.png"), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+        cv2.imwrite(str(good_dir / f"{i}.png"), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
     (img_dir / "broken.png").write_bytes(b"not a png")
     video = tmp_path / "v.avi"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 128))
     for i in range(3):
         w.write(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
     w.release()
-    b, d = str(rt_bundle), str(img_dir)
+    b, d, new = str(rt_bundle), str(img_dir), str(tmp_path / "updated")
     r = _child(f"""
         codes = {{
             "help": cli("--help"),
@@ -107,6 +110,8 @@ def test_every_command_runs_without_torch(tmp_path, rt_bundle):
             "watch": cli("watch", {d!r}, "--bundle", {b!r}, "--once", "--settle", "0", "--poll", "0.05"),
             "camera": cli("camera", {str(video)!r}, "--bundle", {b!r}, "--out", {str(tmp_path / "cam")!r}),
             "bench": cli("bench", {b!r}, "--batch-sizes", "1", "--repeat", "1", "--warmup", "0"),
+            "update": cli("update", {b!r}, "--good", {str(good_dir)!r}, "--out", {new!r}, "--device", "cpu"),
+            "info-updated": cli("info", {new!r}, "--json"),
         }}
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print(json.dumps({{"codes": codes, "leaked": leaked, "attempts": ATTEMPTS, "ort": "onnxruntime" in sys.modules}}))
@@ -119,6 +124,8 @@ def test_every_command_runs_without_torch(tmp_path, rt_bundle):
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"file"')]
     assert sum(rec["verdict"] == "error" for rec in records) == 2  # broken.png: once by predict, once by watch
     assert sum(rec["score"] is not None for rec in records) == 6
+    info = json.loads(next(line for line in r.stdout.splitlines() if line.startswith('{"path"')))
+    assert len(info["lineage"]) == 1 and len(info["lineage"][0]["images"]) == 3  # update ran, torch-free
 
 
 def test_pyproject_runtime_dependencies_exclude_torch():

@@ -13,7 +13,8 @@ Sources (anything ``cv2.VideoCapture`` opens): a device index (``0``), a video f
 One JSON record per scored frame (``source``, ``frame`` index, ``time`` of capture, ``pos_ms``
 for files, ``score``, ``normalised``, ``verdict``, ``latency_ms``, ``lag_ms`` from capture to
 result, ``dropped`` so far, ``bundle``). Frames judged anomalous are saved to the output folder
-as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them.
+as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them. A replaced bundle
+folder or SIGHUP switches bundles between batches (:mod:`runtime.line.reload`).
 """
 
 from __future__ import annotations
@@ -174,10 +175,11 @@ class CameraSummary:
 
 class CameraRunner:
     def __init__(self, predictor, options: CameraOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status=None, stop: threading.Event | None = None):
+                 status=None, stop: threading.Event | None = None, source=None):
         if predictor.threshold is None:
             raise UsageError("camera needs verdicts to save anomalous frames, but this bundle has no threshold")
         self.predictor = predictor
+        self.source = source  # a BundleSource: hot reload between batches (runtime.line.reload)
         self.opt = options
         self.emit = emit or (lambda r: None)
         self.status = status
@@ -241,6 +243,8 @@ class CameraRunner:
 
     def _score(self, frames: list[Frame], dropped: Callable[[], int]) -> None:
         items = [Item(f"{self.opt.source}#{f.index}", image=cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)) for f in frames]
+        if self.source is not None:
+            self.predictor = self.source.current()
         outcomes = score_items(self.predictor, items)
         p = self.predictor
         for f, o in zip(frames, outcomes):

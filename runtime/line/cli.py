@@ -1,11 +1,12 @@
-"""``patchcore-rt``: the torch-free runtime command line (predict, watch, camera, bench, info).
+"""``patchcore-rt``: the torch-free runtime command line (predict, watch, camera, bench, info,
+update).
 
 stdout carries results as JSON lines; stderr carries progress, the status line and errors. Exit
 codes are the table of :mod:`runtime.errors`, shared with ``patchcore`` and ``python -m export``.
 
 The command functions are thin: they parse options, call the library (:mod:`runtime.line.watch`,
 :mod:`runtime.line.camera`, :mod:`runtime.line.bench`, :mod:`runtime.line.info`,
-:mod:`runtime.line.records`) and print.
+:mod:`runtime.line.records`, :mod:`runtime.update`) and print.
 """
 
 from __future__ import annotations
@@ -29,19 +30,23 @@ from ..bundle import BundleError
 from ..errors import InputsFailed, OutputError, UsageError
 from ..images import ImageLimits
 from ..predictor import Predictor
+from ..update import update_bundle
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
-from .console import JsonLines, err, info, known_errors
-from .info import bundle_info, render
-from .options import EXIT_CODES_HELP, app as make_app, run, version_callback
+from .console import JsonLines, err, info, known_errors, stage_progress
+from .info import bundle_info, describe_update, render
+from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
+                      app as make_app, run, version_callback)
 from .outputs import encode_png, numbered, overlay_image, overlay_label, write_replace
 from .records import Item, record, score_items
+from .reload import BundleSource, reload_on_sighup
 from .selection import collect_inputs, resolve_bundle
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
 PROG = "patchcore-rt"
-app = make_app(PROG, "Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark.")
+app = make_app(PROG, "Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, "
+               "teach new good images.")
 
 # Old spellings that still work for one release (runtime.line.options.rewrite_deprecated).
 DEPRECATED = {
@@ -79,7 +84,8 @@ GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=version_callback(PROG, __version__),
                                        is_eager=True, help="Print the version and exit.")) -> None:
-    """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark."""
+    """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, teach new good
+    images."""
 
 
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
@@ -224,6 +230,9 @@ def watch(
     stdout. Files still being written (size/mtime changing, *.part, *.tmp, *.crdownload, dot-files)
     wait. A corrupt file gives an error record. SIGINT/SIGTERM finish the current batch and exit 0.
     Symbolic links are not followed (see --follow-links); OUT may lie inside FOLDER but not be it.
+    When the bundle folder is replaced (a symlink flipped, a folder renamed into place) or on
+    SIGHUP, the new bundle is checked and used from the next batch on (a bad one is refused with a
+    warning); each record names the bundle that scored it.
     """
     with known_errors():
         if not folder.is_dir():
@@ -231,16 +240,30 @@ def watch(
         opts = WatchOptions(folder, out if out is not None else folder / "_patchcore", existing, move, overlays,
                             batch, poll, settle, recursive, once, follow_links)
         limits = _limits(max_pixels)
-        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
         stop = threading.Event()
         status = StatusLine("files")
-        watcher = Watcher(p, opts, emit=JsonLines().emit, status=status, stop=stop, limits=limits)
+        source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move)
+        watcher = Watcher(source.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=source,
+                          limits=limits)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
-        with stop_on_signals(stop, status.log), status:
+        with stop_on_signals(stop, status.log), reload_on_sighup(source), status:
             summary = watcher.run()
         c = summary.counts
         info(f"stopped: {summary.scored} files scored in this run ({c['ok']} ok, {c['ng']} ng, {c['error']} error); "
-             f"{summary.already_recorded} were already recorded")
+             f"{summary.already_recorded} were already recorded{_reloads(source)}")
+
+
+def _bundle_source(bundle: Optional[str], device: Device, search: Search, threads: Optional[int], graph: str,
+                   status: StatusLine, require_threshold: bool) -> BundleSource:
+    """The bundle of a long-running command, reopened with the same settings when replaced."""
+    return BundleSource(resolve_bundle(bundle), lambda path: load_predictor(path, device, search, threads, graph),
+                        require_threshold=require_threshold, log=status.log)
+
+
+def _reloads(source: BundleSource) -> str:
+    if not source.reloads + source.refused:
+        return ""
+    return f"; bundle reloaded {source.reloads} time(s), {source.refused} refused"
 
 
 # ----------------------------------------------------------------------------------------- camera
@@ -264,18 +287,19 @@ def camera(
     Frames are scored at the rate the model sustains; anomalous frames are saved with overlays.
     Live sources (device index, URL) are read by a thread that keeps only the newest frame, so
     frames are dropped rather than falling behind (each record counts them in "dropped"). Video
-    files are read in order, every frame (or every --stride-th) unless --realtime.
+    files are read in order, every frame (or every --stride-th) unless --realtime. A replaced
+    bundle folder or SIGHUP switches bundles between batches, as for watch.
     """
     with known_errors():
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
-        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
         stop = threading.Event()
         status = StatusLine("frames")
-        runner = CameraRunner(p, opts, emit=JsonLines().emit, status=status, stop=stop)
-        with stop_on_signals(stop, status.log), status:
+        bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True)
+        runner = CameraRunner(bundles.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=bundles)
+        with stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
             summary = runner.run()
         info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
-             f"{len(summary.saved)} anomalous saved to {out}")
+             f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}")
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -337,6 +361,38 @@ def info_cmd(
         if not data["checksums_ok"]:
             bad = ", ".join(k for k, v in data["checksums"].items() if v != "ok")
             raise BundleError(f"{data['path']}: sha256 of {bad} does not match the manifest (file edited or corrupt)")
+
+
+# ----------------------------------------------------------------------------------------- update
+@app.command(epilog=EXIT_CODES_HELP)
+def update(
+    bundle: str = typer.Argument(..., help="Bundle folder (or name under ./models) to teach; it is not modified."),
+    good: List[Path] = UPDATE_GOOD,
+    out: Path = UPDATE_OUT,
+    add: Optional[int] = UPDATE_ADD,
+    recursive: bool = UPDATE_RECURSIVE,
+    batch: int = BatchOpt,
+    device: Device = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    as_json: bool = UPDATE_JSON,
+) -> None:
+    """Teach a bundle new good images (torch-free) and write the result as a new bundle.
+
+    The images are embedded with the bundle's own feature graph; the memory bank grows by the
+    new patches it does not yet cover (greedy coreset continued from the bank), the threshold is
+    recalibrated with each new image scored as if held out, and the new bundle records its parent
+    and what was added (see info). Point the bundle folder of a running watch or camera at the new
+    bundle (flip a symlink, or rename it into place) and it switches without a restart.
+    """
+    with known_errors():
+        images = collect_inputs(good, recursive)
+        p = load_predictor(resolve_bundle(bundle), device, Search.auto, threads)
+        with stage_progress() as progress:
+            result = update_bundle(p.bundle, images, p.embed, out, add=add, batch_size=batch,
+                                   tool="patchcore-rt update", embedder=f"{p.info()['engine']} {p.graph}",
+                                   progress=progress)
+        info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
+        typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
 
 
 def main(argv: list[str] | None = None) -> None:

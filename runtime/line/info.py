@@ -1,5 +1,5 @@
-"""``info``: what a bundle is, what it was built with, which devices it can use here, and
-whether its files still match their checksums. Never loads the model."""
+"""``info``: what a bundle is, what it was built with, its history of updates, which devices it
+can use here, and whether its files still match their checksums. Never loads the model."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "memory_bank": {"rows": bank["rows"], "dim": bank["dim"], "dtype": bank["dtype"],
                         "coreset_ratio": bank.get("coreset_ratio")},
         "scoring": m["scoring"],
-        "threshold": m["threshold"],
+        "threshold": {k: v for k, v in m["threshold"].items() if k != "calibration_scores"},
+        "lineage": b.lineage,
         "graphs": {k: v.get("file") for k, v in m.get("graphs", {}).items()},
         "versions": m.get("versions", {}),
         "checksums": sums,
@@ -69,6 +70,26 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "devices": devices(),
         "manifest": str(b.root / MANIFEST),
     }
+
+
+def _fmt(value) -> str:
+    return "none" if value is None else f"{value:.6g}"
+
+
+def describe_update(entry: dict[str, Any]) -> str:
+    """One line for one lineage entry (``info``'s history, and what ``update`` reports)."""
+    rows = entry.get("rows", {})
+    cal = entry.get("calibration", {})
+    before, after = cal.get("before", {}), cal.get("after", {})
+    thr = (f"threshold {_fmt(before.get('value'))} -> {_fmt(after.get('value'))}" if cal.get("recalibrated")
+           else f"threshold kept at {_fmt(after.get('value'))} ({after.get('method') or 'none'})")
+    line = (f"{entry.get('created', '?')} {entry.get('tool', 'update')}: +{entry.get('rows_added')} rows "
+            f"({rows.get('before')} -> {rows.get('after')}) from {len(entry.get('images', []))} images "
+            f"({entry.get('patches')} patches, {entry.get('covered')} already covered, stopped: "
+            f"{entry.get('stopped')}); {thr}; parent {entry.get('parent')}")
+    if entry.get("graphs_dropped"):
+        line += f"; dropped {', '.join(entry['graphs_dropped'])} (held the old bank: export again for them)"
+    return line
 
 
 def render(info: dict[str, Any]):
@@ -92,6 +113,8 @@ def render(info: dict[str, Any]):
         ("threshold", "none (no verdicts)" if thr.get("value") is None else
          f"{thr['value']:.6g} (scale {thr.get('scale') or 0:.6g}, {thr.get('method', '?')})"),
         ("graphs", ", ".join(f"{k}: {v}" for k, v in info["graphs"].items()) or "none (run export)"),
+        ("history", "fitted, never updated" if not info["lineage"] else
+         "\n".join(f"{i}. {describe_update(e)}" for i, e in enumerate(info["lineage"], 1))),
         ("built with", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
         ("checksums", "all ok" if info["checksums_ok"] else
          "; ".join(f"{k} {v}" for k, v in info["checksums"].items() if v != "ok")),

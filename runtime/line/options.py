@@ -38,6 +38,17 @@ Deprecations = Mapping[str, Mapping[str, str]]
 COMMANDS = "commands"
 
 
+# The options of ``update``, shared by ``patchcore-rt update`` (ONNX) and ``patchcore update`` (PyTorch).
+UPDATE_GOOD = typer.Option(..., "--good", help="Folder (or file) of new good images; repeatable.")
+UPDATE_OUT = typer.Option(..., "--out", "-o", help="The new bundle's folder (must not exist; the original is never "
+                          "modified).")
+UPDATE_ADD = typer.Option(None, "--add", min=0, help="Add at most this many bank rows (default: the bundle's coreset "
+                          "ratio applied to the new patches); fewer when the bank already covers them.")
+UPDATE_RECURSIVE = typer.Option(False, "--recursive", "-r", help="Also take images in sub-folders of --good folders.")
+UPDATE_JSON = typer.Option(False, "--json", help="Print the update's summary as one JSON object (default: the new "
+                           "bundle's folder).")
+
+
 def app(name: str, help: str) -> typer.Typer:
     """A root Typer app with the shared conventions (``-h``, exit codes in the epilog)."""
     return typer.Typer(name=name, help=help, epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=False,

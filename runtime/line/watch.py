@@ -30,6 +30,8 @@ Rules (the things that lose or duplicate data when done loosely):
 * **Outputs that cannot be written** (read-only or full disk) stop the watcher with one line
   and exit code 9, the journal cut back to the last complete batch; a move that fails is
   warned about once and retried with a growing delay.
+* A new bundle (``source``, see :mod:`runtime.line.reload`) is taken between batches, never
+  within one: every record names the bundle that scored it.
 """
 
 from __future__ import annotations
@@ -239,7 +241,7 @@ class _Retry:
 
 class Watcher:
     def __init__(self, predictor, options: WatchOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status: WatchStatus | None = None, stop: threading.Event | None = None,
+                 status: WatchStatus | None = None, stop: threading.Event | None = None, source=None,
                  limits: ImageLimits = DEFAULT_LIMITS):
         folder = options.folder
         if not folder.is_dir():
@@ -247,6 +249,7 @@ class Watcher:
         if options.move and predictor.threshold is None:
             raise UsageError("--move needs verdicts, but this bundle has no threshold (calibrate it first)")
         self.predictor = predictor
+        self.source = source  # a BundleSource: hot reload between batches
         self.opt = options
         self.limits = limits
         self.emit = emit or (lambda r: None)
@@ -283,6 +286,7 @@ class Watcher:
             if not opt.existing:
                 ignored = {self._key(rel, e) for rel, e in self._scan().items()}
             while not self.stop.is_set():
+                self._take_current_bundle()
                 entries = self._scan()
                 ready = set(self.settler.update({rel: e.sig for rel, e in entries.items()}))
                 todo: list[Key] = []
@@ -316,6 +320,10 @@ class Watcher:
     def _key(rel: str, e: Entry) -> Key:
         return Key(rel, e.size, e.mtime_ns, e.inode, e.ctime_ns)
 
+    def _take_current_bundle(self) -> None:
+        if self.source is not None:
+            self.predictor = self.source.current()
+
     def _scan(self) -> dict[str, Entry]:
         return scan(self.opt.folder, Path(self.out_real), self.opt.recursive, self.opt.follow_links)
 
@@ -344,6 +352,7 @@ class Watcher:
         items = [it for it in (self._read(k, entries[k.rel]) for k in keys) if it is not None]
         if not items:
             return []
+        self._take_current_bundle()
         outcomes = score_items(self.predictor, items, self.limits)
         bundle_id = self.predictor.bundle.bundle_id
         reserved: set[Path] = set()
