@@ -31,6 +31,7 @@ import numpy as np
 
 from . import errors
 from .fileio import atomic_write, sha256_file
+from .geometry import TileLayout
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -128,9 +129,10 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> Non
     if manifest["format"] != FORMAT:
         raise BundleError(f"{where}: field 'format' is {manifest['format']!r}, expected {FORMAT!r}")
     try:
-        PreprocessSpec.from_dict(manifest["preprocess"])
+        spec = PreprocessSpec.from_dict(manifest["preprocess"])
     except (TypeError, ValueError) as e:
         raise BundleError(f"{where}: field 'preprocess' is invalid: {e}") from None
+    _check_geometry(spec, manifest["features"], where)
     if manifest["memory_bank"]["dtype"] not in BANK_DTYPES:
         raise BundleError(
             f"{where}: field 'memory_bank.dtype' is {manifest['memory_bank']['dtype']!r}; expected one of {BANK_DTYPES}"
@@ -142,6 +144,23 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST) -> Non
         raise BundleError(f"{where}: 'memory_bank.file' {manifest['memory_bank']['file']} is not listed in 'files'")
     _check_entries(manifest, "graphs", where)
     _check_entries(manifest, "engines", where)
+
+
+def _check_geometry(spec: PreprocessSpec, features: Mapping[str, Any], where: str) -> None:
+    """The network input the preprocessing makes is the graph's input, and its tiles fall on the
+    patch grid (so maps can be stitched)."""
+    if spec.input_hw is None:
+        raise BundleError(f"{where}: field 'preprocess' has no fixed network input (crop 0 without size)")
+    if list(spec.input_hw) != list(features["input_size"]):
+        raise BundleError(f"{where}: field 'features.input_size' is {features['input_size']}, but the preprocessing "
+                          f"makes {list(spec.input_hw)} inputs")
+    grid = features["grid"]
+    if len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
+        raise BundleError(f"{where}: field 'features.grid' must be two positive integers, got {grid}")
+    try:
+        TileLayout.for_spec(spec, grid)
+    except ValueError as e:
+        raise BundleError(f"{where}: the preprocessing's tiles do not fit the patch grid: {e}") from None
 
 
 # Keys of the identity every exported graph carries in its ONNX metadata_props (JSON values):
