@@ -284,7 +284,7 @@ def bench(
         encoded = bench_mod.load_images(images) if images is not None else None
         p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
         if encoded is None:
-            encoded = bench_mod.synthetic_images(tuple(p.input_size))
+            encoded = bench_mod.synthetic_images(tuple(p.spec.canvas_hw))
         report = bench_mod.run_bench(p, encoded, sizes, repeat, warmup,
                                      progress=lambda b: err.print(f"batch {b} ...", end="\r") if err.is_terminal else None)
         err.print(bench_mod.table(report))

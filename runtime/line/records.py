@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..geometry import Plan, peak_on_original
 from ..images import ImageReadError, decode_image, read_image
 from ..preprocess import PreprocessError
 
@@ -39,8 +40,9 @@ class Outcome:
     normalised: float | None = None
     verdict: str | None = None  # "ok", "ng", "error"; None when the bundle has no threshold
     latency_ms: float = 0.0
-    map: np.ndarray | None = None  # (H, W) anomaly map at the network input size
+    map: np.ndarray | None = None  # (H, W) anomaly map on the bundle's canvas (see plan)
     error: str | None = None
+    plan: Plan | None = None  # the image's geometry: canvas -> original image pixels
 
 
 def now_iso() -> str:
@@ -71,9 +73,21 @@ def _outcomes(items: Sequence[Item], res, seconds: float) -> list[Outcome]:
         out.append(Outcome(
             it, float(res.image_scores[i]),
             None if res.normalised is None else float(res.normalised[i]),
-            verdict, 1000.0 * (it.decode_s + seconds), res.maps[i],
+            verdict, 1000.0 * (it.decode_s + seconds), res.maps[i], plan=None if res.plans is None else res.plans[i],
         ))
     return out
+
+
+def location(outcome: Outcome) -> dict[str, Any] | None:
+    """Where the outcome's evidence lies, in the original image's pixels ("coords": "original";
+    x to the right, y down, from the top-left corner): the image size [w, h], the part the
+    network saw ("roi", [x0, y0, x1, y1]: all of it unless a center crop cut the rest) and the
+    anomaly map's maximum ("peak", [x, y])."""
+    p = outcome.plan
+    if p is None or outcome.map is None:
+        return None
+    return {"coords": "original", "image_size": [p.image_hw[1], p.image_hw[0]],
+            "roi": [round(v, 1) for v in p.roi()], "peak": [round(v, 1) for v in peak_on_original(outcome.map, p)]}
 
 
 def score_items(predictor, items: Sequence[Item]) -> list[Outcome]:
@@ -114,7 +128,8 @@ def score_items(predictor, items: Sequence[Item]) -> list[Outcome]:
 
 def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
     """The JSON record of one outcome. Fields: file, score, normalised, verdict, latency_ms,
-    bundle, time (+ error for inputs that could not be scored, + anything in ``extra``)."""
+    bundle, time, location (see :func:`location`; + error for inputs that could not be scored,
+    + anything in ``extra``)."""
     r: dict[str, Any] = {"file": outcome.item.name}
     r.update(outcome.item.extra)
     r.update({
@@ -125,6 +140,9 @@ def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
         "bundle": bundle_id,
         "time": now_iso(),
     })
+    where = location(outcome)
+    if where is not None:
+        r["location"] = where
     if outcome.error:
         r["error"] = outcome.error
     r.update(extra)
