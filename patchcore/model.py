@@ -88,11 +88,6 @@ class PatchCoreConfig:
                 "crop": self.crop}
 
 
-def _needs(cfg: PatchCoreConfig) -> dict:
-    o = cfg.geometry_options()
-    return {k: o[k] for k in ("geometry", "tile", "resize", "crop", "input_size")}
-
-
 def _jsonable(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -112,7 +107,8 @@ class PatchCore:
         self.preprocess: PreprocessSpec | None = None
         self.grid: tuple[int, int] | None = None
         self.layout: TileLayout | None = None
-        if preprocess is None and not input_geometry.needs_images(**_needs(config)):
+        if preprocess is None and not input_geometry.needs_images(config.geometry, config.tile, config.resize,
+                                                                  config.crop, config.input_size):
             preprocess = self.resolve_geometry()
         if preprocess is not None:
             self.set_preprocess(preprocess)
