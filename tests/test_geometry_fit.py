@@ -157,3 +157,30 @@ def test_parity_of_a_tiled_bundle_with_and_without_in_graph_search(large, tmp_pa
     assert m["preprocess"]["tile"] == [256, 256] and m["features"]["input_size"] == [256, 256]
     rep = _check_parity(model, bundle, ds.root, ["features_fp32", "scores_fp32"])
     assert {r.graph for r in rep.results} == {"features_fp32", "scores_fp32"}
+
+
+# ------------------------------------------------------------------------------- mixed sizes
+@pytest.mark.parametrize("options", [
+    dict(geometry="paper", resize=72, crop=64), dict(geometry="auto"), dict(geometry="crop", input_size=(64, 96)),
+    dict(geometry="resize", input_size=(64, 96)), dict(geometry="pad", input_size=(64, 96)),
+    dict(tile=(64, 64), tile_overlap=32, tile_scale=0.5),
+])
+def test_training_sets_of_mixed_sizes_fit_in_every_mode(tmp_path, options):
+    """Crops of varying size and aspect fit one bank; images of yet other sizes are scored, and
+    their maps come back at their own size."""
+    rng = np.random.default_rng(0)
+    from patchcore.synthetic import load_texture
+
+    tex = load_texture("gravel")
+    paths = []
+    for i, (h, w) in enumerate([(90, 140), (120, 120), (150, 100), (80, 200), (130, 170)]):
+        y, x = rng.integers(0, 512 - h), rng.integers(0, 512 - w)
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), tex[y : y + h, x : x + w, ::-1])
+    cfg = PatchCoreConfig(backbone="effnet-lite0", device="cpu", holdout=0, coreset_ratio=0.2, target_dim=64, **options)
+    model = PatchCore(cfg).fit(paths)
+    assert model.bank.shape[1] == 64 and model.fit_info["n_patches"] == 5 * model.layout.n_tiles * model.layout.patches_per_tile
+    others = [np.ascontiguousarray(tex[:100, :60]), np.ascontiguousarray(tex[:70, :300])]
+    pred = model.predict(others)
+    assert pred.maps.shape == (2, *model.preprocess.canvas_hw) and np.isfinite(pred.image_scores).all()
+    assert pred.map_on_original(1).shape == (70, 300)
