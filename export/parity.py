@@ -274,7 +274,8 @@ class TargetComparison:
         if pred.in_graph_search:
             outs = pred.engine.run_outputs(x_rt)
             self.acc["features"].add(emb_ref, outs["embeddings"])
-            self.acc["in_graph_distance"].add(ref.patch_scores.reshape(len(images), -1), outs["nn_distance"])
+            stitched = pred.layout.stitch(outs["nn_distance"].reshape(len(images), -1))  # tiles onto the canvas grid
+            self.acc["in_graph_distance"].add(ref.patch_scores, stitched)
         else:
             self.acc["features"].add(emb_ref, pred.engine.run(x_rt))
         self.acc["patch"].add(ref.patch_scores, out.patch_scores)

@@ -8,6 +8,7 @@ prints, and scripts can call the same steps.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -75,7 +76,7 @@ def fit_settings(cfg: PatchCoreConfig, data_root: Path, train: list[Path], calib
     if cfg.weights not in ("default", "random") and not Path(cfg.weights).is_file():
         raise WeightsUnavailableError(f"weights file not found: {cfg.weights} (use default, random or a file path)")
     s = {k: v for k, v in asdict(cfg).items() if k not in ("device", "search_backend", "batch_size")}
-    s["layers"] = list(s["layers"]) if s["layers"] else None
+    s = json.loads(json.dumps(s))  # tuples as lists, as a manifest gives them back
     if cfg.weights not in ("default", "random"):
         s["weights"] = str(Path(cfg.weights).resolve())
         s["weights_sha256"] = sha256_file(Path(cfg.weights))

@@ -43,15 +43,17 @@ def fit(
     layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
     device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
+    geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
+    tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `patchcore export` adds it)."""
     from .data import load_class
     from .model import PatchCore
 
     with known_errors():
-        ds = load_class(data)
         cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                             batch_size, target_dim)
+                             batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale)
+        ds = load_class(data)
         dest = out or Path("models") / f"{ds.name}-{backbone}"
         PatchCore(cfg).fit(ds.train).save(dest)
         typer.echo(str(dest))
@@ -66,7 +68,11 @@ def eval_(
     seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT, holdout: float = opt.HOLDOUT,
     resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP, device: str = opt.DEVICE,
     batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
+    geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
+    tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
+    original_resolution: bool = typer.Option(False, "--original-resolution", help="also compute pixel AUROC and PRO "
+                                             "with the maps taken back onto the original images and masks"),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="evaluate this saved bundle instead of fitting"),
 ):
     """Fit and evaluate each class x backbone; write metrics, per-image scores, overlays and the
@@ -76,24 +82,27 @@ def eval_(
     from .report import load_rows, write_summary
 
     with known_errors():
+        configs = [opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
+                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale)
+                   for bb in backbone]  # bad options fail before any data is read
         for d in data:
             if not Path(d).is_dir():
                 raise DatasetError(f"{d}: dataset folder not found")
         if bundle is not None:
             for d in data:
-                typer.echo(_row_line(evaluate_bundle(bundle, d, out, device=device)))
+                typer.echo(_row_line(evaluate_bundle(bundle, d, out, device=device, original=original_resolution)))
         else:
             for d in data:
-                for bb in backbone:
-                    cfg = opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop,
-                                         device, batch_size, target_dim)
-                    typer.echo(_row_line(fit_and_evaluate(d, cfg, out, n_overlays=overlays)))
+                for cfg in configs:
+                    typer.echo(_row_line(fit_and_evaluate(d, cfg, out, n_overlays=overlays,
+                                                          original=original_resolution)))
         md, csv = write_summary(out, load_rows(out))
         typer.echo(f"summary: {md} {csv}", err=True)
 
 
 def _row_line(row: dict) -> str:
-    keep = ("class", "backbone", "image_auroc", "pixel_auroc", "pro", "f1_max", "fit_seconds", "ms_per_image")
+    keep = ("class", "backbone", "geometry", "image_auroc", "pixel_auroc", "pro", "pixel_auroc_original",
+            "pro_original", "f1_max", "bank_rows", "fit_seconds", "ms_per_image")
     return json.dumps({k: row[k] for k in keep if k in row})
 
 
@@ -156,6 +165,10 @@ def synth(
     dest: Path = typer.Option(Path("datasets/synthetic"), "--dest"),
     texture: str = typer.Option("brick", "--texture", help="brick | grass | gravel"),
     n_train: int = typer.Option(40, "--n-train"),
+    layout: str = typer.Option("square", "--layout", help="square (256 px) | tall (1:2.5 parts, defects near the "
+                               "ends) | large (high resolution, defects a few pixels wide)"),
+    size: Optional[int] = typer.Option(None, "--size", help="image side (tall: width) in pixels (default 256; "
+                                       "tall 128; large 1024)"),
     seed: int = opt.SEED,
 ):
     """Write the embedded default dataset (real texture photos shipped with scikit-image, with
@@ -163,4 +176,5 @@ def synth(
     from .synthetic import make_synthetic_class
 
     with known_errors():
-        typer.echo(str(make_synthetic_class(dest, texture, n_train=n_train, seed=seed)))
+        side = size or {"tall": 128, "large": 1024}.get(layout, 256)
+        typer.echo(str(make_synthetic_class(dest, texture, n_train=n_train, size=side, seed=seed, layout=layout)))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.images import read_image
-from runtime.preprocess import preprocess_mask, resize_and_crop
+from runtime.preprocess import preprocess_mask
 
 from .data import ClassDataset, load_class, load_mask
 from .metrics import evaluate
@@ -18,14 +18,28 @@ from .report import overlay_image, write_overlays, write_run_metrics
 
 
 def score_dataset(model: PatchCore, ds: ClassDataset):
-    """Test-set predictions and ground truth at the network input geometry."""
+    """Test-set predictions and ground truth at the network input geometry: the masks go through
+    the images' own geometry plans (crop, resize, letterbox) onto the canvas of the maps."""
     paths = [s.path for s in ds.test]
     pred = model.predict_paths(paths, desc=f"{ds.name} test")
     labels = np.array([s.label for s in ds.test])
     masks = None
     if not ds.image_level_only:
-        masks = np.stack([preprocess_mask(load_mask(s, read_image(s.path).shape), model.preprocess) for s in ds.test])
+        masks = np.stack([preprocess_mask(load_mask(s, p.image_hw), model.preprocess) for s, p in zip(ds.test, pred.plans)])
     return pred, labels, masks
+
+
+def original_resolution_metrics(ds: ClassDataset, pred) -> dict:
+    """Pixel AUROC and PRO with each map taken back onto its original image (crop, resize,
+    padding, tiles undone; pixels a center crop never showed score 0) against the original masks."""
+    if ds.image_level_only:
+        return {}
+    masks = [load_mask(s, p.image_hw) for s, p in zip(ds.test, pred.plans)]
+    if not any(m.any() for m in masks):
+        return {}
+    maps = [pred.map_on_original(i) for i in range(len(ds.test))]
+    m = evaluate(np.array([s.label for s in ds.test]), pred.image_scores, masks, maps)
+    return {"pixel_auroc_original": m.pixel_auroc, "pro_original": m.pro}
 
 
 def write_scores(path: Path, ds: ClassDataset, pred) -> None:
@@ -48,16 +62,19 @@ def _overlays(model: PatchCore, ds: ClassDataset, pred, masks, n: int, threshold
     vmin, vmax = float(np.min(pred.maps)), float(np.max(pred.maps))
     for i in order:
         s = ds.test[i]
-        img = resize_and_crop(read_image(s.path), model.preprocess)
-        gt = masks[i] if masks is not None else None
-        panel = overlay_image(img, pred.maps[i], gt, threshold, vmin, vmax)
+        img = read_image(s.path)  # panels on the original image: the map is taken back onto it
+        plan = pred.plans[i]
+        gt = load_mask(s, img.shape) if masks is not None else None
+        roi = None if plan.covers_whole_image() else plan.roi()
+        panel = overlay_image(img, pred.map_on_original(i, fill=vmin), gt, threshold, vmin, vmax, roi=roi)
         yield f"{s.defect_type}_{s.path.stem}", panel
 
 
 def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | Path, n_overlays: int = 12,
-                     bundle_dir: str | Path | None = None) -> dict:
+                     bundle_dir: str | Path | None = None, original: bool = False) -> dict:
     """Fit on ``data``'s train/good, score its test set, write metrics.json, scores.jsonl and
-    overlays under ``out_dir/<class>/<backbone>/``; return the summary row."""
+    overlays under ``out_dir/<class>/<backbone>/``; return the summary row. ``original`` adds
+    pixel metrics at the original resolution."""
     ds = load_class(data)
     t0 = time.perf_counter()
     model = PatchCore(config).fit(ds.train)
@@ -72,6 +89,7 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
         "coreset": config.coreset_ratio,
         "weights": config.weights,
         "layers": ",".join(l.name for l in model.layers),
+        "geometry": model.fit_info["geometry"]["picked"],
         "bank_rows": int(model.bank.shape[0]),
         "n_train": model.fit_info.get("n_train"),
         "n_test": len(ds.test),
@@ -81,6 +99,7 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
         "eval_seconds": round(t2 - t1, 2),
         "ms_per_image": round(1000 * (t2 - t1) / max(1, len(ds.test)), 1),
         "threshold": model.threshold,
+        **(original_resolution_metrics(ds, pred) if original else {}),
     }
     write_run_metrics(out_dir, ds.name, config.backbone, metrics.to_dict(), extra)
     write_scores(run_dir / "scores.jsonl", ds, pred)
@@ -93,17 +112,19 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
     return row
 
 
-def evaluate_bundle(bundle: str | Path, data: str | Path, out_dir: str | Path | None = None, device: str = "auto") -> dict:
+def evaluate_bundle(bundle: str | Path, data: str | Path, out_dir: str | Path | None = None, device: str = "auto",
+                    original: bool = False) -> dict:
     """Score ``data``'s test set with a saved bundle in PyTorch (the reference the runtime is
     compared with); writes scores.jsonl and metrics.json when ``out_dir`` is given."""
     model = PatchCore.load(bundle, device=device)
     ds = load_class(data)
     pred, labels, masks = score_dataset(model, ds)
     metrics = evaluate(labels, pred.image_scores, masks, pred.maps)
+    extra = original_resolution_metrics(ds, pred) if original else {}
     if out_dir is not None:
         run_dir = Path(out_dir) / ds.name / model.config.backbone
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_metrics(out_dir, ds.name, model.config.backbone, metrics.to_dict(),
-                          {"family": model.spec.family, "bundle": str(bundle)})
+                          {"family": model.spec.family, "bundle": str(bundle), **extra})
         write_scores(run_dir / "scores.jsonl", ds, pred)
-    return {"class": ds.name, "backbone": model.config.backbone, **metrics.to_dict()}
+    return {"class": ds.name, "backbone": model.config.backbone, **metrics.to_dict(), **extra}

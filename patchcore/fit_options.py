@@ -17,21 +17,35 @@ LAYERS = typer.Option(None, "--layers", help="comma-separated feature layers (de
 SEED = typer.Option(0, "--seed", help="seed of the coreset, the hold-out split and random weights")
 N_REWEIGHT = typer.Option(3, "--n-reweight", min=0, help="eq. 7 reweighting neighbours (0 = off)")
 HOLDOUT = typer.Option(0.1, "--holdout", help="fraction of good training images kept for the threshold")
-RESIZE = typer.Option(None, "--resize", help="override the backbone's resize (shorter side)")
-CROP = typer.Option(None, "--crop", help="override the backbone's center crop")
+RESIZE = typer.Option(None, "--resize", help="override the paper recipe's resize (shorter side; implies --geometry "
+                      "paper unless crop is given)")
+CROP = typer.Option(None, "--crop", help="override the paper recipe's center crop (implies --geometry paper)")
+GEOMETRY = typer.Option(None, "--geometry", help="how images become the network input: auto (default: H x W from the "
+                        "training images' aspect, whole image), paper (resize 256, center crop 224), crop, resize, pad "
+                        "(letterbox); with --tile: resize")
+INPUT_SIZE = typer.Option(None, "--input-size", help="network input HEIGHTxWIDTH for crop, resize and pad (e.g. "
+                          "352x144); with --tile, the canvas that is tiled")
+TILE = typer.Option(None, "--tile", help="tile the canvas: tile HEIGHTxWIDTH (or one number) in network pixels, each "
+                    "tile a network input")
+TILE_OVERLAP = typer.Option(0, "--tile-overlap", min=0, help="pixels neighbouring tiles share")
+TILE_SCALE = typer.Option(None, "--tile-scale", help="with --tile and no --input-size: the canvas is the training "
+                          "images' size times this (default 1: native resolution)")
 DEVICE = typer.Option("auto", "--device", help="torch device for fitting: auto | cpu | cuda")
-BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="images per forward pass")
+BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="network inputs (images, or tiles) per forward pass")
 TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024; "
                           "smaller banks search faster, see BENCHMARKS.md)")
 
 
 def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int, n_reweight: int,
                holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int,
-               target_dim: int):
-    """The :class:`~patchcore.model.PatchCoreConfig` of the options above."""
+               target_dim: int, geometry: Optional[str] = None, input_size: Optional[str] = None,
+               tile: Optional[str] = None, tile_overlap: int = 0, tile_scale: Optional[float] = None):
+    """The :class:`~patchcore.model.PatchCoreConfig` of the options above (a ValueError, exit 2,
+    names an impossible combination of geometry options)."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
 
     return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights,
                            layers=tuple(layers.split(",")) if layers else None, seed=seed, n_reweight=n_reweight,
                            holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size,
-                           target_dim=target_dim)
+                           target_dim=target_dim, geometry=geometry, input_size=input_size, tile=tile,
+                           tile_overlap=tile_overlap, tile_scale=tile_scale)

@@ -56,19 +56,31 @@ def image_auroc(labels, image_scores) -> float:
     return auroc(labels, image_scores)
 
 
-def _check_maps(masks, maps, name: str) -> tuple[np.ndarray, np.ndarray]:
-    masks, maps = np.asarray(masks), np.asarray(maps)
-    if masks.ndim == 2:
-        masks, maps = masks[None], maps[None]
-    if masks.ndim != 3 or masks.shape != maps.shape:
-        raise ValueError(f"{name}: masks and maps must both be (N, H, W), got {masks.shape} and {maps.shape}")
-    return masks.astype(bool), maps
+def _check_maps(masks, maps, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(N, H, W) arrays, or sequences of per-image (H_i, W_i) arrays (images of different sizes,
+    e.g. at their original resolution) -> lists of 2D bool masks and maps, image by image."""
+    if isinstance(masks, np.ndarray) or isinstance(maps, np.ndarray):
+        masks, maps = np.asarray(masks), np.asarray(maps)
+        if masks.ndim == 2:
+            masks, maps = masks[None], maps[None]
+        if masks.ndim != 3 or masks.shape != maps.shape:
+            raise ValueError(f"{name}: masks and maps must both be (N, H, W), got {masks.shape} and {maps.shape}")
+    masks, maps = [np.asarray(m).astype(bool) for m in masks], [np.asarray(a) for a in maps]
+    if len(masks) != len(maps) or any(m.ndim != 2 or m.shape != a.shape for m, a in zip(masks, maps)):
+        raise ValueError(f"{name}: need one (H, W) map per (H, W) mask, got {len(masks)} masks and {len(maps)} maps "
+                         "of different shapes")
+    return masks, maps
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0].ravel() if len(arrays) == 1 else np.concatenate([a.ravel() for a in arrays])
 
 
 def pixel_auroc(masks, maps) -> float:
-    """AUROC over all pixels of all images: (N, H, W) bool masks vs (N, H, W) anomaly maps."""
+    """AUROC over all pixels of all images: (N, H, W) bool masks vs (N, H, W) anomaly maps (or
+    per-image lists when sizes differ)."""
     masks, maps = _check_maps(masks, maps, "pixel_auroc")
-    return auroc(masks, maps)
+    return auroc(_flat(masks), _flat(maps))
 
 
 def pro_score(masks, maps, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
@@ -88,7 +100,7 @@ def pro_score(masks, maps, fpr_limit: float = 0.3, num_thresholds: int | None = 
     masks, maps = _check_maps(masks, maps, "pro_score")
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"pro_score: fpr_limit must be in (0, 1], got {fpr_limit}")
-    weights = np.zeros(masks.shape, np.float64)
+    weights = [np.zeros(m.shape, np.float64) for m in masks]
     n_regions = 0
     for i, m in enumerate(masks):
         n, lab = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
@@ -97,11 +109,11 @@ def pro_score(masks, maps, fpr_limit: float = 0.3, num_thresholds: int | None = 
             sizes[0] = np.inf  # background gets weight 0
             weights[i] = 1.0 / sizes[lab]
             n_regions += n - 1
-    n_neg = int((~masks).sum())
+    n_neg = int(sum((~m).sum() for m in masks))
     if n_regions == 0 or n_neg == 0:
         raise ValueError("pro_score: needs at least one defect region and one defect-free pixel")
-    y, s = _check(masks, maps, "pro_score")
-    w = weights.ravel() / n_regions
+    y, s = _check(_flat(masks), _flat(maps), "pro_score")
+    w = _flat(weights) / n_regions
 
     if num_thresholds is None:
         pro, fp, _ = _sweep(y, s, w)
@@ -151,10 +163,11 @@ class EvalMetrics:
 
 
 def evaluate(labels, image_scores, masks=None, maps=None) -> EvalMetrics:
-    """All metrics for one class. ``masks``/``maps`` are (N, H, W) aligned with ``labels``."""
+    """All metrics for one class. ``masks``/``maps`` are (N, H, W) aligned with ``labels`` (or
+    per-image lists of (H_i, W_i) arrays)."""
     f1, thr = f1_max(labels, image_scores)
     pix = pro = None
-    if masks is not None and np.asarray(masks).any():
+    if masks is not None and any(np.asarray(m).any() for m in masks):
         if maps is None:
             raise ValueError("evaluate: masks given without anomaly maps")
         pix, pro = pixel_auroc(masks, maps), pro_score(masks, maps)

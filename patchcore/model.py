@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,11 +21,13 @@ import runtime
 from runtime import bundle as bundle_io
 from runtime.coreset_update import project, selection_radius
 from runtime.fileio import sha256_file
+from runtime.geometry import TileLayout
 from runtime.images import read_image
 from runtime.postprocess import Prediction, finish, quantile_threshold
-from runtime.preprocess import PreprocessSpec, preprocess_batch
+from runtime.preprocess import PreprocessSpec, prepare, stack_inputs
 from runtime.search import PatchScorer
 
+from . import input_geometry
 from .backbones import create_trunk
 from .coreset import greedy_coreset, projection_matrix
 from .device import torch_device
@@ -47,11 +49,16 @@ class PatchCoreConfig:
     n_starts: int = 10
     n_reweight: int = 3
     blur_sigma: float = 4.0
-    batch_size: int = 8
+    batch_size: int = 8  # network inputs per forward pass (an image, or one tile)
     holdout: float = 0.1  # fraction of good training images held out to calibrate the threshold
     threshold_quantile: float = 0.99
-    resize: int | None = None  # override the backbone's preprocessing sizes
+    resize: int | None = None  # override the paper recipe's sizes (implies geometry "paper")
     crop: int | None = None
+    geometry: str | None = None  # paper | auto | crop | resize | pad (patchcore.input_geometry); None: default
+    input_size: tuple[int, int] | None = None  # crop, resize, pad: the canvas (h, w)
+    tile: tuple[int, int] | None = None  # tiling: tile (h, w), the network input
+    tile_overlap: int = 0  # pixels shared by neighbouring tiles
+    tile_scale: float | None = None  # tiling without input_size: canvas = median training size x this (1)
     device: str = "auto"
     search_backend: str = "auto"
 
@@ -71,35 +78,74 @@ class PatchCoreConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.input_size = input_geometry.parse_size(self.input_size)
+        self.tile = input_geometry.parse_size(self.tile, "--tile")
+        input_geometry.check_options(self.geometry, self.input_size, self.tile, self.tile_overlap, self.tile_scale,
+                                     self.resize, self.crop)
+
+    def geometry_options(self) -> dict:
+        return {"geometry": self.geometry, "input_size": self.input_size, "tile": self.tile,
+                "tile_overlap": self.tile_overlap, "tile_scale": self.tile_scale, "resize": self.resize,
+                "crop": self.crop}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 class PatchCore:
-    def __init__(self, config: PatchCoreConfig):
+    """``preprocess``: the spec to use (a loaded bundle's); by default it is resolved from the
+    config's geometry options, at fit time when it depends on the training images (``auto``)."""
+
+    def __init__(self, config: PatchCoreConfig, preprocess: PreprocessSpec | None = None):
         self.config = config
         trunk, spec, layers = create_trunk(config.backbone, config.layers, config.weights, config.seed)
         self.spec = spec
         self.layers = layers
-        pre = spec.preprocess
-        if config.resize is not None or config.crop is not None:
-            pre = replace(pre, resize=config.resize if config.resize is not None else pre.resize,
-                          crop=config.crop if config.crop is not None else pre.crop)
-        if not pre.crop:
-            raise ValueError("the preprocessing must crop to a fixed size (crop > 0): the bank and graphs need one grid")
-        self.preprocess: PreprocessSpec = pre
         aggregator = PatchAggregator([l.channels for l in layers], config.pretrain_dim, config.target_dim)
         self.device = torch_device(config.device)
         self.feature_model = PatchFeatureModel(trunk, aggregator).eval().to(self.device)
-        self.grid = self._probe_grid()
+        self.preprocess: PreprocessSpec | None = None
+        self.grid: tuple[int, int] | None = None
+        self.layout: TileLayout | None = None
+        if preprocess is None and not input_geometry.needs_images(config.geometry, config.tile, config.resize,
+                                                                  config.crop, config.input_size):
+            preprocess = self.resolve_geometry()
+        if preprocess is not None:
+            self.set_preprocess(preprocess)
         self.bank: np.ndarray | None = None
         self.scorer: PatchScorer | None = None
         self.threshold: float | None = None
         self.scale: float | None = None
         self.fit_info: dict = {}
 
+    # ------------------------------------------------------------------ geometry
+    @property
+    def strides(self) -> tuple[int, int]:
+        """Strides of the shallowest and the deepest chosen layer."""
+        return self.layers[0].stride, max(l.stride for l in self.layers)
+
+    def resolve_geometry(self, sizes: Sequence[tuple[int, int]] | None = None) -> PreprocessSpec:
+        """The spec of the config's geometry options; ``sizes`` (h, w) of the training images."""
+        return input_geometry.resolve(self.spec.preprocess, self.strides, sizes=sizes,
+                                      **self.config.geometry_options())
+
+    def set_preprocess(self, pre: PreprocessSpec) -> None:
+        """Use ``pre``: probe the patch grid of its network input and lay its tiles on it."""
+        if pre.input_hw is None:
+            raise ValueError("the preprocessing must crop to a fixed size (crop > 0): the bank and graphs need one grid")
+        self.preprocess = pre
+        self.grid = self._probe_grid()
+        try:
+            self.layout = TileLayout.for_spec(pre, self.grid)
+        except ValueError as e:
+            raise ValueError(f"{input_geometry.describe(pre)}: {e}") from None
+
     # ------------------------------------------------------------------ features
     @property
     def input_size(self) -> tuple[int, int]:
-        return self.preprocess.crop, self.preprocess.crop
+        """The network input (h, w): the canvas, or one tile."""
+        return self.preprocess.input_hw
 
     @torch.no_grad()
     def _probe_grid(self) -> tuple[int, int]:
@@ -111,12 +157,23 @@ class PatchCore:
 
     @torch.no_grad()
     def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (B, 3, H, W) float32 -> (B, P, D) float32 patch embeddings."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return self.feature_model(x).float().cpu().numpy()
+        """Network inputs (N, 3, H, W) float32 -> (N, P, D) float32 patch embeddings, at most
+        ``batch_size`` inputs per forward pass."""
+        bs = self.config.batch_size
+        out = []
+        for s in range(0, len(batch), bs):
+            x = torch.from_numpy(np.ascontiguousarray(batch[s : s + bs])).to(self.device)
+            out.append(self.feature_model(x).float().cpu().numpy())
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def embed_image(self, image: np.ndarray) -> np.ndarray:
+        """The embedding step: one RGB image -> its patch embeddings (n_tiles * P, D), tile after tile."""
+        return self.embed_images([image])[0]
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return self.embed_tensor(preprocess_batch(images, self.preprocess))
+        """RGB images -> (B, n_tiles * P, D) patch embeddings."""
+        emb = self.embed_tensor(stack_inputs([prepare(im, self.preprocess) for im in images]))
+        return emb.reshape(len(images), -1, emb.shape[-1])
 
     def _embed_paths(self, paths: Sequence[Path], desc: str) -> np.ndarray:
         out = []
@@ -134,6 +191,11 @@ class PatchCore:
         paths = sorted(Path(p) for p in train_paths)
         if not paths:
             raise ValueError("no training images")
+        geometry = {}
+        if self.preprocess is None:  # picked from the training images (auto, or tiles at their resolution)
+            sizes = input_geometry.image_sizes(paths)
+            self.set_preprocess(self.resolve_geometry(sizes))
+            geometry = {"from_images": len(paths), "median_hw": list(input_geometry.median_size(sizes))}
         holdout: list[Path] = []
         if cfg.holdout > 0 and len(paths) >= 10:
             # at least 5 held-out images, or the quantile is one image's score and scale collapses
@@ -161,6 +223,8 @@ class PatchCore:
             "n_patches": int(len(flat)),
             "feature_seconds": round(t1 - t0, 3),
             "coreset_seconds": round(t2 - t1, 3),
+            "geometry": {"options": _jsonable(cfg.geometry_options()), "picked": input_geometry.describe(self.preprocess),
+                         "tiles": self.layout.n_tiles, **geometry},
         }
         if holdout:
             self.calibrate_holdout(holdout)
@@ -193,14 +257,17 @@ class PatchCore:
         self.fit_info["calibration"] = {"method": "f1-max", "f1": float(f1), "n_images": int(len(labels))}
 
     # ------------------------------------------------------------------ predict
-    def predict_embeddings(self, emb: np.ndarray) -> Prediction:
+    def predict_embeddings(self, emb: np.ndarray, plans=None) -> Prediction:
+        """Patch embeddings of whole images, (B, n_tiles * P, D) or (B * n_tiles, P, D) -> Prediction."""
         if self.scorer is None:
             raise RuntimeError("model is not fitted")
-        return finish(self.scorer.score(emb), self.grid, self.input_size, self.config.blur_sigma,
-                      self.threshold, self.scale)
+        emb = emb.reshape(-1, self.layout.n_tiles * self.layout.patches_per_tile, emb.shape[-1])
+        return finish(self.scorer.score(emb), self.layout, self.config.blur_sigma, self.threshold, self.scale,
+                      plans)
 
     def predict(self, images: Sequence[np.ndarray]) -> Prediction:
-        return self.predict_embeddings(self.embed_images(images))
+        prepared = [prepare(im, self.preprocess) for im in images]
+        return self.predict_embeddings(self.embed_tensor(stack_inputs(prepared)), [p.plan for p in prepared])
 
     def predict_paths(self, paths: Sequence[Path], desc: str | None = None) -> Prediction:
         preds = []
@@ -307,16 +374,16 @@ class PatchCore:
                 raise bundle_io.BundleError(f"{root}: backbone weights file {wpath} is gone")
             if sha256_file(wpath) != bb["weights_sha256"]:
                 raise bundle_io.BundleError(f"{root}: backbone weights file {wpath} changed since fitting")
-        pre = m["preprocess"]
         cfg = PatchCoreConfig(
             backbone=bb["name"], layers=tuple(l["name"] for l in bb["layers"]), weights=bb["weights"],
             seed=bb["seed"], pretrain_dim=m["features"]["pretrain_dim"], target_dim=m["features"]["target_dim"],
             coreset_ratio=m["memory_bank"]["coreset_ratio"], n_reweight=m["scoring"]["n_reweight"],
-            blur_sigma=m["scoring"]["blur_sigma"], resize=pre["resize"], crop=pre["crop"], device=device,
+            blur_sigma=m["scoring"]["blur_sigma"], device=device,
         )
-        model = cls(cfg)
-        if model.preprocess.to_dict() != pre:
-            model.preprocess = PreprocessSpec.from_dict(pre)
+        model = cls(cfg, preprocess=b.preprocess)
+        if list(model.grid) != list(m["features"]["grid"]):
+            raise bundle_io.BundleError(f"{root}: the backbone gives a {model.grid} patch grid, the manifest says "
+                                        f"{m['features']['grid']}")
         model.set_bank(b.memory_bank().astype(np.float32))
         model.threshold = m["threshold"]["value"]
         model.scale = m["threshold"]["scale"]

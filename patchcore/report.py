@@ -172,10 +172,12 @@ GREEN, RED = (0, 255, 0), (255, 0, 0)  # RGB
 
 
 def overlay_image(image_rgb: np.ndarray, amap: np.ndarray, gt_mask: np.ndarray | None = None,
-                  threshold: float | None = None, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+                  threshold: float | None = None, vmin: float | None = None, vmax: float | None = None,
+                  roi: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """RGB uint8 panel (H, 3W, 3): [input + ground-truth contour (green) | JET heatmap of ``amap``
     scaled to [vmin, vmax] (default: its own range) blended over the input, with the predicted
-    defect contour ``amap >= threshold`` (red) | ground-truth mask]."""
+    defect contour ``amap >= threshold`` (red) | ground-truth mask]. ``roi`` (x0, y0, x1, y1): the
+    part of the image the network saw, outlined in white on the first two panels."""
     image_rgb, amap = np.asarray(image_rgb), np.asarray(amap, np.float32)
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ValueError(f"overlay_image: image must be HxWx3 uint8, got {image_rgb.shape} {image_rgb.dtype}")
@@ -195,6 +197,10 @@ def overlay_image(image_rgb: np.ndarray, amap: np.ndarray, gt_mask: np.ndarray |
         right[gt] = 255
     if threshold is not None:
         _draw_contour(mid, amap >= threshold, RED)
+    if roi is not None:
+        p0, p1 = (int(round(roi[0])), int(round(roi[1]))), (int(round(roi[2])) - 1, int(round(roi[3])) - 1)
+        for panel in (left, mid):
+            cv2.rectangle(panel, p0, p1, (255, 255, 255), max(1, image_rgb.shape[1] // 300))
     _label(left, "input + GT")
     _label(mid, "anomaly map" if threshold is None else f"map, t={threshold:.3g}")
     _label(right, "GT mask" if gt_mask is not None else "no mask")

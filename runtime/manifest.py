@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Mapping
 
 from . import errors
+from .geometry import TileLayout
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -233,6 +234,20 @@ def _check_entries(manifest: Mapping[str, Any], section: str, where: str) -> Non
                 raise BundleError(f"{where}: field 'graphs.{key}.dtype' must be one of {list(BANK_DTYPES)}")
 
 
+def _check_geometry(spec: PreprocessSpec, features: Mapping[str, Any], where: str) -> None:
+    """The network input the preprocessing makes is the graph's input, and its tiles fall on the
+    patch grid (so maps can be stitched)."""
+    if spec.input_hw is None:
+        raise BundleError(f"{where}: field 'preprocess' has no fixed network input (crop 0 without size)")
+    if list(spec.input_hw) != list(features["input_size"]):
+        raise BundleError(f"{where}: field 'features.input_size' is {features['input_size']}, but the preprocessing "
+                          f"makes {list(spec.input_hw)} inputs")
+    try:
+        TileLayout.for_spec(spec, features["grid"])
+    except ValueError as e:
+        raise BundleError(f"{where}: the preprocessing's tiles do not fit the patch grid: {e}") from None
+
+
 def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json", *, digest: bool = True) -> None:
     """Check the schema version first (a newer layout is named as such), then every field.
     ``digest``: the manifest must carry its own digest (a manifest being written has none yet)."""
@@ -256,9 +271,10 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json",
         if wanted:
             raise BundleError(f"{where}: field '{field}' must be {wanted}, got {_short(value)}")
     try:
-        PreprocessSpec.from_dict(manifest["preprocess"])
+        spec = PreprocessSpec.from_dict(manifest["preprocess"])
     except (TypeError, ValueError) as e:
         raise BundleError(f"{where}: field 'preprocess' is invalid: {e}") from None
+    _check_geometry(spec, manifest["features"], where)
     bank, threshold = manifest["memory_bank"], manifest["threshold"]
     if bank["dim"] != manifest["features"]["target_dim"]:
         raise BundleError(f"{where}: field 'memory_bank.dim' ({bank['dim']}) differs from 'features.target_dim' "

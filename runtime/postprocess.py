@@ -8,6 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .geometry import Plan, TileLayout, map_to_original
 from .search import Scores
 
 DEFAULT_BLUR_SIGMA = 4.0
@@ -67,12 +68,20 @@ def quantile_threshold(good_scores, quantile: float) -> tuple[float, float]:
 class Prediction:
     """What scoring a batch of images gives, in PyTorch (``patchcore``) and in the runtime alike."""
 
-    image_scores: np.ndarray  # (B,) float64: max patch score, reweighted (paper eq. 7)
-    patch_scores: np.ndarray  # (B, h, w) float32 on the feature grid
-    maps: np.ndarray  # (B, H, W) blurred anomaly maps at the network input size
+    image_scores: np.ndarray  # (B,) float64: max patch score over all tiles, reweighted (paper eq. 7)
+    patch_scores: np.ndarray  # (B, h, w) float32 on the canvas's patch grid (tiles stitched)
+    maps: np.ndarray  # (B, H, W) blurred anomaly maps on the canvas (the network input, tiles stitched)
     normalised: np.ndarray | None = None  # (B,) in [0, 1], 0.5 at the threshold; None without threshold
     verdicts: np.ndarray | None = None  # (B,) bool, True = anomalous; None without threshold
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage for this batch
+    plans: list[Plan] | None = None  # (B,) each image's geometry: maps -> original, see map_on_original
+
+    def map_on_original(self, i: int, fill: float = 0.0) -> np.ndarray:
+        """Image ``i``'s anomaly map on the original image's pixels (crop, resize, padding and
+        tiling undone); ``fill`` where the network did not look (outside a center crop)."""
+        if self.plans is None:
+            raise ValueError("this prediction does not carry the images' geometry")
+        return map_to_original(self.maps[i], self.plans[i], fill)
 
     @classmethod
     def concat(cls, parts: Sequence["Prediction"]) -> "Prediction":
@@ -88,16 +97,22 @@ class Prediction:
         for p in parts:
             for k, v in p.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
-        return cls(cat("image_scores"), cat("patch_scores"), cat("maps"), cat("normalised"), cat("verdicts"), timings)
+        plans = None if any(p.plans is None for p in parts) else [x for p in parts for x in p.plans]
+        return cls(cat("image_scores"), cat("patch_scores"), cat("maps"), cat("normalised"), cat("verdicts"), timings,
+                   plans)
 
 
-def finish(scores: Scores, grid: tuple[int, int], input_size: tuple[int, int], blur_sigma: float,
-           threshold: float | None, scale: float | None) -> Prediction:
+def finish(scores: Scores, layout: TileLayout, blur_sigma: float, threshold: float | None, scale: float | None,
+           plans: Sequence[Plan] | None = None) -> Prediction:
     """Patch and image scores -> anomaly maps, verdicts and normalised scores: the last step of
-    scoring, the same for the PyTorch model and every runtime engine."""
-    patch = scores.patch_scores.reshape(len(scores.image_scores), *grid)
-    maps = anomaly_maps(patch, tuple(input_size), blur_sigma)
-    pred = Prediction(scores.image_scores, patch, maps)
+    scoring, the same for the PyTorch model and every runtime engine.
+
+    ``scores`` holds each image's patches of all its tiles, tile after tile (B, n_tiles * h * w);
+    they are stitched onto the canvas's patch grid (overlaps: maximum, see
+    :class:`~runtime.geometry.TileLayout`), upsampled to the canvas and blurred."""
+    patch = layout.stitch(scores.patch_scores.reshape(len(scores.image_scores), -1))
+    maps = anomaly_maps(patch, tuple(layout.canvas_hw), blur_sigma)
+    pred = Prediction(scores.image_scores, patch, maps, plans=None if plans is None else list(plans))
     if threshold is not None:
         pred.verdicts = scores.image_scores >= threshold
         pred.normalised = normalise_scores(scores.image_scores, threshold, scale)

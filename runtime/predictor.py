@@ -18,8 +18,9 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
 from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine
+from .geometry import TileLayout
 from .postprocess import Prediction, finish
-from .preprocess import preprocess_batch
+from .preprocess import Prepared, prepare, stack_inputs
 from .search import PatchScorer
 
 
@@ -64,7 +65,11 @@ def _check_graph_shapes(engine: OnnxEngine, manifest: dict, path: Path) -> None:
 
 class Predictor:
     """Scores images with a bundle. ``graph`` picks the bundle's feature graph (``features_fp32``
-    by default, ``features_fp16``); ``search`` is ``auto``, ``faiss`` or ``numpy``."""
+    by default, ``features_fp16``); ``search`` is ``auto``, ``faiss`` or ``numpy``.
+
+    :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
+    geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded
+    images. :meth:`predict` does both."""
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", graph: str = "features_fp32",
                  search: str = "auto", engine: FeatureEngine | None = None, threads: int | None = None):
@@ -73,12 +78,10 @@ class Predictor:
         self.spec = self.bundle.preprocess
         self.grid = tuple(m["features"]["grid"])
         self.input_size = tuple(m["features"]["input_size"])
+        self.layout = TileLayout.for_spec(self.spec, self.grid)  # checked by read_bundle
         self.blur_sigma = float(m["scoring"]["blur_sigma"])
         self.threshold = m["threshold"]["value"]
         self.scale = m["threshold"]["scale"]
-        if self.spec.crop and (self.spec.crop, self.spec.crop) != self.input_size:
-            raise BundleError(f"{self.bundle.root}: preprocessing crops {self.spec.crop}x{self.spec.crop} but "
-                              f"'features.input_size' is {list(self.input_size)}")
         info = self.bundle.graph_info(graph)  # BundleError naming the graphs present when absent
         self.graph = graph
         self.in_graph_search = info.get("kind") == "scores"
@@ -96,37 +99,47 @@ class Predictor:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
         return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search}
 
-    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 images -> the feature graph's input batch (the bundle's preprocessing)."""
-        return preprocess_batch(images, self.spec)
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """One RGB uint8 image -> its network inputs and geometry plan (PreprocessError if unusable)."""
+        return prepare(image, self.spec)
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 images -> (B, P, D) float32 patch embeddings from the bundle's feature graph
-        (what the memory bank holds; a bank update adds rows of these)."""
-        x = self.prepare(images)
-        if self.in_graph_search:
-            return self.engine.run_outputs(x)["embeddings"]
-        return self.engine.run(x)
+        """RGB uint8 images -> (B, n_tiles * P, D) float32 patch embeddings from the bundle's
+        feature graph (what the memory bank holds; a bank update adds rows of these)."""
+        x = stack_inputs([self.prepare(im) for im in images])
+        emb = self.engine.run_outputs(x)["embeddings"] if self.in_graph_search else self.engine.run(x)
+        return emb.reshape(len(images), -1, emb.shape[-1])
 
     def predict(self, images: Sequence[np.ndarray]) -> Prediction:
         """RGB uint8 images -> scores, maps and verdicts."""
         t0 = time.perf_counter()
-        x = self.prepare(images)
+        prepared = [self.prepare(im) for im in images]
+        seconds = time.perf_counter() - t0
+        pred = self.predict_prepared(prepared)
+        pred.timings["preprocess"] += seconds
+        return pred
+
+    def predict_prepared(self, prepared: Sequence[Prepared]) -> Prediction:
+        """Prepared images -> scores, maps (on each canvas; ``map_on_original`` for the image's
+        own pixels) and verdicts."""
+        t0 = time.perf_counter()
+        x = stack_inputs(prepared)
+        n = len(prepared)
         t1 = time.perf_counter()
         if self.in_graph_search:
             outs = self.engine.run_outputs(x)
             emb = outs["embeddings"]
             t2 = time.perf_counter()
             try:
-                s = self.scorer.score_candidates(emb, outs["nn_index"])
+                s = self.scorer.score_candidates(emb.reshape(n, -1, emb.shape[-1]), outs["nn_index"].reshape(n, -1))
             except ValueError as e:
                 raise BundleError(f"graph {self.graph!r}: {e}") from None
         else:
             emb = self.engine.run(x)
             t2 = time.perf_counter()
-            s = self.scorer.score(emb)
+            s = self.scorer.score(emb.reshape(n, -1, emb.shape[-1]))
         t3 = time.perf_counter()
-        pred = finish(s, self.grid, self.input_size, self.blur_sigma, self.threshold, self.scale)
+        pred = finish(s, self.layout, self.blur_sigma, self.threshold, self.scale, [p.plan for p in prepared])
         t4 = time.perf_counter()
         pred.timings = {"preprocess": t1 - t0, "features": t2 - t1, "search": t3 - t2, "postprocess": t4 - t3}
         return pred

@@ -1,7 +1,8 @@
 """The accuracy claim and the runtime's parity with ``patchcore eval``, end to end on real data.
 
-effnet-lite0 (real ImageNet weights) on MVTec AD bottle at a 10% coreset must reach the paper's
-recipe level (image AUROC >= 0.995, pixel AUROC >= 0.980, PRO >= 0.93); the exported bundle run by
+effnet-lite0 (real ImageNet weights) on MVTec AD bottle at a 10% coreset, with the default geometry
+(auto: the whole image at 224 x 224), must reach the paper's recipe level (image AUROC >= 0.995,
+pixel AUROC >= 0.980, PRO >= 0.93; measured 1.000 / 0.9890 / 0.9569); the exported bundle run by
 ``patchcore-rt predict`` must give the scores that ``patchcore eval --bundle`` gives, to 1e-4
 relative, with identical verdicts. About 2-3 minutes on 2 CPU cores.
 """
@@ -40,7 +41,11 @@ def fitted(tmp_path_factory):
 
 def test_effnet_lite0_bottle_reaches_the_reference_accuracy(fitted):
     _, _, _, m, _ = fitted
-    print(f"bottle effnet-lite0 10%: image {m.image_auroc:.4f} pixel {m.pixel_auroc:.4f} PRO {m.pro:.4f}")
+    from runtime.bundle import read_bundle
+
+    geometry = read_bundle(fitted[4]).manifest["preprocess"]
+    print(f"bottle effnet-lite0 10%, geometry {geometry.get('mode', 'crop')} {geometry.get('size')}: "
+          f"image {m.image_auroc:.4f} pixel {m.pixel_auroc:.4f} PRO {m.pro:.4f}")
     assert m.image_auroc >= 0.995
     assert m.pixel_auroc >= 0.980
     assert m.pro >= 0.93

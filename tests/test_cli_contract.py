@@ -176,3 +176,24 @@ def test_deprecated_spellings_still_work_with_a_warning(tmp_path, rt_bundle, dat
     assert "--bank-dtype" in r.stdout
     r = _run("patchcore", "parity", "-h")
     assert "--device" in r.stdout and "--torch-device" not in r.stdout
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--geometry", "paper", "--input-size", "224x560"], "--geometry paper picks its own input size"),
+    (["--geometry", "resize"], "--geometry resize needs --input-size"),
+    (["--tile-scale", "0.5"], "--tile-scale needs --tile"),
+    (["--tile", "256", "--tile-overlap", "300"], "--tile-overlap must be >= 0 and smaller than the tile"),
+    (["--input-size", "224x"], "--input-size must be HEIGHTxWIDTH"),
+    (["--geometry", "crop", "--input-size", "224x560", "--tile", "300"], "tile 300x300 is larger than the canvas"),
+])
+def test_impossible_geometry_options_are_one_line_and_exit_2(args, says, data):
+    r = _run("patchcore", "fit", "--data", str(data), "--weights", "random", *args)
+    assert r.returncode == errors.USAGE, r.stderr
+    assert says in _one_error_line(r)
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_eval_and_export_take_the_same_geometry_options(command, data):
+    r = _run("patchcore", command, "--data", str(data), "--weights", "random", "--geometry", "auto", "--tile", "64")
+    assert r.returncode == errors.USAGE, r.stderr
+    assert "--geometry auto cannot tile" in _one_error_line(r)

@@ -333,3 +333,22 @@ def test_onnx_feature_graph_matches_torch(tmp_path, backbone, layers, size):
     want = model.embed_tensor(x)
     assert got.shape == want.shape == (3, model.grid[0] * model.grid[1], 1024)
     assert rel_err(got, want) <= 1e-4
+
+
+def test_onnx_feature_graph_of_a_non_square_vit_input(tmp_path):
+    """A non-square geometry: the position embedding is resized to the 6 x 13 grid, in torch and
+    in the exported graph alike."""
+    import onnxruntime as ort
+
+    from export.onnx_export import export_feature_graph
+    from patchcore.model import PatchCore, PatchCoreConfig
+
+    model = PatchCore(PatchCoreConfig(backbone="clip-vit-b16", layers=("block1", "block3"), weights="random",
+                                      geometry="resize", input_size=(96, 208), device="cpu"))
+    assert model.input_size == (96, 208) and model.grid == (6, 13)
+    path = export_feature_graph(model, tmp_path / "features.onnx")
+    x = np.random.default_rng(1).normal(size=(2, 3, 96, 208)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    want = model.embed_tensor(x)
+    assert got.shape == want.shape == (2, 6 * 13, 1024)
+    assert rel_err(got, want) <= 1e-4

@@ -128,8 +128,8 @@ def test_parity_cli_exit_code_when_runtime_preprocessing_breaks(lite0, data, mon
     runner = CliRunner()
     ok = runner.invoke(app, ["parity", str(lite0), str(data), "--engines", "ort-cpu", "--graphs", "features_fp32"])
     assert ok.exit_code == 0, ok.output
-    good = rp.preprocess_batch
-    monkeypatch.setattr(rp, "preprocess_batch", lambda images, spec: good(images, spec)[:, ::-1].copy())
+    good = rp.stack_inputs
+    monkeypatch.setattr(rp, "stack_inputs", lambda prepared: good(prepared)[:, ::-1].copy())
     report = tmp_path / "parity.json"
     bad = runner.invoke(app, ["parity", str(lite0), str(data), "--engines", "ort-cpu", "--graphs", "features_fp32",
                               "--report", str(report)])

@@ -118,7 +118,7 @@ def test_a_batch_with_an_image_preprocessing_refuses_is_scored_one_by_one():
 
             n = len(images)
             return SimpleNamespace(image_scores=np.arange(n) + 1.0, normalised=None, verdicts=None,
-                                   maps=np.zeros((n, 2, 2)))
+                                   maps=np.zeros((n, 2, 2)), plans=None)
 
     items = [Item("a", image=np.zeros((20, 20, 3), np.uint8)), Item("tiny", image=np.zeros((4, 4, 3), np.uint8)),
              Item("c", image=np.zeros((20, 20, 3), np.uint8)), Item("bad", data=b"junk")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,3 +103,29 @@ def test_texture_is_real_photo():
     tex = load_texture("brick")
     assert tex.shape == (512, 512, 3) and tex.dtype == np.uint8
     assert tex.std() > 10  # a photo, not a flat fill
+
+
+def test_tall_layout_puts_defects_near_the_ends(tmp_path):
+    from patchcore.synthetic import TALL_ASPECT
+
+    root = make_synthetic_class(tmp_path, layout="tall", size=64, n_train=2, n_test_good=1, n_test_defect=3)
+    assert root.name == "brick-tall"
+    ds = load_class(root)
+    h = int(round(64 * TALL_ASPECT))
+    assert read_image(ds.train[0]).shape == (h, 64, 3)
+    for s in ds.test:
+        if s.label:
+            ys = np.nonzero(load_mask(s, (h, 64)))[0]
+            # outside the central square a 64-wide center crop keeps (rows 48..112 of 160)
+            assert ys.max() < 0.28 * h or ys.min() >= 0.72 * h, (s.path, ys.min(), ys.max())
+
+
+def test_large_layout_defects_are_a_few_pixels_wide(tmp_path):
+    root = make_synthetic_class(tmp_path, layout="large", size=256, n_train=1, n_test_good=1, n_test_defect=2)
+    ds = load_class(root)
+    assert ds.defect_types == ["fine_scratch", "pit", "speck"]
+    for s in ds.test:
+        if s.label:
+            m = load_mask(s, (256, 256)).astype(np.uint8)
+            width = 2 * cv2.distanceTransform(m, cv2.DIST_L2, 3).max()
+            assert 1 <= width <= 10, (s.path, width)

@@ -6,7 +6,7 @@ pipeline on a batch of encoded images: decode (PNG/JPEG bytes -> RGB), preproces
 verdicts). Reported per stage: the median over the timed runs, per batch and per image;
 throughput = batch size / median total time.
 
-Without ``--images`` the batch is made of synthetic PNGs at the bundle's input size (smooth
+Without ``--images`` the batch is made of synthetic PNGs at the bundle's canvas size (smooth
 random noise), so decode time reflects that size; pass real images to include their size.
 """
 

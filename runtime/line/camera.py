@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import OutputError, UsageError
 from .outputs import encode_png, overlay_image, overlay_label, write_new
-from .records import Item, score_items
+from .records import Item, location, score_items
 
 
 class SourceError(UsageError):
@@ -257,6 +257,9 @@ class CameraRunner:
                         "latency_ms": round(o.latency_ms, 3),
                         "lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),
                         "dropped": dropped(), "bundle": p.bundle.bundle_id})
+            where = location(o)
+            if where is not None:
+                rec["location"] = where
             if o.error:
                 rec["error"] = o.error
             if o.verdict == "ng":

@@ -38,7 +38,7 @@ from .info import bundle_info, describe_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
 from .outputs import encode_png, numbered, overlay_image, overlay_label, write_replace
-from .records import Item, record, score_items
+from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
 from .selection import collect_inputs, resolve_bundle
 from .status import StatusLine
@@ -154,16 +154,16 @@ def predict(
                 outcomes = score_items(p, [Item(name, path=path) for path, name in chunk], limits)
                 for o in outcomes:
                     extra = {}
-                    if overlays is not None and o.map is not None:
+                    image = image_of(o.item, limits) if overlays is not None and o.map is not None else None
+                    if image is not None:
                         dst = _unique_in_run(overlays / (Path(o.item.name).stem + ".png"), used)
-                        img = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
+                        img = overlay_image(image, o.map, p.spec, p.threshold, p.scale,
                                             overlay_label(o.verdict, o.score, o.normalised))
                         try:
                             extra["overlay"] = str(write_replace(dst, encode_png(img)))
                         except OSError as e:
                             raise OutputError(f"--overlays {overlays}: cannot write {dst.name} "
                                               f"({e.strerror or e})") from None
-                    o.item.image = None
                     failed += o.error is not None
                     out.emit(record(o, p.bundle.bundle_id, **extra))
                 advance(len(chunk))
@@ -330,7 +330,7 @@ def bench(
         encoded = bench_mod.load_images(images) if images is not None else None
         p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
         if encoded is None:
-            encoded = bench_mod.synthetic_images(tuple(p.input_size))
+            encoded = bench_mod.synthetic_images(tuple(p.spec.canvas_hw))
         report = bench_mod.run_bench(p, encoded, sizes, repeat, warmup,
                                      progress=lambda b: err.print(f"batch {b} ...", end="\r") if err.is_terminal else None)
         err.print(bench_mod.table(report))

@@ -92,6 +92,22 @@ def describe_update(entry: dict[str, Any]) -> str:
     return line
 
 
+def _geometry(pre: dict[str, Any]) -> str:
+    """The preprocessing's geometry in words (manifests before modes existed are crop mode)."""
+    mode = pre.get("mode", "crop")
+    size = pre.get("size")
+    if mode == "crop" and size is None:
+        text = f"resize {pre.get('resize')}, crop {pre.get('crop')}"
+    elif mode == "crop":
+        text = f"crop {size[0]}x{size[1]} (cover {pre.get('resize')})"
+    else:
+        text = f"{mode} {size[0]}x{size[1]}"
+    if pre.get("tile"):
+        stride = pre.get("tile_stride") or pre["tile"]
+        text += f", tiles {pre['tile'][0]}x{pre['tile'][1]} every {stride[0]}x{stride[1]}"
+    return text
+
+
 def render(info: dict[str, Any]):
     """A rich renderable summary of :func:`bundle_info`."""
     t = Table(show_header=False, box=None, pad_edge=False, title=f"bundle {info['bundle_id']}", title_justify="left")
@@ -106,8 +122,8 @@ def render(info: dict[str, Any]):
         ("path", info["path"]),
         ("schema", f"v{info['schema_version']}, created {info['created'] or '?'}"),
         ("backbone", f"{bb['name']} ({bb.get('weights_tag') or bb.get('weights')}), layers {', '.join(map(str, bb['layers']))}"),
-        ("preprocess", f"resize {pre.get('resize')}, crop {pre.get('crop')}, {pre.get('interpolation')}, "
-                       f"{pre.get('channel_order')}; input {info['input_size']}, grid {info['grid']}"),
+        ("preprocess", f"{_geometry(pre)}, {pre.get('interpolation')}, {pre.get('channel_order')}; "
+                       f"input {info['input_size']}, grid {info['grid']}"),
         ("memory bank", f"{bank['rows']} x {bank['dim']} {bank['dtype']} (coreset {bank.get('coreset_ratio')})"),
         ("scoring", ", ".join(f"{k} {v}" for k, v in info["scoring"].items())),
         ("threshold", "none (no verdicts)" if thr.get("value") is None else

@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from ..fileio import atomic_write, synced_temp
+from ..geometry import map_to_original
 from ..postprocess import normalise_scores
-from ..preprocess import PreprocessSpec, resize_and_crop
+from ..preprocess import PreprocessSpec
 
 
 def fsync_dir(path: Path) -> None:
@@ -115,22 +116,32 @@ def write_replace(dst: Path, data: bytes) -> Path:
 
 def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, threshold: float | None,
                   scale: float | None, label: str | None = None) -> np.ndarray:
-    """The anomaly map as a heat map over the image the network saw (resized and cropped as the
-    bundle's preprocessing does, so map and pixels line up). Colours use the bundle's threshold:
-    red from the decision threshold up, and they mean the same in every overlay. Returns BGR."""
-    base = resize_and_crop(image, spec)
-    if amap.shape != base.shape[:2]:
-        amap = cv2.resize(amap.astype(np.float32), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
+    """The anomaly map as a heat map over the original image: the map (on the bundle's canvas) is
+    taken back through the image's geometry (crop, resize, letterbox, tiles undone), so the heat
+    lies where the defect is on the part. Colours use the bundle's threshold: red from the
+    decision threshold up, and they mean the same in every overlay; the predicted defect region
+    (at the threshold) is outlined in white, and when the network saw only part of the image (a
+    center crop) that part is framed. Returns BGR."""
+    plan = spec.plan(*image.shape[:2])
+    if amap.shape != tuple(plan.canvas_hw):
+        amap = cv2.resize(amap.astype(np.float32), plan.canvas_hw[::-1], interpolation=cv2.INTER_LINEAR)
     if threshold is not None and scale:
         level = normalise_scores(amap, threshold, scale)
     else:
         lo, hi = float(amap.min()), float(amap.max())
         level = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
-    level = np.asarray(level, np.float32)
-    heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
+    level = map_to_original(np.asarray(level, np.float32), plan, fill=0.0)
+    heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
     alpha = (0.15 + 0.5 * level)[..., None]
-    bgr = cv2.cvtColor(np.ascontiguousarray(base), cv2.COLOR_RGB2BGR).astype(np.float32)
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
     out = np.clip(bgr * (1 - alpha) + heat * alpha, 0, 255).astype(np.uint8)
+    thick = max(1, out.shape[1] // 400)
+    if threshold is not None and scale:
+        contours, _ = cv2.findContours((level >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), thick, cv2.LINE_AA)
+    if not plan.covers_whole_image():
+        x0, y0, x1, y1 = (int(round(v)) for v in plan.roi())
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), thick)
     if label:
         size = max(0.35, out.shape[1] / 640)
         org = (4, max(12, int(22 * size)))

@@ -1,8 +1,10 @@
 """Score a batch of files or frames and turn each into a result record.
 
-One undecodable or unusable input never fails its batch: decoding errors are caught per input,
-and when the batch's preprocessing fails (an image too small to crop, say) the batch is scored
-again image by image so the culprit gets an error record and the others their scores.
+One undecodable or unusable input never fails its batch: each input is decoded and prepared
+(preprocessed into its network inputs) on its own, so a corrupt file or an image too small to
+crop gets an error record and the others their scores. Memory stays bounded: an input's decoded
+pixels are dropped as soon as its network inputs exist, so a batch holds at most one decoded
+image at a time (:func:`image_of` decodes an input again when an overlay needs its pixels).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..geometry import Plan, peak_on_original
 from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, decode_image, read_image
 from ..preprocess import PreprocessError
 
@@ -40,8 +43,9 @@ class Outcome:
     normalised: float | None = None
     verdict: str | None = None  # "ok", "ng", "error"; None when the bundle has no threshold
     latency_ms: float = 0.0
-    map: np.ndarray | None = None  # (H, W) anomaly map at the network input size
+    map: np.ndarray | None = None  # (H, W) anomaly map on the bundle's canvas (see plan)
     error: str | None = None
+    plan: Plan | None = None  # the image's geometry: canvas -> original image pixels
 
 
 def now_iso() -> str:
@@ -54,72 +58,97 @@ def decode(item: Item, limits: ImageLimits = DEFAULT_LIMITS) -> None:
         return
     t0 = time.perf_counter()
     try:
-        if item.data is not None:
-            item.image = decode_image(item.data, item.name, limits)
-        elif item.path is not None:
-            item.image = read_image(item.path, limits)
-        else:
-            item.error = f"{item.name}: nothing to decode"
+        item.image = _decoded(item, limits)
     except ImageReadError as e:
         item.error = str(e)
     item.decode_s = time.perf_counter() - t0
 
 
-def _outcomes(items: Sequence[Item], res, seconds: float) -> list[Outcome]:
-    out = []
-    for i, it in enumerate(items):
-        latency = 1000.0 * (it.decode_s + seconds)
-        score = float(res.image_scores[i])
-        normalised = None if res.normalised is None else float(res.normalised[i])
-        if not math.isfinite(score) or (normalised is not None and not math.isfinite(normalised)):
-            it.error = (f"{it.name}: the model gave a non-finite anomaly score ({score}); "
-                        "no verdict (check the bundle and the image)")
-            out.append(Outcome(it, verdict="error", latency_ms=latency, error=it.error))
-            continue
-        verdict = None if res.verdicts is None else ("ng" if bool(res.verdicts[i]) else "ok")
-        out.append(Outcome(it, score, normalised, verdict, latency, res.maps[i]))
-    return out
+def _decoded(item: Item, limits: ImageLimits) -> np.ndarray:
+    if item.data is not None:
+        return decode_image(item.data, item.name, limits)
+    if item.path is not None:
+        return read_image(item.path, limits)
+    raise ImageReadError(f"{item.name}: nothing to decode")
+
+
+def image_of(item: Item, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray | None:
+    """The input's pixels: kept ones (camera frames), else decoded again; None if that fails."""
+    if item.image is not None:
+        return item.image
+    try:
+        return _decoded(item, limits)
+    except ImageReadError:
+        return None
+
+
+def _outcome(it: Item, res, i: int, seconds: float) -> Outcome:
+    latency = 1000.0 * (it.decode_s + seconds)
+    score = float(res.image_scores[i])
+    normalised = None if res.normalised is None else float(res.normalised[i])
+    if not math.isfinite(score) or (normalised is not None and not math.isfinite(normalised)):
+        it.error = (f"{it.name}: the model gave a non-finite anomaly score ({score}); "
+                    "no verdict (check the bundle and the image)")
+        return Outcome(it, verdict="error", latency_ms=latency, error=it.error)
+    verdict = None if res.verdicts is None else ("ng" if bool(res.verdicts[i]) else "ok")
+    plan = None if getattr(res, "plans", None) is None else res.plans[i]
+    return Outcome(it, score, normalised, verdict, latency, res.maps[i], plan=plan)
+
+
+def location(outcome: Outcome) -> dict[str, Any] | None:
+    """Where the outcome's evidence lies, in the original image's pixels ("coords": "original";
+    x to the right, y down, from the top-left corner): the image size [w, h], the part the
+    network saw ("roi", [x0, y0, x1, y1]: all of it unless a center crop cut the rest) and the
+    anomaly map's maximum ("peak", [x, y])."""
+    p = outcome.plan
+    if p is None or outcome.map is None:
+        return None
+    return {"coords": "original", "image_size": [p.image_hw[1], p.image_hw[0]],
+            "roi": [round(v, 1) for v in p.roi()], "peak": [round(v, 1) for v in peak_on_original(outcome.map, p)]}
 
 
 def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_LIMITS) -> list[Outcome]:
-    """Decode and score ``items`` as one batch; returns one Outcome per item, in order.
+    """Decode, prepare and score ``items`` as one batch; returns one Outcome per item, in order.
 
-    ``latency_ms`` is the input's own decode time plus the wall time of the model call it was
-    part of (what a file waits for once it is picked up).
+    Each input is decoded and prepared in turn and its decoded pixels dropped at once (an item
+    given decoded, a camera frame, keeps its ``image``). ``latency_ms`` is the input's own decode
+    and preparation time plus the wall time of the model call it was part of (what a file waits
+    for once it is picked up).
     """
+    prepared = []
     for it in items:
         decode(it, limits)
-    good = [it for it in items if it.image is not None]
-    by_id: dict[int, Outcome] = {}
-    if good:
+        if it.image is None:
+            continue
         t0 = time.perf_counter()
         try:
-            res = predictor.predict([it.image for it in good])
-            for o in _outcomes(good, res, time.perf_counter() - t0):
-                by_id[id(o.item)] = o
-        except PreprocessError:
-            for it in good:  # isolate the image(s) the batch could not take
-                t0 = time.perf_counter()
-                try:
-                    res = predictor.predict([it.image])
-                except PreprocessError as e:
-                    it.error = f"{it.name}: {e}"
-                    continue
-                by_id[id(it)] = _outcomes([it], res, time.perf_counter() - t0)[0]
+            prepared.append((it, predictor.prepare(it.image)))
+        except PreprocessError as e:
+            it.error = f"{it.name}: {e}"
+        it.decode_s += time.perf_counter() - t0
+        if it.data is not None or it.path is not None:
+            it.image = None  # the network inputs are made: the pixels can go
+    by_id: dict[int, Outcome] = {}
+    if prepared:
+        t0 = time.perf_counter()
+        res = predictor.predict_prepared([p for _, p in prepared])
+        seconds = time.perf_counter() - t0
+        for i, (it, _) in enumerate(prepared):
+            by_id[id(it)] = _outcome(it, res, i, seconds)
     out = []
     for it in items:
         o = by_id.get(id(it))
         if o is None:
             o = Outcome(it, verdict="error", error=it.error or f"{it.name}: not scored",
                         latency_ms=1000.0 * it.decode_s)
-        it.image = None if o.error else it.image
         out.append(o)
     return out
 
 
 def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
     """The JSON record of one outcome. Fields: file, score, normalised, verdict, latency_ms,
-    bundle, time (+ error for inputs that could not be scored, + anything in ``extra``)."""
+    bundle, time, location (see :func:`location`; + error for inputs that could not be scored,
+    + anything in ``extra``)."""
     r: dict[str, Any] = {"file": outcome.item.name}
     r.update(outcome.item.extra)
     r.update({
@@ -130,6 +159,9 @@ def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
         "bundle": bundle_id,
         "time": now_iso(),
     })
+    where = location(outcome)
+    if where is not None:
+        r["location"] = where
     if outcome.error:
         r["error"] = outcome.error
     r.update(extra)

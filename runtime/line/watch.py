@@ -56,7 +56,7 @@ from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_file_byte
 from .console import info, warn
 from .journal import MOVE_STARTED, SAME, Journal, Key
 from .outputs import encode_png, free_name, move_new, overlay_image, overlay_label, write_new
-from .records import Item, Outcome, record, score_items
+from .records import Item, Outcome, image_of, record, score_items
 from .selection import is_temporary_name
 
 RESULTS = "results.jsonl"
@@ -359,8 +359,9 @@ class Watcher:
         records = []
         for o in outcomes:
             extra: dict[str, Any] = {}
-            if opt.overlays and o.map is not None and o.item.image is not None:
-                png = encode_png(overlay_image(o.item.image, o.map, self.predictor.spec, self.predictor.threshold,
+            image = image_of(o.item, self.limits) if opt.overlays and o.map is not None else None
+            if image is not None:
+                png = encode_png(overlay_image(image, o.map, self.predictor.spec, self.predictor.threshold,
                                                self.predictor.scale, overlay_label(o.verdict, o.score, o.normalised)))
                 # claimed before the commit: a crash in between leaves an unreferenced overlay,
                 # never a record that points at nothing
@@ -373,7 +374,6 @@ class Watcher:
                 dst = free_name(opt.out / o.verdict / o.item.name, reserved)
                 reserved.add(dst)
                 extra["moved_to"] = dst.relative_to(opt.out).as_posix()
-            o.item.image = None
             records.append(record(o, bundle_id, **extra))
         self.journal.append(records)  # the commit point
         for o, r in zip(outcomes, records):
