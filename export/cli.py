@@ -44,6 +44,7 @@ def export_cmd(
     layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
     device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
+    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
@@ -58,7 +59,7 @@ def export_cmd(
 
     with known_errors():
         cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                             batch_size, target_dim)
+                             batch_size, target_dim, bank_size, shards, work_dir)
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
                             tensorrt, calibrate, reuse)
         typer.echo(json.dumps(export_model(req, log=_err).summary()))

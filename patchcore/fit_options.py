@@ -6,6 +6,7 @@ Kept free of torch so that building a command line (``--help``) stays fast.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -21,17 +22,27 @@ RESIZE = typer.Option(None, "--resize", help="override the backbone's resize (sh
 CROP = typer.Option(None, "--crop", help="override the backbone's center crop")
 DEVICE = typer.Option("auto", "--device", help="torch device for fitting: auto | cpu | cuda")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="images per forward pass")
+BANK_SIZE = typer.Option(None, "--bank-size", min=1, help="rows of the memory bank, instead of --coreset's ratio "
+                         "(the fit then grows linearly with the training set, not quadratically)")
+SHARDS = typer.Option(1, "--shards", min=1, help="select the coreset in this many shards of the training images, "
+                      "then once over their union (faster; in parallel with --ray; 1 = exact)")
+WORK_DIR = typer.Option(None, "--work-dir", help="folder for the patch embeddings spilled to disk while fitting "
+                        "(default: the system temp folder, $TMPDIR); freed when the fit ends")
+RAY = typer.Option(False, "--ray", help="run on Ray (pip install 'patchcore-rt[scale]'): several classes x "
+                   "backbones as one task each; one class x backbone with its embedding or shards as tasks")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join (implies --ray; default: a local Ray)")
 TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024; "
                           "smaller banks search faster, see BENCHMARKS.md)")
 
 
 def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int, n_reweight: int,
                holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int,
-               target_dim: int):
+               target_dim: int, bank_size: Optional[int] = None, shards: int = 1, work_dir: Optional[Path] = None):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
 
     return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights,
                            layers=tuple(layers.split(",")) if layers else None, seed=seed, n_reweight=n_reweight,
                            holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size,
-                           target_dim=target_dim)
+                           target_dim=target_dim, bank_size=bank_size, shards=shards,
+                           work_dir=str(work_dir) if work_dir is not None else None)
