@@ -20,6 +20,7 @@ import torch
 from .coreset import random_projection
 
 PROJECTION_CHUNK = 65536  # rows per projection matmul: random_projection's default chunk
+GATHER_CHUNK = 8192  # rows gathered per memory map
 
 
 class EmbeddingStore:
@@ -46,22 +47,29 @@ class EmbeddingStore:
         self._file.write(rows.tobytes())
         self.rows += len(rows)
 
-    def _view(self) -> np.ndarray:
-        self._file.flush()
-        return np.memmap(self._file, dtype=self.dtype, mode="r", shape=(self.rows, self.dim))
-
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as an in-memory array."""
-        return np.array(self._view()[start:stop])
+        """Rows ``start:stop`` as an in-memory array (read into it directly: no mapped pages)."""
+        out = np.empty((max(0, stop - start), self.dim or 0), self.dtype)
+        self._file.flush()
+        self._file.seek(start * out.shape[1] * self.dtype.itemsize)
+        if self._file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise OSError(f"embedding work file: short read of rows {start}:{stop}")
+        return out
 
-    def gather(self, indices: np.ndarray) -> np.ndarray:
-        """The rows at ``indices``, in that order, as an in-memory array (read in file order)."""
+    def gather(self, indices: np.ndarray, chunk: int = GATHER_CHUNK) -> np.ndarray:
+        """The rows at ``indices``, in that order, as an in-memory array. Read in file order,
+        through a short-lived memory map per ``chunk`` rows, so mapped pages never add up."""
         indices = np.asarray(indices, np.int64)
+        out = np.empty((len(indices), self.dim or 0), self.dtype)
         if len(indices) == 0:
-            return np.empty((0, self.dim or 0), self.dtype)
+            return out
+        self._file.flush()
         order = np.argsort(indices, kind="stable")
-        out = np.empty((len(indices), self.dim), self.dtype)
-        out[order] = self._view()[indices[order]]
+        for s in range(0, len(order), chunk):
+            part = order[s : s + chunk]
+            view = np.memmap(self._file, dtype=self.dtype, mode="r", shape=(self.rows, self.dim))
+            out[part] = view[indices[part]]
+            del view
         return out
 
     @property
