@@ -250,7 +250,9 @@ def _mb(v) -> str:
 
 
 def _minutes(s) -> str:
-    return "-" if s is None else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s")
+    if s is None:
+        return "-"
+    return f"{s / 3600:.1f} h" if s >= 7200 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
 def embedding_seconds(res: dict, n: int) -> float:
@@ -297,7 +299,7 @@ def render_section() -> str:
                   "make every later search ~17x slower than the 16,384-row budget.",
                   "- Sharding pays from about 4 shards: the shard rounds together cost 2/S of one unsharded selection "
                   "of the same bank (each shard keeps twice its share), plus one merge round over twice the bank; "
-                  "with 2 shards (200 images) that is more work than the exact selection.", ""]
+                  "with 2 shards (200 images) that is more work than the exact selection."]
         header = ["training images", "patches", "setting", "fit time", "embedding", "coreset", "peak RSS",
                   "bank rows", "spilled to disk (largest shard)"]
         rows = []
@@ -327,7 +329,8 @@ def render_section() -> str:
                                      _minutes(embedding_seconds(tim, n)),
                                      f"*est.* {_minutes(k * tim['probes'][str(n)]['seconds_per_iteration'])}",
                                      f"*est.* {_mb(e['rss_mb'])}", f"{k:,}", _mb(n_patches * 1024 * 4 / 2**20)])
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [f"- Note: {note}" for note in tim.get("notes", [])]
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         probes = tim.get("probes", {})
         if probes:
