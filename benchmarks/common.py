@@ -72,3 +72,39 @@ def dir_size_mb(path: Path) -> float:
 
 def write_json(path: Path, obj: dict) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=float))
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- section {name}: begin -->", f"<!-- section {name}: end -->"
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Write ``text`` as the section ``name`` of the Markdown file ``path`` (between HTML comment
+    markers; appended when the file has none yet), leaving the rest of the file as it is."""
+    begin, end = _markers(name)
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + block
+    path.write_text(new)
+
+
+def keep_sections(new_text: str, path: Path) -> str:
+    """``new_text`` with the marked sections of the file at ``path`` (written by other scripts)
+    appended, so a script that rewrites the whole file does not drop them."""
+    old = Path(path).read_text() if Path(path).is_file() else ""
+    blocks = []
+    while "<!-- section " in old:
+        start = old.index("<!-- section ")
+        name = old[start + len("<!-- section "):].split(":", 1)[0]
+        end = _markers(name)[1]
+        if end not in old[start:]:
+            break
+        stop = old.index(end, start) + len(end)
+        blocks.append(old[start:stop])
+        old = old[stop:]
+    return new_text.rstrip("\n") + "".join(f"\n\n{b}" for b in blocks) + "\n"

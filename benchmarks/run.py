@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from common import keep_sections  # noqa: E402
+
 BENCH = ROOT / ".bench"
 VENV = BENCH / "anomalib-venv"
 VPY = VENV / "bin" / "python"
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
     ctx_file = work / "context.json"
     if a.report_only:
         ctx = json.loads(ctx_file.read_text())
-        out_md.write_text(render(ctx))
+        out_md.write_text(keep_sections(render(ctx), out_md))
         log(f"wrote {out_md}")
         return 0
 
@@ -308,11 +310,11 @@ def execute(ctx: dict, runs: list, work: Path, data: Path, n_latency: int, repea
                 if other.tool == "anomalib" and other.backbone == run.backbone:
                     paired_stage(ctx, work, data, n_latency, max_test, run.key, other.key)
         ctx_file.write_text(json.dumps(ctx, indent=1, default=float))
-        out_md.write_text(render(ctx))
+        out_md.write_text(keep_sections(render(ctx), out_md))
         log(f"wrote {out_md}")
     ctx["complete"] = True
     ctx_file.write_text(json.dumps(ctx, indent=1, default=float))
-    out_md.write_text(render(ctx))
+    out_md.write_text(keep_sections(render(ctx), out_md))
     log(f"done: {out_md}")
 
 

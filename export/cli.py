@@ -46,6 +46,7 @@ def export_cmd(
     device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
     geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
     tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
+    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
@@ -60,7 +61,8 @@ def export_cmd(
 
     with known_errors():
         cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                             batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale)
+                             batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
+                             bank_size, shards, work_dir)
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
                             tensorrt, calibrate, reuse)
         typer.echo(json.dumps(export_model(req, log=_err).summary()))

@@ -75,7 +75,7 @@ def fit_settings(cfg: PatchCoreConfig, data_root: Path, train: list[Path], calib
     """Everything that determines the fitted memory bank and threshold: what ``--reuse`` compares."""
     if cfg.weights not in ("default", "random") and not Path(cfg.weights).is_file():
         raise WeightsUnavailableError(f"weights file not found: {cfg.weights} (use default, random or a file path)")
-    s = {k: v for k, v in asdict(cfg).items() if k not in ("device", "search_backend", "batch_size")}
+    s = {k: v for k, v in asdict(cfg).items() if k not in ("device", "search_backend", "batch_size", "work_dir")}
     s = json.loads(json.dumps(s))  # tuples as lists, as a manifest gives them back
     if cfg.weights not in ("default", "random"):
         s["weights"] = str(Path(cfg.weights).resolve())

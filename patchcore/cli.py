@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 
@@ -37,26 +37,61 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 @app.command(epilog=EXIT_CODES_HELP)
 def fit(
-    data: Path = typer.Option(..., "--data", help="class folder in MVTec AD layout"),
-    out: Path = typer.Option(None, "--out", "-o", help="bundle folder (default models/<class>-<backbone>)"),
-    backbone: str = opt.BACKBONE, coreset: float = opt.CORESET, weights: str = opt.WEIGHTS,
+    data: List[Path] = typer.Option(..., "--data", help="class folder(s) in MVTec AD layout (repeatable)"),
+    out: Path = typer.Option(None, "--out", "-o", help="bundle folder (default models/<class>-<backbone>); with "
+                             "several classes or backbones, the folder that receives the <class>-<backbone> bundles"),
+    backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
+    coreset: float = opt.CORESET, weights: str = opt.WEIGHTS,
     layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
     device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
     geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
     tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
+    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
+    ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `patchcore export` adds it)."""
-    from .data import load_class
-    from .model import PatchCore
+    from .evaluation import fit_bundle
 
     with known_errors():
-        cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                             batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale)
-        ds = load_class(data)
-        dest = out or Path("models") / f"{ds.name}-{backbone}"
-        PatchCore(cfg).fit(ds.train).save(dest)
-        typer.echo(str(dest))
+        _check_folders(data)
+        combos = [(d, bb) for d in data for bb in backbone]
+        jobs = []
+        for d, bb in combos:
+            cfg = opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
+                                 batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
+                                 bank_size, shards, work_dir)
+            dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
+            jobs.append((d, cfg, dest))
+        for dest in run_jobs(fit_bundle, jobs, ray or bool(ray_address), ray_address, device):
+            typer.echo(str(dest))
+
+
+def _check_folders(data: List[Path]) -> None:
+    from .data import DatasetError
+
+    for d in data:
+        if not Path(d).is_dir():
+            raise DatasetError(f"{d}: dataset folder not found")
+
+
+def run_jobs(fn: Callable[..., Any], jobs: list[tuple], use_ray: bool, address: Optional[str],
+             device: str) -> Iterator[Any]:
+    """``fn(*job)`` for each job (``job[1]`` is its fit config), in order. With Ray: several jobs
+    run as one Ray task each; a single job runs here with its embedding or shards on Ray."""
+    if not use_ray:
+        for job in jobs:
+            yield fn(*job)
+        return
+    from runtime.line.ray_cluster import ray_session
+
+    from .ray_fit import RayFit, run_tasks
+
+    with ray_session(address) as ray_mod:
+        if len(jobs) == 1:
+            yield fn(*jobs[0], executor=RayFit(ray_mod, jobs[0][1]))
+        else:
+            yield from run_tasks(ray_mod, fn, jobs, device)
 
 
 @app.command("eval", epilog=EXIT_CODES_HELP)
@@ -70,6 +105,8 @@ def eval_(
     batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
     geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
     tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
+    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
+    ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
     original_resolution: bool = typer.Option(False, "--original-resolution", help="also compute pixel AUROC and PRO "
                                              "with the maps taken back onto the original images and masks"),
@@ -77,25 +114,22 @@ def eval_(
 ):
     """Fit and evaluate each class x backbone; write metrics, per-image scores, overlays and the
     summary table (summary.md, summary.csv) under OUT."""
-    from .data import DatasetError
     from .evaluation import evaluate_bundle, fit_and_evaluate
     from .report import load_rows, write_summary
 
     with known_errors():
         configs = [opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale)
+                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
+                                  bank_size, shards, work_dir)
                    for bb in backbone]  # bad options fail before any data is read
-        for d in data:
-            if not Path(d).is_dir():
-                raise DatasetError(f"{d}: dataset folder not found")
+        _check_folders(data)
         if bundle is not None:
             for d in data:
                 typer.echo(_row_line(evaluate_bundle(bundle, d, out, device=device, original=original_resolution)))
         else:
-            for d in data:
-                for cfg in configs:
-                    typer.echo(_row_line(fit_and_evaluate(d, cfg, out, n_overlays=overlays,
-                                                          original=original_resolution)))
+            jobs = [(d, cfg, out, overlays, None, original_resolution) for d in data for cfg in configs]
+            for row in run_jobs(fit_and_evaluate, jobs, ray or bool(ray_address), ray_address, device):
+                typer.echo(_row_line(row))
         md, csv = write_summary(out, load_rows(out))
         typer.echo(f"summary: {md} {csv}", err=True)
 

@@ -6,6 +6,18 @@ repeatedly and every point's distance to the selected set is updated. Memory sta
 no N x N matrix is ever built. Each iteration is one matrix-vector product over the projected
 features plus O(N) in-place vector work: the official selection exactly, without the official
 loop's concatenation and re-reduction of distance columns.
+
+Two ways to bound the cost, both used by :meth:`patchcore.model.PatchCore.fit`: a bank budget
+(:func:`coreset_size` with ``bank_size``: a fixed number of rows, so the cost is linear in the
+number of patches instead of quadratic at a fixed ratio), and a sharded, composable coreset
+(:func:`merge_shards`): each shard of the training set is selected on its own, then one greedy
+round over the union of the shards' selections picks the bank. This is the composable coreset
+for k-center of Malkomes, Kusner, Chen, Weinberger and Moseley, "Fast distributed k-center
+clustering with outliers on massive data" (NeurIPS 2015, section 3: greedy per partition, then
+greedy over the union; a 4-approximation), with each shard selecting more than its share of the
+bank, as Ceccarello, Pietracaprina and Pucci, "Solving k-center clustering (with outliers) in
+MapReduce and streaming, almost as accurately as sequentially" (VLDB 2019) do to approach the
+sequential result.
 """
 
 from __future__ import annotations
@@ -50,6 +62,18 @@ def _distances_to(x: torch.Tensor, x_sq: torch.Tensor, centre: torch.Tensor) -> 
     return d.clamp_(min=0).sqrt_()
 
 
+def coreset_size(n: int, ratio: float, bank_size: int | None = None) -> int:
+    """Rows the bank keeps out of ``n`` patches: ``bank_size`` when given (at most ``n``), else
+    ``int(n * ratio)``; at least 1."""
+    if bank_size is not None:
+        if bank_size < 1:
+            raise ValueError(f"bank size must be >= 1, got {bank_size}")
+        return min(n, bank_size)
+    if not 0 < ratio <= 1:
+        raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
+    return max(1, int(n * ratio))
+
+
 def greedy_coreset(
     features: torch.Tensor | np.ndarray,
     ratio: float,
@@ -58,22 +82,40 @@ def greedy_coreset(
     seed: int = 0,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    bank_size: int | None = None,
 ) -> np.ndarray:
     """Indices of the coreset of ``features`` (N, D), in selection order.
 
-    ``ratio`` in (0, 1]: fraction kept (``int(N * ratio)``, at least 1). ``progress(done, total)``
-    is called every few hundred selections.
+    ``ratio`` in (0, 1]: fraction kept (``int(N * ratio)``, at least 1); ``bank_size`` instead
+    keeps that many rows. ``progress(done, total)`` is called every few hundred selections.
     """
-    if not 0 < ratio <= 1:
-        raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
     feats = torch.as_tensor(features)
     n = feats.shape[0]
-    n_select = max(1, int(n * ratio))
-    if ratio == 1:
+    n_select = coreset_size(n, ratio, bank_size)
+    if n_select == n:
         return np.arange(n)
     dev = torch_device(device)
     with torch.no_grad():
         x = random_projection(feats.to(dev), projection_dim, seed)
+    return greedy_select(x, n_select, n_starts, seed, device, progress)
+
+
+def greedy_select(
+    projected: torch.Tensor,
+    n_select: int,
+    n_starts: int = 10,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The greedy selection over already projected features (N, projection_dim): indices of
+    ``n_select`` rows in selection order (all rows, in order, when ``n_select >= N``)."""
+    n = projected.shape[0]
+    if n_select >= n:
+        return np.arange(n)
+    dev = torch_device(device)
+    with torch.no_grad():
+        x = projected.to(dev)
         x_sq = (x * x).sum(1)
         rng = np.random.default_rng(seed)
         starts = rng.choice(n, size=min(n_starts, n), replace=False)
@@ -106,3 +148,40 @@ def _select(x, x_sq, min_dist, n_select, progress) -> np.ndarray:
         if progress and (i % report == 0 or i == n_select - 1):
             progress(i + 1, n_select)
     return selected
+
+
+# ------------------------------------------------------------------ sharded (composable) coreset
+SHARD_OVERSAMPLE = 2.0  # each shard keeps this many times its share of the bank (see the module docstring)
+
+
+def shard_members(n_items: int, shards: int) -> list[np.ndarray]:
+    """Which training images go to which shard: round robin over the sorted images, so every
+    shard sees the whole spread of the set (images sorted by name often come in runs, by time
+    or by line) and the shards differ in size by at most one image."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    if shards > n_items:
+        raise ValueError(f"{shards} shards for {n_items} training images: use at most one shard per image")
+    return [np.arange(j, n_items, shards) for j in range(shards)]
+
+
+def shard_budget(n_shard_patches: int, shard_images: int, total_images: int, ratio: float,
+                 bank_size: int | None, shards: int) -> int:
+    """Rows one shard selects: its share of the final bank (by patches for a ratio, by images
+    for a budget, which is known before any image is embedded), times :data:`SHARD_OVERSAMPLE`;
+    the whole bank size when there is one shard."""
+    if shards == 1:
+        return coreset_size(n_shard_patches, ratio, bank_size)
+    if bank_size is not None:
+        share = bank_size * shard_images / total_images
+    else:
+        share = n_shard_patches * ratio
+    return min(n_shard_patches, max(1, math.ceil(SHARD_OVERSAMPLE * share)))
+
+
+def merge_shards(projected: list[torch.Tensor], n_select: int, n_starts: int = 10, seed: int = 0,
+                 device: str = "auto", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The final greedy round over the union of the shards' selections (their projected rows,
+    concatenated in shard order): indices into that union, in selection order."""
+    union = torch.cat([p.float() for p in projected])
+    return greedy_select(union, n_select, n_starts, seed, device, progress)

@@ -13,7 +13,7 @@ from runtime.preprocess import preprocess_mask
 
 from .data import ClassDataset, load_class, load_mask
 from .metrics import evaluate
-from .model import PatchCore, PatchCoreConfig
+from .model import FitExecutor, PatchCore, PatchCoreConfig
 from .report import overlay_image, write_overlays, write_run_metrics
 
 
@@ -70,14 +70,24 @@ def _overlays(model: PatchCore, ds: ClassDataset, pred, masks, n: int, threshold
         yield f"{s.defect_type}_{s.path.stem}", panel
 
 
+def fit_bundle(data: str | Path, config: PatchCoreConfig, dest: str | Path | None = None,
+               executor: FitExecutor | None = None) -> Path:
+    """Fit on ``data``'s train/good and save the bundle at ``dest`` (default
+    ``models/<class>-<backbone>``); returns the bundle folder."""
+    ds = load_class(data)
+    dest = Path(dest) if dest is not None else Path("models") / f"{ds.name}-{config.backbone}"
+    return PatchCore(config).fit(ds.train, executor=executor).save(dest)
+
+
 def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | Path, n_overlays: int = 12,
-                     bundle_dir: str | Path | None = None, original: bool = False) -> dict:
+                     bundle_dir: str | Path | None = None, original: bool = False,
+                     executor: FitExecutor | None = None) -> dict:
     """Fit on ``data``'s train/good, score its test set, write metrics.json, scores.jsonl and
     overlays under ``out_dir/<class>/<backbone>/``; return the summary row. ``original`` adds
     pixel metrics at the original resolution."""
     ds = load_class(data)
     t0 = time.perf_counter()
-    model = PatchCore(config).fit(ds.train)
+    model = PatchCore(config).fit(ds.train, executor=executor)
     t1 = time.perf_counter()
     pred, labels, masks = score_dataset(model, ds)
     t2 = time.perf_counter()
@@ -87,6 +97,8 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
     extra = {
         "family": model.spec.family,
         "coreset": config.coreset_ratio,
+        "bank_size": config.bank_size,
+        "shards": config.shards,
         "weights": config.weights,
         "layers": ",".join(l.name for l in model.layers),
         "geometry": model.fit_info["geometry"]["picked"],

@@ -6,6 +6,7 @@ Kept free of torch so that building a command line (``--help``) stays fast.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -32,6 +33,15 @@ TILE_SCALE = typer.Option(None, "--tile-scale", help="with --tile and no --input
                           "images' size times this (default 1: native resolution)")
 DEVICE = typer.Option("auto", "--device", help="torch device for fitting: auto | cpu | cuda")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="network inputs (images, or tiles) per forward pass")
+BANK_SIZE = typer.Option(None, "--bank-size", min=1, help="rows of the memory bank, instead of --coreset's ratio "
+                         "(the fit then grows linearly with the training set, not quadratically)")
+SHARDS = typer.Option(1, "--shards", min=1, help="select the coreset in this many shards of the training images, "
+                      "then once over their union (faster; in parallel with --ray; 1 = exact)")
+WORK_DIR = typer.Option(None, "--work-dir", help="folder for the patch embeddings spilled to disk while fitting "
+                        "(default: the system temp folder, $TMPDIR); freed when the fit ends")
+RAY = typer.Option(False, "--ray", help="run on Ray (pip install 'patchcore-rt[scale]'): several classes x "
+                   "backbones as one task each; one class x backbone with its embedding or shards as tasks")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join (implies --ray; default: a local Ray)")
 TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024; "
                           "smaller banks search faster, see BENCHMARKS.md)")
 
@@ -39,7 +49,8 @@ TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dim
 def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int, n_reweight: int,
                holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int,
                target_dim: int, geometry: Optional[str] = None, input_size: Optional[str] = None,
-               tile: Optional[str] = None, tile_overlap: int = 0, tile_scale: Optional[float] = None):
+               tile: Optional[str] = None, tile_overlap: int = 0, tile_scale: Optional[float] = None,
+               bank_size: Optional[int] = None, shards: int = 1, work_dir: Optional[Path] = None):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above (a ValueError, exit 2,
     names an impossible combination of geometry options)."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
@@ -48,4 +59,5 @@ def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str
                            layers=tuple(layers.split(",")) if layers else None, seed=seed, n_reweight=n_reweight,
                            holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size,
                            target_dim=target_dim, geometry=geometry, input_size=input_size, tile=tile,
-                           tile_overlap=tile_overlap, tile_scale=tile_scale)
+                           tile_overlap=tile_overlap, tile_scale=tile_scale, bank_size=bank_size, shards=shards,
+                           work_dir=str(work_dir) if work_dir is not None else None)

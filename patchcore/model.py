@@ -7,12 +7,13 @@ only the feature graph (``PatchFeatureModel``) runs in torch here and in ONNX th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,11 +30,12 @@ from runtime.search import PatchScorer
 
 from . import input_geometry
 from .backbones import create_trunk
-from .coreset import greedy_coreset, projection_matrix
+from .coreset import coreset_size, greedy_select, merge_shards, projection_matrix, shard_budget, shard_members
 from .device import torch_device
 from .features import PatchAggregator, PatchFeatureModel
 from .metrics import f1_max
 from .progress import progress_bar
+from .streaming import EmbeddingStore, StreamingProjection
 
 
 @dataclass
@@ -45,6 +47,8 @@ class PatchCoreConfig:
     pretrain_dim: int = 1024
     target_dim: int = 1024
     coreset_ratio: float = 0.1
+    bank_size: int | None = None  # rows of the memory bank instead of coreset_ratio
+    shards: int = 1  # >1: sharded (composable) coreset, see patchcore.coreset
     projection_dim: int = 128
     n_starts: int = 10
     n_reweight: int = 3
@@ -61,11 +65,14 @@ class PatchCoreConfig:
     tile_scale: float | None = None  # tiling without input_size: canvas = median training size x this (1)
     device: str = "auto"
     search_backend: str = "auto"
+    work_dir: str | None = None  # where embeddings are spilled while fitting (None: the system temp folder)
 
     def __post_init__(self) -> None:
         """Refuse impossible settings before any image is read (ValueError names the setting)."""
         checks = [
             (0 < self.coreset_ratio <= 1, f"coreset ratio must be in (0, 1], got {self.coreset_ratio}"),
+            (self.bank_size is None or self.bank_size >= 1, f"bank size must be >= 1, got {self.bank_size}"),
+            (self.shards >= 1, f"shards must be >= 1, got {self.shards}"),
             (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
             (0 < self.threshold_quantile <= 1, f"threshold quantile must be in (0, 1], got {self.threshold_quantile}"),
             (self.n_reweight == 0 or self.n_reweight >= 2, "n_reweight must be 0 (off) or >= 2"),
@@ -91,6 +98,27 @@ class PatchCoreConfig:
 
 def _jsonable(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass
+class ShardSelection:
+    """What one shard of the training set gives the bank: its chosen rows (selection order) and
+    their projections (for the final round over the union), plus its counts and timings."""
+
+    rows: np.ndarray  # (k, D) float32
+    projected: np.ndarray  # (k, projection_dim) float32
+    n_patches: int
+    spilled_bytes: int
+    feature_seconds: float
+    coreset_seconds: float
+
+
+class FitExecutor(Protocol):
+    """Runs fitting's embedding and shards elsewhere (:class:`patchcore.ray_fit.RayFit`)."""
+
+    def embedded_batches(self, paths: Sequence[Path]) -> Iterator[np.ndarray]: ...
+
+    def select_shards(self, groups: Sequence[Sequence[Path]], total_images: int) -> list[ShardSelection]: ...
 
 
 class PatchCore:
@@ -175,18 +203,27 @@ class PatchCore:
         emb = self.embed_tensor(stack_inputs([prepare(im, self.preprocess) for im in images]))
         return emb.reshape(len(images), -1, emb.shape[-1])
 
-    def _embed_paths(self, paths: Sequence[Path], desc: str) -> np.ndarray:
-        out = []
+    def embed_rows(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Decoded training images -> (rows, D) patch embeddings: fitting's one embedding step."""
+        emb = self.embed_images(images)
+        return emb.reshape(-1, emb.shape[-1])
+
+    def embedded_batches(self, paths: Sequence[Path], desc: str = "features") -> Iterator[np.ndarray]:
+        """The (rows, D) embeddings of ``paths``, ``batch_size`` images at a time."""
         bs = self.config.batch_size
         with progress_bar(desc, total=len(paths)) as advance:
             for s in range(0, len(paths), bs):
                 chunk = paths[s : s + bs]
-                out.append(self.embed_images([read_image(p) for p in chunk]))
+                yield self.embed_rows([read_image(p) for p in chunk])
                 advance(len(chunk))
-        return np.concatenate(out)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, train_paths: Sequence[Path]) -> "PatchCore":
+    def fit(self, train_paths: Sequence[Path], executor: FitExecutor | None = None) -> "PatchCore":
+        """Fit the memory bank on ``train_paths`` (a held-out part calibrates the threshold).
+
+        Embeddings are spilled to disk as they come (:mod:`patchcore.streaming`); with
+        ``shards > 1`` each shard is selected on its own, then merged (:func:`merge_shards`).
+        An ``executor`` runs the embedding (one shard) or the shards (several) elsewhere."""
         cfg = self.config
         paths = sorted(Path(p) for p in train_paths)
         if not paths:
@@ -204,31 +241,76 @@ class PatchCore:
             holdout = [paths[i] for i in sorted(perm[:n_hold])]
             paths = [paths[i] for i in sorted(perm[n_hold:])]
         t0 = time.perf_counter()
-        feats = self._embed_paths(paths, "features")
+        groups = [[paths[i] for i in m] for m in shard_members(len(paths), cfg.shards)]
+        if len(groups) == 1:
+            batches = executor.embedded_batches(paths) if executor else self.embedded_batches(paths)
+            shards = [self.select_shard(batches, len(paths), len(paths))]
+        elif executor is not None:
+            shards = executor.select_shards(groups, len(paths))
+        else:
+            shards = [self.select_shard(self.embedded_batches(g, f"shard {j + 1}/{len(groups)}"), len(g), len(paths))
+                      for j, g in enumerate(groups)]
         t1 = time.perf_counter()
-        flat = feats.reshape(-1, feats.shape[-1])
-        with progress_bar("coreset", total=max(1, int(len(flat) * cfg.coreset_ratio))) as advance:
-            state = {"done": 0}
-
-            def on_progress(done: int, total: int) -> None:
-                advance(done - state["done"])
-                state["done"] = done
-
-            idx = greedy_coreset(flat, cfg.coreset_ratio, cfg.projection_dim, cfg.n_starts, cfg.seed,
-                                 device=cfg.device, progress=on_progress)
+        n_patches = sum(r.n_patches for r in shards)
+        if len(shards) == 1:
+            bank = shards[0].rows
+        else:
+            n_select = coreset_size(n_patches, cfg.coreset_ratio, cfg.bank_size)
+            with self._coreset_progress("merge", n_select) as progress:
+                idx = merge_shards([torch.tensor(r.projected) for r in shards], n_select, cfg.n_starts,
+                                   cfg.seed, cfg.device, progress)
+            bank = np.concatenate([r.rows for r in shards])[idx]
         t2 = time.perf_counter()
-        self.set_bank(flat[idx])
+        self.set_bank(bank)
         self.fit_info = {
             "n_train": len(paths),
-            "n_patches": int(len(flat)),
-            "feature_seconds": round(t1 - t0, 3),
-            "coreset_seconds": round(t2 - t1, 3),
+            "n_patches": int(n_patches),
+            "feature_seconds": round(sum(r.feature_seconds for r in shards), 3),
+            "coreset_seconds": round(sum(r.coreset_seconds for r in shards) + (t2 - t1), 3),
+            "shards": len(shards),
+            "fit_wall_seconds": round(t2 - t0, 3),
+            "spilled_bytes": int(max(r.spilled_bytes for r in shards)),
             "geometry": {"options": _jsonable(cfg.geometry_options()), "picked": input_geometry.describe(self.preprocess),
                          "tiles": self.layout.n_tiles, **geometry},
         }
         if holdout:
             self.calibrate_holdout(holdout)
         return self
+
+    def select_shard(self, batches: Iterable[np.ndarray], shard_images: int, total_images: int) -> ShardSelection:
+        """Spill ``batches`` of embedding rows to disk while projecting them, select the shard's
+        rows (the whole bank when there is one shard) and read them back."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        with EmbeddingStore(cfg.work_dir) as store:
+            projection = StreamingProjection(store, cfg.projection_dim, cfg.seed, self.device)
+            for rows in batches:
+                store.append(rows)
+                projection.update()
+            if store.rows == 0:
+                raise ValueError("no patch embeddings: the training images gave no rows")
+            x = projection.result()
+            t1 = time.perf_counter()
+            n_select = shard_budget(store.rows, shard_images, total_images, cfg.coreset_ratio, cfg.bank_size,
+                                    cfg.shards)
+            with self._coreset_progress("coreset", n_select) as progress:
+                idx = greedy_select(x, n_select, cfg.n_starts, cfg.seed, cfg.device, progress)
+            rows = store.gather(idx)
+            projected = x[torch.from_numpy(idx).to(x.device)].float().cpu().numpy()
+            n, spilled = store.rows, store.nbytes
+        return ShardSelection(rows, projected, n, spilled, t1 - t0, time.perf_counter() - t1)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _coreset_progress(desc: str, total: int):
+        with progress_bar(desc, total=max(1, total)) as advance:
+            state = {"done": 0}
+
+            def on_progress(done: int, total: int) -> None:
+                advance(done - state["done"])
+                state["done"] = done
+
+            yield on_progress
 
     def set_bank(self, bank: np.ndarray) -> None:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
@@ -319,6 +401,8 @@ class PatchCore:
                 "dim": int(self.bank.shape[1]),
                 "dtype": str(self.bank.dtype),
                 "coreset_ratio": cfg.coreset_ratio,
+                "bank_size": cfg.bank_size,
+                "shards": cfg.shards,
                 "projection_dim": cfg.projection_dim,
                 "n_starts": cfg.n_starts,
                 "seed": cfg.seed,
@@ -377,7 +461,8 @@ class PatchCore:
         cfg = PatchCoreConfig(
             backbone=bb["name"], layers=tuple(l["name"] for l in bb["layers"]), weights=bb["weights"],
             seed=bb["seed"], pretrain_dim=m["features"]["pretrain_dim"], target_dim=m["features"]["target_dim"],
-            coreset_ratio=m["memory_bank"]["coreset_ratio"], n_reweight=m["scoring"]["n_reweight"],
+            coreset_ratio=m["memory_bank"]["coreset_ratio"], bank_size=m["memory_bank"].get("bank_size"),
+            shards=m["memory_bank"].get("shards", 1), n_reweight=m["scoring"]["n_reweight"],
             blur_sigma=m["scoring"]["blur_sigma"], device=device,
         )
         model = cls(cfg, preprocess=b.preprocess)

@@ -165,3 +165,58 @@ def test_gpu_selection_equals_cpu(feats):
     cpu = greedy_coreset(feats, 0.05, seed=0, device="cpu")
     gpu = greedy_coreset(feats, 0.05, seed=0, device="cuda")
     np.testing.assert_array_equal(gpu[:30], cpu[:30])
+
+
+# ------------------------------------------------------------------ bank budget and shards
+from patchcore.coreset import (  # noqa: E402
+    SHARD_OVERSAMPLE, coreset_size, greedy_select, merge_shards, shard_budget, shard_members,
+)
+
+
+def test_bank_size_is_a_row_count_and_equals_the_ratio_at_the_same_size(feats):
+    assert coreset_size(1500, 0.1) == 150 and coreset_size(1500, 0.1, bank_size=40) == 40
+    assert coreset_size(30, 0.1, bank_size=100) == 30  # never more rows than there are
+    with pytest.raises(ValueError, match="bank size"):
+        coreset_size(10, 0.1, bank_size=0)
+    by_size = greedy_coreset(feats, 0.5, seed=0, device="cpu", bank_size=150)
+    np.testing.assert_array_equal(by_size, greedy_coreset(feats, 0.1, seed=0, device="cpu"))
+
+
+def test_shards_are_round_robin_and_cover_every_image_once():
+    members = shard_members(10, 3)
+    assert [m.tolist() for m in members] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert shard_members(4, 1)[0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="at most one shard per image"):
+        shard_members(3, 4)
+    with pytest.raises(ValueError, match="shards must be >= 1"):
+        shard_members(3, 0)
+
+
+def test_shard_budget_is_the_shards_share_oversampled():
+    assert shard_budget(1000, 5, 5, 0.1, None, 1) == 100  # one shard: the bank itself
+    assert shard_budget(1000, 5, 20, 0.1, None, 4) == int(SHARD_OVERSAMPLE * 100)
+    assert shard_budget(1000, 5, 20, 0.1, 80, 4) == int(SHARD_OVERSAMPLE * 80 * 5 / 20)
+    assert shard_budget(10, 5, 20, 0.9, None, 4) == 10  # never more than the shard has
+
+
+def test_sharded_selection_covers_almost_as_well_as_the_exact_one():
+    """The composable coreset: shards selected on their own, then merged. Its covering radius
+    (what k-center minimises, in the projected space the selection works in) is within a few
+    percent of the exact selection's and far below random subsets'."""
+    x = clustered(6000, 64, seed=3, k=60)
+    k, shards = 120, 4
+    exact = greedy_coreset(x, 1.0, seed=0, device="cpu", bank_size=k)
+    parts = np.array_split(np.arange(len(x)), shards)
+    picked, projected = [], []
+    for p in parts:
+        idx = greedy_select(torch.from_numpy(x[p]), shard_budget(len(p), 1, shards, 0, k, shards), seed=0, device="cpu")
+        picked.append(p[idx])
+        projected.append(torch.from_numpy(x[p[idx]]))
+    union = np.concatenate(picked)
+    merged = union[merge_shards(projected, k, seed=0, device="cpu")]
+    assert len(merged) == len(set(merged.tolist())) == k
+    r_exact, r_sharded = covering_radius(x, exact), covering_radius(x, merged)
+    rng = np.random.default_rng(0)
+    r_random = min(covering_radius(x, rng.choice(len(x), k, replace=False)) for _ in range(3))
+    assert r_sharded <= 1.1 * r_exact, (r_sharded, r_exact)
+    assert r_sharded < 0.7 * r_random, (r_sharded, r_random)

@@ -1,6 +1,8 @@
-"""The runtime installs and runs without torch: every runtime module and every CLI command is run
-in a fresh interpreter where importing torch (or patchcore/export) raises, and torch must never
-appear in sys.modules; pyproject's runtime dependencies do not name torch."""
+"""The runtime installs and runs without torch and without Ray: every runtime module and every CLI
+command is run in a fresh interpreter where importing torch (or patchcore/export), Ray or the
+Parquet/DataFrame libraries that only the ``scale`` extra brings raises, and none of them may
+appear in sys.modules; pyproject's runtime dependencies name none of them. ``score --ray`` there
+is a usage error that says how to install Ray."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKED = ("torch", "torchvision", "open_clip", "timm", "patchcore", "export")
+BLOCKED = ("torch", "torchvision", "open_clip", "timm", "patchcore", "export", "ray", "pyarrow", "pandas")
 
 
 # Runs in the child: a meta path finder refusing the blocked packages, then the given code.
@@ -81,7 +83,8 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     assert out["leaked"] == []
     assert out["attempts"] == []  # not even a guarded ``try: import torch``
     for needed in ("line.cli", "line.watch", "line.journal", "line.camera", "line.bench", "line.outputs",
-                   "line.reload", "predictor", "engines", "search", "errors", "update", "coreset_update"):
+                   "line.reload", "predictor", "engines", "search", "errors", "update", "coreset_update",
+                   "line.score", "line.score_ray", "line.ray_cluster"):
         assert f"runtime.{needed}" in out["modules"]
 
 
@@ -112,26 +115,34 @@ def test_every_command_runs_without_torch(tmp_path, rt_bundle):
             "bench": cli("bench", {b!r}, "--batch-sizes", "1", "--repeat", "1", "--warmup", "0"),
             "update": cli("update", {b!r}, "--good", {str(good_dir)!r}, "--out", {new!r}, "--device", "cpu"),
             "info-updated": cli("info", {new!r}, "--json"),
+            "score": cli("score", {b!r}, {d!r}, "--out", {str(tmp_path / "score.jsonl")!r}),
         }}
+        ray_code = cli("score", {b!r}, {d!r}, "--out", {str(tmp_path / "ray.jsonl")!r}, "--ray")
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-        print(json.dumps({{"codes": codes, "leaked": leaked, "attempts": ATTEMPTS, "ort": "onnxruntime" in sys.modules}}))
+        print(json.dumps({{"codes": codes, "ray_code": ray_code, "leaked": leaked, "attempts": ATTEMPTS,
+                          "ort": "onnxruntime" in sys.modules}}))
     """, tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["codes"] == {k: 0 for k in out["codes"]}, r.stderr
-    assert out["leaked"] == [] and out["attempts"] == []
+    assert out["leaked"] == [] and out["attempts"] == ["ray"]  # only score --ray tried, and said so
+    assert out["ray_code"] == 2 and "--ray needs Ray, which is not installed here" in r.stderr
     assert out["ort"]  # the commands really ran the model
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"file"')]
     assert sum(rec["verdict"] == "error" for rec in records) == 2  # broken.png: once by predict, once by watch
     assert sum(rec["score"] is not None for rec in records) == 6
     info = json.loads(next(line for line in r.stdout.splitlines() if line.startswith('{"path"')))
     assert len(info["lineage"]) == 1 and len(info["lineage"][0]["images"]) == 3  # update ran, torch-free
+    scored = [json.loads(line) for line in (tmp_path / "score.jsonl").read_text().splitlines()]
+    assert sorted(rec["verdict"] == "error" for rec in scored) == [False, False, False, True]
 
 
 def test_pyproject_runtime_dependencies_exclude_torch():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = [dep.split(";")[0].strip().lower() for dep in project["dependencies"]]
-    heavy = [n for n in names if any(n.startswith(p) for p in ("torch", "torchvision", "open_clip", "timm", "tensorrt"))]
+    heavy = [n for n in names if any(n.startswith(p) for p in ("torch", "torchvision", "open_clip", "timm", "tensorrt",
+                                                               "ray", "pyarrow", "pandas"))]
     assert heavy == [], f"runtime dependencies must not pull the training stack: {heavy}"
     assert any(n.startswith("onnxruntime") for n in names)
     assert project["scripts"]["patchcore-rt"] == "runtime.line.cli:main"
+    assert any(dep.startswith("ray[data]") for dep in project["optional-dependencies"]["scale"])

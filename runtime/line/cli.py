@@ -1,4 +1,4 @@
-"""``patchcore-rt``: the torch-free runtime command line (predict, watch, camera, bench, info,
+"""``patchcore-rt``: the torch-free runtime command line (predict, score, watch, camera, bench, info,
 update).
 
 stdout carries results as JSON lines; stderr carries progress, the status line and errors. Exit
@@ -6,7 +6,7 @@ codes are the table of :mod:`runtime.errors`, shared with ``patchcore`` and ``py
 
 The command functions are thin: they parse options, call the library (:mod:`runtime.line.watch`,
 :mod:`runtime.line.camera`, :mod:`runtime.line.bench`, :mod:`runtime.line.info`,
-:mod:`runtime.line.records`, :mod:`runtime.update`) and print.
+:mod:`runtime.line.records`, :mod:`runtime.line.score`, :mod:`runtime.update`) and print.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import __version__
-from ..bundle import BundleError
+from ..bundle import BundleError, read_bundle
 from ..errors import InputsFailed, OutputError, UsageError
 from ..images import ImageLimits
 from ..predictor import Predictor
@@ -40,6 +40,7 @@ from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPD
 from .outputs import encode_png, numbered, overlay_image, overlay_label, write_replace
 from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
+from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, resolve_bundle
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
@@ -196,6 +197,59 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
                   console=err, transient=True) as prog:
         task = prog.add_task("scoring", total=total)
         yield lambda n: prog.advance(task, n)
+
+
+# ------------------------------------------------------------------------------------------ score
+@app.command(epilog=EXIT_CODES_HELP)
+def score(
+    bundle: str = typer.Argument(..., help="Bundle folder (or the name of a bundle under ./models)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Folders (scored with their sub-folders) and/or image files."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="A text file naming one image file per line "
+                                             "(blank lines and # comments are skipped)."),
+    out: Path = typer.Option(..., "--out", "-o", help="results.jsonl (JSON lines) or results.parquet (a folder of "
+                             "Parquet part files; needs pyarrow). A rerun with the same --out resumes."),
+    batch: int = BatchOpt,
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 8 when any input could not be scored."),
+    ray: bool = typer.Option(False, "--ray", help="Score with Ray Data, the predictor in actors "
+                             "(pip install 'patchcore-rt[scale]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (implies --ray; "
+                                              "default: a local Ray on this machine)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="With --ray: predictor actors (default: "
+                                          "as many as the cluster's CPUs / --threads, or its GPUs)."),
+    device: Device = DeviceOpt,
+    search: Search = SearchOpt,
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph "
+                                          "(default: all; with --ray: per actor, default 1)."),
+    graph: str = GraphOpt,
+) -> None:
+    """Score an archive into JSON lines or Parquet, resumably.
+
+    Scores every image of the folders (sub-folders too) and of --list into OUT, where each result
+    is saved as soon as its batch is done. Rerunning the same command after a crash or a kill
+    scores only the images OUT has no result for (a file is the same file while its name, size
+    and mtime are). Prints a summary as one JSON line.
+    """
+    with known_errors():
+        inputs = list_inputs(paths or [], list_file)
+        root = resolve_bundle(bundle)
+        with _progress(len(inputs)) as advance:
+            if ray or ray_address:
+                from .ray_cluster import ray_session
+                from .score_ray import score_with_ray
+
+                bundle_id = read_bundle(root).bundle_id
+                with ray_session(ray_address) as ray_mod:
+                    summary = run_score(inputs, out, bundle_id, lambda todo: score_with_ray(
+                        ray_mod, root, todo, batch, device.value, search.value, threads, graph, workers), advance)
+            else:
+                p = load_predictor(root, device, search, threads, graph)
+                summary = run_score(inputs, out, p.bundle.bundle_id, lambda todo: score_in_process(p, todo, batch),
+                                    advance)
+        typer.echo(json.dumps(summary.to_dict()))
+        if summary.errors:
+            info(f"{summary.errors} of {summary.scored} inputs could not be scored (see the records with \"error\")")
+        if strict and summary.errors:
+            raise InputsFailed(f"--strict: {summary.errors} of {summary.scored} inputs could not be scored")
 
 
 # ------------------------------------------------------------------------------------------ watch

@@ -13,6 +13,7 @@ CPU threads                ``--threads``
 output folder or bundle    ``--out`` / ``-o``
 result as JSON on stdout   ``--json`` (a flag)
 report file                ``--report PATH``
+run on Ray                 ``--ray``, ``--ray-address ADDRESS`` (implies ``--ray``)
 =========================  =====================================================================
 
 Deprecated spellings are rewritten before parsing, with a warning on stderr naming the new one
