@@ -283,9 +283,6 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json",
         raise BundleError(f"{where}: field 'threshold.scale' must be > 0 when a threshold is set, "
                           f"got {_short(threshold['scale'])}")
     _check_files(manifest, where)
-    for field in ("file", "projection_file"):  # projection_file: optional (bank updates need it)
-        if (field == "file" or field in bank) and bank[field] not in manifest["files"]:
-            raise BundleError(f"{where}: 'memory_bank.{field}' {_short(bank[field])} is not listed in 'files'")
     for field, check in OPTIONAL_FIELDS.items():
         try:
             value = _get(manifest, field)
@@ -294,6 +291,9 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json",
         wanted = check(value)
         if wanted:
             raise BundleError(f"{where}: field '{field}' must be {wanted}, got {_short(value)}")
+    for field in ("file", "projection_file"):  # projection_file: optional (bank updates need it)
+        if (field == "file" or field in bank) and bank[field] not in manifest["files"]:
+            raise BundleError(f"{where}: 'memory_bank.{field}' {_short(bank[field])} is not listed in 'files'")
     _check_entries(manifest, "graphs", where)
     _check_entries(manifest, "engines", where)
 

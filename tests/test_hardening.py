@@ -206,7 +206,10 @@ def test_5_non_finite_values_in_the_bank_are_refused(bundle):
 class _NanPredictor:
     """A predictor whose model gives NaN for every second image."""
 
-    def predict(self, images):
+    def prepare(self, image):
+        return image
+
+    def predict_prepared(self, images):
         from runtime.postprocess import Prediction
 
         n = len(images)

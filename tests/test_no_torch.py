@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "open_clip", "timm", "patchcore", "export", "ray", "pyarrow", "pandas")

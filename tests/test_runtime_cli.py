@@ -106,17 +106,20 @@ def test_overlays_get_unique_names(tmp_path, rt_bundle, rt_test_images):
     assert img[..., 2].mean() > img[..., 0].mean() * 0.5  # a heat map, not a blank image
 
 
-def test_a_batch_with_an_image_preprocessing_refuses_is_scored_one_by_one():
+def test_an_image_preprocessing_refuses_gets_its_record_and_the_others_one_model_call():
     class FakePredictor:
         calls = []
 
-        def predict(self, images):
-            self.calls.append(len(images))
-            if any(im.shape[0] < 10 for im in images):
+        def prepare(self, image):
+            if image.shape[0] < 10:
                 raise PreprocessError("cannot crop 10x10 from a 4x4 image")
+            return image
+
+        def predict_prepared(self, prepared):
+            self.calls.append(len(prepared))
             from types import SimpleNamespace
 
-            n = len(images)
+            n = len(prepared)
             return SimpleNamespace(image_scores=np.arange(n) + 1.0, normalised=None, verdicts=None,
                                    maps=np.zeros((n, 2, 2)), plans=None)
 
@@ -124,10 +127,10 @@ def test_a_batch_with_an_image_preprocessing_refuses_is_scored_one_by_one():
              Item("c", image=np.zeros((20, 20, 3), np.uint8)), Item("bad", data=b"junk")]
     p = FakePredictor()
     out = score_items(p, items)
-    assert p.calls == [3, 1, 1, 1]
+    assert p.calls == [2]  # the two usable images in one model call; the others never reach it
     assert [o.verdict for o in out] == [None, "error", None, "error"]
     assert "tiny: cannot crop" in out[1].error and "bad: cannot decode" in out[3].error
-    assert out[0].score == 1.0 and out[2].score == 1.0
+    assert out[0].score == 1.0 and out[2].score == 2.0
 
 
 # ============================================================================ error exit codes

@@ -143,7 +143,8 @@ def test_bottle_selection_is_identical_to_the_in_memory_path():
     from patchcore.model import PatchCore, PatchCoreConfig
 
     ds = load_class(shared_class("bottle"))
-    model = PatchCore(PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.01, device="cpu", holdout=0))
+    model = PatchCore(PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.01, device="cpu", holdout=0,
+                                      geometry="paper"))  # a fixed input, known before fitting
     batches = list(model.embedded_batches(ds.train))
     flat = np.concatenate(batches)
     idx = greedy_coreset(flat, 0.01, seed=0, device="cpu")

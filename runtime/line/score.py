@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import OutputError, UsageError
-from .journal import Journal, Key
+from .journal import Journal
 from .ray_cluster import INSTALL_HINT
 from .records import Item, record, score_items
 from .selection import collect_inputs
@@ -40,7 +40,8 @@ class Input:
     mtime_ns: int
 
     @property
-    def key(self) -> Key:
+    def key(self) -> tuple[str, int, int]:
+        """(name, size, mtime_ns): what the output's records are matched on."""
         return (self.name, self.size, self.mtime_ns)
 
 
@@ -95,8 +96,8 @@ class JsonlSink:
             self.journal = Journal(path)
         except OSError as e:
             raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
-        self.done: set[Key] = set(self.journal.records)
-        self.bundles = {str(r.get("bundle")) for r in self.journal.records.values()}
+        self.done: set[tuple[str, int, int]] = set(self.journal.records)  # keyed by (name, size, mtime_ns)
+        self.bundles = {str(r.get("bundle")) for recs in self.journal.records.values() for r in recs}
 
     def append(self, records: list[dict[str, Any]]) -> None:
         self.journal.append(records)
@@ -127,7 +128,7 @@ class ParquetSink:
         except OSError as e:
             raise OutputError(f"{folder}: cannot write: {e.strerror or e}") from None
         self.folder, self.flush_every = folder, flush_every
-        self.done: set[Key] = set()
+        self.done: set[tuple[str, int, int]] = set()
         self.bundles: set[str] = set()
         parts = sorted(folder.glob("part-*.parquet"))
         for part in parts:
