@@ -146,6 +146,9 @@ class PatchCore:
         self.threshold: float | None = None
         self.scale: float | None = None
         self.fit_info: dict = {}
+        # What a loaded bundle recorded about its bank (``update`` appends to both); a fit starts afresh.
+        self.lineage: list[dict] = []
+        self.coverage_radius: float | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -262,6 +265,7 @@ class PatchCore:
             bank = np.concatenate([r.rows for r in shards])[idx]
         t2 = time.perf_counter()
         self.set_bank(bank)
+        self.lineage, self.coverage_radius = [], None
         self.fit_info = {
             "n_train": len(paths),
             "n_patches": int(n_patches),
@@ -407,11 +411,13 @@ class PatchCore:
                 "n_starts": cfg.n_starts,
                 "seed": cfg.seed,
                 "projection_file": bundle_io.PROJECTION_FILE,
-                "coverage_radius": selection_radius(project(self.bank, self.coreset_projection())),
+                "coverage_radius": (self.coverage_radius if self.coverage_radius is not None
+                                    else selection_radius(project(self.bank, self.coreset_projection()))),
             },
             "scoring": {"k": 1, "distance": "l2", "n_reweight": cfg.n_reweight, "blur_sigma": cfg.blur_sigma},
             "threshold": {"value": self.threshold, "scale": self.scale, **self.fit_info.get("calibration", {})},
             "fit": {k: v for k, v in self.fit_info.items() if k != "calibration"},
+            **({"lineage": list(self.lineage)} if self.lineage else {}),
             "graphs": {},
             "versions": {
                 "patchcore_rt": runtime.__version__,
@@ -464,6 +470,7 @@ class PatchCore:
             coreset_ratio=m["memory_bank"]["coreset_ratio"], bank_size=m["memory_bank"].get("bank_size"),
             shards=m["memory_bank"].get("shards", 1), n_reweight=m["scoring"]["n_reweight"],
             blur_sigma=m["scoring"]["blur_sigma"], device=device,
+            **{k: m["memory_bank"][k] for k in ("projection_dim", "n_starts") if k in m["memory_bank"]},
         )
         model = cls(cfg, preprocess=b.preprocess)
         if list(model.grid) != list(m["features"]["grid"]):
@@ -472,4 +479,6 @@ class PatchCore:
         model.set_bank(b.memory_bank().astype(np.float32))
         model.threshold = m["threshold"]["value"]
         model.scale = m["threshold"]["scale"]
+        model.lineage = b.lineage
+        model.coverage_radius = m["memory_bank"].get("coverage_radius")
         return model

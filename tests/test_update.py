@@ -9,6 +9,7 @@ supplier's colour). Defects are the synthetic generator's scratches, stains and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -247,6 +248,35 @@ def test_lineage_info_and_update_of_an_update(tmp_path, parts):
     text = console.export_text()
     assert f"parent {p0.bundle.bundle_id}" in text and f"parent {p1.bundle.bundle_id}" in text
     assert f"+{lineage[1]['rows_added']} rows" in text
+
+
+def test_an_updated_bundle_loaded_and_saved_again_keeps_its_history(tmp_path, parts):
+    """What ``patchcore export --reuse`` does to an updated bundle: load it in PyTorch, write it again."""
+    p0 = Predictor(parts["bundle"], device="cpu")
+    update_bundle(parts["bundle"], _images(parts["root"] / "copper" / "teach")[:3], p0.embed, tmp_path / "v2")
+    old = read_bundle(tmp_path / "v2")
+    model = PatchCore.load(tmp_path / "v2", device="cpu")
+    model.fit_info["calibration"] = {k: v for k, v in old.manifest["threshold"].items() if k not in ("value", "scale")}
+    export_bundle(model, tmp_path / "again", fp16=False)
+    new = read_bundle(tmp_path / "again")
+    assert new.lineage == old.lineage and len(new.lineage) == 1
+    for key in ("rows", "coverage_radius", "projection_dim", "n_starts"):
+        assert new.manifest["memory_bank"][key] == old.manifest["memory_bank"][key], key
+    assert new.manifest["threshold"] == old.manifest["threshold"]
+    assert np.array_equal(np.load(tmp_path / "again" / bundle_io.PROJECTION_FILE),
+                          np.load(tmp_path / "v2" / bundle_io.PROJECTION_FILE))
+    # a fresh fit of the loaded model's config starts a new history
+    refit = PatchCore(model.config).fit(sorted((parts["root"] / "train" / "good").glob("*.png"))[:6])
+    assert refit.lineage == [] and "lineage" not in refit.manifest("x")
+
+
+def test_a_bundle_fitted_with_its_own_projection_loads_with_it(tmp_path, parts):
+    cfg = dataclasses.replace(parts["model"].config, projection_dim=32, n_starts=3)
+    model = PatchCore(cfg).fit(sorted((parts["root"] / "train" / "good").glob("*.png"))[:6])
+    export_bundle(model, tmp_path / "b", fp16=False)
+    loaded = PatchCore.load(tmp_path / "b", device="cpu")
+    assert (loaded.config.projection_dim, loaded.config.n_starts) == (32, 3)
+    assert np.array_equal(loaded.coreset_projection(), np.load(tmp_path / "b" / bundle_io.PROJECTION_FILE))
 
 
 def test_update_refuses_an_existing_out_and_the_bundle_itself(tmp_path, parts):
