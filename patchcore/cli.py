@@ -150,7 +150,7 @@ def update(
     """Teach a bundle new good images with the PyTorch feature extractor and write a new bundle
     (what `patchcore-rt update` does torch-free with the bundle's ONNX graph; same selection)."""
     from runtime.bundle import read_bundle
-    from runtime.line.console import info, stage_progress
+    from runtime.line.console import info, stage_progress, warn
     from runtime.line.info import describe_update
     from runtime.line.selection import collect_inputs
     from runtime.update import requirements, update_bundle
@@ -167,6 +167,8 @@ def update(
                                    tool="patchcore update",
                                    embedder=f"torch {model.device} {model.config.backbone}", progress=progress)
         info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
+        for message in result.warnings():
+            warn(message)
         typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
 
 

@@ -48,6 +48,7 @@ Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 images -> (
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 REFIT = "refit or re-export it with this version of patchcore-rt"
+WARN_RISE = 0.25  # an update that raises the threshold by more than this fraction warns
 FOLDS = 10  # cross-validation folds for the new images' held-out scores: each costs one more selection
 
 
@@ -66,7 +67,28 @@ class UpdateResult:
                 "patches": e["patches"], "covered": e["covered"], "rows_added": e["rows_added"],
                 "rows": e["rows"]["after"], "stopped": e["stopped"],
                 "threshold": {k: e["calibration"][k]["value"] for k in ("before", "after")},
-                "graphs_dropped": e["graphs_dropped"]}
+                "graphs_dropped": e["graphs_dropped"], "warnings": self.warnings()}
+
+    def warnings(self) -> list[str]:
+        """What the person who taught these images should check before deploying the result."""
+        rise = threshold_rise(self.entry)
+        if rise is None:
+            return []
+        before, after = rise
+        return [f"the threshold rose by {after / before - 1:.0%} ({before:.4g} -> {after:.4g}): the taught images "
+                "scored far above the parent's good images. Check that they are good parts and that known "
+                "defects still score above the new threshold before deploying this bundle"]
+
+
+def threshold_rise(entry: dict[str, Any]) -> tuple[float, float] | None:
+    """(before, after) when a recalibration raised the threshold by more than :data:`WARN_RISE`
+    of its value: the taught images scored far above the parent's good images, which is what
+    teaching defective parts (or a variant the bank barely covers) looks like."""
+    cal = entry.get("calibration", {})
+    before, after = cal.get("before", {}).get("value"), cal.get("after", {}).get("value")
+    if not cal.get("recalibrated") or before is None or after is None or before <= 0:
+        return None
+    return (float(before), float(after)) if after > before * (1 + WARN_RISE) else None
 
 
 def requirements(bundle: Bundle) -> tuple[np.ndarray, float]:

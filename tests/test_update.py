@@ -33,7 +33,7 @@ from runtime.fileio import sha256_file
 from runtime.images import read_image
 from runtime.line.info import bundle_info, render
 from runtime.predictor import Predictor
-from runtime.update import requirements, update_bundle
+from runtime.update import requirements, threshold_rise, update_bundle
 
 STEEL, COPPER = (150, 160, 175), (190, 120, 70)
 N_TEACH = 8  # "a handful" of copper parts taught as good
@@ -327,6 +327,40 @@ def test_torch_and_runtime_updates_choose_the_same_rows(tmp_path, parts):
     np.testing.assert_allclose(rt.memory_bank(), pt.memory_bank(), rtol=1e-4, atol=1e-4)
     assert rt.manifest["threshold"]["value"] == pytest.approx(pt.manifest["threshold"]["value"], rel=1e-4)
     assert rt.lineage[0]["tool"] == "patchcore-rt update" and pt.lineage[0]["tool"] == "patchcore update"
+    # a variant that a few per cent more threshold covers is no cause for a warning
+    assert s_rt["warnings"] == s_pt["warnings"] == [] and "warning" not in r_rt.stderr + r_pt.stderr
+
+
+@pytest.mark.parametrize(("calibration", "expect"), [
+    ({"recalibrated": True, "before": {"value": 10.0}, "after": {"value": 12.6}}, (10.0, 12.6)),
+    ({"recalibrated": True, "before": {"value": 10.0}, "after": {"value": 12.5}}, None),
+    ({"recalibrated": True, "before": {"value": 10.0}, "after": {"value": 4.0}}, None),
+    ({"recalibrated": False, "before": {"value": 10.0}, "after": {"value": 50.0}}, None),  # kept (F1, fixed)
+    ({"recalibrated": True, "before": {"value": None}, "after": {"value": 50.0}}, None),
+])
+def test_threshold_rise_is_reported_above_a_quarter(calibration, expect):
+    assert threshold_rise({"calibration": calibration}) == expect
+
+
+def test_teaching_parts_far_from_the_bank_warns_that_the_threshold_rose(tmp_path, parts):
+    """Noise taught as "good" (what teaching defective parts looks like) doubles the threshold:
+    both update commands say so on stderr and in their JSON, and still write the bundle."""
+    from patchcore.cli import app as fit_app
+    from runtime.line.cli import app as rt_app
+
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        _write(tmp_path / "noise" / f"{i}.png", rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    args = [str(parts["bundle"]), "--good", str(tmp_path / "noise"), "--device", "cpu", "--json"]
+    for app, out in ((rt_app, "rt"), (fit_app, "pt")):
+        r = CliRunner().invoke(app, ["update", *args, "--out", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        before, after = summary["threshold"]["before"], summary["threshold"]["after"]
+        assert after > 1.25 * before
+        assert len(summary["warnings"]) == 1 and f"rose by {after / before - 1:.0%}" in summary["warnings"][0]
+        assert "warning: the threshold rose by" in " ".join(r.stderr.split())
+        assert read_bundle(tmp_path / out).manifest["threshold"]["value"] == after
 
 
 # ============================================================================ Done means (2)

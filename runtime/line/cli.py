@@ -33,7 +33,7 @@ from ..predictor import Predictor
 from ..update import update_bundle
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
-from .console import JsonLines, err, info, known_errors, stage_progress
+from .console import JsonLines, err, info, known_errors, stage_progress, warn
 from .info import bundle_info, describe_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
@@ -446,6 +446,8 @@ def update(
                                    tool="patchcore-rt update", embedder=f"{p.info()['engine']} {p.graph}",
                                    progress=progress)
         info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
+        for message in result.warnings():
+            warn(message)
         typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
 
 
