@@ -116,7 +116,12 @@ def image_size(data: bytes, name: str) -> tuple[int, int]:
                 return int(im.size[0]), int(im.size[1])
     except Image.DecompressionBombError:
         return 1 << 31, 1 << 31  # Pillow's own limit is far over any cap we accept
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct_error) as e:
+    except UnidentifiedImageError:  # its message names Pillow's buffer object, not the file
+        raise ImageReadError(
+            f"{name}: cannot decode image (not a supported image format, or its header is corrupt; "
+            f"supported suffixes: {' '.join(IMAGE_SUFFIXES)})"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct_error) as e:
         raise ImageReadError(
             f"{name}: cannot decode image (corrupt, truncated or not a supported image format: {e}; "
             f"supported suffixes: {' '.join(IMAGE_SUFFIXES)})"
