@@ -21,6 +21,7 @@ from patchcore import fit_options as opt
 from patchcore.cli import DEPRECATED as FIT_DEPRECATED
 from patchcore.cli import PROG, app
 from runtime.engines import DeviceUnavailableError
+from runtime.fileio import check_output_folder
 from runtime.line.console import known_errors
 from runtime.line.options import COMMANDS, EXIT_CODES_HELP, run
 
@@ -65,6 +66,7 @@ def export_cmd(
                              bank_size, shards, work_dir)
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
                             tensorrt, calibrate, reuse)
+        check_output_folder(req.out, "--out")
         typer.echo(json.dumps(export_model(req, log=_err).summary()))
 
 
@@ -86,6 +88,8 @@ def parity_cmd(
     from .parity import ParityBroken, run_parity
 
     with known_errors():
+        if report:
+            check_output_folder(report.parent, "--report")
         rep = run_parity(bundle, data, engines=[e.strip() for e in engines.split(",") if e.strip()],
                          graphs=[g.strip() for g in graphs.split(",")] if graphs else None, max_images=max_images,
                          batch_size=batch_size, torch_device=device, log=_err)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import typer
 
 from runtime import __version__
+from runtime.fileio import check_output_folder
 from runtime.line.console import known_errors
 from runtime.line.options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT,
                                   UPDATE_RECURSIVE, app as make_app, version_callback)
@@ -62,6 +63,7 @@ def fit(
                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                                  bank_size, shards, work_dir)
             dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
+            check_output_folder(dest, "--out")
             jobs.append((d, cfg, dest))
         for dest in run_jobs(fit_bundle, jobs, ray or bool(ray_address), ray_address, device):
             typer.echo(str(dest))
@@ -123,6 +125,7 @@ def eval_(
                                   bank_size, shards, work_dir)
                    for bb in backbone]  # bad options fail before any data is read
         _check_folders(data)
+        check_output_folder(out, "--out")
         if bundle is not None:
             for d in data:
                 typer.echo(_row_line(evaluate_bundle(bundle, d, out, device=device, original=original_resolution)))
@@ -192,6 +195,7 @@ def download(
     from .download import download_all
 
     with known_errors():
+        check_output_folder(dest, "--dest")
         for p in download_all(classes or None, dest):
             typer.echo(str(p))
 
@@ -212,5 +216,6 @@ def synth(
     from .synthetic import make_synthetic_class
 
     with known_errors():
+        check_output_folder(dest, "--dest")
         side = size or {"tall": 128, "large": 1024}.get(layout, 256)
         typer.echo(str(make_synthetic_class(dest, texture, n_train=n_train, size=side, seed=seed, layout=layout)))

@@ -28,8 +28,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, wrong format
-        raise WeightsUnavailableError(f"could not read weights file {path}: {e}") from e
+    except Exception as e:  # corrupt file, wrong format, or pickled objects weights_only refuses
+        raise WeightsUnavailableError(f"could not read weights file {path}: expected a .safetensors file or a "
+                                      f"state dict saved with torch.save ({_load_failure(e)})") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -70,3 +71,14 @@ def download_failed_message(what: str, filename: str, url: str | None) -> str:
 
 def offline() -> bool:
     return os.environ.get("PATCHCORE_OFFLINE", "") not in ("", "0")
+
+
+def _load_failure(e: Exception) -> str:
+    """The cause in one line, without torch's advice to retry with ``weights_only=False`` (this
+    loader never unpickles arbitrary objects)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        cause = next((l.strip() for l in text.split(marker, 1)[1].splitlines() if l.strip()), "")
+        return f"not a tensors-only checkpoint: {cause.split('. ')[0]}"[:300]
+    return next((l.strip() for l in text.splitlines() if l.strip()), type(e).__name__).split(". ")[0][:300]

