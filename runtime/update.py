@@ -39,7 +39,7 @@ from . import __version__
 from .bundle import BANK_FILE, DIGEST_FIELD, Bundle, BundleError, finalize_manifest, read_bundle, write_array
 from .coreset_update import Extension, distances_to_bank, extend_coreset, project
 from .errors import OutputError, UsageError
-from .fileio import sha256_file
+from .fileio import check_output_folder, sha256_file
 from .images import read_image
 from .postprocess import quantile_threshold
 from .search import PatchScorer
@@ -111,6 +111,7 @@ def check_out(parent: Bundle, out: Path) -> None:
                          "never modified)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} already exists: give a new folder")
+    check_output_folder(out, "--out")  # a file on its path, or an unwritable parent: exit 9 before any work
 
 
 def embed_images(items: Sequence[tuple[Path, str]], embed: Embedder, batch_size: int,

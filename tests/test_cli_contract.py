@@ -154,6 +154,8 @@ def test_an_output_folder_that_cannot_be_written_is_exit_9_before_any_work(tmp_p
         "synth": _run("patchcore", "synth", "--dest", str(blocker)),
         "download": _run("patchcore", "download", "bottle", "--dest", str(blocker / "mvtec")),
         "watch": _run("patchcore-rt", "watch", str(data), "--out", str(blocker), "--once", "--bundle", str(rt_bundle)),
+        "update": _run("patchcore-rt", "update", str(rt_bundle), "--good", str(data / "train" / "good"),
+                       "--out", str(blocker / "v2")),
     }
     for command, r in runs.items():
         assert r.returncode == errors.OUTPUT, (command, r.stderr)
