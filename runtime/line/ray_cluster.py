@@ -12,11 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from typing import Any, Iterator
 
 from ..errors import UsageError
 
 INSTALL_HINT = "pip install 'patchcore-rt[scale]'"
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A usage error (exit 2) when ``address`` is malformed or nothing accepts a connection
+    there within ``timeout`` seconds: ``ray.init`` itself retries for many minutes."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); is the Ray head "
+                         "running (ray start --head) and its port reachable from here?") from None
 
 
 def import_ray():
@@ -32,6 +50,8 @@ def import_ray():
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Connect to Ray (see the module docstring); yields the ``ray`` module. Errors raised inside
     Ray tasks come out as the task's own exception (so they keep their exit code)."""
+    if address:
+        check_ray_address(address)
     ray = import_ray()
     started = False
     if not ray.is_initialized():
