@@ -153,8 +153,8 @@ def update(
     """Teach a bundle new good images with the PyTorch feature extractor and write a new bundle
     (what `patchcore-rt update` does torch-free with the bundle's ONNX graph; same selection)."""
     from runtime.bundle import read_bundle
-    from runtime.line.console import info, stage_progress, warn
-    from runtime.line.info import describe_update
+    from runtime.line.console import stage_progress
+    from runtime.line.info import print_update
     from runtime.line.selection import collect_inputs
     from runtime.update import requirements, update_bundle
 
@@ -169,10 +169,7 @@ def update(
             result = update_bundle(parent, images, model.embed_images, out, add=add, batch_size=batch_size,
                                    tool="patchcore update",
                                    embedder=f"torch {model.device} {model.config.backbone}", progress=progress)
-        info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
-        for message in result.warnings():
-            warn(message)
-        typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
+        print_update(result, as_json)
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -183,15 +183,17 @@ class PatchCore:
         """The patch grid, read off one forward pass of the trunk (padding rules differ by
         backbone, so H / stride is not always right)."""
         h, w = self.input_size
+
+        def too_small(why: str) -> ValueError:
+            return ValueError(f"a {h}x{w} network input is too small for {self.config.backbone} (deepest layer "
+                              f"stride {self.strides[1]}; {why}): use a larger --tile, --crop or --size")
+
         try:
             first = self.feature_model.trunk(torch.zeros(1, 3, h, w, device=self.device))[0]
         except RuntimeError as e:  # a kernel larger than a deep layer's map
-            first, why = None, str(e).strip().splitlines()[0]
-        else:
-            why = "it gives an empty patch grid"
-        if first is None or min(first.shape[-2:]) < 1:
-            raise ValueError(f"a {h}x{w} network input is too small for {self.config.backbone} (deepest layer "
-                             f"stride {self.strides[1]}; {why}): use a larger --tile, --crop or --size")
+            raise too_small(str(e).strip().splitlines()[0]) from None
+        if min(first.shape[-2:]) < 1:
+            raise too_small("an empty patch grid")
         return int(first.shape[-2]), int(first.shape[-1])
 
     @torch.no_grad()

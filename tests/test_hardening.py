@@ -421,15 +421,24 @@ def test_15_a_second_moving_watcher_on_the_same_folder_is_refused(rt_bundle, tmp
             w.run()
 
 
-def test_16_once_finishes_an_interrupted_move(rt_bundle, tmp_path, good_png):
+def _recorded_input(tmp_path: Path, data: bytes, with_inode: bool = True, **record) -> tuple[Path, Path]:
+    """An input folder with ``a.png`` and an output folder whose journal already holds its record
+    (its key read off the file, inode and ctime too unless ``with_inode`` is False, plus
+    ``record``'s fields): (input folder, output folder)."""
     inc, out = tmp_path / "in", tmp_path / "out"
     inc.mkdir()
-    (inc / "a.png").write_bytes(good_png)
-    st = (inc / "a.png").stat()
     out.mkdir()
-    rec = {"file": "a.png", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
-           "ctime_ns": st.st_ctime_ns, "verdict": "ok", "moved_to": "ok/a.png"}
-    (out / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    (inc / "a.png").write_bytes(data)
+    st = (inc / "a.png").stat()
+    fields = {"file": "a.png", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "verdict": "ok", **record}
+    if with_inode:
+        fields.update(inode=st.st_ino, ctime_ns=st.st_ctime_ns)
+    (out / "results.jsonl").write_text(json.dumps(fields) + "\n")
+    return inc, out
+
+
+def test_16_once_finishes_an_interrupted_move(rt_bundle, tmp_path, good_png):
+    inc, out = _recorded_input(tmp_path, good_png, moved_to="ok/a.png")
     r = _watch(inc, rt_bundle, "--out", str(out), "--move", "--settle", "5")  # recorded files need no settling
     _no_traceback(r)
     assert r.returncode == 0 and not (inc / "a.png").exists() and (out / "ok" / "a.png").read_bytes() == good_png
@@ -500,13 +509,7 @@ def test_18_same_name_size_and_mtime_but_other_pixels_is_scored_again(tmp_path, 
 def test_18_old_journals_without_inode_still_match(tmp_path, predictor_factory, good_png):
     from runtime.line.watch import Watcher, WatchOptions
 
-    inc, out = tmp_path / "in", tmp_path / "out"
-    inc.mkdir()
-    (inc / "a.png").write_bytes(good_png)
-    st = (inc / "a.png").stat()
-    out.mkdir()
-    (out / "results.jsonl").write_text(json.dumps({"file": "a.png", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                                   "verdict": "ok"}) + "\n")
+    inc, out = _recorded_input(tmp_path, good_png, with_inode=False)  # an old journal
     w = Watcher(predictor_factory(), WatchOptions(inc, out, settle=0, once=True))
     w.run()
     assert w.summary.scored == 0

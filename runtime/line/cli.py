@@ -33,8 +33,8 @@ from ..predictor import Predictor
 from ..update import update_bundle
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
-from .console import JsonLines, err, info, known_errors, stage_progress, warn
-from .info import bundle_info, describe_update, render
+from .console import JsonLines, err, info, known_errors, stage_progress
+from .info import bundle_info, print_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
 from .outputs import encode_png, numbered, overlay_image, overlay_label, write_replace
@@ -445,10 +445,7 @@ def update(
             result = update_bundle(p.bundle, images, p.embed, out, add=add, batch_size=batch,
                                    tool="patchcore-rt update", embedder=f"{p.info()['engine']} {p.graph}",
                                    progress=progress)
-        info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
-        for message in result.warnings():
-            warn(message)
-        typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
+        print_update(result, as_json)
 
 
 def main(argv: list[str] | None = None) -> None:

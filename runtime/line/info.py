@@ -4,14 +4,18 @@ can use here, and whether its files still match their checksums. Never loads the
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+import typer
 from rich.table import Table
 
 from ..bundle import MANIFEST, Bundle, read_bundle
 from ..fileio import sha256_file
+from ..update import UpdateResult
+from .console import info, warn
 
 
 def checksums(bundle: Bundle) -> dict[str, str]:
@@ -90,6 +94,15 @@ def describe_update(entry: dict[str, Any]) -> str:
     if entry.get("graphs_dropped"):
         line += f"; dropped {', '.join(entry['graphs_dropped'])} (held the old bank: export again for them)"
     return line
+
+
+def print_update(result: UpdateResult, as_json: bool) -> None:
+    """What both update commands print: the new bundle's line and any warning on stderr, then
+    the summary as JSON (``--json``) or the new bundle's folder on stdout."""
+    info(f"{result.bundle.bundle_id}: {describe_update(result.entry)}")
+    for message in result.warnings():
+        warn(message)
+    typer.echo(json.dumps(result.summary()) if as_json else str(result.bundle.root))
 
 
 def _geometry(pre: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ from .ray_cluster import INSTALL_HINT
 from .records import Item, record, score_items
 from .selection import collect_inputs
 
+InputKey = tuple[str, int, int]  # (name, size, mtime_ns): what an output's records are matched on
+
 PARQUET_COLUMNS = (  # the Parquet schema, in column order (name, arrow type name)
     ("file", "string"), ("size", "int64"), ("mtime_ns", "int64"), ("score", "float64"), ("normalised", "float64"),
     ("verdict", "string"), ("latency_ms", "float64"), ("bundle", "string"), ("time", "string"), ("error", "string"),
@@ -40,8 +42,7 @@ class Input:
     mtime_ns: int
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        """(name, size, mtime_ns): what the output's records are matched on."""
+    def key(self) -> InputKey:
         return (self.name, self.size, self.mtime_ns)
 
 
@@ -96,7 +97,7 @@ class JsonlSink:
             self.journal = Journal(path)
         except OSError as e:
             raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
-        self.done: set[tuple[str, int, int]] = set(self.journal.records)  # keyed by (name, size, mtime_ns)
+        self.done: set[InputKey] = set(self.journal.records)
         self.bundles = {str(r.get("bundle")) for recs in self.journal.records.values() for r in recs}
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -128,7 +129,7 @@ class ParquetSink:
         except OSError as e:
             raise OutputError(f"{folder}: cannot write: {e.strerror or e}") from None
         self.folder, self.flush_every = folder, flush_every
-        self.done: set[tuple[str, int, int]] = set()
+        self.done: set[InputKey] = set()
         self.bundles: set[str] = set()
         parts = sorted(folder.glob("part-*.parquet"))
         for part in parts:
