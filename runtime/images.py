@@ -69,6 +69,10 @@ class ImageReadError(ValueError):
     exit_code = errors.USAGE
 
 
+class ImageOverLimit(ImageReadError):
+    """An image over the byte or pixel limit (a file that may be fine, but costs too much)."""
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when ``path`` has one of :data:`IMAGE_SUFFIXES` (case-insensitive) and is not hidden."""
     p = Path(path)
@@ -96,14 +100,14 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_LIMITS.max
         raise ImageReadError(f"{p}: not a regular file (a device, FIFO or socket); only files are read")
     with os.fdopen(fd, "rb") as f:
         if st.st_size > max_bytes:
-            raise ImageReadError(f"{p}: {st.st_size} bytes is over the {max_bytes}-byte limit per image "
+            raise ImageOverLimit(f"{p}: {st.st_size} bytes is over the {max_bytes}-byte limit per image "
                                  f"(${MAX_BYTES_ENV})")
         try:
             data = f.read(max_bytes + 1)
         except OSError as e:
             raise ImageReadError(f"{p}: cannot read file ({e.strerror or e})") from None
     if len(data) > max_bytes:  # grew while we read it
-        raise ImageReadError(f"{p}: over the {max_bytes}-byte limit per image (${MAX_BYTES_ENV})")
+        raise ImageOverLimit(f"{p}: over the {max_bytes}-byte limit per image (${MAX_BYTES_ENV})")
     return data
 
 
@@ -134,7 +138,7 @@ def check_size(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> 
     if w < 1 or h < 1:
         raise ImageReadError(f"{name}: image header declares {w}x{h} pixels")
     if w * h > limits.max_pixels:
-        raise ImageReadError(f"{name}: {w}x{h} pixels is over the {limits.max_pixels}-pixel limit per image "
+        raise ImageOverLimit(f"{name}: {w}x{h} pixels is over the {limits.max_pixels}-pixel limit per image "
                              f"(${MAX_PIXELS_ENV})")
     return w, h
 

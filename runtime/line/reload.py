@@ -105,6 +105,24 @@ class BundleSource:
         self.reloads += 1
         self.log(f"bundle reloaded: {old} -> {new.bundle.bundle_id}")
 
+    def switch_to(self, path: str | Path, before_use: Callable[[], None] | None = None, follow: str | Path | None = None):
+        """Serve the bundle at ``path`` from the next batch on (``serve``'s switch). It is opened and
+        validated first: a bundle that fails raises (ValueError or BundleError, the reason) and the
+        old predictor stays. ``before_use`` runs once the new one passed (e.g. flipping a symlink);
+        if it raises, nothing changes. From then on the folder ``follow`` (default ``path``) is the
+        one watched for replacement. Returns the new predictor."""
+        new = self.open_predictor(Path(path))
+        self.validate(new)
+        if before_use is not None:
+            before_use()
+        old = self.predictor.bundle.bundle_id
+        self.predictor = new
+        self.path = Path(follow if follow is not None else path)
+        self._seen = self.identity()
+        self.reloads += 1
+        self.log(f"bundle switched: {old} -> {new.bundle.bundle_id}")
+        return new
+
     def validate(self, predictor) -> None:
         """Refuse a bundle that opens but cannot do the job: no threshold where verdicts are
         needed, or a blank image that does not score to a finite number."""

@@ -1,0 +1,158 @@
+"""The operator's actions: mark a result good, teach the marked parts (a torch-free ``update``
+in a background thread, with its progress), and switch the served bundle to the taught one.
+
+Marked images are copied into ``STATE/marked/<result id><suffix>`` when marked, so a teach reads
+files the server named itself, and a part the watcher moved on meanwhile is still there. The
+taught bundle is written under ``--models`` (default: beside the served bundle) as
+``<name>-taught-<UTC time>``. A switch opens and checks the new bundle first (every checksum,
+the graph, one blank image scored); a bundle that fails is refused and the old one keeps
+serving. When the served ``--bundle`` is a symbolic link, the switch flips it (atomically), so a
+restart, and any ``watch`` following the same link, serve the new bundle too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..bundle import BundleError
+from ..line.info import describe_update
+from ..update import update_bundle
+from .results import Result, ResultStore
+
+
+class ActionRefused(Exception):
+    """An action that cannot be done now (HTTP 409), or a bundle refused (``status`` 422)."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class TeachJob:
+    state: str = "idle"  # idle, running, done (a candidate to switch to), failed, switched
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    images: int = 0
+    started: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None  # the update's summary (what update --json prints)
+    candidate: Path | None = None  # the taught bundle a switch would serve
+    history: list[str] = field(default_factory=list)
+
+    def view(self) -> dict[str, Any]:
+        return {"state": self.state, "stage": self.stage, "done": self.done, "total": self.total,
+                "images": self.images, "seconds": self.seconds, "error": self.error, "result": self.result,
+                "candidate": self.result["id"] if self.result and self.candidate else None}
+
+
+class Operator:
+    def __init__(self, source, lock: threading.Lock, store: ResultStore, state_dir: Path, models_dir: Path,
+                 on_switch: Callable[[Any], None] = lambda p: None, log: Callable[[str], None] = print):
+        self.source, self.lock, self.store = source, lock, store
+        self.state_dir, self.models_dir = state_dir, models_dir
+        self.on_switch, self.log = on_switch, log
+        self.job = TeachJob()
+        self._job_lock = threading.Lock()
+
+    # -------------------------------------------------------------------------------- mark
+    def mark(self, res: Result, good: bool = True) -> Result:
+        if res.taught:
+            raise ActionRefused(f"result {res.id} was already taught")
+        if not good:
+            res.marked = False
+            return res
+        if res.record.get("verdict") != "ng":
+            raise ActionRefused(f"result {res.id} is {res.record.get('verdict')!r}: only parts called defective "
+                                "(\"ng\") are marked good")
+        data = self.store.image_bytes(res)
+        if data is None:
+            raise ActionRefused(f"result {res.id}: its image is no longer available (not kept, or moved away)")
+        folder = self.state_dir / "marked"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{res.id}{res.suffix}").write_bytes(data)
+        res.marked = True
+        return res
+
+    # -------------------------------------------------------------------------------- teach
+    def teach(self) -> TeachJob:
+        marked = self.store.marked()
+        with self._job_lock:
+            if self.job.state == "running":
+                raise ActionRefused("a teach is already running")
+            if not marked:
+                raise ActionRefused("nothing is marked good: mark parts in the review queue first")
+            images = [(self.state_dir / "marked" / f"{r.id}{r.suffix}", str(r.record.get("file") or r.id))
+                      for r in marked]
+            self.job = TeachJob(state="running", images=len(images), started=time.time(), history=self.job.history)
+        threading.Thread(target=self._teach, args=(marked, images), name="teach", daemon=True).start()
+        return self.job
+
+    def _teach(self, marked: list[Result], images: list[tuple[Path, str]]) -> None:
+        job = self.job
+        predictor = self.source.predictor
+        parent = predictor.bundle
+        base = re.sub(r"-taught-\d{8}-\d{6}(-\d+)?$", "", parent.name)
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = self.models_dir / f"{base}-taught-{stamp}"
+        n = 1
+        while out.exists():
+            out, n = self.models_dir / f"{base}-taught-{stamp}-{n}", n + 1
+
+        def progress(stage: str, done: int, total: int) -> None:
+            job.stage, job.done, job.total = stage, done, total
+
+        try:
+            result = update_bundle(parent, images, predictor.embed, out, tool="patchcore-rt serve",
+                                   embedder=f"{predictor.info()['engine']} {predictor.graph}", progress=progress)
+        except Exception as e:  # noqa: BLE001 - shown on the page; the served bundle is untouched
+            job.state, job.error = "failed", str(e) or type(e).__name__
+            self.log(f"teach failed: {job.error}")
+        else:
+            for r in marked:
+                r.taught = True
+            job.result, job.candidate, job.state = result.summary(), result.bundle.root, "done"
+            job.history.append(describe_update(result.entry))
+            self.log(f"taught {len(images)} image(s): {result.bundle.root} ({result.bundle.bundle_id})")
+        job.seconds = time.time() - (job.started or time.time())
+
+    # -------------------------------------------------------------------------------- switch
+    def switch(self, expected_id: str | None = None):
+        job = self.job
+        if job.state != "done" or job.candidate is None:
+            raise ActionRefused("no taught bundle to switch to: teach first")
+        if expected_id is not None and expected_id != job.result["id"]:
+            raise ActionRefused(f"the taught bundle is {job.result['id']}, not {expected_id}")
+        target = job.candidate
+        link = self.source.path
+        flip = os.path.islink(link)
+        with self.lock:
+            try:
+                new = self.source.switch_to(target, before_use=(lambda: flip_link(link, target)) if flip else None,
+                                            follow=link if flip else target)
+            except (BundleError, ValueError, OSError) as e:
+                raise ActionRefused(f"bundle {target.name} refused ({e}); still serving "
+                                    f"{self.source.predictor.bundle.bundle_id}", status=422) from None
+        job.candidate = None
+        job.state = "switched"
+        self.on_switch(new)
+        return new
+
+
+def flip_link(link: Path, target: Path) -> None:
+    """Point the symbolic link ``link`` at ``target`` atomically (a new link renamed over it)."""
+    rel = os.path.relpath(os.path.realpath(target), os.path.dirname(os.path.abspath(link)))
+    tmp = link.with_name(f".{link.name}.switch-{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(rel, tmp)
+    os.replace(tmp, link)

@@ -1,0 +1,204 @@
+"""One served bundle and everything around it, without the web framework: the batch scorer
+behind ``/v1/predict``, the recent results, the operator's actions, health, metrics and the
+in-process watcher (``--watch``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..images import IMAGE_SUFFIXES
+from ..line.info import bundle_info, describe_update
+from ..line.outputs import encode_png, overlay_image, overlay_label
+from ..line.records import Item, Outcome, record, score_items
+from ..line.reload import BundleSource
+from ..line.watch import Watcher, WatchOptions
+from .metrics import ServeMetrics
+from .operator import Operator
+from .options import ServeOptions
+from .results import Result, ResultStore, thumbnail
+
+RECENT_SCORES = 500  # scores behind the page's histogram
+
+
+@dataclass
+class Job:
+    """One /v1/predict request on its way through the batcher."""
+
+    item: Item
+    overlay: bool = False
+    data: bytes | None = None  # the upload, kept when the part is called defective
+    suffix: str = ".png"
+
+
+class LockedSource:
+    """The watcher's view of the bundle source: reloads and switches never run at once."""
+
+    def __init__(self, source: BundleSource, lock: threading.Lock):
+        self.source, self.lock = source, lock
+
+    def current(self):
+        with self.lock:
+            return self.source.current()
+
+
+class Service:
+    def __init__(self, options: ServeOptions, open_predictor: Callable[[Path], Any], log: Callable[[str], None] = print):
+        self.opts, self.log = options, log
+        self.lock = threading.Lock()
+        self.source = BundleSource(options.bundle, open_predictor, log=log)
+        self.metrics = ServeMetrics()
+        self.store = ResultStore(options.keep_results, limits=options.limits)
+        self.counts = {"ok": 0, "ng": 0, "error": 0, "none": 0}
+        self.recent_scores: list[float] = []
+        self._counts_lock = threading.Lock()
+        self._temp_state = options.watch is None
+        self.state_dir = (self._watch_out() / "serve") if options.watch else Path(tempfile.mkdtemp(prefix="patchcore-serve-"))
+        self.operator = Operator(self.source, self.lock, self.store, self.state_dir, options.models_dir,
+                                 on_switch=self._switched, log=log)
+        self.health: dict[str, Any] = {"ok": False, "reason": "not checked yet"}
+        self.watcher: Watcher | None = None
+        self.watch_error: BaseException | None = None
+        self.stop = threading.Event()
+        self.request_exit: Callable[[], None] = lambda: None
+        self._watch_thread: threading.Thread | None = None
+        self._info_cache: tuple[str, dict] | None = None
+        self.check_health()
+        self.metrics.set_bundle(self.predictor)
+        if options.watch is not None:
+            wopts = WatchOptions(options.watch, self._watch_out(), existing=True, move=options.watch_move,
+                                 overlays=True, batch=options.max_batch, poll=options.watch_poll,
+                                 settle=options.watch_settle)
+            self.watcher = Watcher(self.predictor, wopts, emit=self._watched, stop=self.stop,
+                                   source=LockedSource(self.source, self.lock), limits=options.limits)
+
+    @property
+    def predictor(self):
+        return self.source.predictor
+
+    def _watch_out(self) -> Path:
+        return self.opts.watch_out if self.opts.watch_out is not None else self.opts.watch / "_patchcore"
+
+    # ------------------------------------------------------------------------ health
+    def check_health(self) -> dict[str, Any]:
+        """The bundle loaded and one blank image scored to a finite number."""
+        p = self.predictor
+        h, w = p.input_size
+        try:
+            score = float(p.predict([np.zeros((h, w, 3), np.uint8)]).image_scores[0])
+        except Exception as e:  # noqa: BLE001 - reported by /healthz
+            self.health = {"ok": False, "bundle": p.bundle.bundle_id, "reason": f"blank image failed: {e}"}
+        else:
+            ok = bool(np.isfinite(score))
+            self.health = {"ok": ok, "bundle": p.bundle.bundle_id, "blank_score": score if ok else None,
+                           "checked": time.time()}
+            if not ok:
+                self.health["reason"] = f"a blank image scored {score}"
+        return self.health
+
+    def healthz(self) -> dict[str, Any]:
+        h = dict(self.health)
+        if self.watcher is not None:
+            alive = self._watch_thread is not None and self._watch_thread.is_alive()
+            h["watch"] = "running" if alive else f"stopped: {self.watch_error}" if self.watch_error else "not started"
+            h["ok"] = h["ok"] and alive
+        return h
+
+    # ------------------------------------------------------------------------ scoring
+    def score_jobs(self, jobs: Sequence[Job]) -> list[tuple[Outcome, Result]]:
+        """One model call for the batch (in the batcher's worker thread)."""
+        with self.lock:
+            p = self.source.current()
+        outcomes = score_items(p, [j.item for j in jobs], self.opts.limits)
+        out = []
+        for j, o in zip(jobs, outcomes):
+            rec = record(o, p.bundle.bundle_id)
+            kw: dict[str, Any] = {"suffix": j.suffix}
+            image = o.item.image
+            if image is not None and o.map is not None:
+                kw["thumb"] = thumbnail(image, o.map, p.spec, p.threshold, p.scale)
+                if j.overlay:
+                    kw["overlay_png"] = encode_png(overlay_image(image, o.map, p.spec, p.threshold, p.scale,
+                                                                 overlay_label(o.verdict, o.score, o.normalised)))
+            if o.verdict == "ng":
+                kw["image_bytes"] = j.data
+            o.item.image = None
+            out.append((o, self._add(rec, "api", **kw)))
+        return out
+
+    def _add(self, rec: dict[str, Any], source: str, **kw: Any) -> Result:
+        res = self.store.add(rec, source, **kw)
+        self.metrics.result(rec, source)
+        with self._counts_lock:
+            self.counts[rec.get("verdict") or "none"] += 1
+            if rec.get("score") is not None:
+                self.recent_scores.append(rec["score"])
+                del self.recent_scores[:-RECENT_SCORES]
+        return res
+
+    def _watched(self, rec: dict[str, Any]) -> None:
+        out = self._watch_out()
+        kw: dict[str, Any] = {"suffix": _suffix(rec.get("file", ""))}
+        if rec.get("overlay"):
+            kw["overlay_path"] = out / rec["overlay"]
+        if rec.get("verdict") == "ng":
+            kw["image_path"] = out / rec["moved_to"] if rec.get("moved_to") else self.opts.watch / rec["file"]
+        self._add(rec, "watch", **kw)
+
+    # ------------------------------------------------------------------------ switch, info, status
+    def _switched(self, predictor) -> None:
+        self.metrics.set_bundle(predictor)
+        self.check_health()
+
+    def bundle_info(self) -> dict[str, Any]:
+        b = self.predictor.bundle
+        if self._info_cache is None or self._info_cache[0] != b.bundle_id:
+            self._info_cache = (b.bundle_id, bundle_info(b.root))
+        return self._info_cache[1]
+
+    def status(self) -> dict[str, Any]:
+        p = self.predictor
+        with self._counts_lock:
+            counts, scores = dict(self.counts), list(self.recent_scores)
+        return {"bundle": p.bundle.bundle_id, "bundle_name": p.bundle.name, "threshold": p.threshold,
+                "lineage": [describe_update(e) for e in p.bundle.lineage],
+                "counts": counts, "recent_scores": scores, "health": self.healthz(),
+                "actions": self.opts.actions_enabled, "marked": len(self.store.marked()),
+                "teach": self.operator.job.view(), "watch": str(self.opts.watch) if self.opts.watch else None,
+                "drift_share": self.metrics.drift_share}
+
+    # ------------------------------------------------------------------------ watcher
+    def start_watch(self) -> None:
+        if self.watcher is None:
+            return
+
+        def run() -> None:
+            try:
+                self.watcher.run()
+            except BaseException as e:  # noqa: BLE001 - reported, then the server stops with its exit code
+                self.watch_error = e
+                self.log(f"error: the watcher stopped: {e}")
+                self.request_exit()
+
+        self._watch_thread = threading.Thread(target=run, name="watch", daemon=True)
+        self._watch_thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout=60)
+        if self._temp_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _suffix(name: str) -> str:
+    s = Path(name).suffix.lower()
+    return s if s in IMAGE_SUFFIXES else ".img"
+

@@ -1,0 +1,184 @@
+// The operator's page: polls /v1/status and /v1/results, and calls mark / teach / switch with the
+// operator's bearer token (kept in this tab's sessionStorage only). No framework, no build step.
+"use strict";
+const LATEST = 24, QUEUE = 48;
+const state = { last: 0, results: new Map(), status: null, busy: false };
+const $ = (id) => document.getElementById(id);
+const token = () => sessionStorage.getItem("patchcore-token") || "";
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (token()) headers.Authorization = "Bearer " + token();
+  const res = await fetch(path, Object.assign({}, options, { headers }));
+  let body = null;
+  try { body = await res.json(); } catch (e) { body = null; }
+  if (!res.ok) throw new Error((body && body.error) || res.status + " " + res.statusText);
+  return body;
+}
+
+function say(text, isError) {
+  const m = $("message");
+  m.hidden = !text;
+  m.textContent = text || "";
+  m.className = "note" + (isError ? " error" : "");
+}
+
+function fmt(v, digits = 3) { return v === null || v === undefined ? "–" : Number(v).toFixed(digits); }
+
+function card(r, withMark) {
+  const div = document.createElement("div");
+  div.className = "card " + (r.verdict || "") + (r.marked ? " marked" : "");
+  div.dataset.id = r.id;
+  if (r.thumb) {
+    const img = document.createElement("img");
+    img.src = r.thumb; img.alt = "overlay of " + (r.file || r.id); img.loading = "lazy";
+    div.appendChild(img);
+  } else {
+    const n = document.createElement("div"); n.className = "noimg"; n.textContent = "no image"; div.appendChild(n);
+  }
+  const meta = document.createElement("div"); meta.className = "meta";
+  const v = document.createElement("span"); v.className = "verdict " + (r.verdict || "");
+  v.textContent = r.verdict === "ng" ? "defective" : (r.verdict || "score");
+  const s = document.createElement("span"); s.className = "mono score";
+  s.textContent = fmt(r.normalised); s.title = "normalised score (0.5 = threshold); raw " + fmt(r.score, 4);
+  meta.append(v, s); div.appendChild(meta);
+  const name = document.createElement("div"); name.className = "name";
+  name.textContent = (r.source === "watch" ? "📁 " : "⇪ ") + (r.file || r.id) + (r.error ? " — " + r.error : "");
+  name.title = name.textContent;
+  div.appendChild(name);
+  if (withMark) {
+    const b = document.createElement("button");
+    b.className = "mark";
+    b.textContent = r.taught ? "taught" : r.marked ? "marked good ✓ (undo)" : "mark good";
+    b.disabled = r.taught || !r.can_mark || !(state.status && state.status.actions);
+    b.onclick = () => mark(r);
+    div.appendChild(b);
+  }
+  return div;
+}
+
+async function mark(r) {
+  try {
+    const got = await api(`/v1/results/${encodeURIComponent(r.id)}/good`, { method: r.marked ? "DELETE" : "POST" });
+    state.results.set(r.id, Object.assign(r, got));
+    say("");
+    render();
+    refreshStatus();
+  } catch (e) { say("mark: " + e.message, true); }
+}
+
+function drawHistogram(scores, threshold) {
+  const c = $("histogram"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  g.fillStyle = "#888"; g.font = "11px sans-serif";
+  if (!scores.length) { g.fillText("no scores yet", 10, 60); return; }
+  let lo = Math.min(...scores), hi = Math.max(...scores);
+  if (threshold !== null) { lo = Math.min(lo, threshold); hi = Math.max(hi, threshold); }
+  const pad = (hi - lo) * 0.05 || 1e-3; lo -= pad; hi += pad;
+  const bins = 30, counts = new Array(bins).fill(0);
+  for (const s of scores) counts[Math.min(bins - 1, Math.floor((s - lo) / (hi - lo) * bins))]++;
+  const top = Math.max(...counts), w = c.width / bins, h = c.height - 16;
+  counts.forEach((n, i) => {
+    const mid = lo + (i + 0.5) * (hi - lo) / bins;
+    g.fillStyle = threshold !== null && mid >= threshold ? "#c62828" : "#1f8a4c";
+    const bh = n ? Math.max(2, n / top * (h - 4)) : 0;
+    g.fillRect(i * w + 1, h - bh, w - 2, bh);
+  });
+  g.fillStyle = "#666";
+  g.fillText(lo.toPrecision(3), 2, c.height - 3);
+  const hiText = hi.toPrecision(3);
+  g.fillText(hiText, c.width - g.measureText(hiText).width - 2, c.height - 3);
+  if (threshold !== null) {
+    const x = (threshold - lo) / (hi - lo) * c.width;
+    g.strokeStyle = "#c62828"; g.lineWidth = 2; g.setLineDash([4, 3]);
+    g.beginPath(); g.moveTo(x, 0); g.lineTo(x, h); g.stroke(); g.setLineDash([]);
+  }
+}
+
+function render() {
+  const all = [...state.results.values()].sort((a, b) => b.seq - a.seq);
+  const latest = $("latest"), queue = $("queue");
+  latest.replaceChildren(...all.slice(0, LATEST).map((r) => card(r, false)));
+  const review = all.filter((r) => r.verdict === "ng" && !r.taught).slice(0, QUEUE);
+  queue.replaceChildren(...review.map((r) => card(r, true)));
+  if (!review.length) { const p = document.createElement("p"); p.className = "empty"; p.textContent = "nothing to review"; queue.appendChild(p); }
+  if (!all.length) { const p = document.createElement("p"); p.className = "empty"; p.textContent = "no results yet"; latest.appendChild(p); }
+}
+
+function renderStatus(s) {
+  state.status = s;
+  $("bundle").textContent = s.bundle;
+  const h = $("health");
+  h.textContent = s.health.ok ? "healthy" : "unhealthy: " + (s.health.reason || s.health.watch || "");
+  h.className = "pill " + (s.health.ok ? "ok" : "bad");
+  for (const k of ["ok", "ng", "error"]) $("n-" + k).textContent = s.counts[k];
+  $("drift").textContent = s.drift_share === null ? "–" : (100 * s.drift_share).toFixed(0) + "%";
+  $("threshold").textContent = fmt(s.threshold, 4);
+  drawHistogram(s.recent_scores, s.threshold);
+  $("actions-off").hidden = s.actions;
+  $("n-marked").textContent = s.marked;
+  const t = s.teach, p = $("teach-progress");
+  $("teach").disabled = !s.actions || !s.marked || t.state === "running";
+  $("switch").disabled = !s.actions || t.state !== "done";
+  p.hidden = t.state !== "running";
+  if (t.state === "running") { p.max = t.total || 1; p.value = t.done; }
+  $("teach-state").textContent =
+    t.state === "running" ? `teaching ${t.images} image(s): ${t.stage} ${t.done}/${t.total}` :
+    t.state === "done" ? `taught ${t.images} image(s) in ${fmt(t.seconds, 1)} s → ${t.candidate}; threshold ${fmt(t.result.threshold.before, 4)} → ${fmt(t.result.threshold.after, 4)}` :
+    t.state === "failed" ? "teach failed: " + t.error :
+    t.state === "switched" ? "switched to " + (t.result && t.result.id) : "";
+  const warn = t.result && t.result.warnings && t.result.warnings.length && t.state === "done";
+  if (warn && !$("message").textContent) say("check before switching: " + t.result.warnings.join("; "), true);
+  const lin = $("lineage");
+  lin.replaceChildren(...(s.lineage.length ? s.lineage : ["(the original fit: no updates yet)"]).map((line) => {
+    const li = document.createElement("li"); li.textContent = line; return li; }));
+}
+
+async function refreshStatus() {
+  try { renderStatus(await api("/v1/status")); } catch (e) { $("health").textContent = "server unreachable"; $("health").className = "pill bad"; }
+}
+
+async function refreshResults() {
+  try {
+    const got = await api(`/v1/results?after=${state.last}`);
+    for (const r of got.results) state.results.set(r.id, r);
+    state.last = got.last;
+    const keep = [...state.results.values()].sort((a, b) => b.seq - a.seq).slice(0, 200);
+    state.results = new Map(keep.map((r) => [r.id, r]));
+    if (got.results.length) render();
+  } catch (e) { /* shown by the status poll */ }
+}
+
+async function teach() {
+  try { renderStatus(Object.assign(state.status, { teach: await api("/v1/teach", { method: "POST" }) })); say(""); }
+  catch (e) { say("teach: " + e.message, true); }
+}
+
+async function switchBundle() {
+  try {
+    const got = await api("/v1/switch", { method: "POST" });
+    say(`now serving ${got.bundle} (was ${got.previous})`);
+    // taught parts leave the queue
+    for (const r of state.results.values()) if (r.marked) r.taught = true;
+    render();
+    refreshStatus();
+  } catch (e) { say("switch: " + e.message, true); }
+}
+
+async function tick() {
+  if (state.busy) return;
+  state.busy = true;
+  try { await Promise.all([refreshStatus(), refreshResults()]); } finally { state.busy = false; }
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("token").value = token();
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault(); sessionStorage.setItem("patchcore-token", $("token").value.trim()); say("token set for this tab"); render();
+  });
+  $("teach").onclick = teach;
+  $("switch").onclick = switchBundle;
+  render();
+  tick();
+  setInterval(tick, 1000);
+});
