@@ -1,9 +1,12 @@
 """Run the app under uvicorn; a watcher that fails stops the server with the watcher's error
-(and so its exit code)."""
+(and so its exit code). SIGINT/SIGTERM stop it gracefully (requests in flight answered, the
+watcher's current batch finished) and the command exits 0, as ``watch`` does."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import signal
+from typing import Any, Callable, Iterator
 
 import uvicorn
 
@@ -22,6 +25,21 @@ def serve(options: ServeOptions, open_predictor: Callable[[Any], Any], log: Call
     log(f"serving {service.predictor.bundle.bundle_id} on http://{options.host}:{options.port}/ "
         f"(actions {'need the bearer token' if options.actions_enabled else 'off: no --token'})"
         + (f"; watching {options.watch}" if options.watch else ""))
-    server.run()
+    with _signals_end_quietly():
+        server.run()
     if service.watch_error is not None:
         raise service.watch_error
+
+
+@contextlib.contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """uvicorn handles SIGINT/SIGTERM itself, then raises the signal again once it has shut down
+    (for the handler that was there before it). That handler is this no-op: the shutdown was
+    asked for and is done, so the command ends with exit 0 rather than killed by the signal."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    old = {s: signal.signal(s, lambda signum, frame: None) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
