@@ -112,6 +112,12 @@ class ResultStore:
             out = [r for r in self._by_id.values() if r.seq > seq]
         return out[-limit:]
 
+    def flags(self) -> dict[str, list[str]]:
+        """Ids of the kept results marked good (not yet taught) and taught: the page's review state."""
+        with self._lock:
+            rs = list(self._by_id.values())
+        return {"marked_ids": [r.id for r in rs if r.marked and not r.taught], "taught_ids": [r.id for r in rs if r.taught]}
+
     def marked(self) -> list[Result]:
         with self._lock:
             return [r for r in self._by_id.values() if r.marked and not r.taught]

@@ -172,7 +172,7 @@ class Service:
                 "counts": counts, "recent_scores": scores, "health": self.healthz(),
                 "actions": self.opts.actions_enabled, "marked": len(self.store.marked()),
                 "teach": self.operator.job.view(), "watch": str(self.opts.watch) if self.opts.watch else None,
-                "drift_share": self.metrics.drift_share}
+                "drift_share": self.metrics.drift_share, **self.store.flags()}
 
     # ------------------------------------------------------------------------ watcher
     def start_watch(self) -> None:

@@ -41,9 +41,12 @@ function card(r, withMark) {
   v.textContent = r.verdict === "ng" ? "defective" : (r.verdict || "score");
   const s = document.createElement("span"); s.className = "mono score";
   s.textContent = fmt(r.normalised); s.title = "normalised score (0.5 = threshold); raw " + fmt(r.score, 4);
-  meta.append(v, s); div.appendChild(meta);
+  const tag = document.createElement("span"); tag.className = "tag";
+  tag.textContent = r.taught ? "taught" : r.marked ? "marked good" : r.source;
+  tag.title = r.source === "watch" ? "from the watched folder" : "posted to /v1/predict";
+  meta.append(v, tag, s); div.appendChild(meta);
   const name = document.createElement("div"); name.className = "name";
-  name.textContent = (r.source === "watch" ? "📁 " : "⇪ ") + (r.file || r.id) + (r.error ? " — " + r.error : "");
+  name.textContent = (r.file || r.id) + (r.error ? " — " + r.error : "");
   name.title = name.textContent;
   div.appendChild(name);
   if (withMark) {
@@ -75,7 +78,7 @@ function drawHistogram(scores, threshold) {
   let lo = Math.min(...scores), hi = Math.max(...scores);
   if (threshold !== null) { lo = Math.min(lo, threshold); hi = Math.max(hi, threshold); }
   const pad = (hi - lo) * 0.05 || 1e-3; lo -= pad; hi += pad;
-  const bins = 30, counts = new Array(bins).fill(0);
+  const bins = 24, counts = new Array(bins).fill(0);
   for (const s of scores) counts[Math.min(bins - 1, Math.floor((s - lo) / (hi - lo) * bins))]++;
   const top = Math.max(...counts), w = c.width / bins, h = c.height - 16;
   counts.forEach((n, i) => {
@@ -99,14 +102,26 @@ function render() {
   const all = [...state.results.values()].sort((a, b) => b.seq - a.seq);
   const latest = $("latest"), queue = $("queue");
   latest.replaceChildren(...all.slice(0, LATEST).map((r) => card(r, false)));
-  const review = all.filter((r) => r.verdict === "ng" && !r.taught).slice(0, QUEUE);
+  const review = all.filter((r) => r.verdict === "ng" && !r.taught).slice(0, QUEUE);  // taught parts leave
   queue.replaceChildren(...review.map((r) => card(r, true)));
   if (!review.length) { const p = document.createElement("p"); p.className = "empty"; p.textContent = "nothing to review"; queue.appendChild(p); }
   if (!all.length) { const p = document.createElement("p"); p.className = "empty"; p.textContent = "no results yet"; latest.appendChild(p); }
 }
 
+function syncFlags(s) {
+  // marks and teaches change results already on the page: take their flags from the status
+  const marked = new Set(s.marked_ids || []), taught = new Set(s.taught_ids || []);
+  let changed = false;
+  for (const r of state.results.values()) {
+    const m = marked.has(r.id), t = taught.has(r.id);
+    if (r.marked !== (m || t) || r.taught !== t) { r.marked = m || t; r.taught = t; changed = true; }
+  }
+  if (changed) render();
+}
+
 function renderStatus(s) {
   state.status = s;
+  syncFlags(s);
   $("bundle").textContent = s.bundle;
   const h = $("health");
   h.textContent = s.health.ok ? "healthy" : "unhealthy: " + (s.health.reason || s.health.watch || "");
@@ -158,9 +173,6 @@ async function switchBundle() {
   try {
     const got = await api("/v1/switch", { method: "POST" });
     say(`now serving ${got.bundle} (was ${got.previous})`);
-    // taught parts leave the queue
-    for (const r of state.results.values()) if (r.marked) r.taught = true;
-    render();
     refreshStatus();
   } catch (e) { say("switch: " + e.message, true); }
 }
