@@ -65,7 +65,9 @@ def test_defective_part_marked_good_taught_and_switched_in_the_browser(rt_bundle
     incoming.mkdir()
     shutil.copytree(rt_bundle, models / "line-v1")
     (models / "line").symlink_to("line-v1")
-    defect = sorted((rt_bundle.parent / "data" / "brick" / "test" / "hole").glob("*.png"))[0]
+    test = rt_bundle.parent / "data" / "brick" / "test"
+    defect = sorted((test / "hole").glob("*.png"))[0]
+    goods = sorted((test / "good").glob("*.png"))[:4]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -85,6 +87,9 @@ def test_defective_part_marked_good_taught_and_switched_in_the_browser(rt_bundle
                 page.goto(url)
                 page.fill("#token", TOKEN)
                 page.click("#token-form button")
+                for i, good in enumerate(goods):
+                    shutil.copy(good, incoming / f"part-04{i:02d}.png")
+                page.wait_for_function(f"document.querySelector('#n-ok').textContent === '{len(goods)}'")
                 shutil.copy(defect, incoming / "part-0413.png")
                 card = page.locator("#queue .card.ng", has_text="part-0413.png")
                 card.wait_for()
@@ -109,6 +114,7 @@ def test_defective_part_marked_good_taught_and_switched_in_the_browser(rt_bundle
                 again = page.locator("#latest .card", has_text="part-0413-again.png")
                 again.wait_for()
                 assert again.locator(".verdict").inner_text().lower() == "ok"
+                assert page.locator("#n-ok").inner_text() == str(len(goods) + 1)
                 assert page.locator("#queue .card", has_text="part-0413.png").count() == 0  # taught: out of the queue
                 page.wait_for_function("[...document.querySelectorAll('#latest img')].every(i => i.complete)")
                 page.screenshot(path=str(artefacts / "3-switched.png"), full_page=True)
