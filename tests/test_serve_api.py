@@ -317,3 +317,38 @@ def test_healthz_is_503_when_the_watcher_stopped(rt_bundle, tmp_path):
         assert c.get("/").status_code == 200 and "patchcore-rt" in c.get("/").text
         assert c.get("/static/app.js").headers["content-type"].startswith("text/javascript")
         assert c.get("/static/../../pyproject.toml").status_code == 404  # assets by exact name only
+
+
+def test_a_bundle_folder_replaced_outside_is_served_with_its_health_and_metrics(rt_bundle, images, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(rt_bundle, models / "line-v1")
+    (models / "line").symlink_to("line-v1")
+    data = images["good"].read_bytes()
+    with make_client(models / "line", tmp_path, token=TOKEN, models=models) as c:
+        v1 = c.post("/v1/predict", content=data).json()["bundle"]
+        rid = c.post("/v1/predict?name=d.png", content=images["defect"].read_bytes()).json()["id"]
+        c.post(f"/v1/results/{rid}/good", headers=AUTH)
+        c.post("/v1/teach", headers=AUTH)
+        for _ in range(300):
+            job = c.get("/v1/teach").json()
+            if job["state"] != "running":
+                break
+            time.sleep(0.1)
+        taught = Path(job["result"]["bundle"])
+        (models / "line.new").symlink_to(taught.name)
+        os.replace(models / "line.new", models / "line")  # the operator's loop's atomic flip, by hand
+        v2 = c.post("/v1/predict", content=data).json()["bundle"]
+        assert v2 == job["result"]["id"] != v1
+        assert c.get("/healthz").json()["bundle"] == v2
+        assert [lab["bundle_id"] for lab, _ in _metrics(c)["patchcore_bundle_info"]] == [v2]
+
+
+def test_serve_without_the_extra_says_how_to_install_it(rt_bundle, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("runtime.serve")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    r = CliRunner().invoke(cli_app, ["serve", "--bundle", str(rt_bundle)])
+    assert r.exit_code == 2 and "pip install 'patchcore-rt[serve]'" in r.output

@@ -1,6 +1,7 @@
 """Run the app under uvicorn; a watcher that fails stops the server with the watcher's error
 (and so its exit code). SIGINT/SIGTERM stop it gracefully (requests in flight answered, the
-watcher's current batch finished) and the command exits 0, as ``watch`` does."""
+watcher's current batch finished) and the command exits 0, as ``watch`` does. SIGHUP, or the
+bundle folder replaced, reloads the bundle before the next batch, as for ``watch``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 import uvicorn
 
+from ..line.reload import reload_on_sighup
 from .app import build_app
 from .options import ServeOptions
 from .service import Service
@@ -25,7 +27,7 @@ def serve(options: ServeOptions, open_predictor: Callable[[Any], Any], log: Call
     log(f"serving {service.predictor.bundle.bundle_id} on http://{options.host}:{options.port}/ "
         f"(actions {'need the bearer token' if options.actions_enabled else 'off: no --token'})"
         + (f"; watching {options.watch}" if options.watch else ""))
-    with _signals_end_quietly():
+    with _signals_end_quietly(), reload_on_sighup(service.source):
         server.run()
     if service.watch_error is not None:
         raise service.watch_error

@@ -39,14 +39,11 @@ class Job:
 
 
 class LockedSource:
-    """The watcher's view of the bundle source: reloads and switches never run at once."""
+    """The watcher's view of the bundle source: the service's, so reloads and switches never run
+    at once and a reload (folder replaced, SIGHUP) updates health and metrics whoever noticed it."""
 
-    def __init__(self, source: BundleSource, lock: threading.Lock):
-        self.source, self.lock = source, lock
-
-    def current(self):
-        with self.lock:
-            return self.source.current()
+    def __init__(self, current: Callable[[], Any]):
+        self.current = current
 
 
 class Service:
@@ -72,12 +69,13 @@ class Service:
         self._info_cache: tuple[str, dict] | None = None
         self.check_health()
         self.metrics.set_bundle(self.predictor)
+        self._serving = self.predictor.bundle.bundle_id
         if options.watch is not None:
             wopts = WatchOptions(options.watch, self._watch_out(), existing=True, move=options.watch_move,
                                  overlays=True, batch=options.max_batch, poll=options.watch_poll,
                                  settle=options.watch_settle)
             self.watcher = Watcher(self.predictor, wopts, emit=self._watched, stop=self.stop,
-                                   source=LockedSource(self.source, self.lock), limits=options.limits)
+                                   source=LockedSource(self.current), limits=options.limits)
 
     @property
     def predictor(self):
@@ -112,10 +110,20 @@ class Service:
         return h
 
     # ------------------------------------------------------------------------ scoring
-    def score_jobs(self, jobs: Sequence[Job]) -> list[tuple[Outcome, Result]]:
-        """One model call for the batch (in the batcher's worker thread)."""
+    def current(self):
+        """The predictor for the next batch (:meth:`BundleSource.current`: a replaced bundle folder
+        or SIGHUP reloads it); a new bundle gets its health check and metrics."""
         with self.lock:
             p = self.source.current()
+            changed = p.bundle.bundle_id != self._serving
+            self._serving = p.bundle.bundle_id
+        if changed:
+            self._switched(p)
+        return p
+
+    def score_jobs(self, jobs: Sequence[Job]) -> list[tuple[Outcome, Result]]:
+        """One model call for the batch (in the batcher's worker thread)."""
+        p = self.current()
         outcomes = score_items(p, [j.item for j in jobs], self.opts.limits)
         out = []
         for j, o in zip(jobs, outcomes):
@@ -154,6 +162,7 @@ class Service:
 
     # ------------------------------------------------------------------------ switch, info, status
     def _switched(self, predictor) -> None:
+        self._serving = predictor.bundle.bundle_id
         self.metrics.set_bundle(predictor)
         self.check_health()
 
@@ -182,9 +191,8 @@ class Service:
         def run() -> None:
             try:
                 self.watcher.run()
-            except BaseException as e:  # noqa: BLE001 - reported, then the server stops with its exit code
+            except BaseException as e:  # noqa: BLE001 - the server stops, and the command says it with its exit code
                 self.watch_error = e
-                self.log(f"error: the watcher stopped: {e}")
                 self.request_exit()
 
         self._watch_thread = threading.Thread(target=run, name="watch", daemon=True)
