@@ -32,7 +32,7 @@ from ..line.records import Item, Outcome, record
 from .batcher import Batcher, QueueFull
 from .operator import ActionRefused
 from .options import LOOPBACK_NAMES, is_loopback
-from .service import Job, Service, _suffix
+from .service import Job, Service, image_suffix
 
 MULTIPART_SLACK = 64 << 10  # bytes a multipart body may carry beyond the image (boundaries, headers)
 ID = "{rid:str}"
@@ -156,7 +156,7 @@ def build_app(service: Service) -> Starlette:
             over = isinstance(e, ImageOverLimit)
             service.metrics.errors.labels("over_limit" if over else "not_an_image").inc()
             return JSONResponse(error_record(name, str(e), bundle_id()), 413 if over else 422)
-        job = Job(Item(name, image=image, decode_s=seconds), overlay, data, _suffix(name))
+        job = Job(Item(name, image=image, decode_s=seconds), overlay, data, image_suffix(name))
         del image
         try:
             outcome, res = await batcher.submit(job)

@@ -153,7 +153,7 @@ class Service:
 
     def _watched(self, rec: dict[str, Any]) -> None:
         out = self._watch_out()
-        kw: dict[str, Any] = {"suffix": _suffix(rec.get("file", ""))}
+        kw: dict[str, Any] = {"suffix": image_suffix(rec.get("file", ""))}
         if rec.get("overlay"):
             kw["overlay_path"] = out / rec["overlay"]
         if rec.get("verdict") == "ng":
@@ -206,7 +206,8 @@ class Service:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def _suffix(name: str) -> str:
+def image_suffix(name: str) -> str:
+    """The suffix a marked image is copied under (its own when it is an image suffix)."""
     s = Path(name).suffix.lower()
     return s if s in IMAGE_SUFFIXES else ".img"
 

@@ -32,7 +32,11 @@ function card(r, withMark) {
   if (r.thumb) {
     const img = document.createElement("img");
     img.src = r.thumb; img.alt = "overlay of " + (r.file || r.id); img.loading = "lazy";
-    div.appendChild(img);
+    if (r.overlay) {  // the full-size overlay in a new tab
+      const a = document.createElement("a");
+      a.href = r.overlay; a.target = "_blank"; a.rel = "noopener"; a.title = "open the full-size overlay";
+      a.appendChild(img); div.appendChild(a);
+    } else div.appendChild(img);
   } else {
     const n = document.createElement("div"); n.className = "noimg"; n.textContent = "no image"; div.appendChild(n);
   }
