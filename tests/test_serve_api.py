@@ -187,7 +187,8 @@ def test_actions_are_off_without_a_token_and_need_the_right_one(rt_bundle, image
     data = images["defect"].read_bytes()
     with make_client(rt_bundle, tmp_path) as c:
         rid = c.post("/v1/predict", content=data).json()["id"]
-        for method, path in (("POST", f"/v1/results/{rid}/good"), ("POST", "/v1/teach"), ("POST", "/v1/switch")):
+        for method, path in (("POST", f"/v1/results/{rid}/good"), ("POST", "/v1/teach"), ("POST", "/v1/switch"),
+                             ("POST", "/v1/rollback"), ("DELETE", f"/v1/results/{rid}/good")):
             r = c.request(method, path, headers=AUTH)
             assert r.status_code == 403 and "without --token" in r.json()["error"]
         assert c.get("/v1/status").json()["actions"] is False
@@ -224,6 +225,7 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
         v1 = c.get("/healthz").json()["bundle"]
         assert c.post("/v1/teach", headers=AUTH).status_code == 409  # nothing marked
         assert c.post("/v1/switch", headers=AUTH).status_code == 409  # nothing taught
+        assert c.post("/v1/rollback", headers=AUTH).status_code == 409  # nothing switched
         assert c.post("/v1/results/nosuchid/good", headers=AUTH).status_code == 404
         assert c.get("/v1/results/nosuchid/thumb.jpg").status_code == 404
         ok_id = c.post("/v1/predict", content=images["good"].read_bytes()).json()["id"]
@@ -267,6 +269,10 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
         assert health.status_code == 200 and health.json()["bundle"] == again["bundle"]
         m = _metrics(c)
         assert [lab["bundle_id"] for lab, _ in m["patchcore_bundle_info"]] == [again["bundle"]]
+        r = c.post("/v1/rollback", headers=AUTH)  # the operator changes their mind
+        assert r.status_code == 200 and r.json()["bundle"] == v1 and os.readlink(models / "line") == "line-v1"
+        assert c.post("/v1/predict", content=defect).json()["verdict"] == "ng"
+        assert c.get("/v1/status").json()["previous"] == taught.name
 
 
 def test_watch_inside_the_server_feeds_results_and_metrics_exactly_once(rt_bundle, images, tmp_path):

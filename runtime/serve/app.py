@@ -222,6 +222,13 @@ def build_app(service: Service) -> Starlette:
         return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.name,
                              "lineage": service.status()["lineage"]})
 
+    async def roll_back(request: Request) -> Response:
+        authorise(request)
+        before = bundle_id()
+        new = await run_in_threadpool(service.operator.roll_back)
+        return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.name,
+                             "lineage": service.status()["lineage"]})
+
     async def bundle(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.bundle_info))
 
@@ -261,6 +268,7 @@ def build_app(service: Service) -> Starlette:
         Route(f"/v1/results/{ID}/good", mark, methods=["POST", "DELETE"]),
         Route("/v1/teach", teach, methods=["GET", "POST"]),
         Route("/v1/switch", switch, methods=["POST"]),
+        Route("/v1/rollback", roll_back, methods=["POST"]),
         Route("/v1/bundle", bundle),
         Route("/v1/status", status),
         Route("/healthz", healthz),

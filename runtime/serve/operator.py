@@ -62,6 +62,7 @@ class Operator:
         self.state_dir, self.models_dir = state_dir, models_dir
         self.on_switch, self.log = on_switch, log
         self.job = TeachJob()
+        self.previous: Path | None = None  # the bundle folder served before the last switch (roll back)
         self._job_lock = threading.Lock()
 
     # -------------------------------------------------------------------------------- mark
@@ -127,14 +128,27 @@ class Operator:
 
     # -------------------------------------------------------------------------------- switch
     def switch(self, expected_id: str | None = None):
+        """Serve the taught bundle (the latest teach's)."""
         job = self.job
         if job.state != "done" or job.candidate is None:
             raise ActionRefused("no taught bundle to switch to: teach first")
         if expected_id is not None and expected_id != job.result["id"]:
             raise ActionRefused(f"the taught bundle is {job.result['id']}, not {expected_id}")
-        target = job.candidate
+        new = self._switch_to(job.candidate)
+        job.candidate = None
+        job.state = "switched"
+        return new
+
+    def roll_back(self):
+        """Serve again the bundle that was served before the last switch (checked like any switch)."""
+        if self.previous is None:
+            raise ActionRefused("nothing to roll back to: no switch since the server started")
+        return self._switch_to(self.previous)
+
+    def _switch_to(self, target: Path):
         link = self.source.path
         flip = os.path.islink(link)
+        before = Path(os.path.realpath(link))
         with self.lock:
             try:
                 new = self.source.switch_to(target, before_use=(lambda: flip_link(link, target)) if flip else None,
@@ -142,8 +156,7 @@ class Operator:
             except (BundleError, ValueError, OSError) as e:
                 raise ActionRefused(f"bundle {target.name} refused ({e}); still serving "
                                     f"{self.source.predictor.bundle.bundle_id}", status=422) from None
-        job.candidate = None
-        job.state = "switched"
+        self.previous = before
         self.on_switch(new)
         return new
 

@@ -180,7 +180,8 @@ class Service:
                 "lineage": [describe_update(e) for e in p.bundle.lineage],
                 "counts": counts, "recent_scores": scores, "health": self.healthz(),
                 "actions": self.opts.actions_enabled, "marked": len(self.store.marked()),
-                "teach": self.operator.job.view(), "watch": str(self.opts.watch) if self.opts.watch else None,
+                "teach": self.operator.job.view(),
+                "previous": self.operator.previous.name if self.operator.previous else None, "watch": str(self.opts.watch) if self.opts.watch else None,
                 "drift_share": self.metrics.drift_share, **self.store.flags()}
 
     # ------------------------------------------------------------------------ watcher

@@ -139,6 +139,8 @@ function renderStatus(s) {
   const t = s.teach, p = $("teach-progress");
   $("teach").disabled = !s.actions || !s.marked || t.state === "running";
   $("switch").disabled = !s.actions || t.state !== "done";
+  $("rollback").disabled = !s.actions || !s.previous;
+  $("rollback").textContent = s.previous ? "Roll back to " + s.previous : "Roll back";
   p.hidden = t.state !== "running";
   if (t.state === "running") { p.max = t.total || 1; p.value = t.done; }
   $("teach-state").textContent =
@@ -181,6 +183,14 @@ async function switchBundle() {
   } catch (e) { say("switch: " + e.message, true); }
 }
 
+async function rollBack() {
+  try {
+    const got = await api("/v1/rollback", { method: "POST" });
+    say(`rolled back: now serving ${got.bundle} (was ${got.previous})`);
+    refreshStatus();
+  } catch (e) { say("roll back: " + e.message, true); }
+}
+
 async function tick() {
   if (state.busy) return;
   state.busy = true;
@@ -194,6 +204,7 @@ window.addEventListener("DOMContentLoaded", () => {
   });
   $("teach").onclick = teach;
   $("switch").onclick = switchBundle;
+  $("rollback").onclick = rollBack;
   render();
   tick();
   setInterval(tick, 1000);
