@@ -104,10 +104,12 @@ def test_defective_part_marked_good_taught_and_switched_in_the_browser(rt_bundle
                 page.click("#teach")
                 page.wait_for_function("document.querySelector('#teach-state').textContent.startsWith('taught')")
                 page.screenshot(path=str(artefacts / "2-taught.png"), full_page=True)
-                v1 = page.locator("#bundle").inner_text()
+                shown = page.locator("#bundle").inner_text()  # "line-v1 · bundle@..."
+                v1 = shown.split(" · ")[-1]
+                assert shown.startswith("line-v1 · ")
                 page.locator("#switch:not([disabled])").click()
                 page.wait_for_function("document.querySelector('#message').textContent.startsWith('now serving')")
-                page.wait_for_function(f"document.querySelector('#bundle').textContent !== {v1!r}")
+                page.wait_for_function(f"document.querySelector('#bundle').textContent !== {shown!r}")
                 assert v1 in page.locator("#lineage").inner_text()  # the new bundle's parent is the old one
                 assert os.readlink(models / "line") != "line-v1"
                 shutil.copy(defect, incoming / "part-0413-again.png")

@@ -219,14 +219,14 @@ def build_app(service: Service) -> Starlette:
                 raise HTTPError(400, 'the body must be JSON like {"bundle": "<taught bundle id>"}, or empty') from None
         before = bundle_id()
         new = await run_in_threadpool(service.operator.switch, expected)
-        return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.name,
+        return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.root.name,
                              "lineage": service.status()["lineage"]})
 
     async def roll_back(request: Request) -> Response:
         authorise(request)
         before = bundle_id()
         new = await run_in_threadpool(service.operator.roll_back)
-        return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.name,
+        return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.root.name,
                              "lineage": service.status()["lineage"]})
 
     async def bundle(request: Request) -> Response:

@@ -102,7 +102,7 @@ class Operator:
         job = self.job
         predictor = self.source.predictor
         parent = predictor.bundle
-        base = re.sub(r"-taught-\d{8}-\d{6}(-\d+)?$", "", parent.name)
+        base = re.sub(r"-taught-\d{8}-\d{6}(-\d+)?$", "", parent.root.name)
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = self.models_dir / f"{base}-taught-{stamp}"
         n = 1

@@ -4,6 +4,7 @@ in-process watcher (``--watch``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -176,7 +177,7 @@ class Service:
         p = self.predictor
         with self._counts_lock:
             counts, scores = dict(self.counts), list(self.recent_scores)
-        return {"bundle": p.bundle.bundle_id, "bundle_name": p.bundle.name, "threshold": p.threshold,
+        return {"bundle": p.bundle.bundle_id, "bundle_name": Path(os.path.realpath(p.bundle.root)).name, "threshold": p.threshold,
                 "lineage": [describe_update(e) for e in p.bundle.lineage],
                 "counts": counts, "recent_scores": scores, "health": self.healthz(),
                 "actions": self.opts.actions_enabled, "marked": len(self.store.marked()),

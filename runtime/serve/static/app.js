@@ -126,7 +126,7 @@ function syncFlags(s) {
 function renderStatus(s) {
   state.status = s;
   syncFlags(s);
-  $("bundle").textContent = s.bundle;
+  $("bundle").textContent = s.bundle_name + " · " + s.bundle;
   const h = $("health");
   h.textContent = s.health.ok ? "healthy" : "unhealthy: " + (s.health.reason || s.health.watch || "");
   h.className = "pill " + (s.health.ok ? "ok" : "bad");
