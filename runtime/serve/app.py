@@ -138,6 +138,10 @@ def build_app(service: Service) -> Starlette:
         t0 = time.perf_counter()
         overlay = request.query_params.get("overlay", "0").lower() in ("1", "true", "yes")
         name = clean_name(request.query_params.get("name")) or "upload"
+        if batcher.depth >= opts.max_queue:  # refused before its body costs memory
+            service.metrics.errors.labels("queue_full").inc()
+            raise HTTPError(503, f"{batcher.depth} requests are waiting (--max-queue {opts.max_queue}); try again "
+                            "shortly", {"Retry-After": "1"})
         try:
             name, data = await read_upload(request, opts.limits.max_bytes)
         except HTTPError as e:

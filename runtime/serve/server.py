@@ -16,12 +16,16 @@ from .app import build_app
 from .options import ServeOptions
 from .service import Service
 
+IN_PROGRESS_SLACK = 16  # connections beyond --max-queue (page, metrics, health checks)
+
 
 def serve(options: ServeOptions, open_predictor: Callable[[Any], Any], log: Callable[[str], None]) -> None:
     service = Service(options, open_predictor, log)
     app = build_app(service)
+    # requests in progress at once (uploads being read, waiting, scored; the page's polls): more get 503,
+    # so memory stays bounded by about this many uploads of --max-bytes
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, limit_concurrency=options.max_queue + IN_PROGRESS_SLACK)
     server = uvicorn.Server(config)
     service.request_exit = lambda: setattr(server, "should_exit", True)
     log(f"serving {service.predictor.bundle.bundle_id} on http://{options.host}:{options.port}/ "
