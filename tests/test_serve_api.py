@@ -228,7 +228,10 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
         assert c.post("/v1/rollback", headers=AUTH).status_code == 409  # nothing switched
         assert c.post("/v1/results/nosuchid/good", headers=AUTH).status_code == 404
         assert c.get("/v1/results/nosuchid/thumb.jpg").status_code == 404
+        assert c.get("/v1/results?after=-1").status_code == 400
         ok_id = c.post("/v1/predict", content=images["good"].read_bytes()).json()["id"]
+        assert c.get(f"/v1/results/{ok_id}/overlay.png").status_code == 404  # not asked for with ?overlay=1
+        assert c.get(f"/v1/results/{ok_id}").json()["record"]["verdict"] == "ok"
         assert c.post(f"/v1/results/{ok_id}/good", headers=AUTH).status_code == 409  # not a defective call
         first = c.post("/v1/predict?name=defect.png", content=defect).json()
         assert first["verdict"] == "ng"
@@ -243,6 +246,7 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
             time.sleep(0.1)
         assert job["state"] == "done", job
         taught = Path(job["result"]["bundle"])
+        assert c.post(f"/v1/results/{first['id']}/good", headers=AUTH).status_code == 409  # already taught
         assert taught.parent == models and job["result"]["parent"] == v1
         # a switch to a bundle that broke meanwhile is refused and the old one keeps serving
         bank = taught / "memory_bank.npy"

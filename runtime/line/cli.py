@@ -462,7 +462,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Beyond loopback needs --token."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="PATCHCORE_RT_TOKEN", show_envvar=True,
-                                        help="Bearer token for mark, teach and switch (off without one)."),
+                                        help="Bearer token for mark, teach, switch and roll back (off without one)."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Requests scored together in one model call."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests waiting at most; more are answered 503."),
@@ -481,7 +481,7 @@ def serve(
 
     POST /v1/predict takes an image (raw bytes or multipart) and answers the record predict prints.
     The page at / shows the latest results, a review queue of defective calls to mark good, teach
-    and switch. Listens on 127.0.0.1 unless --host; mark, teach and switch need --token.
+    and switch. Listens on 127.0.0.1 unless --host; those actions need --token.
     """
     with known_errors():
         try:
