@@ -246,7 +246,6 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
             time.sleep(0.1)
         assert job["state"] == "done", job
         taught = Path(job["result"]["bundle"])
-        assert c.post(f"/v1/results/{first['id']}/good", headers=AUTH).status_code == 409  # already taught
         assert taught.parent == models and job["result"]["parent"] == v1
         # a switch to a bundle that broke meanwhile is refused and the old one keeps serving
         bank = taught / "memory_bank.npy"
@@ -262,6 +261,8 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
         r = c.post("/v1/switch", headers=AUTH)
         assert r.status_code == 200 and r.json()["previous"] == v1 and r.json()["bundle"] == job["result"]["id"]
         assert os.readlink(models / "line") == taught.name  # the link flipped: a restart serves it too
+        assert c.post(f"/v1/results/{first['id']}/good", headers=AUTH).status_code == 409  # in the served bundle
+        assert c.get("/v1/status").json()["taught_ids"] == [first["id"]]
         again = c.post("/v1/predict?name=defect.png", content=defect).json()
         assert again["bundle"] == job["result"]["id"] and again["verdict"] == "ok"
         assert again["score"] < first["score"]
@@ -277,6 +278,7 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
         assert r.status_code == 200 and r.json()["bundle"] == v1 and os.readlink(models / "line") == "line-v1"
         assert c.post("/v1/predict", content=defect).json()["verdict"] == "ng"
         assert c.get("/v1/status").json()["previous"] == taught.name
+        assert c.get("/v1/status").json()["marked_ids"] == [first["id"]]  # marked again, not taught
 
 
 def test_watch_inside_the_server_feeds_results_and_metrics_exactly_once(rt_bundle, images, tmp_path):

@@ -1,7 +1,9 @@
 """The operator's actions: mark a result good, teach the marked parts (a torch-free ``update``
 in a background thread, with its progress), and switch the served bundle to the taught one.
 
-Marked images are copied into ``STATE/marked/<result id><suffix>`` when marked, so a teach reads
+A result counts as taught once the bundle it was taught to is served (switched to): until then
+it stays marked in the review queue, and another teach includes it again; a roll back marks it
+again. Marked images are copied into ``STATE/marked/<result id><suffix>`` when marked, so a teach reads
 files the server named itself, and a part the watcher moved on meanwhile is still there. The
 taught bundle is written under ``--models`` (default: beside the served bundle) as
 ``<name>-taught-<UTC time>``. A switch opens and checks the new bundle first (every checksum,
@@ -47,6 +49,7 @@ class TeachJob:
     error: str | None = None
     result: dict[str, Any] | None = None  # the update's summary (what update --json prints)
     candidate: Path | None = None  # the taught bundle a switch would serve
+    taught: list[Result] = field(default_factory=list)  # the marked results it was taught
     history: list[str] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
@@ -63,12 +66,13 @@ class Operator:
         self.on_switch, self.log = on_switch, log
         self.job = TeachJob()
         self.previous: Path | None = None  # the bundle folder served before the last switch (roll back)
+        self.switched_in: list[Result] = []  # the results the last switch brought into the served bundle
         self._job_lock = threading.Lock()
 
     # -------------------------------------------------------------------------------- mark
     def mark(self, res: Result, good: bool = True) -> Result:
         if res.taught:
-            raise ActionRefused(f"result {res.id} was already taught")
+            raise ActionRefused(f"result {res.id} is in the served bundle already (taught and switched to)")
         if not good:
             res.marked = False
             return res
@@ -119,8 +123,7 @@ class Operator:
             job.state, job.error = "failed", str(e) or type(e).__name__
             self.log(f"teach failed: {job.error}")
         else:
-            for r in marked:
-                r.taught = True
+            job.taught = marked
             job.result, job.candidate, job.state = result.summary(), result.bundle.root, "done"
             job.history.append(describe_update(result.entry))
             self.log(f"taught {len(images)} image(s): {result.bundle.root} ({result.bundle.bundle_id})")
@@ -135,6 +138,9 @@ class Operator:
         if expected_id is not None and expected_id != job.result["id"]:
             raise ActionRefused(f"the taught bundle is {job.result['id']}, not {expected_id}")
         new = self._switch_to(job.candidate)
+        for r in job.taught:  # now in the served bundle: out of the review queue
+            r.taught = True
+        self.switched_in = job.taught
         job.candidate = None
         job.state = "switched"
         return new
@@ -143,7 +149,11 @@ class Operator:
         """Serve again the bundle that was served before the last switch (checked like any switch)."""
         if self.previous is None:
             raise ActionRefused("nothing to roll back to: no switch since the server started")
-        return self._switch_to(self.previous)
+        new = self._switch_to(self.previous)
+        for r in self.switched_in:  # no longer in the served bundle: marked again, to teach or unmark
+            r.taught = False
+        self.switched_in = []
+        return new
 
     def _switch_to(self, target: Path):
         link = self.source.path

@@ -46,7 +46,7 @@ function card(r, withMark) {
   const s = document.createElement("span"); s.className = "mono score";
   s.textContent = fmt(r.normalised); s.title = "normalised score (0.5 = threshold); raw " + fmt(r.score, 4);
   const tag = document.createElement("span"); tag.className = "tag";
-  tag.textContent = r.taught ? "taught" : r.marked ? "marked good" : r.source;
+  tag.textContent = r.taught ? "taught" : r.marked ? "marked" : r.source;
   tag.title = r.source === "watch" ? "from the watched folder" : "posted to /v1/predict";
   meta.append(v, tag, s); div.appendChild(meta);
   const name = document.createElement("div"); name.className = "name";
