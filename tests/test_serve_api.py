@@ -309,10 +309,12 @@ def test_watch_inside_the_server_feeds_results_and_metrics_exactly_once(rt_bundl
         assert m["patchcore_drift_share"][0][1] in (0.0, 1.0)  # one good part: above the 95% quantile or not
     journal = folder / "_patchcore" / "results.jsonl"
     assert len(journal.read_text().splitlines()) == 2
-    with make_client(rt_bundle, tmp_path, **kw) as c:  # a restart scores nothing twice
-        time.sleep(0.5)
-        assert c.get("/v1/results").json()["results"] == []
-    assert len(journal.read_text().splitlines()) == 2
+    with make_client(rt_bundle, tmp_path, **kw) as c:  # a restart scores the new part, and nothing twice
+        shutil.copy(images["good"], folder / "part-3.png")
+        assert [r["file"] for r in wait_for(c, 1)] == ["part-3.png"]
+        time.sleep(0.3)
+        assert [r["file"] for r in c.get("/v1/results").json()["results"]] == ["part-3.png"]
+    assert len(journal.read_text().splitlines()) == 3
 
 
 def test_healthz_is_503_when_the_watcher_stopped(rt_bundle, tmp_path):
