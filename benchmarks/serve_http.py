@@ -142,15 +142,13 @@ def main() -> None:
     from runtime.predictor import Predictor
 
     predictor = Predictor(bundle, device="cpu")
-    inproc = {n: _inprocess_level(predictor, bodies, n, args.seconds) for n in levels}
-    del predictor
-
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), "--port", str(port), "--device", "cpu",
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "256"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    inproc, http = {}, {}
     try:
         import httpx
 
@@ -162,8 +160,8 @@ def main() -> None:
                 time.sleep(0.25)
         else:
             raise SystemExit("serve did not start")
-        http = {}
-        for n in levels:
+        for n in levels:  # side by side per level: both see the same moment's load
+            inproc[n] = _inprocess_level(predictor, bodies, n, args.seconds)
             s0, c0 = _batches(url)
             http[n] = asyncio.run(_http_level(url, bodies, n, args.seconds))
             s1, c1 = _batches(url)
