@@ -219,7 +219,21 @@ def render(ctx: dict) -> str:
         "(no HTTP, no batching). Latency: from sending a request to its answer (client side).",
         "",
         *rows,
+        "",
+        _reading(ctx),
     ])
+
+
+def _reading(ctx: dict) -> str:
+    """One sentence read off the table (computed, so it follows the figures)."""
+    levels = list(ctx["http"])
+    one, top = levels[0], levels[-1]
+    h1, i1 = ctx["http"][one], ctx["inprocess"][one]
+    ht, it = ctx["http"][top], ctx["inprocess"][top]
+    return (f"With {one} client HTTP adds {h1['p50_ms'] - i1['p50_ms']:+.1f} ms at the median "
+            f"({h1['rps'] / i1['rps']:.2f}x the in-process rate); with {top} clients the server's batches (mean "
+            f"{ht['mean_batch']:.1f} requests per model call) give {ht['rps'] / it['rps']:.2f}x the rate of {top} "
+            "threads calling the Predictor one image at a time.")
 
 
 if __name__ == "__main__":
