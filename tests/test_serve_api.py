@@ -270,6 +270,7 @@ def test_mark_teach_switch_and_a_broken_bundle_is_refused(rt_bundle, images, tmp
         assert info["bundle_id"] == again["bundle"] and info["lineage"][0]["parent"] == v1
         status = c.get("/v1/status").json()
         assert len(status["lineage"]) == 1 and v1 in status["lineage"][0]
+        assert status["recent_scores"] == [again["score"]]  # the histogram: the served bundle's scores only
         health = c.get("/healthz")
         assert health.status_code == 200 and health.json()["bundle"] == again["bundle"]
         m = _metrics(c)

@@ -55,7 +55,7 @@ class Service:
         self.metrics = ServeMetrics()
         self.store = ResultStore(options.keep_results, limits=options.limits)
         self.counts = {"ok": 0, "ng": 0, "error": 0, "none": 0}
-        self.recent_scores: list[float] = []
+        self.recent_scores: list[tuple[str, float]] = []  # (bundle id, score)
         self._counts_lock = threading.Lock()
         self._temp_state = options.watch is None
         self.state_dir = (self._watch_out() / "serve") if options.watch else Path(tempfile.mkdtemp(prefix="patchcore-serve-"))
@@ -148,7 +148,7 @@ class Service:
         with self._counts_lock:
             self.counts[rec.get("verdict") or "none"] += 1
             if rec.get("score") is not None:
-                self.recent_scores.append(rec["score"])
+                self.recent_scores.append((rec.get("bundle"), rec["score"]))
                 del self.recent_scores[:-RECENT_SCORES]
         return res
 
@@ -176,7 +176,9 @@ class Service:
     def status(self) -> dict[str, Any]:
         p = self.predictor
         with self._counts_lock:
-            counts, scores = dict(self.counts), list(self.recent_scores)
+            counts = dict(self.counts)
+            # the histogram is drawn against the served bundle's threshold: its own scores only
+            scores = [v for b, v in self.recent_scores if b == p.bundle.bundle_id]
         return {"bundle": p.bundle.bundle_id, "bundle_name": Path(os.path.realpath(p.bundle.root)).name, "threshold": p.threshold,
                 "lineage": [describe_update(e) for e in p.bundle.lineage],
                 "counts": counts, "recent_scores": scores, "health": self.healthz(),
