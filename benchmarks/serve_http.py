@@ -70,12 +70,12 @@ async def _http_level(url: str, bodies: list[bytes], clients: int, seconds: floa
                     errors += r.status_code != 200
                 i += clients
 
-        warm = time.perf_counter() + min(2.0, seconds / 4)
+        warm = time.perf_counter() + min(1.0, seconds / 4)
         await asyncio.gather(*(worker(k, warm, False) for k in range(clients)))
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(k, t0 + seconds, True) for k in range(clients)))
         wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": errors, "rps": len(lat) / wall, **_percentiles(lat)}
+    return {"lat": lat, "wall": wall, "errors": errors}
 
 
 def _inprocess_level(predictor, bodies: list[bytes], clients: int, seconds: float) -> dict:
@@ -94,7 +94,7 @@ def _inprocess_level(predictor, bodies: list[bytes], clients: int, seconds: floa
                     lat.append(time.perf_counter() - t0)
             i += clients
 
-    for t_end, record in ((time.perf_counter() + min(2.0, seconds / 4), False), (None, True)):
+    for t_end, record in ((time.perf_counter() + min(1.0, seconds / 4), False), (None, True)):
         t0 = time.perf_counter()
         end = t_end if t_end is not None else t0 + seconds
         threads = [threading.Thread(target=worker, args=(k, end, record)) for k in range(clients)]
@@ -103,7 +103,15 @@ def _inprocess_level(predictor, bodies: list[bytes], clients: int, seconds: floa
         for t in threads:
             t.join()
     wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": 0, "rps": len(lat) / wall, **_percentiles(lat)}
+    return {"lat": lat, "wall": wall, "errors": 0}
+
+
+def _combine(runs: list[dict]) -> dict:
+    """Rounds of one level as one figure: all latencies, requests over the summed wall time."""
+    lat = [x for r in runs for x in r["lat"]]
+    wall = sum(r["wall"] for r in runs)
+    return {"requests": len(lat), "errors": sum(r["errors"] for r in runs), "rps": len(lat) / wall,
+            **_percentiles(lat)}
 
 
 def _batches(url: str) -> tuple[float, float]:
@@ -126,7 +134,8 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--images", type=Path, help="folder of images (recursive; default: the bundle's test images)")
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per level")
+    ap.add_argument("--seconds", type=float, default=12.0, help="timed seconds per level and side")
+    ap.add_argument("--rounds", type=int, default=4, help="alternations of in-process and HTTP per level")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
@@ -160,12 +169,16 @@ def main() -> None:
                 time.sleep(0.25)
         else:
             raise SystemExit("serve did not start")
-        for n in levels:  # side by side per level: both see the same moment's load
-            inproc[n] = _inprocess_level(predictor, bodies, n, args.seconds)
-            s0, c0 = _batches(url)
-            http[n] = asyncio.run(_http_level(url, bodies, n, args.seconds))
-            s1, c1 = _batches(url)
-            http[n]["mean_batch"] = (s1 - s0) / max(1.0, c1 - c0)
+        for n in levels:  # side by side, in alternating rounds: both see the same load over time
+            runs_i, runs_h, size, calls = [], [], 0.0, 0.0
+            for _ in range(args.rounds):
+                runs_i.append(_inprocess_level(predictor, bodies, n, args.seconds / args.rounds))
+                s0, c0 = _batches(url)
+                runs_h.append(asyncio.run(_http_level(url, bodies, n, args.seconds / args.rounds)))
+                s1, c1 = _batches(url)
+                size, calls = size + s1 - s0, calls + c1 - c0
+            inproc[n], http[n] = _combine(runs_i), _combine(runs_h)
+            http[n]["mean_batch"] = size / max(1.0, calls)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -173,7 +186,7 @@ def main() -> None:
     ctx = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "bundle": str(bundle),
            "images": len(bodies), "image_size": _size(bodies[0]), "cpu": _cpu(), "cores": os.cpu_count(),
            "python": platform.python_version(), "seconds": args.seconds, "max_batch": args.max_batch,
-           "max_wait_ms": args.max_wait_ms, "load": [load_before, os.getloadavg()[0]], "command": " ".join(["python benchmarks/serve_http.py", *sys.argv[1:]]),
+           "max_wait_ms": args.max_wait_ms, "rounds": args.rounds, "load": [load_before, os.getloadavg()[0]], "command": " ".join(["python benchmarks/serve_http.py", *sys.argv[1:]]),
            "http": http, "inprocess": inproc}
     out = REPO / ".bench" / "serve" / "result.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +222,9 @@ def render(ctx: dict) -> str:
         "",
         "_Written by `benchmarks/serve_http.py`; `benchmarks/run.py` keeps this section._",
         "",
-        f"- Command: `{ctx['command']}` ({ctx['date']}); {ctx['seconds']:.0f} s timed per level after a warm-up.",
+        f"- Command: `{ctx['command']}` ({ctx['date']}); {ctx['seconds']:.0f} s timed per level and side, in "
+        f"{ctx['rounds']} alternating rounds of in-process then HTTP (each after a short warm-up), so both see the "
+        "same load over time.",
         f"- Machine: {ctx['cores']} cores ({ctx['cpu']}), Python {ctx['python']}, onnxruntime CPU; the server and "
         f"its clients (asyncio + httpx, one process) share the cores; 1-minute load average {ctx['load'][0]:.1f} "
         f"before and {ctx['load'][1]:.1f} after the run (other jobs on the machine: compare within this table).",
