@@ -30,6 +30,21 @@ PAGES = {
 }
 
 
+def _escape_html(markdown: str) -> str:
+    """``<`` and ``>`` outside code: help texts say ``models/<class>-<backbone>``, which a browser
+    would take for tags."""
+    out, fence = [], False
+    for line in markdown.split("\n"):
+        if line.startswith("```"):
+            fence = not fence
+        if not fence:
+            parts = line.split("`")
+            parts[::2] = [p.replace("<", "&lt;").replace(">", "&gt;") for p in parts[::2]]
+            line = "`".join(parts)
+        out.append(line)
+    return "\n".join(out)
+
+
 def _typer_markdown(app, prog: str) -> str:
     import click
     import typer
@@ -38,7 +53,7 @@ def _typer_markdown(app, prog: str) -> str:
     command = typer.main.get_command(app)
     with click.Context(command, info_name=prog) as ctx:
         text = get_docs_for_click(obj=command, ctx=ctx, name=prog, indent=1)
-    return text.strip() + "\n"
+    return _escape_html(text.strip()) + "\n"
 
 
 def cli_reference() -> str:
