@@ -9,7 +9,7 @@ WEIGHTS ?= default
 CORESET ?= 0.1
 OUT ?= models/$(BACKBONE)
 
-.PHONY: venv install demo test test-gpu gpu-pack eval export parity bench bench-quick clean
+.PHONY: venv install demo test docs test-gpu gpu-pack eval export parity bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ venv: $(PY)
 install: $(VENV)/.installed
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve]'
+	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve,docs]'
 	touch $@
 
 demo: install
@@ -32,6 +32,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the documentation site (docs/, mkdocs.yml) -> build/site; --strict: a broken link or a page left out fails
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test-gpu: install
 	$(PY) -m pytest -q -m "gpu or tensorrt"

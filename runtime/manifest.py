@@ -185,6 +185,43 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+# what each field is, for the generated manifest reference (docs: reference/manifest.md); a test
+# keeps it in step with FIELDS and OPTIONAL_FIELDS
+FIELD_DOCS: dict[str, str] = {
+    "format": "what this file is",
+    "name": "the bundle's name (the bundle id is `name@` + the manifest digest's first 12 hex digits)",
+    "backbone": "the feature extractor",
+    "backbone.name": "registry name (`patchcore backbones`), e.g. `effnet-lite0`, `wrn50`, `clip-vit-b16`",
+    "backbone.weights_tag": "which weights: a pretrained tag, `random`, or a local file's name",
+    "backbone.layers": "the feature layers used, shallow to deep",
+    "preprocess": "how a decoded image becomes network inputs (below)",
+    "features": "the patch features the graphs output",
+    "features.target_dim": "embedding dimensions per patch",
+    "features.grid": "patch grid [h, w] of one network input",
+    "features.input_size": "network input [h, w] (a tile's size when tiled)",
+    "memory_bank": "the coreset of good patches",
+    "memory_bank.file": "the bank's `.npy` file (read without pickle, header checked first)",
+    "memory_bank.rows": "number of patches in the bank",
+    "memory_bank.dim": "dimensions per patch (= `features.target_dim`)",
+    "memory_bank.dtype": "storage type of the bank",
+    "scoring": "how patch distances become scores",
+    "scoring.k": "nearest neighbours per patch",
+    "scoring.n_reweight": "neighbours of the eq. 7 image-score reweighting (0: off)",
+    "scoring.blur_sigma": "Gaussian blur of the anomaly map, in pixels of the network input",
+    "threshold": "the decision threshold",
+    "threshold.value": "anomaly score at and above which an image is `ng` (null: no verdicts)",
+    "threshold.scale": "the score spread that maps scores to normalised scores (threshold -> 0.5)",
+    "versions": "package versions the bundle was written with",
+    "files": "every file of the bundle: `{\"sha256\": ..., \"bytes\": ...}`",
+    DIGEST_FIELD: "sha256 of this manifest's canonical JSON without this field",
+    "memory_bank.projection_file": "the coreset's random projection (`.npy`), for `update` without torch",
+    "memory_bank.projection_dim": "dimensions of that projection",
+    "memory_bank.coverage_radius": "the bank's covering radius in the projection (where `update` stops)",
+    "threshold.calibration_scores": "the held-out good images' scores behind the threshold",
+    "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",
+}
+
+
 def _get(d: Mapping[str, Any], dotted: str) -> Any:
     cur: Any = d
     for part in dotted.split("."):

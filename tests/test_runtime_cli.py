@@ -106,6 +106,29 @@ def test_overlays_get_unique_names(tmp_path, rt_bundle, rt_test_images):
     assert img[..., 2].mean() > img[..., 0].mean() * 0.5  # a heat map, not a blank image
 
 
+def test_overlays_of_a_folder_tree_keep_the_inputs_relative_paths(tmp_path, rt_bundle, rt_test_images):
+    """good/000.png, hole/000.png, scratch/000.png -> the same tree under --overlays; a number only
+    where two inputs really land on one name (000.png and 000.jpg in one folder)."""
+    tree = tmp_path / "test"
+    src = sorted((rt_test_images / "scratch").glob("*.png"))[0]
+    for sub in ("good", "hole", "scratch"):
+        (tree / sub).mkdir(parents=True)
+        shutil.copy(src, tree / sub / "000.png")
+    cv2.imwrite(str(tree / "hole" / "000.jpg"), cv2.imread(str(src)))
+    single = tmp_path / "single.png"
+    shutil.copy(src, single)
+    ov = tmp_path / "ov"
+    r, records = _run("predict", str(rt_bundle), str(tree), str(single), "--recursive", "--overlays", str(ov),
+                      "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    got = {Path(rec["file"]).relative_to(tmp_path).as_posix(): Path(rec["overlay"]).relative_to(ov).as_posix()
+           for rec in records}
+    assert got == {"test/good/000.png": "good/000.png", "test/hole/000.jpg": "hole/000.png",
+                   "test/hole/000.png": "hole/000-1.png", "test/scratch/000.png": "scratch/000.png",
+                   "single.png": "single.png"}
+    assert sorted(p.relative_to(ov).as_posix() for p in ov.rglob("*.png")) == sorted(got.values())
+
+
 def test_an_image_preprocessing_refuses_gets_its_record_and_the_others_one_model_call():
     class FakePredictor:
         calls = []

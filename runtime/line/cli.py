@@ -42,7 +42,7 @@ from .outputs import encode_png, numbered, overlay_image, overlay_label, write_r
 from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
-from .selection import collect_inputs, resolve_bundle
+from .selection import collect_inputs, output_relpath, resolve_bundle
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
@@ -127,7 +127,8 @@ def predict(
     paths: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     batch: int = BatchOpt,
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also take images in sub-folders of folders."),
-    overlays: Optional[Path] = typer.Option(None, "--overlays", help="Write heat-map overlays (PNG) into this folder; "
+    overlays: Optional[Path] = typer.Option(None, "--overlays", help="Write heat-map overlays (PNG) into this folder, "
+                                            "keeping each input's path relative to the folder given (hole/000.png); "
                                             "an overlay of the same name from an earlier run is replaced."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 8 when any input could not be scored."),
     max_pixels: Optional[int] = MaxPixelsOpt,
@@ -158,13 +159,13 @@ def predict(
                     extra = {}
                     image = image_of(o.item, limits) if overlays is not None and o.map is not None else None
                     if image is not None:
-                        dst = _unique_in_run(overlays / (Path(o.item.name).stem + ".png"), used)
+                        dst = _unique_in_run(overlays / output_relpath(o.item.path, paths).with_suffix(".png"), used)
                         img = overlay_image(image, o.map, p.spec, p.threshold, p.scale,
                                             overlay_label(o.verdict, o.score, o.normalised))
                         try:
                             extra["overlay"] = str(write_replace(dst, encode_png(img)))
                         except OSError as e:
-                            raise OutputError(f"--overlays {overlays}: cannot write {dst.name} "
+                            raise OutputError(f"--overlays {overlays}: cannot write {dst.relative_to(overlays)} "
                                               f"({e.strerror or e})") from None
                     failed += o.error is not None
                     out.emit(record(o, p.bundle.bundle_id, **extra))

@@ -104,3 +104,17 @@ def collect_inputs(paths: list[Path], recursive: bool = False) -> list[tuple[Pat
     if len(empty) == len(out):
         raise UsageError(f"no image files found in {', '.join(map(str, empty))}{hint}")
     return out
+
+
+def output_relpath(path: Path, args: list[Path]) -> Path:
+    """Where a file's outputs go inside an output folder: its path relative to the folder
+    argument that holds it (``good/000.png`` for ``test/good/000.png`` given ``test``), or its
+    own name for a file given directly. The same tree as the input, as ``score`` and
+    ``watch --move`` keep it."""
+    for a in args:
+        if a.is_dir():
+            try:
+                return path.relative_to(a)
+            except ValueError:
+                continue
+    return Path(path.name)
