@@ -61,6 +61,7 @@ class Device(str, enum.Enum):
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+    openvino = "openvino"
 
 
 class Search(str, enum.Enum):
@@ -70,7 +71,8 @@ class Search(str, enum.Enum):
 
 
 # Options shared by several commands, so a flag means the same everywhere.
-DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda or tensorrt.")
+DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
+                         "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
                          "else numpy BLAS), faiss, numpy.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
@@ -79,7 +81,7 @@ MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images ove
                             "height, read from the file header before decoding; default 100000000 or "
                             "$PATCHCORE_RT_MAX_PIXELS). Such an image gets an error record.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
-                        "features_fp32, features_fp16.")
+                        "features_fp32, features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 
 
 @app.callback()
@@ -91,9 +93,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
                    graph: str = "features_fp32") -> Predictor:
-    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads)
+    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads, log=info)
     d = p.info()
-    info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, search {d['search']}")
+    info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
+         f"search {d['search']}")
     return p
 
 
