@@ -20,7 +20,7 @@ venv: $(PY)
 install: $(VENV)/.installed
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[fit,test,scale]'
+	$(PY) -m pip install --quiet -e '.[fit,test,scale,openvino]'
 	touch $@
 
 demo: install

@@ -72,8 +72,7 @@ def float_nodes(model: onnx.ModelProto, keep_float: str) -> list[str]:
         out.append(convs[0].name)
     if "last" in keep_float and convs:
         last = max(i for i, n in enumerate(nodes) if n.op_type == "Conv")
-        out += [n.name for n in nodes[last + 1 :] if n.op_type in _QUANTIZED_OPS or n.op_type in
-                ("AveragePool", "Resize", "Concat", "Reshape", "Transpose")]
+        out += [n.name for n in nodes[last:] if n.op_type in _QUANTIZED_OPS or n.op_type in ("AveragePool", "Resize")]
     return [n for n in out if n]
 
 
@@ -133,8 +132,12 @@ def calibration_inputs(model, paths: Sequence[Path], count: int) -> np.ndarray:
 
     if not paths:
         raise ValueError("int8 calibration needs good training images")
-    pick = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
-    return stack_inputs([prepare(read_image(paths[i]), model.preprocess) for i in sorted(set(pick.tolist()))])
+    return stack_inputs([prepare(read_image(paths[i]), model.preprocess) for i in calibration_indices(len(paths), count)])
+
+
+def calibration_indices(n: int, count: int) -> list[int]:
+    """Which of ``n`` training images calibrate: ``count`` spread evenly."""
+    return sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist()))
 
 
 def relative_error(ref: np.ndarray, other: np.ndarray) -> float:

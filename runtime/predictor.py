@@ -78,7 +78,9 @@ def _check_graph_shapes(engine, manifest: dict, path: Path) -> None:
 
 class Predictor:
     """Scores images with a bundle. ``graph`` picks the bundle's feature graph (``features_fp32``
-    by default, ``features_fp16``); ``search`` is ``auto``, ``faiss`` or ``numpy``.
+    by default, ``features_fp16``, ``features_int8``, and ``features_bf16`` with ``device`` openvino);
+    ``search`` is ``auto``, ``faiss``, ``numpy`` or ``bf16`` (a bf16 candidate step, ``candidates``
+    per patch, rescored exactly in float32).
 
     :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
     geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded
@@ -110,7 +112,7 @@ class Predictor:
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
-                                  device="cuda" if device in ("cuda", "tensorrt") else "auto")
+                                  device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates)
 
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend

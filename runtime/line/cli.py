@@ -68,13 +68,15 @@ class Search(str, enum.Enum):
     auto = "auto"
     faiss = "faiss"
     numpy = "numpy"
+    bf16 = "bf16"
 
 
 # Options shared by several commands, so a flag means the same everywhere.
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
                          "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
-                         "else numpy BLAS), faiss, numpy.")
+                         "else numpy BLAS), faiss, numpy, or bf16 (candidates found in bf16 by OpenVINO, "
+                         "rescored exactly in float32; the [openvino] extra).")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
 BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
@@ -169,7 +171,7 @@ def predict(
                             raise OutputError(f"--overlays {overlays}: cannot write {dst.name} "
                                               f"({e.strerror or e})") from None
                     failed += o.error is not None
-                    out.emit(record(o, p.bundle.bundle_id, **extra))
+                    out.emit(record(o, p.bundle.bundle_id, precision=p.precision, **extra))
                 advance(len(chunk))
         if failed:
             info(f"{failed} of {len(inputs)} inputs could not be scored (see the records with \"error\")")
