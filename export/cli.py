@@ -60,8 +60,9 @@ def export_cmd(
                               "(onnxruntime, OpenVINO, TensorRT explicit quantization)"),
     int8_images: int = typer.Option(16, "--int8-images", min=1, help="good training images that calibrate --int8"),
     int8_method: str = typer.Option("minmax", "--int8-method", help="int8 calibration: minmax, entropy, percentile"),
-    int8_keep_float: str = typer.Option("first", "--int8-keep-float",
-                                        help="layers left in float32: none, first (first conv), last, first+last"),
+    int8_keep_float: str = typer.Option("first+depthwise", "--int8-keep-float",
+                                        help="layers left in float32: none, first (first conv), last, first+last, "
+                                        "first+depthwise (and the depthwise convs)"),
 ):
     """Fit PatchCore on DATA/train/good (or reuse a fitted bundle) and write the bundle with its graphs."""
     from .pipeline import ExportRequest, export_model  # torch: loaded when the command runs

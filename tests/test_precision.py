@@ -50,6 +50,11 @@ def int8_bundle(rt_bundle, tmp_path_factory) -> Path:
     return root
 
 
+def g_convs(bundle: Path) -> list:
+    """The float32 graph's convolutions, in graph order (the names the quantizer keeps)."""
+    return [n for n in onnx.load(str(bundle / "features_fp32.onnx")).graph.node if n.op_type == "Conv"]
+
+
 # ------------------------------------------------------------------------------------------ table
 def test_table_has_one_row_per_engine_and_precision_and_resolves_with_reasons():
     rows = [(v.engine, v.key) for v in VARIANTS]
@@ -72,17 +77,20 @@ def test_int8_graph_is_calibrated_per_channel_qdq_with_the_first_conv_in_float(i
     q = entry["quantization"]
     assert entry["dtype"] == "int8" and q["format"] == "QDQ"
     assert q["calibration"] == {"method": "minmax", "images": 8, "source": "good training images, bundle preprocessing"}
-    assert q["keep_float"] == "first" and len(q["float_nodes"]) == 1
+    assert q["keep_float"] == "first+depthwise" and q["float_nodes"][0] == [n.name for n in g_convs(int8_bundle)][0]
+    depthwise = [n.name for n in g_convs(int8_bundle) if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert depthwise and q["float_nodes"][1:] == depthwise
     g = onnx.load(str(int8_bundle / "features_int8.onnx")).graph
     inits = {t.name: t for t in g.initializer}
     produced_by = {o: n for n in g.node for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
-    # the first conv reads a float tensor, every later one a dequantized int8 tensor
-    assert convs[0].name == q["float_nodes"][0]
-    assert produced_by.get(convs[0].input[0]) is None or produced_by[convs[0].input[0]].op_type != "DequantizeLinear"
-    assert all(produced_by[c.input[0]].op_type == "DequantizeLinear" for c in convs[1:])
+    # the convs kept in float read float tensors, every other one a dequantized int8 tensor
+    kept = set(q["float_nodes"])
+    for c in convs:
+        src = produced_by.get(c.input[1])  # the weight: an initializer, or a DequantizeLinear of int8
+        assert (src is not None and src.op_type == "DequantizeLinear") == (c.name not in kept), c.name
     # per-channel weights: a weight's DequantizeLinear has one scale per output channel
-    w_dq = produced_by[convs[1].input[1]]
+    w_dq = produced_by[next(c for c in convs if c.name not in kept).input[1]]
     assert w_dq.op_type == "DequantizeLinear" and len(onnx.numpy_helper.to_array(inits[w_dq.input[1]])) > 1
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(int8_bundle / "features_int8.onnx")).metadata_props
             if p.key.startswith("patchcore_rt.")}
@@ -112,7 +120,8 @@ def test_openvino_engine_runs_each_precision_and_says_which(int8_bundle):
     f32 = Predictor(int8_bundle, device="openvino", graph="features_fp32", log=logs.append)
     assert f32.engine.precision == "fp32" and relative_error(ref, f32.engine.run(x)) < 1e-4
     i8 = Predictor(int8_bundle, device="openvino", graph="features_int8", log=logs.append)
-    assert i8.engine.precision == "int8" and i8.engine.info["layer_precisions"].get("f32") == 1  # the first conv
+    n_float = len(json.loads((int8_bundle / "manifest.json").read_text())["graphs"]["features_int8"]["quantization"]["float_nodes"])
+    assert i8.engine.precision == "int8" and i8.engine.info["layer_precisions"].get("f32", 0) >= n_float
     assert relative_error(ref, i8.engine.run(x)) < 0.35
     if _has_bf16():
         bf = Predictor(int8_bundle, device="openvino", graph="features_bf16", log=logs.append)
