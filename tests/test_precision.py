@@ -108,6 +108,23 @@ def test_int8_graph_runs_on_onnxruntime_close_to_float32(int8_bundle):
     assert eng.precision == "int8" and 0 < err < 0.35
 
 
+def test_export_records_the_measured_parity_of_each_reduced_variant(int8_bundle, rt_bundle):
+    from export.reduced_check import check_images, measure_reduced, record_reduced
+    from patchcore.data import load_class
+    from runtime.bundle import read_bundle
+
+    data = next((rt_bundle.parent / "data").iterdir())
+    paths, source = check_images(data, load_class(data, image_level_only=True).train, 8, n=6)
+    assert len(paths) == 6 and source.startswith("6 test images")
+    record_reduced(int8_bundle, measure_reduced(int8_bundle, paths, source))
+    facts = read_bundle(int8_bundle).manifest["reduced_precision"]  # re-sealed: checksums verify
+    ort8 = facts["onnxruntime:features_int8"]
+    assert ort8["measured"] and ort8["precision_run"] == "int8" and ort8["images"] == 6
+    assert 0 < ort8["feature_rel_error"] < 0.35 and 0 <= ort8["image_unweighted_max_rel_error"] < 0.5
+    assert set(facts) == ({"onnxruntime:features_int8", "openvino:features_bf16", "openvino:features_int8"}
+                          if OV_OK else {"onnxruntime:features_int8"})
+
+
 # ------------------------------------------------------------------------------------------ OpenVINO
 @needs_openvino
 def test_openvino_engine_runs_each_precision_and_says_which(int8_bundle):
