@@ -71,7 +71,7 @@ def test_table_has_one_row_per_engine_and_precision_and_resolves_with_reasons():
 
 
 # ------------------------------------------------------------------------------------------ int8 export
-def test_int8_graph_is_calibrated_per_channel_qdq_with_the_first_conv_in_float(int8_bundle):
+def test_int8_graph_is_calibrated_per_channel_qdq_with_first_and_depthwise_convs_in_float(int8_bundle):
     m = json.loads((int8_bundle / "manifest.json").read_text())
     entry = m["graphs"]["features_int8"]
     q = entry["quantization"]
