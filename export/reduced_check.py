@@ -23,6 +23,7 @@ from runtime.predictor import Predictor
 from .quantize import calibration_indices, relative_error
 
 _DEVICE = {"onnxruntime": "cpu", "openvino": "openvino"}
+SEARCH_CANDIDATES = (4, 8, 16, 32, 64)
 
 
 def _max_rel(ref: np.ndarray, got: np.ndarray) -> float:
@@ -60,7 +61,36 @@ def measure_reduced(root: str | Path, paths: Sequence[Path], source: str, log: C
         out[name] = facts
         log(f"reduced precision {name}: features {facts['feature_rel_error']:.2%}, image scores before "
             f"reweighting {facts['image_unweighted_max_rel_error']:.2%} (max, {n} images)")
+    search = bf16_search_study(ref_p.scorer.bank, ref_emb, ref, ref_p.scorer.n_reweight)
+    if search is not None:
+        out["bf16_search"] = search
+        log(f"bf16 search: {search['candidates']} candidates per patch (recall {search['recall']})")
     return out
+
+
+def bf16_search_study(bank: np.ndarray, emb: np.ndarray, exact, n_reweight: int) -> dict[str, Any] | None:
+    """The candidate count ``--search bf16`` uses for this bundle: the smallest of
+    :data:`SEARCH_CANDIDATES` whose bf16 candidates hold the true nearest bank patch of every
+    check patch and give the exact image scores (None where bf16 search cannot run here). How
+    many are needed depends on the features: the bf16 product loses ~3 significant digits of
+    ``q . m``, which matters when nearest-neighbour distances are small against the norms
+    (wide_resnet50_2 with random weights needed 32 on bottle, effnet-lite0 4)."""
+    from runtime.search import PatchScorer
+
+    recall: dict[str, float] = {}
+    chosen = None
+    for c in SEARCH_CANDIDATES:
+        try:
+            r = PatchScorer(bank, n_reweight, "bf16", candidates=c)
+        except DeviceUnavailableError:
+            return None
+        raw = r.index.search(emb.reshape(-1, emb.shape[-1]), c)
+        recall[str(c)] = round(float(np.mean((raw == exact.nearest.reshape(-1, 1)).any(axis=1))), 6)
+        same = np.array_equal(r.score(emb).image_scores, exact.image_scores)
+        if recall[str(c)] == 1.0 and same:
+            chosen = c
+            break
+    return {"candidates": chosen or SEARCH_CANDIDATES[-1], "recall": recall, "patches": int(emb.shape[0] * emb.shape[1])}
 
 
 def record_reduced(root: str | Path, facts: dict[str, Any]) -> bundle_io.Bundle:

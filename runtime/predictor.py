@@ -111,6 +111,8 @@ class Predictor:
                               "cannot return them")
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
+        if candidates is None and search == "bf16":  # the count the export measured for this bundle, if any
+            candidates = (m.get("reduced_precision", {}).get("bf16_search") or {}).get("candidates")
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
                                   device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates)
 

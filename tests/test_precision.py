@@ -121,8 +121,15 @@ def test_export_records_the_measured_parity_of_each_reduced_variant(int8_bundle,
     ort8 = facts["onnxruntime:features_int8"]
     assert ort8["measured"] and ort8["precision_run"] == "int8" and ort8["images"] == 6
     assert 0 < ort8["feature_rel_error"] < 0.35 and 0 <= ort8["image_unweighted_max_rel_error"] < 0.5
-    assert set(facts) == ({"onnxruntime:features_int8", "openvino:features_bf16", "openvino:features_int8"}
-                          if OV_OK else {"onnxruntime:features_int8"})
+    variants = {k for k in facts if k != "bf16_search"}
+    assert variants == ({"onnxruntime:features_int8", "openvino:features_bf16", "openvino:features_int8"}
+                        if OV_OK else {"onnxruntime:features_int8"})
+    if OV_OK and _has_bf16():
+        from runtime.predictor import Predictor
+
+        study = facts["bf16_search"]
+        assert study["recall"][str(study["candidates"])] == 1.0  # the count chosen holds every true neighbour
+        assert Predictor(int8_bundle, device="cpu", search="bf16").scorer.margin == max(2, study["candidates"])
 
 
 # ------------------------------------------------------------------------------------------ OpenVINO
