@@ -56,6 +56,13 @@ def export_cmd(
     bank_dtype: str = typer.Option("float32", "--bank-dtype", help="float32 | float16 memory bank"),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="also build TensorRT engines (skipped without a GPU)"),
     name: Optional[str] = typer.Option(None, "--name", help="bundle name (default: the --out folder name)"),
+    int8: bool = typer.Option(False, "--int8", help="also export features_int8: a calibrated int8 QDQ graph "
+                              "(onnxruntime, OpenVINO, TensorRT explicit quantization)"),
+    int8_images: int = typer.Option(16, "--int8-images", min=1, help="good training images that calibrate --int8"),
+    int8_method: str = typer.Option("minmax", "--int8-method", help="int8 calibration: minmax, entropy, percentile"),
+    int8_keep_float: str = typer.Option("first+depthwise", "--int8-keep-float",
+                                        help="layers left in float32: none, first (first conv), last, first+last, "
+                                        "first+depthwise (and the depthwise convs)"),
 ):
     """Fit PatchCore on DATA/train/good (or reuse a fitted bundle) and write the bundle with its graphs."""
     from .pipeline import ExportRequest, export_model  # torch: loaded when the command runs
@@ -66,6 +73,10 @@ def export_cmd(
                              bank_size, shards, work_dir)
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
                             tensorrt, calibrate, reuse)
+        if int8:
+            from .quantize import Int8Settings
+
+            req.int8 = Int8Settings(method=int8_method, images=int8_images, keep_float=int8_keep_float)
         check_output_folder(req.out, "--out")
         typer.echo(json.dumps(export_model(req, log=_err).summary()))
 
@@ -74,8 +85,9 @@ def parity_cmd(
     bundle: Path = typer.Argument(..., help="bundle folder"),
     data: Path = typer.Argument(..., help="class folder in MVTec AD layout (its test images are used)"),
     report: Optional[Path] = typer.Option(None, "--report", help="write the full report as JSON here"),
-    engines: str = typer.Option("ort-cpu,ort-cuda,tensorrt", "--engines",
-                                help="comma-separated: ort-cpu, ort-cuda, tensorrt (missing ones are skipped)"),
+    engines: str = typer.Option("ort-cpu,ort-cuda,openvino,tensorrt", "--engines",
+                                help="comma-separated: ort-cpu, ort-cuda, openvino, tensorrt (missing ones are "
+                                "skipped); every graph x precision of the engines table the bundle offers is judged"),
     graphs: Optional[str] = typer.Option(None, "--graphs", help="comma-separated graph keys (default: all)"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="use this many test images, spread evenly"),
     device: str = typer.Option("cpu", "--device", help="torch device of the PyTorch reference"),

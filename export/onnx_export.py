@@ -208,7 +208,8 @@ def _graph_entry(files: list[Path], kind: str, dtype: str, outputs: Iterable[str
 def export_bundle(model, root: str | Path, name: str | None = None, *, fp16: bool = True,
                   scoring: bool = False, bank_dtype: str = "float32", bank_chunk: int | None = None,
                   extra: dict[str, Any] | None = None,
-                  external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> bundle_io.Bundle:
+                  external_threshold: int = EXTERNAL_DATA_THRESHOLD,
+                  int8_calibration: np.ndarray | None = None, int8_settings=None) -> bundle_io.Bundle:
     """Write ``model`` (fitted) as a complete bundle: manifest, memory bank and graphs.
 
     ``fp16`` adds ``features_fp16``; ``scoring`` adds ``scores_fp32`` (and ``scores_fp16``)
@@ -253,6 +254,18 @@ def export_bundle(model, root: str | Path, name: str | None = None, *, fp16: boo
             graphs[key] = _graph_entry(written, "scores", dtype, search_outputs(), model, bank_chunk=chunk,
                                        nearest="in-graph argmin of |q|^2 - 2 q.m + |m|^2 (float32)")
             files += [p.name for p in written]
+    if int8_calibration is not None:
+        from .quantize import Int8Settings, quantize_graph
+
+        settings = int8_settings or Int8Settings()
+        path = root / "features_int8.onnx"
+        facts = quantize_graph(root / "features_fp32.onnx", path, int8_calibration, settings)
+        proto = onnx.load(str(path))
+        set_metadata(proto, bundle_io.graph_metadata(identity, "features_int8"))
+        written = save_graph(proto, path, external_threshold)
+        check_graph(written[0])
+        graphs["features_int8"] = _graph_entry(written, "features", "int8", [OUTPUT_NAME], model, **facts)
+        files += [p.name for p in written]
     # the preprocessing's resizes are OpenCV's: recorded, since kernels may change between versions
     versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__}
     model.save(root, name, bank_dtype=bank_dtype, graphs=graphs, files=files,

@@ -16,7 +16,8 @@ same test images of a class folder; the report gives, per target:
   around the calibrated threshold must get the same verdict; inside it a flip is allowed and
   counted.
 
-A target passes when every figure is within its tolerance (:data:`FP32` or :data:`FP16`). In
+A target passes when every figure is within its tolerance (:data:`FP32`, :data:`FP16`, or :data:`REDUCED`
+for the int8 and bf16 variants, judged by AUROC, unweighted image scores and verdicts). In
 float16 the image-score tolerance applies to the unweighted image scores: float16's feature error
 is large enough to tip a near-tie of eq. 7 (measured: a random-weight wide_resnet50_2 bundle,
 2.8e-2 reweighted against 1.9e-3 unweighted), so the reweighted scores are judged by what a line
@@ -42,6 +43,8 @@ from patchcore.model import PatchCore
 from runtime import errors
 from runtime.bundle import Bundle, read_bundle
 from runtime.engines import DeviceUnavailableError, TensorRTEngine, TrtBuildOptions, tensorrt_status
+from runtime.engines.openvino_engine import openvino_status
+from runtime.engines.table import variants
 from runtime.images import read_image
 from runtime.postprocess import Prediction
 from runtime.predictor import Predictor
@@ -65,11 +68,21 @@ class Tolerance:
 
 FP32 = Tolerance(features=1e-4, patch=1e-4, image=1e-4, maps=1e-4, auroc=1e-4)
 FP16 = Tolerance(features=2e-2, patch=1e-2, image=1e-2, maps=1e-2, auroc=1e-3, image_scores="unweighted")
+# int8 / bf16 (README "Precision and engines"): what a line sees must hold, not the digits. Image
+# AUROC and pixel AUROC within 0.5 points of float32; image scores before eq. 7 reweighting within
+# REDUCED.image relative; verdicts identical outside a band of 2 x that around the threshold.
+# Features, patch scores and maps are bounded loosely (a broken graph, not a rounding, breaks them).
+REDUCED = Tolerance(features=0.5, patch=0.25, image=0.05, maps=0.25, auroc=5e-3, image_scores="unweighted")
+_TOLERANCES = {"float32": FP32, "float16": FP16, "bfloat16": REDUCED, "int8": REDUCED}
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+# parity engine name -> the engines x precisions table's engine
+PARITY_ENGINES = {"ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 @dataclass
 class Target:
-    """One runtime configuration: ``engine`` (ort-cpu, ort-cuda, tensorrt) on ``graph``."""
+    """One runtime configuration: ``engine`` (ort-cpu, ort-cuda, openvino, tensorrt) on ``graph`` (a
+    ``--graph`` key of the engines x precisions table); ``precision`` float32, float16, bfloat16, int8."""
 
     engine: str
     graph: str
@@ -81,7 +94,7 @@ class Target:
 
     @property
     def tolerance(self) -> Tolerance:
-        return FP16 if self.precision == "float16" else FP32
+        return _TOLERANCES[self.precision]
 
 
 @dataclass
@@ -164,18 +177,21 @@ def _ort_has(provider: str) -> bool:
     return provider in ort.get_available_providers()
 
 
-def discover_targets(bundle: Bundle, engines: Sequence[str] = ("ort-cpu", "ort-cuda", "tensorrt")
+def discover_targets(bundle: Bundle, engines: Sequence[str] = ("ort-cpu", "ort-cuda", "openvino", "tensorrt")
                      ) -> tuple[list[Target], list[dict[str, str]]]:
-    """Every (engine, graph) pair this machine can run, and the skipped ones with the reason."""
-    graphs = bundle.manifest.get("graphs", {})
+    """Every (engine, graph) pair of the engines x precisions table that the bundle offers and this
+    machine can run, and the skipped ones with the reason."""
+    graphs = set(bundle.manifest.get("graphs", {}))
     targets, skipped = [], []
     trt_ok, trt_reason = tensorrt_status()
     for engine in engines:
-        if engine not in ("ort-cpu", "ort-cuda", "tensorrt"):
-            raise ValueError(f"unknown engine {engine!r}; choose ort-cpu, ort-cuda or tensorrt")
-        for key, info in sorted(graphs.items()):
-            t = Target(engine, key, info.get("dtype", "float32"))
-            if engine == "ort-cuda" and not _ort_has("CUDAExecutionProvider"):
+        if engine not in PARITY_ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose {', '.join(PARITY_ENGINES)}")
+        for v in sorted(variants(PARITY_ENGINES[engine], graphs), key=lambda v: v.key):
+            t = Target(engine, v.key, _DTYPES[v.precision])
+            if engine == "openvino" and not openvino_status()[0]:
+                skipped.append({"name": t.name, "reason": openvino_status()[1]})
+            elif engine == "ort-cuda" and not _ort_has("CUDAExecutionProvider"):
                 skipped.append({"name": t.name, "reason": "onnxruntime has no CUDAExecutionProvider "
                                 "(install onnxruntime-gpu on a machine with a CUDA GPU)"})
             elif engine == "tensorrt" and not trt_ok:
@@ -192,8 +208,11 @@ def make_predictor(bundle: Bundle, target: Target, log: Callable[[str], None] = 
         return Predictor(bundle, device="cpu", graph=target.graph, search="numpy")
     if target.engine == "ort-cuda":
         return Predictor(bundle, device="cuda", graph=target.graph, search="numpy")
+    if target.engine == "openvino":
+        return Predictor(bundle, device="openvino", graph=target.graph, search="numpy", log=log)
     engine = TensorRTEngine.from_bundle(bundle, target.graph,
-                                        TrtBuildOptions(fp16=target.precision == "float16"), log=log)
+                                        TrtBuildOptions(fp16=target.precision == "float16",
+                                                        int8=target.precision == "int8"), log=log)
     return Predictor(bundle, device="cuda", graph=target.graph, engine=engine, search="numpy")
 
 
@@ -237,7 +256,8 @@ def open_targets(bundle: Bundle, engines: Sequence[str], graphs: Sequence[str] |
     absent) and the broken ones (present, but the graph does not load or build), with reasons."""
     targets, skipped = discover_targets(bundle, engines)
     if graphs:
-        missing = sorted(set(graphs) - set(bundle.manifest.get("graphs", {})))
+        keys = {v.key for v in variants(graphs=set(bundle.manifest.get("graphs", {})))}
+        missing = sorted(set(graphs) - keys)
         if missing:
             raise ValueError(f"bundle has no graph(s) {missing}; graphs: {sorted(bundle.manifest.get('graphs', {}))}")
         targets = [t for t in targets if t.graph in graphs]
@@ -333,7 +353,8 @@ def _verdicts(ref: np.ndarray, got: np.ndarray, threshold: float | None, tol: To
     return out
 
 
-def run_parity(bundle_root: str | Path, data: str | Path, engines: Sequence[str] = ("ort-cpu", "ort-cuda", "tensorrt"),
+def run_parity(bundle_root: str | Path, data: str | Path,
+               engines: Sequence[str] = ("ort-cpu", "ort-cuda", "openvino", "tensorrt"),
                graphs: Sequence[str] | None = None, max_images: int | None = None, batch_size: int = 8,
                torch_device: str = "cpu", runtime_spec: PreprocessSpec | None = None, reference=None,
                log: Callable[[str], None] = lambda s: None) -> ParityReport:

@@ -20,6 +20,7 @@ from patchcore.model import PatchCore, PatchCoreConfig
 from patchcore.registry import WeightsUnavailableError
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import Bundle, BundleError, read_bundle
+from runtime.engines.table import variants
 from runtime.fileio import sha256_file
 
 from .onnx_export import export_bundle
@@ -42,6 +43,7 @@ class ExportRequest:
     tensorrt: bool = False
     calibrate: Path | None = None
     reuse: bool = False
+    int8: Any = None  # export.quantize.Int8Settings: also write features_int8
 
 
 @dataclass
@@ -146,14 +148,29 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
                 log("warning: --calibrate uses the same folder's test images that evaluation uses: "
                     "metrics on them will be optimistic")
             calibrate_f1(model, req.calibrate)
+    calibration = None
+    if req.int8 is not None:
+        from .quantize import calibration_inputs
+
+        calibration = calibration_inputs(model, ds.train, req.int8.images)
+        log(f"int8: calibrating on {len(calibration)} network inputs of good training images ({req.int8.method}, "
+            f"float layers: {req.int8.keep_float})")
     bundle = export_bundle(model, req.out, name=req.name, fp16=req.fp16, scoring=req.scoring_graph,
-                           bank_dtype=req.bank_dtype,
+                           bank_dtype=req.bank_dtype, int8_calibration=calibration, int8_settings=req.int8,
                            extra={"export": {"settings": settings, "tool": "patchcore export"}})
+    if req.int8 is not None:  # measured parity of the reduced variants (int8, and bf16 where OpenVINO runs)
+        from .reduced_check import check_images, measure_reduced, record_reduced
+
+        paths, source = check_images(Path(data_dir), ds.train, req.int8.images)
+        facts = measure_reduced(req.out, paths, source, log=log)
+        if facts:
+            bundle = record_reduced(req.out, facts)
     skipped = None
     if req.tensorrt:
         try:
-            for g in ("features_fp32", "features_fp16") if req.fp16 else ("features_fp32",):
-                bundle = build_bundle_engine(req.out, graph=g, fp16=g.endswith("fp16"), log=log)
+            # the TensorRT rows of the engines x precisions table whose graph this export wrote
+            for v in variants("tensorrt", set(bundle.manifest["graphs"])):
+                bundle = build_bundle_engine(req.out, graph=v.graph, fp16=v.precision == "fp16", log=log)
         except TensorRTUnavailableError as e:
             skipped = str(e)
             log(f"skipped: {e}")

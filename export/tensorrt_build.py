@@ -77,8 +77,9 @@ def build_bundle_engine(root: str | Path, graph: str | None = None, fp16: bool =
     b = bundle_io.read_bundle(root)
     graph = graph or default_graph(b, fp16)
     info = b.graph_info(graph)
-    fp16_graph = _precision_plan(b, graph, fp16, log)
-    options = TrtBuildOptions(fp16=fp16 or fp16_graph, min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2],
+    int8_graph = info.get("dtype") == "int8"
+    fp16_graph = False if int8_graph else _precision_plan(b, graph, fp16, log)
+    options = TrtBuildOptions(fp16=(fp16 or fp16_graph) and not int8_graph, int8=int8_graph, min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2],
                               workspace_mib=workspace_mib)
     ident = gpu_identity()
     key = engine_key(graph, options, ident)

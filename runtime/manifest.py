@@ -26,6 +26,7 @@ SCHEMA_VERSION = 1
 FORMAT = "patchcore-rt-bundle"
 DIGEST_FIELD = "manifest_sha256"
 BANK_DTYPES = ("float32", "float16")
+GRAPH_DTYPES = ("float32", "float16", "int8")  # int8: a QDQ graph (float32 in and out, int8 inside)
 GRAPH_KINDS = ("features", "scores")
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KiB; anything this large is not one
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -267,8 +268,8 @@ def _check_entries(manifest: Mapping[str, Any], section: str, where: str) -> Non
         if section == "graphs":
             if entry.get("kind", "features") not in GRAPH_KINDS:
                 raise BundleError(f"{where}: field 'graphs.{key}.kind' must be one of {list(GRAPH_KINDS)}")
-            if entry.get("dtype", "float32") not in BANK_DTYPES:
-                raise BundleError(f"{where}: field 'graphs.{key}.dtype' must be one of {list(BANK_DTYPES)}")
+            if entry.get("dtype", "float32") not in GRAPH_DTYPES:
+                raise BundleError(f"{where}: field 'graphs.{key}.dtype' must be one of {list(GRAPH_DTYPES)}")
 
 
 def _check_geometry(spec: PreprocessSpec, features: Mapping[str, Any], where: str) -> None:

@@ -17,42 +17,55 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
-from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine
+from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_for_device, openvino_cache_dir, resolve
 from .geometry import TileLayout
 from .postprocess import Prediction, finish
 from .preprocess import Prepared, prepare, stack_inputs
 from .search import PatchScorer
 
 
-def open_graph(bundle: Bundle, graph: str, device: str = "auto", threads: int | None = None) -> OnnxEngine:
-    """An onnxruntime engine for graph ``graph`` of ``bundle``, checked against the manifest: the
-    identity stored in the graph, its input size and its output (patches per image, dims). A
-    graph onnxruntime cannot load is a bad bundle naming the file (a missing device is not)."""
+def open_graph(bundle: Bundle, graph: str, device: str = "auto", threads: int | None = None,
+               log=lambda s: None) -> FeatureEngine:
+    """The engine for ``--graph graph`` on ``--device device`` (one row of the engines x precisions
+    table), checked against the manifest: the identity stored in the graph, its input size and its
+    output (patches per image, dims). A graph the engine cannot load is a bad bundle naming the
+    file (a missing device is not)."""
     m = bundle.manifest
-    info = bundle.graph_info(graph)
+    try:
+        variant = resolve(engine_for_device(device), graph, set(m.get("graphs", {})))
+    except ValueError as e:
+        raise BundleError(str(e)) from None
+    info = bundle.graph_info(variant.graph)
     path = bundle.path(info["file"])
     try:
-        engine = OnnxEngine(path, device=device, threads=threads)
+        if variant.engine == "openvino":
+            from .engines.openvino_engine import OpenVinoEngine
+
+            engine = OpenVinoEngine(path, precision=variant.precision, cache_dir=openvino_cache_dir(bundle.root),
+                                    threads=threads, log=log)
+        else:
+            engine = OnnxEngine(path, device=device, threads=threads)
     except DeviceUnavailableError:
         raise
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes for corrupt graphs
+    except Exception as e:  # noqa: BLE001 - engines raise their own classes for corrupt graphs
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({reason[:300]})") from None
-    check_graph_metadata(engine.session.get_modelmeta().custom_metadata_map, m, graph, str(path))
+        raise BundleError(f"{path}: {variant.engine} cannot load this graph ({reason[:300]})") from None
+    if engine.metadata or variant.engine == "onnxruntime":
+        check_graph_metadata(engine.metadata, m, variant.graph, str(path))
     _check_graph_shapes(engine, m, path)
     return engine
 
 
-def _check_graph_shapes(engine: OnnxEngine, manifest: dict, path: Path) -> None:
+def _check_graph_shapes(engine, manifest: dict, path: Path) -> None:
     """The graph takes the manifest's input size and gives grid h*w patches of the bank's dim.
     Dimensions the graph leaves symbolic are read off one probe run of a single zero image."""
     h, w = manifest["features"]["input_size"]
     gh, gw = manifest["features"]["grid"]
     dim = manifest["memory_bank"]["dim"]
-    shape_in = engine.session.get_inputs()[0].shape
+    shape_in = engine.input_shape
     if list(shape_in[1:]) != [3, h, w]:
         raise BundleError(f"{path}: graph input is {shape_in}, the manifest's input_size is [{h}, {w}]")
-    shape_out = list(engine.session.get_outputs()[0].shape[1:])
+    shape_out = list(engine.output_shape[1:])
     if not all(isinstance(d, int) for d in shape_out):
         try:
             shape_out = list(engine.run(np.zeros((1, 3, h, w), np.float32)).shape[1:])
@@ -65,14 +78,17 @@ def _check_graph_shapes(engine: OnnxEngine, manifest: dict, path: Path) -> None:
 
 class Predictor:
     """Scores images with a bundle. ``graph`` picks the bundle's feature graph (``features_fp32``
-    by default, ``features_fp16``); ``search`` is ``auto``, ``faiss`` or ``numpy``.
+    by default, ``features_fp16``, ``features_int8``, and ``features_bf16`` with ``device`` openvino);
+    ``search`` is ``auto``, ``faiss``, ``numpy`` or ``bf16`` (a bf16 candidate step, ``candidates``
+    per patch, rescored exactly in float32).
 
     :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
     geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded
     images. :meth:`predict` does both."""
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", graph: str = "features_fp32",
-                 search: str = "auto", engine: FeatureEngine | None = None, threads: int | None = None):
+                 search: str = "auto", engine: FeatureEngine | None = None, threads: int | None = None,
+                 candidates: int | None = None, log=lambda s: None):
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         m = self.bundle.manifest
         self.spec = self.bundle.preprocess
@@ -82,22 +98,34 @@ class Predictor:
         self.blur_sigma = float(m["scoring"]["blur_sigma"])
         self.threshold = m["threshold"]["value"]
         self.scale = m["threshold"]["scale"]
-        info = self.bundle.graph_info(graph)  # BundleError naming the graphs present when absent
         self.graph = graph
-        self.in_graph_search = info.get("kind") == "scores"
         if engine is None:
-            engine = open_graph(self.bundle, graph, device, threads)
+            engine = open_graph(self.bundle, graph, device, threads, log=log)
+            source = resolve(engine_for_device(device), graph).graph
+        else:
+            source = graph
+        info = self.bundle.graph_info(source)  # BundleError naming the graphs present when absent
+        self.in_graph_search = info.get("kind") == "scores"
         if self.in_graph_search and not hasattr(engine, "run_outputs"):
             raise BundleError(f"graph {graph!r} outputs nearest-neighbour indices, but engine {engine.name} "
                               "cannot return them")
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
+        if candidates is None and search == "bf16":  # the count the export measured for this bundle, if any
+            candidates = (m.get("reduced_precision", {}).get("bf16_search") or {}).get("candidates")
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
-                                  device="cuda" if device in ("cuda", "tensorrt") else "auto")
+                                  device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates)
 
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
-        return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search}
+        return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
+                "precision": self.precision}
+
+    @property
+    def precision(self) -> str:
+        """The engine and the precision it actually ran, e.g. ``openvino bf16`` (in each record)."""
+        kind = (getattr(self.engine, "info", None) or {}).get("engine", self.engine.name.split(":")[0])
+        return f"{kind} {getattr(self.engine, 'precision', 'fp32')}"
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """One RGB uint8 image -> its network inputs and geometry plan (PreprocessError if unusable)."""

@@ -10,7 +10,7 @@ own precision, which the export parity tolerances rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -99,6 +99,70 @@ class FaissIndex:
         return idx.astype(np.int64)
 
 
+# Candidates per patch of the reduced-precision search, rescored exactly in float32: chosen from
+# the recall / score-error study in BENCHMARKS.md ("Precision and engines").
+DEFAULT_REDUCED_CANDIDATES = 8
+
+
+class ReducedIndex:
+    """Candidate search in bf16: the bank product ``q . m`` runs as one OpenVINO MatMul + TopK
+    with bf16 inference precision (AVX512-BF16 / AMX), over the centred bank like
+    :class:`NumpyIndex`. It returns ``candidates`` rows per query (more when asked for more), which
+    :class:`PatchScorer` rescores exactly in float32 from ``q - m``: the scores are the exact
+    search's whenever the true nearest row is among the candidates (the recall BENCHMARKS.md
+    measures). Needs the ``[openvino]`` extra and a CPU with bf16."""
+
+    def __init__(self, bank: np.ndarray, candidates: int = DEFAULT_REDUCED_CANDIDATES, threads: int | None = None):
+        from .engines.openvino_engine import openvino_status
+
+        ok, reason = openvino_status()
+        if not ok:
+            from .engines import DeviceUnavailableError
+
+            raise DeviceUnavailableError(f"--search bf16: {reason}")
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        core = ov.Core()
+        if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            from .engines import DeviceUnavailableError
+
+            raise DeviceUnavailableError("--search bf16: this CPU has no bf16 arithmetic")
+        bank = np.asarray(bank, dtype=np.float32)
+        self.mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
+        centred = np.ascontiguousarray(bank - self.mean)
+        self.rows = len(bank)
+        self.candidates = max(1, min(int(candidates), self.rows))
+        self.name = f"bf16-openvino+exact(c={self.candidates})"
+        self._compiled: dict[int, Any] = {}
+        self._core, self._ops, self._ov = core, ops, ov
+        self._bank_t = np.ascontiguousarray(centred.T)
+        self._half_sq = 0.5 * np.einsum("ij,ij->i", centred, centred)
+        self._threads = threads
+
+    def _request(self, k: int):
+        if k not in self._compiled:
+            ops, ov = self._ops, self._ov
+            q = ops.parameter([-1, self._bank_t.shape[0]], ov.Type.f32, name="queries")
+            dot = ops.matmul(q, ops.constant(self._bank_t), False, False)
+            closeness = ops.subtract(dot, ops.constant(self._half_sq[None, :]))  # q.m - |m|^2/2: larger is nearer
+            top = ops.topk(closeness, ops.constant(np.int64(k)), axis=1, mode="max", sort="value",
+                           index_element_type=ov.Type.i64)
+            model = ov.Model([top.output(1)], [q], "bank_candidates")
+            config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+            if self._threads:
+                config["INFERENCE_NUM_THREADS"] = int(self._threads)
+            self._compiled[k] = self._core.compile_model(model, "CPU", config).create_infer_request()
+        return self._compiled[k]
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        k = min(max(k, self.candidates), self.rows)
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - self.mean)
+        if len(q) == 0:
+            return np.empty((0, k), np.int64)
+        return np.asarray(self._request(k).infer({0: q})[0], dtype=np.int64)
+
+
 def _faiss_gpus() -> int:
     try:
         import faiss  # optional: faiss-cpu or faiss-gpu, or neither
@@ -107,11 +171,15 @@ def _faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto") -> NeighbourIndex:
-    """``backend``: ``faiss``, ``numpy`` or ``auto``: faiss on a GPU when this faiss build sees
-    one (and ``device`` allows it), else numpy's BLAS search, which is the faster on CPUs."""
-    if backend not in ("auto", "faiss", "numpy"):
-        raise ValueError(f"unknown search backend {backend!r}; choose auto, faiss or numpy")
+def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
+               candidates: int | None = None) -> NeighbourIndex:
+    """``backend``: ``faiss``, ``numpy``, ``bf16`` (:class:`ReducedIndex`, ``candidates`` per query)
+    or ``auto``: faiss on a GPU when this faiss build sees one (and ``device`` allows it), else
+    numpy's BLAS search, which is the faster on CPUs."""
+    if backend not in ("auto", "faiss", "numpy", "bf16"):
+        raise ValueError(f"unknown search backend {backend!r}; choose auto, faiss, numpy or bf16")
+    if backend == "bf16":
+        return ReducedIndex(bank, candidates or DEFAULT_REDUCED_CANDIDATES)
     if backend == "faiss" or (backend == "auto" and device != "cpu" and _faiss_gpus() > 0):
         try:
             return FaissIndex(bank, device=device)
@@ -150,7 +218,8 @@ class PatchScorer:
     m* (m* first). ``n_reweight`` 1 would always give 0 and is refused.
     """
 
-    def __init__(self, bank: np.ndarray, n_reweight: int = 3, backend: str = "auto", device: str = "auto"):
+    def __init__(self, bank: np.ndarray, n_reweight: int = 3, backend: str = "auto", device: str = "auto",
+                 candidates: int | None = None):
         if bank.ndim != 2 or len(bank) == 0:
             raise ValueError(f"memory bank must be a non-empty (M, D) array, got {bank.shape}")
         if n_reweight < 0 or n_reweight == 1:
@@ -158,7 +227,10 @@ class PatchScorer:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         b = min(n_reweight, len(self.bank))
         self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
-        self.index = make_index(self.bank, backend=backend, device=device)
+        self.index = make_index(self.bank, backend=backend, device=device, candidates=candidates)
+        # rows fetched per query and rescored exactly: a margin for float32 near-ties, or the
+        # reduced-precision search's candidate count
+        self.margin = max(_SEARCH_MARGIN, getattr(self.index, "candidates", 0))
 
     @property
     def backend(self) -> str:
@@ -166,7 +238,7 @@ class PatchScorer:
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) -> exact nearest distance (Q,) float64 and its bank index (Q,)."""
-        cand = self.index.search(queries, min(_SEARCH_MARGIN, len(self.bank)))
+        cand = self.index.search(queries, min(self.margin, len(self.bank)))
         dist = exact_distances(queries, self.bank, cand)
         best = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first
         rows = np.arange(len(queries))
@@ -215,7 +287,10 @@ class PatchScorer:
 
     def reweight(self, worst_patches: np.ndarray, m_star: np.ndarray) -> np.ndarray:
         """1 - softmax weight of m* among N_b(m*), computed stably (max subtracted)."""
-        found = self.index.search(self.bank[m_star], min(self.n_reweight + 1, len(self.bank)))
+        found = self.index.search(self.bank[m_star], min(max(self.n_reweight + 1, self.margin), len(self.bank)))
+        if self.margin > _SEARCH_MARGIN:  # reduced-precision candidates: put them in exact order first
+            order = np.argsort(exact_distances(self.bank[m_star], self.bank, found), axis=1, kind="stable")
+            found = np.take_along_axis(found, order, 1)
         # N_b(m*) = m* itself first, then its nearest other bank patches (float32 search may have
         # placed an exact duplicate of m* first, so m* is put in front explicitly)
         support = np.empty((len(m_star), self.n_reweight), np.int64)

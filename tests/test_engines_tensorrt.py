@@ -93,7 +93,7 @@ def fake_tensorrt(version: str = "10.13.0", weak_fp16: bool = True, cache_ok=(Tr
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = {"set_flag": [], "clear_flag": [], "network_flags": None, "timing_cache": [], "stream": []}
-    flags = {"TF32": "TF32", **({"FP16": "FP16"} if weak_fp16 else {})}
+    flags = {"TF32": "TF32", **({"FP16": "FP16", "INT8": "INT8"} if weak_fp16 else {})}  # both gone in TRT 11
     trt.BuilderFlag = types.SimpleNamespace(**flags)
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
@@ -367,6 +367,26 @@ def test_tensorrt10_weak_fp16_from_a_float32_graph_warns(monkeypatch, tmp_path):
     build_bundle_engine(root, fp16=True, batch=(1, 2, 4), log=logs.append)
     assert "FP16" in trt.calls["set_flag"] and trt.calls["network_flags"] == 0
     assert any("weakly typed FP16" in m and "deprecated" in m for m in logs)
+
+
+@pytest.mark.parametrize("version, weak", [("10.13.0", True), ("11.4.0", False)])
+def test_int8_qdq_graph_is_built_by_explicit_quantization(monkeypatch, tmp_path, version, weak):
+    """No calibrator: the scales come from the graph's Q/DQ nodes. TensorRT 10 builds it weakly
+    typed with the INT8 flag, TensorRT 11 (no such flag) strongly typed."""
+    onnx = tmp_path / "features_int8.onnx"
+    onnx.write_bytes(b"x")
+    trt, _ = install(monkeypatch, trt=fake_tensorrt(version, weak_fp16=weak))
+    logs: list[str] = []
+    options = TrtBuildOptions(int8=True, opt_batch=2, max_batch=4)
+    engines.build_tensorrt_engine(onnx, options, log=logs.append)
+    assert options.precision == "int8"
+    if weak:
+        assert trt.calls["set_flag"] == ["INT8"] and trt.calls["network_flags"] == 0
+    else:
+        assert trt.calls["set_flag"] == [] and trt.calls["network_flags"] == 1 << 1
+    assert any("int8 QDQ graph, explicit quantization" in m for m in logs)
+    with pytest.raises(ValueError, match="not both"):
+        TrtBuildOptions(fp16=True, int8=True)
 
 
 def test_float32_build_turns_tf32_off(monkeypatch, tmp_path):

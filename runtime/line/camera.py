@@ -256,7 +256,8 @@ class CameraRunner:
             rec.update({"score": o.score, "normalised": o.normalised, "verdict": o.verdict,
                         "latency_ms": round(o.latency_ms, 3),
                         "lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),
-                        "dropped": dropped(), "bundle": p.bundle.bundle_id})
+                        "dropped": dropped(), "bundle": p.bundle.bundle_id,
+                        "precision": p.precision})
             where = location(o)
             if where is not None:
                 rec["location"] = where

@@ -62,25 +62,29 @@ class Device(str, enum.Enum):
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+    openvino = "openvino"
 
 
 class Search(str, enum.Enum):
     auto = "auto"
     faiss = "faiss"
     numpy = "numpy"
+    bf16 = "bf16"
 
 
 # Options shared by several commands, so a flag means the same everywhere.
-DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda or tensorrt.")
+DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
+                         "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
-                         "else numpy BLAS), faiss, numpy.")
+                         "else numpy BLAS), faiss, numpy, or bf16 (candidates found in bf16 by OpenVINO, "
+                         "rescored exactly in float32; the [openvino] extra).")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
 BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
                             "height, read from the file header before decoding; default 100000000 or "
                             "$PATCHCORE_RT_MAX_PIXELS). Such an image gets an error record.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
-                        "features_fp32, features_fp16.")
+                        "features_fp32, features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 
 
 @app.callback()
@@ -92,9 +96,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
                    graph: str = "features_fp32") -> Predictor:
-    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads)
+    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads, log=info)
     d = p.info()
-    info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, search {d['search']}")
+    info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
+         f"search {d['search']}")
     return p
 
 
@@ -168,7 +173,7 @@ def predict(
                             raise OutputError(f"--overlays {overlays}: cannot write {dst.relative_to(overlays)} "
                                               f"({e.strerror or e})") from None
                     failed += o.error is not None
-                    out.emit(record(o, p.bundle.bundle_id, **extra))
+                    out.emit(record(o, p.bundle.bundle_id, precision=p.precision, **extra))
                 advance(len(chunk))
         if failed:
             info(f"{failed} of {len(inputs)} inputs could not be scored (see the records with \"error\")")

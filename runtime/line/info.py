@@ -12,6 +12,7 @@ import onnxruntime as ort
 import typer
 from rich.table import Table
 
+from ..engines.table import variants
 from ..bundle import MANIFEST, Bundle, read_bundle
 from ..fileio import sha256_file
 from ..update import UpdateResult
@@ -38,10 +39,20 @@ def devices() -> dict[str, Any]:
         d["faiss"] = None
         d["faiss_gpus"] = 0
     d["tensorrt_python"] = importlib.util.find_spec("tensorrt") is not None
+    d["openvino_python"] = importlib.util.find_spec("openvino") is not None  # found, not imported
     provs = d["providers"]
     d["usable_devices"] = ["cpu"] + [name for name, p in (("cuda", "CUDAExecutionProvider"),
                                                          ("tensorrt", "TensorrtExecutionProvider")) if p in provs]
+    if d["openvino_python"]:
+        d["usable_devices"].append("openvino")
     return d
+
+
+def runnable_variants(graphs: set[str], dev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The engines x precisions table's rows this bundle offers, and whether this machine has the engine."""
+    have = {"onnxruntime": True, "openvino": dev["openvino_python"], "tensorrt": dev["tensorrt_python"]}
+    return [{"engine": v.engine, "precision": v.precision, "graph": v.key, "runs_here": bool(have[v.engine])}
+            for v in variants(graphs=graphs)]
 
 
 def bundle_info(root: str | Path) -> dict[str, Any]:
@@ -50,6 +61,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
     b = read_bundle(root, verify=False)
     m = b.manifest
     sums = checksums(b)
+    dev = devices()
     bank = m["memory_bank"]
     return {
         "path": str(b.root),
@@ -71,8 +83,10 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "versions": m.get("versions", {}),
         "checksums": sums,
         "checksums_ok": all(v == "ok" for v in sums.values()),
-        "devices": devices(),
+        "devices": dev,
+        "variants": runnable_variants(set(m.get("graphs", {})), dev),
         "manifest": str(b.root / MANIFEST),
+        "reduced_precision": m.get("reduced_precision", {}),
     }
 
 
@@ -151,6 +165,13 @@ def render(info: dict[str, Any]):
                          f"{', '.join(dev['providers'])})"),
         ("search here", f"faiss {dev['faiss']} ({dev['faiss_gpus']} GPU)" if dev["faiss"] else "numpy (faiss not installed)"),
         ("tensorrt", "python package present" if dev["tensorrt_python"] else "not installed"),
+        ("engines x precisions", ", ".join(f"{v['engine']} {v['precision']} ({v['graph']})"
+                                           + ("" if v["runs_here"] else ": engine not installed")
+                                           for v in info["variants"]) or "none"),
+        ("reduced precision", "; ".join(
+            f"{k}: features {f['feature_rel_error']:.2%}, image scores {f['image_unweighted_max_rel_error']:.2%} "
+            f"({f['images']} images)" if f.get("measured") else f"{k}: not measured ({f.get('reason')})"
+            for k, f in info["reduced_precision"].items()) or "none measured"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))

@@ -148,6 +148,7 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
 def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
     """The JSON record of one outcome. Fields: file, score, normalised, verdict, latency_ms,
     bundle, time, location (see :func:`location`; + error for inputs that could not be scored,
+    + the engine and precision that ran, ``precision``, from the commands;
     + anything in ``extra``)."""
     r: dict[str, Any] = {"file": outcome.item.name}
     r.update(outcome.item.extra)

@@ -78,7 +78,7 @@ def score_records(predictor, inputs: Sequence[Input]) -> list[dict[str, Any]]:
     record). The one scoring step of both the in-process and the Ray Data paths."""
     items = [Item(i.name, path=Path(i.path), extra={"size": i.size, "mtime_ns": i.mtime_ns}) for i in inputs]
     bundle_id = predictor.bundle.bundle_id
-    return [record(o, bundle_id) for o in score_items(predictor, items)]
+    return [record(o, bundle_id, precision=predictor.precision) for o in score_items(predictor, items)]
 
 
 def score_in_process(predictor, todo: Sequence[Input], batch_size: int) -> Iterator[list[dict[str, Any]]]:

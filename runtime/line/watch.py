@@ -374,7 +374,7 @@ class Watcher:
                 dst = free_name(opt.out / o.verdict / o.item.name, reserved)
                 reserved.add(dst)
                 extra["moved_to"] = dst.relative_to(opt.out).as_posix()
-            records.append(record(o, bundle_id, **extra))
+            records.append(record(o, bundle_id, precision=self.predictor.precision, **extra))
         self.journal.append(records)  # the commit point
         for o, r in zip(outcomes, records):
             self.summary.scored += 1

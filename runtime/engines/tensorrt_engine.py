@@ -1,19 +1,14 @@
-"""Feature engines: run one of the bundle's graphs (images -> patch embeddings, and for the
-``scores_*`` graphs also each patch's nearest memory-bank distance and index).
+"""TensorRT engine: a TensorRT 10/11 engine built on the target machine from the bundle's ONNX
+(an engine only runs on the GPU model and TensorRT build it was made with) and cached under
+:func:`engine_cache_dir`, keyed by graph, precision, batch profile, GPU name, compute capability,
+TensorRT version and the CUDA major of the TensorRT wheels. Needs ``tensorrt`` and
+``cuda-python``; where either or a GPU is missing, :func:`tensorrt_status` says which and
+:class:`TensorRTEngine` raises :class:`DeviceUnavailableError` with that message.
 
-- :class:`OnnxEngine`: onnxruntime with execution providers in priority order; the provider that
-  actually runs is checked and reported, and a GPU provider that was asked for but cannot load is
-  an error, never a silent fall-back to the CPU. onnxruntime's own fall-back (which retries a
-  failed provider list as CUDA + CPU *without* provider options, dropping ``use_tf32=0``) is
-  turned off; ``--device auto`` retries provider by provider itself, with the options.
-- :class:`TensorRTEngine`: a TensorRT 10/11 engine built on the target machine from the bundle's
-  ONNX (an engine only runs on the GPU model and TensorRT build it was made with) and cached
-  under :func:`engine_cache_dir`, keyed by graph, precision, batch profile, GPU name, compute
-  capability, TensorRT version and the CUDA major of the TensorRT wheels. Needs ``tensorrt`` and
-  ``cuda-python``; where either or a GPU is missing, :func:`tensorrt_status` says which and
-  :class:`TensorRTEngine` raises :class:`DeviceUnavailableError` with that message.
-
-Nothing here imports torch.
+An int8 QDQ graph (``features_int8``) is built with TensorRT's explicit quantization: the scales
+come from its QuantizeLinear/DequantizeLinear nodes, so no calibrator is set (TensorRT 10 docs,
+"Explicit Quantization"); the ``INT8`` builder flag is only needed by TensorRT 10's weakly typed
+networks and is gone in 11, where a QDQ graph is built strongly typed.
 """
 
 from __future__ import annotations
@@ -23,155 +18,16 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
-from . import errors
-from .bundle import ENGINE_DIR
-from .fileio import sha256_file
+from ..bundle import ENGINE_DIR
+from ..fileio import sha256_file
+from .base import DeviceUnavailableError
+from .base import float32 as _float32
 
 
-class DeviceUnavailableError(RuntimeError):
-    """The requested device or provider cannot be used on this machine."""
-
-    exit_code = errors.DEVICE
-
-
-class FeatureEngine(Protocol):
-    name: str  # e.g. "onnxruntime:CPUExecutionProvider"
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) float32 normalised images -> (B, P, D) float32 embeddings."""
-
-
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-def ort_providers(device: str) -> list[str]:
-    """Providers to request for ``device`` (auto, cpu, cuda, tensorrt), in priority order."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise DeviceUnavailableError(
-                "device cuda requested but onnxruntime has no CUDAExecutionProvider "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "tensorrt":
-        if "TensorrtExecutionProvider" not in available:
-            raise DeviceUnavailableError(
-                f"device tensorrt requested but onnxruntime has no TensorrtExecutionProvider (available: {', '.join(available)})"
-            )
-        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device != "auto":
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or tensorrt")
-    return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-
-
-def provider_attempts(device: str, requested: list[str]) -> list[list[str]]:
-    """The provider lists to try in turn. ``auto`` drops the first provider after each failure
-    (TensorRT listed but its libraries missing: CUDA next, then the CPU); an explicit device is
-    tried once, since a fall-back there would run something else than was asked for."""
-    if device != "auto":
-        return [requested]
-    return [requested[i:] for i in range(len(requested))]
-
-
-def _provider_options(providers: list[str], fp32_exact: bool) -> list:
-    """CUDA's TF32 matmuls/convs keep only 10 mantissa bits: turned off for float32 graphs, whose
-    parity tolerance (1e-4) they would break. (``use_tf32`` exists since onnxruntime 1.18.)
-    The TensorRT provider has no such switch: float32 graphs through it may run with TF32
-    (TensorRT's default), so use ``--device cuda`` (or a TensorRTEngine, built with TF32 off) where
-    float32 parity matters."""
-    import onnxruntime as ort
-
-    version = tuple(int(v) for v in re.findall(r"\d+", ort.__version__)[:2])
-    out: list = []
-    for p in providers:
-        if p == "CUDAExecutionProvider" and fp32_exact and version >= (1, 18):
-            out.append((p, {"use_tf32": "0"}))
-        else:
-            out.append(p)
-    return out
-
-
-def create_session(graph: str | Path, opts, device: str, fp32_exact: bool):
-    """``(session, failures)``: an onnxruntime session on the first provider list of
-    :func:`provider_attempts` that loads, and the reasons the lists before it failed.
-
-    onnxruntime's fall-back is disabled (``enable_fallback=0``; ``disable_fallback()`` also stops
-    the one at run time), so provider options are never dropped on the way."""
-    import onnxruntime as ort
-
-    requested = ort_providers(device)
-    failures: list[str] = []
-    attempts = provider_attempts(device, requested)
-    for i, providers in enumerate(attempts):
-        try:
-            session = ort.InferenceSession(str(graph), sess_options=opts,
-                                           providers=_provider_options(providers, fp32_exact), enable_fallback=0)
-        except Exception as e:  # onnxruntime raises RuntimeError, Fail, EPFail, ... by provider and version
-            if i == len(attempts) - 1:
-                if device in ("cuda", "tensorrt"):
-                    raise DeviceUnavailableError(f"{providers[0]} could not load {Path(graph).name}: {e}") from e
-                raise
-            failures.append(f"{providers[0]}: {e}")
-            continue
-        if hasattr(session, "disable_fallback"):
-            session.disable_fallback()
-        return session, failures
-    raise AssertionError("unreachable: provider_attempts returns at least one list")
-
-
-class OnnxEngine:
-    def __init__(self, graph: str | Path, device: str = "auto", threads: int | None = None, spin: bool = False):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        # By default no busy-waiting after a run: the search that follows needs the same cores for
-        # its BLAS threads. On 2 cores spinning gave a slightly lower median but twice the p90
-        # (BENCHMARKS.md times both settings side by side); a line's deadline is set by the tail.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        fp32 = "fp16" not in Path(graph).name
-        self.session, self.provider_failures = create_session(graph, opts, device, fp32)
-        requested = ort_providers(device)
-        used = self.session.get_providers()
-        if device in ("cuda", "tensorrt") and used[0] != requested[0]:
-            raise DeviceUnavailableError(
-                f"{requested[0]} was requested but onnxruntime could only load {used}: "
-                "check the CUDA/cuDNN/TensorRT libraries"
-            )
-        self.provider = used[0]
-        self.name = f"onnxruntime:{self.provider}"
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_type = self.session.get_inputs()[0].type  # tensor(float) or tensor(float16)
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def _feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        x = images.astype(np.float16 if "float16" in self.input_type else np.float32, copy=False)
-        return {self.input_name: x}
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        first = "embeddings" if "embeddings" in self.output_names else self.output_names[0]
-        out = self.session.run([first], self._feed(images))[0]
-        return out.astype(np.float32, copy=False)
-
-    def run_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output of the graph by name (float outputs as float32)."""
-        outs = self.session.run(None, self._feed(images))
-        return {n: (o.astype(np.float32, copy=False) if o.dtype == np.float16 else o)
-                for n, o in zip(self.output_names, outs)}
-
-
-# ============================================================================ TensorRT
 def _cudart():
     """cuda-python's runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
     try:
@@ -290,19 +146,22 @@ class TrtBuildOptions:
     scratch memory limit."""
 
     fp16: bool = False
+    int8: bool = False  # an int8 QDQ graph: explicit quantization, scales from the graph (no calibrator)
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32
     workspace_mib: int = 4096
 
     def __post_init__(self) -> None:
+        if self.fp16 and self.int8:
+            raise ValueError("an engine is built either from the float16 graph or from the int8 QDQ graph, not both")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
 
     @property
     def precision(self) -> str:
-        return "fp16" if self.fp16 else "fp32"
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
 
 
 def _slug(text: str) -> str:
@@ -377,7 +236,11 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
 
     onnx_path = Path(onnx_path)
     strongly_typed = "fp16" in onnx_path.name if fp16_graph is None else fp16_graph
-    if options.fp16 is False and strongly_typed:
+    if options.int8:
+        # explicit quantization: TensorRT 10 builds a QDQ graph weakly typed with the INT8 flag
+        # (deprecated since 10.12); TensorRT 11 has no such flag and builds it strongly typed
+        strongly_typed = not hasattr(trt.BuilderFlag, "INT8")
+    if options.fp16 is False and strongly_typed and not options.int8:
         raise ValueError(f"{onnx_path} is a float16 graph: build it with fp16=True")
     if options.fp16 and not strongly_typed:
         if not tensorrt_has_weak_fp16():
@@ -404,6 +267,8 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if options.fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if options.int8 and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.INT8)
     if not options.fp16 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
 
@@ -418,7 +283,7 @@ def build_tensorrt_engine(onnx_path: str | Path, options: TrtBuildOptions = TrtB
     _attach_timing_cache(config, cache_path, log)
 
     log(f"building TensorRT {options.precision} engine from {onnx_path.name} "
-        f"({'strongly typed float16 graph' if strongly_typed else 'float32 graph'}, "
+        f"({'int8 QDQ graph, explicit quantization' if options.int8 else 'strongly typed float16 graph' if strongly_typed else 'float32 graph'}, "
         f"batch {options.min_batch}/{options.opt_batch}/{options.max_batch}, TensorRT {trt.__version__})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -494,7 +359,7 @@ class TensorRTEngine:
         Uses, in order: an engine shipped in the bundle's ``engines`` section built for this GPU,
         TensorRT build and options; one cached in :func:`engine_cache_dir` from the same ONNX;
         else builds one from the ONNX here and caches it (with its timing cache)."""
-        from .bundle import Bundle, read_bundle
+        from ..bundle import Bundle, read_bundle
 
         ok, reason = tensorrt_status()
         if not ok:
@@ -503,7 +368,7 @@ class TensorRTEngine:
         info = b.graph_info(graph)
         onnx_path = b.path(info["file"])
         if options is None:
-            options = TrtBuildOptions(fp16=info.get("dtype") == "float16")
+            options = TrtBuildOptions(fp16=info.get("dtype") == "float16", int8=info.get("dtype") == "int8")
         ident = gpu_identity()
         onnx_sha = b.manifest["files"][info["file"]]["sha256"]
         want = engine_requirements(ident, graph, onnx_sha, options)
@@ -571,7 +436,3 @@ class TensorRTEngine:
             self.close()
         except Exception:
             pass
-
-
-def _float32(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32) if a.dtype == np.float16 else a
