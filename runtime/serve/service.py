@@ -128,7 +128,7 @@ class Service:
         outcomes = score_items(p, [j.item for j in jobs], self.opts.limits)
         out = []
         for j, o in zip(jobs, outcomes):
-            rec = record(o, p.bundle.bundle_id)
+            rec = record(o, p.bundle.bundle_id, precision=p.precision)
             kw: dict[str, Any] = {"suffix": j.suffix}
             image = o.item.image
             if image is not None and o.map is not None:
