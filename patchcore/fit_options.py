@@ -74,6 +74,28 @@ def preset_values(preset: str, **given):
     return out
 
 
+def _resolve_preset(preset: str, given: dict, tile, input_size, resize, crop) -> dict:
+    from . import input_geometry
+
+    v = preset_values(preset, **given)
+    if v["geometry"] == "paper" and given["geometry"] is None and (tile is not None or input_size is not None):
+        v["geometry"] = None  # the preset's crop gives way to explicit tiling or canvas options
+    if given["max_pixels_in"] is None and input_geometry.effective_geometry(v["geometry"], tile, resize, crop) != "auto":
+        v["max_pixels_in"] = None  # the preset's budget is auto's only
+    return v
+
+
+def preset_config(preset: str = "default", **options):
+    """A :class:`~patchcore.model.PatchCoreConfig` with ``preset``'s settings for what
+    ``options`` (PatchCoreConfig's fields) leave unset: what the commands fit with."""
+    from .model import PatchCoreConfig
+
+    given = {k: options.pop(k, None) for k in ("aggregation", "target_dim", "n_reweight", "geometry", "max_pixels_in")}
+    v = _resolve_preset(preset, given, options.get("tile"), options.get("input_size"), options.get("resize"),
+                        options.get("crop"))
+    return PatchCoreConfig(**v, **options)
+
+
 def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int,
                n_reweight: Optional[int], holdout: float, resize: Optional[int], crop: Optional[int], device: str,
                batch_size: int, target_dim: Optional[int], geometry: Optional[str] = None,
@@ -84,15 +106,10 @@ def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str
                preset: str = "default"):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above, unset ones from
     ``preset`` (a ValueError, exit 2, names a bad value or an impossible combination)."""
-    from . import input_geometry
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
 
-    v = preset_values(preset, aggregation=aggregation, target_dim=target_dim, n_reweight=n_reweight,
-                      geometry=geometry, max_pixels_in=max_pixels_in)
-    if v["geometry"] == "paper" and geometry is None and (tile is not None or input_size is not None):
-        v["geometry"] = None  # the preset's crop gives way to explicit tiling or canvas options
-    if max_pixels_in is None and input_geometry.effective_geometry(v["geometry"], tile, resize, crop) != "auto":
-        v["max_pixels_in"] = None  # the preset's budget is auto's only
+    v = _resolve_preset(preset, dict(aggregation=aggregation, target_dim=target_dim, n_reweight=n_reweight,
+                                     geometry=geometry, max_pixels_in=max_pixels_in), tile, input_size, resize, crop)
     return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights, aggregation=v["aggregation"],
                            max_pixels_in=v["max_pixels_in"], upsample=upsample, roi=roi,
                            layers=tuple(layers.split(",")) if layers else None, seed=seed,
