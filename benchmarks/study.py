@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         for cls in a.classes.split(","):
             for agg in AGGREGATIONS:
                 for dims in DIMS:
+                    done |= done_keys()  # cells another run of this script finished meanwhile
                     run_group(cls, agg, dims, budget, done, log)
                     write_report(started)
     return 0
