@@ -41,7 +41,7 @@ def export_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="class folder in MVTec AD layout "
                                         "(default: the embedded synthetic class, written to datasets/synthetic/brick)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="bundle folder (default models/<backbone>)"),
-    backbone: str = opt.BACKBONE, coreset: float = opt.CORESET, weights: str = opt.WEIGHTS,
+    backbone: str = opt.BACKBONE, coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS,
     layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
     device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,

@@ -42,7 +42,7 @@ def fit(
     out: Path = typer.Option(None, "--out", "-o", help="bundle folder (default models/<class>-<backbone>); with "
                              "several classes or backbones, the folder that receives the <class>-<backbone> bundles"),
     backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
-    coreset: float = opt.CORESET, weights: str = opt.WEIGHTS,
+    coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS,
     layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
     device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
@@ -104,7 +104,7 @@ def eval_(
     data: List[Path] = typer.Option(..., "--data", help="class folder(s) in MVTec AD layout (repeatable)"),
     backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="results folder"),
-    coreset: float = opt.CORESET, weights: str = opt.WEIGHTS, layers: Optional[str] = opt.LAYERS,
+    coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS, layers: Optional[str] = opt.LAYERS,
     seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT, holdout: float = opt.HOLDOUT,
     resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP, device: str = opt.DEVICE,
     batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,

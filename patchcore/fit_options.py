@@ -12,7 +12,8 @@ from typing import Optional
 import typer
 
 BACKBONE = typer.Option("effnet-lite0", "--backbone", "-b", help="registry name (see `patchcore backbones`)")
-CORESET = typer.Option(0.1, "--coreset", help="fraction of patches kept in the memory bank")
+CORESET = typer.Option(None, "--coreset", help="fraction of patches kept in the memory bank (default: the preset's: "
+                       "1%, the paper's 10% with --preset paper)")
 WEIGHTS = typer.Option("default", "--weights", help="default | random | PATH to a checkpoint")
 LAYERS = typer.Option(None, "--layers", help="comma-separated feature layers (default: the backbone's)")
 SEED = typer.Option(0, "--seed", help="seed of the coreset, the hold-out split and random weights")
@@ -60,9 +61,13 @@ PRESET = typer.Option("default", "--preset", help="default (chosen by the study 
 
 # The settings each preset gives options left unset (geometry None: the effective default of
 # patchcore.input_geometry; max_pixels_in applies to --geometry auto only).
+# "default" is what the study in BENCHMARKS.md ("Patch features and resolution") measured best
+# across classes (README, "Defaults, presets, patch features and a region of interest").
 PRESETS = {
-    "default": {"aggregation": "paper", "target_dim": None, "n_reweight": 3, "geometry": None, "max_pixels_in": None},
-    "paper": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 3, "geometry": "paper", "max_pixels_in": None},
+    "default": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 9, "geometry": None,
+                "max_pixels_in": 320 * 320, "coreset": 0.01},
+    "paper": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 3, "geometry": "paper", "max_pixels_in": None,
+              "coreset": 0.1},
 }
 
 
@@ -91,12 +96,14 @@ def preset_config(preset: str = "default", **options):
     from .model import PatchCoreConfig
 
     given = {k: options.pop(k, None) for k in ("aggregation", "target_dim", "n_reweight", "geometry", "max_pixels_in")}
+    given["coreset"] = options.pop("coreset_ratio", None)
     v = _resolve_preset(preset, given, options.get("tile"), options.get("input_size"), options.get("resize"),
                         options.get("crop"))
+    v["coreset_ratio"] = v.pop("coreset")
     return PatchCoreConfig(**v, **options)
 
 
-def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int,
+def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Optional[str], seed: int,
                n_reweight: Optional[int], holdout: float, resize: Optional[int], crop: Optional[int], device: str,
                batch_size: int, target_dim: Optional[int], geometry: Optional[str] = None,
                input_size: Optional[str] = None, tile: Optional[str] = None, tile_overlap: int = 0,
@@ -109,8 +116,9 @@ def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
 
     v = _resolve_preset(preset, dict(aggregation=aggregation, target_dim=target_dim, n_reweight=n_reweight,
-                                     geometry=geometry, max_pixels_in=max_pixels_in), tile, input_size, resize, crop)
-    return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights, aggregation=v["aggregation"],
+                                     geometry=geometry, max_pixels_in=max_pixels_in, coreset=coreset), tile,
+                        input_size, resize, crop)
+    return PatchCoreConfig(backbone=backbone, coreset_ratio=v["coreset"], weights=weights, aggregation=v["aggregation"],
                            max_pixels_in=v["max_pixels_in"], upsample=upsample, roi=roi,
                            layers=tuple(layers.split(",")) if layers else None, seed=seed,
                            n_reweight=v["n_reweight"], holdout=holdout, resize=resize, crop=crop, device=device,
