@@ -186,11 +186,33 @@ def render(records: list[dict], started: str | None = None) -> str:
          + ". The reduced classes have 10 test images each: their image AUROC moves in big steps. "
          + "".join(f"{c} is fitted on every {n}nd good training image (to fit the machine's budget). "
                    for c, n in TRAIN_STEP.items() if c in classes), ""]
-    # summary: means over the classes that every setting covers
+    for budget in [None, *sorted({r["budget"] for r in records})]:
+        part = {s: v for s, v in by_setting.items() if budget is None or s[2] == budget}
+        L += _summary(part, classes, budget)
+    L += ["### Per class (image AUROC / pixel AUROC / PRO, mean ± spread over 3 seeds)", ""]
+    L += ["| setting | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for s in sorted(by_setting):
+        cells = []
+        for c in classes:
+            rs = by_setting[s].get(c, [])
+            if not rs:
+                cells.append("not run")
+                continue
+            cells.append(" / ".join(_fmt([r[k] for r in rs]) for k in ("image_auroc", "pixel_auroc", "pro"))
+                         + ("" if len(rs) == len(SEEDS) else f" ({len(rs)} seeds)"))
+        L.append(f"| {setting_name(*s)} | " + " | ".join(cells) + " |")
+    L += ["", "Input sizes picked by `auto`: " + "; ".join(sorted({f"{r['class']} {int(r['budget'] ** 0.5)}²: "
+                                                                   f"{r['geometry']}" for r in records})) + ".", ""]
+    return "\n".join(L)
+
+
+def _summary(by_setting: dict, classes: list[str], budget: int | None) -> list[str]:
+    """Means over the classes every setting of ``by_setting`` has run on (all 3 seeds), best first."""
     complete = [c for c in classes if all(len(v.get(c, [])) == len(SEEDS) for v in by_setting.values())]
-    L += [f"### Mean over the classes every setting has run on ({', '.join(complete) or 'none yet'})", "",
-          "| aggregation / dims / budget / reweighting | image AUROC | pixel AUROC | PRO | mean of the three | "
-          "fit s | ms / image | bank rows x dims |", "|---|---|---|---|---|---|---|---|"]
+    where = "every budget" if budget is None else f"the {int(round(budget ** 0.5))}² budget"
+    L = [f"### Mean over the classes every setting at {where} has run on ({', '.join(complete) or 'none yet'})", "",
+         "| aggregation / dims / budget / reweighting | image AUROC | pixel AUROC | PRO | mean of the three | "
+         "fit s | ms / image | bank rows x dims |", "|---|---|---|---|---|---|---|---|"]
     rows = []
     for s, per_class in by_setting.items():
         if not complete:
@@ -214,21 +236,7 @@ def render(records: list[dict], started: str | None = None) -> str:
                                f"{mean(r['ms_per_image'] for r in all_r):.0f}", bank]))
     for _, row in sorted(rows, key=lambda t: -t[0]):
         L.append("| " + " | ".join(row) + " |")
-    L += ["", "### Per class (image AUROC / pixel AUROC / PRO, mean ± spread over 3 seeds)", ""]
-    L += ["| setting | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for s in sorted(by_setting):
-        cells = []
-        for c in classes:
-            rs = by_setting[s].get(c, [])
-            if not rs:
-                cells.append("not run")
-                continue
-            cells.append(" / ".join(_fmt([r[k] for r in rs]) for k in ("image_auroc", "pixel_auroc", "pro"))
-                         + ("" if len(rs) == len(SEEDS) else f" ({len(rs)} seeds)"))
-        L.append(f"| {setting_name(*s)} | " + " | ".join(cells) + " |")
-    L += ["", "Input sizes picked by `auto`: " + "; ".join(sorted({f"{r['class']} {int(r['budget'] ** 0.5)}²: "
-                                                                   f"{r['geometry']}" for r in records})) + ".", ""]
-    return "\n".join(L)
+    return L + [""]
 
 
 def write_report(started: str | None = None) -> None:
