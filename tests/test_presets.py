@@ -2,7 +2,7 @@
 for bit on MVTec AD bottle, and on MVTec AD screw (the hardest class of the study) both presets
 give their measured figures within a measured margin.
 
-Sized for 2 CPU cores (about 2 minutes): effnet-lite0 (ImageNet weights), a 1% bank; screw fits
+Sized for 2 CPU cores (about 3 minutes on idle cores): effnet-lite0 (ImageNet weights), a 1% bank; screw fits
 on every second good training image (160: 144 fitted, 16 held out) and scores all 160 test images.
 """
 
@@ -20,12 +20,13 @@ pytestmark = pytest.mark.slow
 # (commit d42b604, PatchCoreConfig(geometry="paper", coreset_ratio=0.01)).
 BOTTLE_PAPER = {"image_auroc": 1.0, "pixel_auroc": 0.9840460241145194, "pro": 0.9485345002539879}
 
-# Screw (half the training images, 1% bank, seed 0), measured; MARGIN: twice the largest change
-# one coreset seed made to any figure of either preset on the full screw class in the study
-# (BENCHMARKS.md, "Patch features and resolution"), which the seed-0 figure must stay within.
-SCREW = {"paper": {"image_auroc": None, "pixel_auroc": None, "pro": None},
-         "default": {"image_auroc": None, "pixel_auroc": None, "pro": None}}
-SCREW_MARGIN = None
+# Screw (every second training image, 1% bank, seed 0), measured with this code. SCREW_MARGIN: the
+# largest change a coreset seed made to any screw figure with the paper's aggregation in the
+# study (max - min over seeds 0-2: 0.068, image AUROC at 320 x 320, 128 dims; BENCHMARKS.md,
+# "Patch features and resolution"), rounded up.
+SCREW = {"paper": {"image_auroc": 0.6932, "pixel_auroc": 0.8255, "pro": 0.5877},
+         "default": {"image_auroc": 0.8959, "pixel_auroc": 0.9270, "pro": 0.8036}}
+SCREW_MARGIN = 0.07
 
 
 def _fit_eval(data, preset: str, train_step: int = 1):
@@ -56,3 +57,8 @@ def test_screw_figures_of_each_preset(preset):
     print(f"\nscrew (half the training set), --preset {preset}, 1%: " + " / ".join(f"{v:.4f}" for v in got.values()))
     for k, want in SCREW[preset].items():
         assert abs(got[k] - want) <= SCREW_MARGIN, (k, got[k], want)
+
+
+def test_the_defaults_beat_the_paper_preset_on_screw_by_more_than_the_margin():
+    for k in SCREW["default"]:  # the measured figures above: the defaults' reason to exist
+        assert SCREW["default"][k] - SCREW["paper"][k] > SCREW_MARGIN, k
