@@ -20,13 +20,13 @@ pytestmark = pytest.mark.slow
 # (commit d42b604, PatchCoreConfig(geometry="paper", coreset_ratio=0.01)).
 BOTTLE_PAPER = {"image_auroc": 1.0, "pixel_auroc": 0.9840460241145194, "pro": 0.9485345002539879}
 
-# Screw (every second training image, 1% bank, seed 0), measured with this code. SCREW_MARGIN: the
-# largest change a coreset seed made to any screw figure with the paper's aggregation in the
-# study (max - min over seeds 0-2: 0.068, image AUROC at 320 x 320, 128 dims; BENCHMARKS.md,
-# "Patch features and resolution"), rounded up.
+# Screw (every second training image, 1% bank, seed 0), measured with this code. SCREW_MARGIN, per
+# figure: the largest change a coreset seed made to it on screw with the paper's aggregation in
+# the study (max - min over seeds 0-2 of any such setting: image 0.068, pixel 0.081, PRO 0.127;
+# BENCHMARKS.md, "Patch features and resolution"), rounded up.
 SCREW = {"paper": {"image_auroc": 0.6932, "pixel_auroc": 0.8255, "pro": 0.5877},
          "default": {"image_auroc": 0.8959, "pixel_auroc": 0.9270, "pro": 0.8036}}
-SCREW_MARGIN = 0.07
+SCREW_MARGIN = {"image_auroc": 0.07, "pixel_auroc": 0.09, "pro": 0.13}
 
 
 def _fit_eval(data, preset: str, train_step: int = 1):
@@ -66,9 +66,9 @@ def screw() -> dict:
 @pytest.mark.parametrize("preset", ["default", "paper"])
 def test_screw_figures_of_each_preset(screw, preset):
     for k, want in SCREW[preset].items():
-        assert abs(screw[preset][k] - want) <= SCREW_MARGIN, (k, screw[preset][k], want)
+        assert abs(screw[preset][k] - want) <= SCREW_MARGIN[k], (k, screw[preset][k], want)
 
 
 def test_the_defaults_beat_the_paper_preset_on_screw_by_more_than_the_margin(screw):
     for k in SCREW["default"]:
-        assert screw["default"][k] - screw["paper"][k] > SCREW_MARGIN, k
+        assert screw["default"][k] - screw["paper"][k] > SCREW_MARGIN[k], k
