@@ -83,6 +83,8 @@ def _resolve_preset(preset: str, given: dict, tile, input_size, resize, crop) ->
     from . import input_geometry
 
     v = preset_values(preset, **given)
+    if given["aggregation"] is not None and given["target_dim"] is None:
+        v["target_dim"] = None  # an aggregation chosen by hand keeps its own dims (local-mean: native)
     if v["geometry"] == "paper" and given["geometry"] is None and (tile is not None or input_size is not None):
         v["geometry"] = None  # the preset's crop gives way to explicit tiling or canvas options
     if given["max_pixels_in"] is None and input_geometry.effective_geometry(v["geometry"], tile, resize, crop) != "auto":
