@@ -5,8 +5,13 @@ Presets and modes (``--geometry``):
 - ``paper``: the backbone's own recipe (resize 256, center crop 224 for ImageNet CNNs), with the
   ``--resize``/``--crop`` overrides; what every bundle used before geometry became an option.
 - ``auto``: the network input H x W is picked at fit time from the training images: their median
-  aspect ratio, under a pixel budget of the backbone's square input (224 x 224), each side rounded
-  to the backbone's deepest stride; the whole image is resized to it (no crop).
+  aspect ratio, under a pixel budget (``--max-pixels-in``; here the backbone's square input, 224 x
+  224, when unset: the commands' preset sets 320 x 320) and never more pixels than the images have
+  (unless ``--upsample``), each side rounded to the backbone's deepest stride; the whole image is
+  resized to it (no crop).
+
+A fixed region of interest (``--roi x0,y0,x1,y1``) is cut from every image first; every mode then
+treats the region as the image (``runtime.geometry.plan``).
 - ``crop``: resize (aspect kept) to cover ``--input-size`` enlarged by the backbone's resize/crop
   margin (256/224), then a center crop of ``--input-size``.
 - ``resize``: the whole image resized to ``--input-size`` (aspect not kept).
