@@ -41,13 +41,15 @@ def export_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="class folder in MVTec AD layout "
                                         "(default: the embedded synthetic class, written to datasets/synthetic/brick)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="bundle folder (default models/<backbone>)"),
-    backbone: str = opt.BACKBONE, coreset: float = opt.CORESET, weights: str = opt.WEIGHTS,
-    layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT,
+    backbone: str = opt.BACKBONE, coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS,
+    layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
-    device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
+    device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
     geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
     tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
+    aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
+    upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
@@ -70,7 +72,8 @@ def export_cmd(
     with known_errors():
         cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                              batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
-                             bank_size, shards, work_dir)
+                             bank_size, shards, work_dir, aggregation=aggregation,
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
                             tensorrt, calibrate, reuse)
         if int8:

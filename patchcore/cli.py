@@ -42,13 +42,15 @@ def fit(
     out: Path = typer.Option(None, "--out", "-o", help="bundle folder (default models/<class>-<backbone>); with "
                              "several classes or backbones, the folder that receives the <class>-<backbone> bundles"),
     backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
-    coreset: float = opt.CORESET, weights: str = opt.WEIGHTS,
-    layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT,
+    coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS,
+    layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT,
     holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
-    device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
+    device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
     geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
     tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
+    aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
+    upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
     ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `patchcore export` adds it)."""
@@ -61,7 +63,8 @@ def fit(
         for d, bb in combos:
             cfg = opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
-                                 bank_size, shards, work_dir)
+                                 bank_size, shards, work_dir, aggregation=aggregation,
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
             dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
             check_output_folder(dest, "--out")
             jobs.append((d, cfg, dest))
@@ -101,13 +104,15 @@ def eval_(
     data: List[Path] = typer.Option(..., "--data", help="class folder(s) in MVTec AD layout (repeatable)"),
     backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="results folder"),
-    coreset: float = opt.CORESET, weights: str = opt.WEIGHTS, layers: Optional[str] = opt.LAYERS,
-    seed: int = opt.SEED, n_reweight: int = opt.N_REWEIGHT, holdout: float = opt.HOLDOUT,
+    coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS, layers: Optional[str] = opt.LAYERS,
+    seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT, holdout: float = opt.HOLDOUT,
     resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP, device: str = opt.DEVICE,
-    batch_size: int = opt.BATCH_SIZE, target_dim: int = opt.TARGET_DIM,
+    batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
     geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
     tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
+    aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
+    upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
     ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
     original_resolution: bool = typer.Option(False, "--original-resolution", help="also compute pixel AUROC and PRO "
@@ -122,7 +127,8 @@ def eval_(
     with known_errors():
         configs = [opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                                   batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
-                                  bank_size, shards, work_dir)
+                                  bank_size, shards, work_dir, aggregation=aggregation,
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
                    for bb in backbone]  # bad options fail before any data is read
         _check_folders(data)
         check_output_folder(out, "--out")

@@ -108,6 +108,58 @@ class PatchAggregator(nn.Module):
         return out.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major over the grid
 
 
+AGGREGATIONS = ("paper", "local-mean")
+
+
+class LocalMeanAggregator(nn.Module):
+    """Feature maps (one per layer, shallow first) -> (B, h*w, D) patch embeddings on the first
+    layer's grid, each layer's channels averaged over a 3x3 neighbourhood (stride 1, zero padding
+    1, zeros counted, as ``AvgPool2d(3, 1, 1)``), deeper maps bilinearly resized to the first
+    grid, the layers concatenated: D = the layers' channels summed (152 for effnet-lite0), the
+    patch features of anomalib's PatchCore. ``target_dim`` below that projects the concatenation
+    with the same fixed adaptive average pooling over channels that the paper's recipe uses (a
+    1x1 convolution); None keeps the native dimension.
+    """
+
+    def __init__(self, channels: Sequence[int], target_dim: int | None = None, patch: int = 3):
+        super().__init__()
+        self.channels = list(channels)
+        self.native_dim = sum(self.channels)
+        self.patch = patch
+        if target_dim is not None and target_dim > self.native_dim:
+            raise ValueError(f"--target-dim {target_dim} is larger than local-mean's native {self.native_dim} "
+                             "dims (the layers' channels); leave it unset or give fewer")
+        self.target_dim = self.native_dim if target_dim is None else int(target_dim)
+        self.project = self.target_dim != self.native_dim
+        if self.project:
+            w = adaptive_pool_matrix(self.native_dim, self.target_dim).astype(np.float32)
+            self.register_buffer("projection", torch.from_numpy(w)[:, :, None, None])
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        ref = feats[0].shape[-2:]
+        parts = []
+        for f in feats:
+            y = F.avg_pool2d(f, self.patch, stride=1, padding=self.patch // 2)
+            if y.shape[-2:] != ref:
+                y = F.interpolate(y, size=ref, mode="bilinear", align_corners=False)
+            parts.append(y)
+        out = torch.cat(parts, dim=1)
+        if self.project:
+            out = F.conv2d(out, self.projection)
+        return out.flatten(2).transpose(1, 2)
+
+
+def make_aggregator(aggregation: str, channels: Sequence[int], pretrain_dim: int = 1024,
+                    target_dim: int | None = None) -> nn.Module:
+    """The patch-feature module of ``aggregation`` (``paper``: target_dim None means 1024;
+    ``local-mean``: None means native)."""
+    if aggregation == "paper":
+        return PatchAggregator(channels, pretrain_dim, 1024 if target_dim is None else target_dim)
+    if aggregation == "local-mean":
+        return LocalMeanAggregator(channels, target_dim)
+    raise ValueError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+
 class PatchFeatureModel(nn.Module):
     """Normalised image batch (B, 3, H, W) -> patch embeddings (B, h*w, D). This is the graph
     that is exported to ONNX."""

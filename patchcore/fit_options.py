@@ -12,11 +12,13 @@ from typing import Optional
 import typer
 
 BACKBONE = typer.Option("effnet-lite0", "--backbone", "-b", help="registry name (see `patchcore backbones`)")
-CORESET = typer.Option(0.1, "--coreset", help="fraction of patches kept in the memory bank")
+CORESET = typer.Option(None, "--coreset", help="fraction of patches kept in the memory bank (default: the preset's: "
+                       "1%, the paper's 10% with --preset paper)")
 WEIGHTS = typer.Option("default", "--weights", help="default | random | PATH to a checkpoint")
 LAYERS = typer.Option(None, "--layers", help="comma-separated feature layers (default: the backbone's)")
 SEED = typer.Option(0, "--seed", help="seed of the coreset, the hold-out split and random weights")
-N_REWEIGHT = typer.Option(3, "--n-reweight", min=0, help="eq. 7 reweighting neighbours (0 = off)")
+N_REWEIGHT = typer.Option(None, "--n-reweight", min=0, help="eq. 7 reweighting neighbours (0 = off; default: the "
+                          "preset's)")
 HOLDOUT = typer.Option(0.1, "--holdout", help="fraction of good training images kept for the threshold")
 RESIZE = typer.Option(None, "--resize", help="override the paper recipe's resize (shorter side; implies --geometry "
                       "paper unless crop is given)")
@@ -42,22 +44,87 @@ WORK_DIR = typer.Option(None, "--work-dir", help="folder for the patch embedding
 RAY = typer.Option(False, "--ray", help="run on Ray (pip install 'patchcore-rt[scale]'): several classes x "
                    "backbones as one task each; one class x backbone with its embedding or shards as tasks")
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join (implies --ray; default: a local Ray)")
-TARGET_DIM = typer.Option(1024, "--target-dim", min=1, help="patch embedding dimension (the paper's 1024; "
-                          "smaller banks search faster, see BENCHMARKS.md)")
+TARGET_DIM = typer.Option(None, "--target-dim", min=1, help="patch embedding dimension (default: the preset's; "
+                          "paper aggregation 1024, local-mean its native dims; smaller banks search faster, see "
+                          "BENCHMARKS.md)")
+AGGREGATION = typer.Option(None, "--aggregation", help="patch features: paper (unfold 3x3 + adaptive pooling to "
+                           "--target-dim) | local-mean (each layer's 3x3 average, concatenated; default: the preset's)")
+MAX_PIXELS_IN = typer.Option(None, "--max-pixels-in", help="--geometry auto's pixel budget for the network input "
+                             "(default: the preset's); never beyond the training images' size without --upsample")
+UPSAMPLE = typer.Option(False, "--upsample", help="--geometry auto may enlarge training images smaller than "
+                        "--max-pixels-in")
+ROI = typer.Option(None, "--roi", help="fixed region of interest x0,y0,x1,y1 in original pixels (end exclusive): "
+                   "only it is fitted and scored; maps and locations stay on the original image")
+PRESET = typer.Option("default", "--preset", help="default (chosen by the study in BENCHMARKS.md) | paper (the "
+                      "paper's recipe: --geometry paper --aggregation paper --target-dim 1024 --n-reweight 3); "
+                      "explicit options override it")
+
+# The settings each preset gives options left unset (geometry None: the effective default of
+# patchcore.input_geometry; max_pixels_in applies to --geometry auto only).
+# "default" is what the study in BENCHMARKS.md ("Patch features and resolution") measured best
+# across classes (README, "Defaults, presets, patch features and a region of interest").
+PRESETS = {
+    "default": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 9, "geometry": None,
+                "max_pixels_in": 320 * 320, "coreset": 0.01},
+    "paper": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 3, "geometry": "paper", "max_pixels_in": None,
+              "coreset": 0.1},
+}
 
 
-def fit_config(backbone: str, coreset: float, weights: str, layers: Optional[str], seed: int, n_reweight: int,
-               holdout: float, resize: Optional[int], crop: Optional[int], device: str, batch_size: int,
-               target_dim: int, geometry: Optional[str] = None, input_size: Optional[str] = None,
-               tile: Optional[str] = None, tile_overlap: int = 0, tile_scale: Optional[float] = None,
-               bank_size: Optional[int] = None, shards: int = 1, work_dir: Optional[Path] = None):
-    """The :class:`~patchcore.model.PatchCoreConfig` of the options above (a ValueError, exit 2,
-    names an impossible combination of geometry options)."""
+def preset_values(preset: str, **given):
+    """The options ``given`` (None = unset) completed from ``preset``; ValueError for an unknown preset."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    out = {k: (PRESETS[preset].get(k) if v is None else v) for k, v in given.items()}
+    return out
+
+
+def _resolve_preset(preset: str, given: dict, tile, input_size, resize, crop) -> dict:
+    from . import input_geometry
+
+    v = preset_values(preset, **given)
+    if given["aggregation"] is not None and given["target_dim"] is None:
+        v["target_dim"] = None  # an aggregation chosen by hand keeps its own dims (local-mean: native)
+    if v["geometry"] == "paper" and given["geometry"] is None and (tile is not None or input_size is not None):
+        v["geometry"] = None  # the preset's crop gives way to explicit tiling or canvas options
+    if given["max_pixels_in"] is None and input_geometry.effective_geometry(v["geometry"], tile, resize, crop) != "auto":
+        v["max_pixels_in"] = None  # the preset's budget is auto's only
+    return v
+
+
+def preset_config(preset: str = "default", **options):
+    """A :class:`~patchcore.model.PatchCoreConfig` with ``preset``'s settings for what
+    ``options`` (PatchCoreConfig's fields) leave unset: what the commands fit with."""
+    from .model import PatchCoreConfig
+
+    given = {k: options.pop(k, None) for k in ("aggregation", "target_dim", "n_reweight", "geometry", "max_pixels_in")}
+    given["coreset"] = options.pop("coreset_ratio", None)
+    v = _resolve_preset(preset, given, options.get("tile"), options.get("input_size"), options.get("resize"),
+                        options.get("crop"))
+    v["coreset_ratio"] = v.pop("coreset")
+    return PatchCoreConfig(**v, **options)
+
+
+def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Optional[str], seed: int,
+               n_reweight: Optional[int], holdout: float, resize: Optional[int], crop: Optional[int], device: str,
+               batch_size: int, target_dim: Optional[int], geometry: Optional[str] = None,
+               input_size: Optional[str] = None, tile: Optional[str] = None, tile_overlap: int = 0,
+               tile_scale: Optional[float] = None, bank_size: Optional[int] = None, shards: int = 1,
+               work_dir: Optional[Path] = None, *, aggregation: Optional[str] = None,
+               max_pixels_in: Optional[int] = None, upsample: bool = False, roi: Optional[str] = None,
+               preset: str = "default"):
+    """The :class:`~patchcore.model.PatchCoreConfig` of the options above, unset ones from
+    ``preset`` (a ValueError, exit 2, names a bad value or an impossible combination)."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
 
-    return PatchCoreConfig(backbone=backbone, coreset_ratio=coreset, weights=weights,
-                           layers=tuple(layers.split(",")) if layers else None, seed=seed, n_reweight=n_reweight,
-                           holdout=holdout, resize=resize, crop=crop, device=device, batch_size=batch_size,
-                           target_dim=target_dim, geometry=geometry, input_size=input_size, tile=tile,
+    v = _resolve_preset(preset, dict(aggregation=aggregation, target_dim=target_dim, n_reweight=n_reweight,
+                                     geometry=geometry, max_pixels_in=max_pixels_in, coreset=coreset), tile,
+                        input_size, resize, crop)
+    return PatchCoreConfig(backbone=backbone, coreset_ratio=v["coreset"], weights=weights, aggregation=v["aggregation"],
+                           max_pixels_in=v["max_pixels_in"], upsample=upsample, roi=roi,
+                           layers=tuple(layers.split(",")) if layers else None, seed=seed,
+                           n_reweight=v["n_reweight"], holdout=holdout, resize=resize, crop=crop, device=device,
+                           batch_size=batch_size, target_dim=v["target_dim"], geometry=v["geometry"],
+                           input_size=input_size, tile=tile,
                            tile_overlap=tile_overlap, tile_scale=tile_scale, bank_size=bank_size, shards=shards,
                            work_dir=str(work_dir) if work_dir is not None else None)

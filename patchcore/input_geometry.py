@@ -5,8 +5,13 @@ Presets and modes (``--geometry``):
 - ``paper``: the backbone's own recipe (resize 256, center crop 224 for ImageNet CNNs), with the
   ``--resize``/``--crop`` overrides; what every bundle used before geometry became an option.
 - ``auto``: the network input H x W is picked at fit time from the training images: their median
-  aspect ratio, under a pixel budget of the backbone's square input (224 x 224), each side rounded
-  to the backbone's deepest stride; the whole image is resized to it (no crop).
+  aspect ratio, under a pixel budget (``--max-pixels-in``; here the backbone's square input, 224 x
+  224, when unset: the commands' preset sets 320 x 320) and never more pixels than the images have
+  (unless ``--upsample``), each side rounded to the backbone's deepest stride; the whole image is
+  resized to it (no crop).
+
+A fixed region of interest (``--roi x0,y0,x1,y1``) is cut from every image first; every mode then
+treats the region as the image (``runtime.geometry.plan``).
 - ``crop``: resize (aspect kept) to cover ``--input-size`` enlarged by the backbone's resize/crop
   margin (256/224), then a center crop of ``--input-size``.
 - ``resize``: the whole image resized to ``--input-size`` (aspect not kept).
@@ -65,12 +70,35 @@ def effective_geometry(geometry: str | None, tile: object, resize: int | None, c
     return DEFAULT_GEOMETRY
 
 
+def parse_roi(text: str | Sequence[int] | None) -> tuple[int, int, int, int] | None:
+    """``"x0,y0,x1,y1"`` in original pixels (end exclusive) -> a tuple; ValueError naming --roi."""
+    if text is None:
+        return None
+    raw = list(text) if isinstance(text, (tuple, list)) else str(text).replace(" ", "").split(",")
+    try:
+        v = [int(x) for x in raw]
+    except (TypeError, ValueError):
+        v = []
+    if len(v) != 4 or v[0] < 0 or v[1] < 0 or v[2] <= v[0] or v[3] <= v[1]:
+        raise ValueError(f"--roi must be x0,y0,x1,y1 in original pixels with x0 < x1 and y0 < y1 (e.g. "
+                         f"100,0,900,1024), got {text!r}")
+    return v[0], v[1], v[2], v[3]
+
+
 def check_options(geometry: str | None, input_size, tile, tile_overlap: int, tile_scale: float | None,
-                  resize: int | None, crop: int | None) -> None:
+                  resize: int | None, crop: int | None, max_pixels_in: int | None = None,
+                  upsample: bool = False) -> None:
     """Refuse impossible combinations with one ValueError naming the options."""
     if geometry is not None and geometry not in GEOMETRIES:
         raise ValueError(f"--geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
     g = effective_geometry(geometry, tile, resize, crop)
+    if max_pixels_in is not None:
+        if g != "auto":
+            raise ValueError(f"--max-pixels-in is auto's pixel budget; --geometry {g} takes its size elsewhere")
+        if not 1024 <= max_pixels_in <= 1 << 26:
+            raise ValueError(f"--max-pixels-in must be in [1024, {1 << 26}] pixels, got {max_pixels_in}")
+    if upsample and g != "auto":
+        raise ValueError(f"--upsample belongs to --geometry auto, not {g}")
     if tile is None:
         if tile_scale is not None:
             raise ValueError("--tile-scale needs --tile")
@@ -106,10 +134,13 @@ def _round_to(v: float, step: int) -> int:
     return max(step, int(round(v / step)) * step)
 
 
-def auto_size(sizes: Sequence[tuple[int, int]], budget: int, stride: int) -> tuple[int, int]:
+def auto_size(sizes: Sequence[tuple[int, int]], budget: int, stride: int, upsample: bool = True) -> tuple[int, int]:
     """(h, w) with the training images' median aspect ratio and about ``budget`` pixels, each
-    side a multiple of ``stride``."""
+    side a multiple of ``stride``; without ``upsample`` the budget is at most the training
+    images' median pixel count (a small image is not enlarged)."""
     aspect = float(np.median([w / h for h, w in sizes]))  # width / height
+    if not upsample:
+        budget = min(budget, int(np.median([h * w for h, w in sizes])))
     return _round_to(math.sqrt(budget / aspect), stride), _round_to(math.sqrt(budget * aspect), stride)
 
 
@@ -119,20 +150,34 @@ def median_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
 
 def resolve(base: PreprocessSpec, strides: tuple[int, int], geometry: str | None = None, input_size=None,
             tile=None, tile_overlap: int = 0, tile_scale: float | None = None, resize: int | None = None,
-            crop: int | None = None, sizes: Sequence[tuple[int, int]] | None = None) -> PreprocessSpec:
+            crop: int | None = None, sizes: Sequence[tuple[int, int]] | None = None,
+            max_pixels_in: int | None = None, upsample: bool = False,
+            roi: tuple[int, int, int, int] | None = None) -> PreprocessSpec:
     """The spec for these options on a backbone whose own recipe is ``base`` and whose chosen
     layers have strides ``(shallowest, deepest)``; ``sizes`` are the training images' (h, w),
-    needed when :func:`needs_images` says so."""
-    check_options(geometry, input_size, tile, tile_overlap, tile_scale, resize, crop)
+    needed when :func:`needs_images` says so. ``max_pixels_in``: auto's budget (default the
+    backbone's square input, 224 x 224), never beyond the training images' size unless
+    ``upsample``. ``roi`` (x0, y0, x1, y1): the region of every image that is used; sizes are
+    then the region's."""
+    check_options(geometry, input_size, tile, tile_overlap, tile_scale, resize, crop, max_pixels_in, upsample)
     g = effective_geometry(geometry, tile, resize, crop)
     if needs_images(geometry, tile, resize, crop, input_size) and not sizes:
         raise ValueError(f"--geometry {g}{' with --tile' if tile else ''} picks its size from the training images; "
                          "none were given")
+    if roi is not None:
+        base = replace(base, roi=tuple(roi))
+        if sizes:
+            too_small = [hw for hw in sizes if hw[0] < roi[3] or hw[1] < roi[2]]
+            if too_small:
+                raise ValueError(f"--roi {','.join(map(str, roi))} reaches outside a {too_small[0][1]}x"
+                                 f"{too_small[0][0]} (width x height) training image")
+            sizes = [(roi[3] - roi[1], roi[2] - roi[0])] * len(sizes)
     if g == "paper":
         return replace(base, resize=base.resize if resize is None else resize, crop=base.crop if crop is None else crop)
     if g == "auto":
         side = base.canvas_hw or (224, 224)
-        return replace(base, mode="resize", size=auto_size(sizes, side[0] * side[1], strides[1]))
+        budget = side[0] * side[1] if max_pixels_in is None else max_pixels_in
+        return replace(base, mode="resize", size=auto_size(sizes, budget, strides[1], upsample))
     canvas = input_size
     if canvas is None and tile is not None:
         mh, mw = median_size(sizes)
@@ -175,4 +220,6 @@ def describe(spec: PreprocessSpec) -> str:
     if spec.tile:
         s = spec.tile_stride or spec.tile
         text += f", tiles {spec.tile[0]}x{spec.tile[1]} stride {s[0]}x{s[1]}"
+    if spec.roi:
+        text += f", roi {','.join(map(str, spec.roi))}"
     return text

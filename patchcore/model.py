@@ -32,7 +32,7 @@ from . import input_geometry
 from .backbones import create_trunk
 from .coreset import coreset_size, greedy_select, merge_shards, projection_matrix, shard_budget, shard_members
 from .device import torch_device
-from .features import PatchAggregator, PatchFeatureModel
+from .features import AGGREGATIONS, PatchFeatureModel, make_aggregator
 from .metrics import f1_max
 from .progress import progress_bar
 from .streaming import EmbeddingStore, StreamingProjection
@@ -45,7 +45,8 @@ class PatchCoreConfig:
     weights: str = "default"  # "default", "random" or a checkpoint path
     seed: int = 0
     pretrain_dim: int = 1024
-    target_dim: int = 1024
+    target_dim: int | None = 1024  # None: the aggregation's own (paper 1024, local-mean the layers' channels)
+    aggregation: str = "paper"  # patch features: paper | local-mean (patchcore.features)
     coreset_ratio: float = 0.1
     bank_size: int | None = None  # rows of the memory bank instead of coreset_ratio
     shards: int = 1  # >1: sharded (composable) coreset, see patchcore.coreset
@@ -63,6 +64,9 @@ class PatchCoreConfig:
     tile: tuple[int, int] | None = None  # tiling: tile (h, w), the network input
     tile_overlap: int = 0  # pixels shared by neighbouring tiles
     tile_scale: float | None = None  # tiling without input_size: canvas = median training size x this (1)
+    max_pixels_in: int | None = None  # auto's pixel budget (None: the backbone's square input, 224 x 224)
+    upsample: bool = False  # auto may enlarge images smaller than its budget
+    roi: tuple[int, int, int, int] | None = None  # fixed region of interest (x0, y0, x1, y1), original pixels
     device: str = "auto"
     search_backend: str = "auto"
     work_dir: str | None = None  # where embeddings are spilled while fitting (None: the system temp folder)
@@ -76,8 +80,11 @@ class PatchCoreConfig:
             (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
             (0 < self.threshold_quantile <= 1, f"threshold quantile must be in (0, 1], got {self.threshold_quantile}"),
             (self.n_reweight == 0 or self.n_reweight >= 2, "n_reweight must be 0 (off) or >= 2"),
-            (min(self.pretrain_dim, self.target_dim, self.projection_dim, self.batch_size, self.n_starts) >= 1,
-             "pretrain_dim, target_dim, projection_dim, batch_size and n_starts must be >= 1"),
+            (self.aggregation in AGGREGATIONS,
+             f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"),
+            (self.target_dim is None or self.target_dim >= 1, f"--target-dim must be >= 1, got {self.target_dim}"),
+            (min(self.pretrain_dim, self.projection_dim, self.batch_size, self.n_starts) >= 1,
+             "pretrain_dim, projection_dim, batch_size and n_starts must be >= 1"),
             (self.blur_sigma >= 0, f"blur sigma must be >= 0, got {self.blur_sigma}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {self.device!r}"),
@@ -87,13 +94,14 @@ class PatchCoreConfig:
                 raise ValueError(message)
         self.input_size = input_geometry.parse_size(self.input_size)
         self.tile = input_geometry.parse_size(self.tile, "--tile")
+        self.roi = input_geometry.parse_roi(self.roi)
         input_geometry.check_options(self.geometry, self.input_size, self.tile, self.tile_overlap, self.tile_scale,
-                                     self.resize, self.crop)
+                                     self.resize, self.crop, self.max_pixels_in, self.upsample)
 
     def geometry_options(self) -> dict:
         return {"geometry": self.geometry, "input_size": self.input_size, "tile": self.tile,
                 "tile_overlap": self.tile_overlap, "tile_scale": self.tile_scale, "resize": self.resize,
-                "crop": self.crop}
+                "crop": self.crop, "max_pixels_in": self.max_pixels_in, "upsample": self.upsample, "roi": self.roi}
 
 
 def _jsonable(d: dict) -> dict:
@@ -130,7 +138,9 @@ class PatchCore:
         trunk, spec, layers = create_trunk(config.backbone, config.layers, config.weights, config.seed)
         self.spec = spec
         self.layers = layers
-        aggregator = PatchAggregator([l.channels for l in layers], config.pretrain_dim, config.target_dim)
+        aggregator = make_aggregator(config.aggregation, [l.channels for l in layers], config.pretrain_dim,
+                                     config.target_dim)
+        self.embed_dim = int(aggregator.target_dim)
         self.device = torch_device(config.device)
         self.feature_model = PatchFeatureModel(trunk, aggregator).eval().to(self.device)
         self.preprocess: PreprocessSpec | None = None
@@ -403,8 +413,9 @@ class PatchCore:
             "backbone": backbone,
             "preprocess": self.preprocess.to_dict(),
             "features": {
+                "aggregation": cfg.aggregation,
                 "pretrain_dim": cfg.pretrain_dim,
-                "target_dim": cfg.target_dim,
+                "target_dim": self.embed_dim,
                 "patch": 3,
                 "grid": list(self.grid),
                 "input_size": list(self.input_size),
@@ -477,6 +488,7 @@ class PatchCore:
         cfg = PatchCoreConfig(
             backbone=bb["name"], layers=tuple(l["name"] for l in bb["layers"]), weights=bb["weights"],
             seed=bb["seed"], pretrain_dim=m["features"]["pretrain_dim"], target_dim=m["features"]["target_dim"],
+            aggregation=m["features"].get("aggregation", "paper"),
             coreset_ratio=m["memory_bank"]["coreset_ratio"], bank_size=m["memory_bank"].get("bank_size"),
             shards=m["memory_bank"].get("shards", 1), n_reweight=m["scoring"]["n_reweight"],
             blur_sigma=m["scoring"]["blur_sigma"], device=device,

@@ -27,7 +27,7 @@ memory stays bounded at the cost of sub-pixel differences.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -171,9 +171,23 @@ def _crop_plan(h: int, w: int, spec: "PreprocessSpec") -> tuple[Box, tuple[int, 
 
 
 def plan(h: int, w: int, spec: "PreprocessSpec") -> Plan:
-    """The geometry of an (h, w) image under ``spec``, from its size alone."""
+    """The geometry of an (h, w) image under ``spec``, from its size alone. With a region of
+    interest the region is planned as the image, and its read box moved to where it lies."""
     if h < 1 or w < 1:
         raise GeometryError(f"image has no pixels ({h}x{w})")
+    if spec.roi is None:
+        return _plan(h, w, spec)
+    x0, y0, x1, y1 = spec.roi
+    if x1 > w or y1 > h:
+        raise GeometryError(f"the region of interest {x0},{y0},{x1},{y1} (x0,y0,x1,y1) reaches outside a "
+                            f"{w}x{h} (width x height) image")
+    p = _plan(y1 - y0, x1 - x0, spec)
+    ry0, rx0, ry1, rx1 = p.read_box
+    return Plan((h, w), (ry0 + y0, rx0 + x0, ry1 + y0, rx1 + x0), p.resized_hw, p.crop_box, p.paste_yx,
+                p.canvas_hw, p.tile_hw, p.tiles)
+
+
+def _plan(h: int, w: int, spec: "PreprocessSpec") -> Plan:
     canvas = spec.canvas_hw
     if spec.mode == "crop":
         read, resized, crop = _crop_plan(h, w, spec)
@@ -215,7 +229,8 @@ class TileLayout:
         canvas = spec.canvas_hw
         if canvas is None:
             raise ValueError("the preprocessing has no fixed canvas (crop 0): maps and the bank need one")
-        probe = plan(*canvas, spec)  # a canvas-sized image: the layout is the same for every image
+        # a canvas-sized image (the region of interest aside): the layout is the same for every image
+        probe = plan(*canvas, replace(spec, roi=None) if spec.roi is not None else spec)
         layout = cls(tuple(int(g) for g in grid), canvas, probe.tile_hw, probe.tiles)
         if layout.n_tiles > 1:
             layout.cell  # raises when the tiles are not aligned to the patch grid

@@ -178,6 +178,7 @@ def non_negative_number(v: Any) -> str | None:
 
 # fields a manifest may carry (bank updates): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "features.aggregation": one_of("paper", "local-mean"),
     "memory_bank.projection_file": non_empty_str,
     "memory_bank.projection_dim": positive_int,
     "memory_bank.coverage_radius": non_negative_number,

@@ -38,7 +38,7 @@ class PreprocessError(ValueError):
 MODES = ("crop", "resize", "pad")
 # fields added after the first bundle format: written only when they differ from these defaults,
 # so a paper-recipe manifest stays what it always was (and an older runtime refuses the others)
-_GEOMETRY_DEFAULTS = {"mode": "crop", "size": None, "tile": None, "tile_stride": None}
+_GEOMETRY_DEFAULTS = {"mode": "crop", "size": None, "tile": None, "tile_stride": None, "roi": None}
 
 
 def _pair(value: Any, name: str, allow_int: bool = True) -> int | tuple[int, int]:
@@ -75,6 +75,8 @@ class PreprocessSpec:
         not low-pass filter, which aliases a 2x downscale).
     mean, std: per-channel normalisation applied to pixel values scaled to [0, 1].
     channel_order: the order of channels the network expects; images are decoded as RGB.
+    roi: a fixed region of interest [x0, y0, x1, y1] in original pixels (end exclusive): only it
+        is read, and the geometry above applies to it as if it were the image.
     """
 
     resize: int | tuple[int, int] = 256
@@ -88,6 +90,7 @@ class PreprocessSpec:
     size: tuple[int, int] | None = None
     tile: tuple[int, int] | None = None
     tile_stride: tuple[int, int] | None = None
+    roi: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
@@ -106,6 +109,14 @@ class PreprocessSpec:
         for name in ("size", "tile", "tile_stride"):
             if getattr(self, name) is not None:
                 set_(name, _pair(getattr(self, name), name, allow_int=False))
+        if self.roi is not None:
+            r = self.roi
+            if not (isinstance(r, (list, tuple)) and len(r) == 4
+                    and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in r)
+                    and r[0] >= 0 and r[1] >= 0 and r[2] > r[0] and r[3] > r[1]):
+                raise ValueError(f"roi must be [x0, y0, x1, y1] of integers with 0 <= x0 < x1 and 0 <= y0 < y1, "
+                                 f"got {r!r}")
+            set_("roi", tuple(int(v) for v in r))
         if (isinstance(self.resize, int) and self.resize < 0) or self.crop < 0:
             raise ValueError("resize and crop must be >= 0")
         if self.size is not None:

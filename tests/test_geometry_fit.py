@@ -55,7 +55,7 @@ def tall(tmp_path_factory):
 def test_tall_parts_center_crop_misses_the_ends_auto_finds_them(tall):
     ds, fits = tall
     paper, auto = fits["paper"], fits["auto"]
-    assert paper[0].input_size == (224, 224) and auto[0].input_size == (352, 144)  # 1:2.5, multiples of 16
+    assert paper[0].input_size == (224, 224) and auto[0].input_size == (320, 128)  # 1:2.5, not enlarged
     print(f"\ntall: image AUROC paper {paper[2].image_auroc:.3f}, auto {auto[2].image_auroc:.3f}; "
           f"auto pixel AUROC {auto[2].pixel_auroc:.3f} PRO {auto[2].pro:.3f}")
     assert paper[2].image_auroc <= 0.75  # chance: what the crop keeps holds no defect
@@ -108,8 +108,8 @@ def test_parity_of_a_non_square_bundle_and_its_runtime_records(tall, tmp_path):
     model = fits["auto"][0]
     bundle = export_bundle(model, tmp_path / "tall-auto", fp16=False).root
     m = read_bundle(bundle).manifest
-    assert m["preprocess"]["mode"] == "resize" and m["preprocess"]["size"] == [352, 144]
-    assert m["features"]["input_size"] == [352, 144] and m["features"]["grid"] == [44, 18]
+    assert m["preprocess"]["mode"] == "resize" and m["preprocess"]["size"] == [320, 128]
+    assert m["features"]["input_size"] == [320, 128] and m["features"]["grid"] == [40, 16]
     _check_parity(model, bundle, ds.root, ["features_fp32"])
     # the torch-free runtime: records say where, in the original's pixels; overlays are the original's size
     r = subprocess.run([sys.executable, "-m", "runtime", "predict", str(bundle), str(ds.root / "test"), "--recursive",
