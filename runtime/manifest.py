@@ -216,6 +216,8 @@ FIELD_DOCS: dict[str, str] = {
     "versions": "package versions the bundle was written with",
     "files": "every file of the bundle: `{\"sha256\": ..., \"bytes\": ...}`",
     DIGEST_FIELD: "sha256 of this manifest's canonical JSON without this field",
+    "features.aggregation": "how layer maps become patch features: the paper's (unfold + adaptive pooling) or "
+                            "local-mean (3x3 average, concatenated); both are inside the feature graph",
     "memory_bank.projection_file": "the coreset's random projection (`.npy`), for `update` without torch",
     "memory_bank.projection_dim": "dimensions of that projection",
     "memory_bank.coverage_radius": "the bank's covering radius in the projection (where `update` stops)",
