@@ -162,5 +162,7 @@ def test_pickled_object_array_is_refused(bundle):
 
 
 def test_missing_graph_names_the_graphs_present(bundle):
-    with pytest.raises(BundleError, match=r"no graph 'features_fp16' \(graphs: features_fp32\)"):
+    """Asking for a graph the bundle lacks names what this engine can run from it, and what to do."""
+    with pytest.raises(BundleError, match=r"graph 'features_fp16' needs the bundle's features_fp16, which it lacks "
+                                          r"\(with onnxruntime: features_fp32\); re-export it"):
         Predictor(bundle, device="cpu", graph="features_fp16")
