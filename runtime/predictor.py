@@ -79,8 +79,8 @@ def _check_graph_shapes(engine, manifest: dict, path: Path) -> None:
 class Predictor:
     """Scores images with a bundle. ``graph`` picks the bundle's feature graph (``features_fp32``
     by default, ``features_fp16``, ``features_int8``, and ``features_bf16`` with ``device`` openvino);
-    ``search`` is ``auto``, ``faiss``, ``numpy`` or ``bf16`` (a bf16 candidate step, ``candidates``
-    per patch, rescored exactly in float32).
+    ``search`` is ``auto``, ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate
+    step, ``candidates`` per patch, rescored exactly in float32; :mod:`runtime.candidates`).
 
     :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
     geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded
@@ -111,8 +111,8 @@ class Predictor:
                               "cannot return them")
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
-        if candidates is None and search == "bf16":  # the count the export measured for this bundle, if any
-            candidates = (m.get("reduced_precision", {}).get("bf16_search") or {}).get("candidates")
+        if candidates is None and search in ("bf16", "int8"):  # the count the export measured for this bundle
+            candidates = (m.get("reduced_precision", {}).get(f"{search}_search") or {}).get("candidates")
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
                                   device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates)
 

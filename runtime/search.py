@@ -10,13 +10,15 @@ own precision, which the export parity tolerances rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 # Candidates fetched per query before exact re-ranking: a margin for near-ties that float32
 # search may order wrongly (the exact distances then pick the true nearest of them).
 _SEARCH_MARGIN = 2
+# Patches searched exactly at a time while settling an image's worst patch (see PatchScorer._settle_worst).
+_SETTLE_BLOCK = 4
 
 
 class NeighbourIndex(Protocol):
@@ -99,68 +101,20 @@ class FaissIndex:
         return idx.astype(np.int64)
 
 
-# Candidates per patch of the reduced-precision search, rescored exactly in float32: chosen from
-# the recall / score-error study in BENCHMARKS.md ("Precision and engines").
-DEFAULT_REDUCED_CANDIDATES = 8
+_BLAS = None
 
 
-class ReducedIndex:
-    """Candidate search in bf16: the bank product ``q . m`` runs as one OpenVINO MatMul + TopK
-    with bf16 inference precision (AVX512-BF16 / AMX), over the centred bank like
-    :class:`NumpyIndex`. It returns ``candidates`` rows per query (more when asked for more), which
-    :class:`PatchScorer` rescores exactly in float32 from ``q - m``: the scores are the exact
-    search's whenever the true nearest row is among the candidates (the recall BENCHMARKS.md
-    measures). Needs the ``[openvino]`` extra and a CPU with bf16."""
+def one_blas_thread():
+    """A context in which BLAS runs on one thread: for the few-row exact searches beside a reduced
+    candidate step. BLAS threads spin after a call and take the cores from the next onnxruntime or
+    OpenVINO run (measured on 2 cores: a 4-row exact search between two int8 candidate steps added
+    60-80 ms to them, against 6 ms for the search alone)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
 
-    def __init__(self, bank: np.ndarray, candidates: int = DEFAULT_REDUCED_CANDIDATES, threads: int | None = None):
-        from .engines.openvino_engine import openvino_status
-
-        ok, reason = openvino_status()
-        if not ok:
-            from .engines import DeviceUnavailableError
-
-            raise DeviceUnavailableError(f"--search bf16: {reason}")
-        import openvino as ov
-        import openvino.opset13 as ops
-
-        core = ov.Core()
-        if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            from .engines import DeviceUnavailableError
-
-            raise DeviceUnavailableError("--search bf16: this CPU has no bf16 arithmetic")
-        bank = np.asarray(bank, dtype=np.float32)
-        self.mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
-        centred = np.ascontiguousarray(bank - self.mean)
-        self.rows = len(bank)
-        self.candidates = max(1, min(int(candidates), self.rows))
-        self.name = f"bf16-openvino+exact(c={self.candidates})"
-        self._compiled: dict[int, Any] = {}
-        self._core, self._ops, self._ov = core, ops, ov
-        self._bank_t = np.ascontiguousarray(centred.T)
-        self._half_sq = 0.5 * np.einsum("ij,ij->i", centred, centred)
-        self._threads = threads
-
-    def _request(self, k: int):
-        if k not in self._compiled:
-            ops, ov = self._ops, self._ov
-            q = ops.parameter([-1, self._bank_t.shape[0]], ov.Type.f32, name="queries")
-            dot = ops.matmul(q, ops.constant(self._bank_t), False, False)
-            closeness = ops.subtract(dot, ops.constant(self._half_sq[None, :]))  # q.m - |m|^2/2: larger is nearer
-            top = ops.topk(closeness, ops.constant(np.int64(k)), axis=1, mode="max", sort="value",
-                           index_element_type=ov.Type.i64)
-            model = ov.Model([top.output(1)], [q], "bank_candidates")
-            config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
-            if self._threads:
-                config["INFERENCE_NUM_THREADS"] = int(self._threads)
-            self._compiled[k] = self._core.compile_model(model, "CPU", config).create_infer_request()
-        return self._compiled[k]
-
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        k = min(max(k, self.candidates), self.rows)
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - self.mean)
-        if len(q) == 0:
-            return np.empty((0, k), np.int64)
-        return np.asarray(self._request(k).infer({0: q})[0], dtype=np.int64)
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def _faiss_gpus() -> int:
@@ -173,13 +127,15 @@ def _faiss_gpus() -> int:
 
 def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
                candidates: int | None = None) -> NeighbourIndex:
-    """``backend``: ``faiss``, ``numpy``, ``bf16`` (:class:`ReducedIndex`, ``candidates`` per query)
-    or ``auto``: faiss on a GPU when this faiss build sees one (and ``device`` allows it), else
-    numpy's BLAS search, which is the faster on CPUs."""
-    if backend not in ("auto", "faiss", "numpy", "bf16"):
-        raise ValueError(f"unknown search backend {backend!r}; choose auto, faiss, numpy or bf16")
-    if backend == "bf16":
-        return ReducedIndex(bank, candidates or DEFAULT_REDUCED_CANDIDATES)
+    """``backend``: ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate step of
+    :mod:`runtime.candidates`, ``candidates`` per query) or ``auto``: faiss on a GPU when this faiss
+    build sees one (and ``device`` allows it), else numpy's BLAS search, which is the faster on CPUs."""
+    from .candidates import DEFAULT_CANDIDATES, INDEXES
+
+    if backend not in ("auto", "faiss", "numpy", *INDEXES):
+        raise ValueError(f"unknown search backend {backend!r}; choose auto, faiss, numpy, {', '.join(INDEXES)}")
+    if backend in INDEXES:
+        return INDEXES[backend](bank, candidates or DEFAULT_CANDIDATES)
     if backend == "faiss" or (backend == "auto" and device != "cpu" and _faiss_gpus() > 0):
         try:
             return FaissIndex(bank, device=device)
@@ -228,6 +184,10 @@ class PatchScorer:
         b = min(n_reweight, len(self.bank))
         self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
         self.index = make_index(self.bank, backend=backend, device=device, candidates=candidates)
+        # a reduced-precision candidate step: the worst patches and the reweighting then use an exact
+        # float32 search beside it, so image scores stay the exact search's
+        self.approximate = hasattr(self.index, "candidates")
+        self.exact = NumpyIndex(self.bank) if self.approximate else self.index
         # rows fetched per query and rescored exactly: a margin for float32 near-ties, or the
         # reduced-precision search's candidate count
         self.margin = max(_SEARCH_MARGIN, getattr(self.index, "candidates", 0))
@@ -236,9 +196,11 @@ class PatchScorer:
     def backend(self) -> str:
         return self.index.name
 
-    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) -> exact nearest distance (Q,) float64 and its bank index (Q,)."""
-        cand = self.index.search(queries, min(self.margin, len(self.bank)))
+    def nearest(self, queries: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) -> nearest distance (Q,) float64 and its bank index (Q,): exact, or with a reduced
+        candidate step (``exact`` False) the nearest of the candidates, an upper bound of the exact."""
+        index, margin = (self.exact, _SEARCH_MARGIN) if exact else (self.index, self.margin)
+        cand = index.search(queries, min(margin, len(self.bank)))
         dist = exact_distances(queries, self.bank, cand)
         best = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first
         rows = np.arange(len(queries))
@@ -254,8 +216,46 @@ class PatchScorer:
         b, p, d = embeddings.shape
         dist, nn = self.nearest(embeddings.reshape(b * p, d))
         patch, nn = dist.reshape(b, p), nn.reshape(b, p)
-        worst = np.argmax(patch, axis=1)
-        return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst])
+        if not self.approximate:
+            worst = np.argmax(patch, axis=1)
+            return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst])
+        with one_blas_thread():
+            known = self._settle_worst(embeddings, patch, nn)
+            worst = np.argmax(patch, axis=1)
+            return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst], known)
+
+    def _settle_worst(self, embeddings: np.ndarray, patch: np.ndarray, nn: np.ndarray) -> dict[int, np.ndarray]:
+        """Make each image's most anomalous patch, its score and its m* those of the exact search (in place).
+
+        A candidate distance is the exact distance to a real bank row, so it bounds the patch's true
+        score from above. Patches are searched exactly, most anomalous first and
+        :data:`_SETTLE_BLOCK` at a time, until the next bound is below the largest exact score found:
+        no patch left can score higher, whatever the candidate step missed.
+
+        The first block's search also carries the bank row its leading patch points to (the likely
+        m*), whose neighbours eq. 7 needs: one pass over the bank instead of two. Returns them,
+        ``{bank row: its exact-search neighbours}``, for :meth:`reweight`."""
+        k = self._reweight_k()
+        known: dict[int, np.ndarray] = {}
+        for i in range(len(patch)):
+            order = np.argsort(-patch[i], kind="stable")
+            best, j = -np.inf, 0
+            while j < len(order) and patch[i, order[j]] >= best:
+                block = order[j : j + _SETTLE_BLOCK]
+                queries = embeddings[i, block]
+                guess = int(nn[i, block[0]])
+                if j == 0 and self.n_reweight and guess not in known:
+                    found = self.exact.search(np.concatenate([queries, self.bank[guess][None]]), k)
+                    known[guess], cand = found[-1], found[:-1, :_SEARCH_MARGIN]
+                else:
+                    cand = self.exact.search(queries, min(_SEARCH_MARGIN, len(self.bank)))
+                dist = exact_distances(queries, self.bank, cand)
+                pick = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first
+                rows = np.arange(len(block))
+                patch[i, block], nn[i, block] = dist[rows, pick], cand[rows, pick]
+                best = max(best, float(patch[i, block].max()))
+                j += len(block)
+        return known
 
     def score_candidates(self, embeddings: np.ndarray, candidates: np.ndarray) -> Scores:
         """Scores from one nearest-bank candidate per patch (found by an in-graph search).
@@ -269,28 +269,35 @@ class PatchScorer:
         if cand.min() < 0 or cand.max() >= len(self.bank):
             raise ValueError(f"candidate bank indices outside 0..{len(self.bank) - 1}")
         patch = exact_distances(embeddings.reshape(b * p, d), self.bank, cand)[:, 0].reshape(b, p)
-        nn = cand.reshape(b, p)
-        rows = np.arange(b)
+        nn = cand.reshape(b, p).copy()
+        known = self._settle_worst(embeddings, patch, nn)  # the patches that decide are searched exactly
         worst = np.argmax(patch, axis=1)
-        s_star, m_star = self.nearest(embeddings[rows, worst])  # exact search for the patch that decides
-        patch[rows, worst] = s_star
-        nn[rows, worst] = m_star
-        return self._image_scores(embeddings, patch, nn, worst, s_star)
+        return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst], known)
 
     def _image_scores(self, embeddings: np.ndarray, patch: np.ndarray, nn: np.ndarray, worst: np.ndarray,
-                      s_star: np.ndarray) -> Scores:
+                      s_star: np.ndarray, known: dict[int, np.ndarray] | None = None) -> Scores:
         """Image score: the worst patch's score s*, reweighted with eq. 7 when enabled."""
         if self.n_reweight:
             rows = np.arange(len(worst))
-            s_star = s_star * self.reweight(embeddings[rows, worst], nn[rows, worst])
+            s_star = s_star * self.reweight(embeddings[rows, worst], nn[rows, worst], known)
         return Scores(patch.astype(np.float32), s_star, nn)
 
-    def reweight(self, worst_patches: np.ndarray, m_star: np.ndarray) -> np.ndarray:
-        """1 - softmax weight of m* among N_b(m*), computed stably (max subtracted)."""
-        found = self.index.search(self.bank[m_star], min(max(self.n_reweight + 1, self.margin), len(self.bank)))
-        if self.margin > _SEARCH_MARGIN:  # reduced-precision candidates: put them in exact order first
-            order = np.argsort(exact_distances(self.bank[m_star], self.bank, found), axis=1, kind="stable")
-            found = np.take_along_axis(found, order, 1)
+    def _reweight_k(self) -> int:
+        """Neighbours searched for each m*: itself (or an exact duplicate) and the n_reweight - 1 others."""
+        return min(max(self.n_reweight + 1, _SEARCH_MARGIN), len(self.bank))
+
+    def reweight(self, worst_patches: np.ndarray, m_star: np.ndarray,
+                 known: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """1 - softmax weight of m* among N_b(m*), computed stably (max subtracted). ``known``: bank
+        rows whose exact-search neighbours were already found (by :meth:`_settle_worst`)."""
+        known = known or {}
+        m_star = np.asarray(m_star, np.int64)
+        found = np.empty((len(m_star), self._reweight_k()), np.int64)
+        todo = np.array([int(m) not in known for m in m_star], bool)
+        if todo.any():
+            found[todo] = self.exact.search(self.bank[m_star[todo]], found.shape[1])
+        for i in np.flatnonzero(~todo):
+            found[i] = known[int(m_star[i])]
         # N_b(m*) = m* itself first, then its nearest other bank patches (float32 search may have
         # placed an exact duplicate of m* first, so m* is put in front explicitly)
         support = np.empty((len(m_star), self.n_reweight), np.int64)

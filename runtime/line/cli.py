@@ -70,14 +70,16 @@ class Search(str, enum.Enum):
     faiss = "faiss"
     numpy = "numpy"
     bf16 = "bf16"
+    int8 = "int8"
 
 
 # Options shared by several commands, so a flag means the same everywhere.
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
                          "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
-                         "else numpy BLAS), faiss, numpy, or bf16 (candidates found in bf16 by OpenVINO, "
-                         "rescored exactly in float32; the [openvino] extra).")
+                         "else numpy BLAS), faiss, numpy, int8 (candidates found by an integer product in "
+                         "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored exactly in "
+                         "float32, image scores those of the exact search.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
 BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "

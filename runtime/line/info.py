@@ -168,11 +168,20 @@ def render(info: dict[str, Any]):
         ("engines x precisions", ", ".join(f"{v['engine']} {v['precision']} ({v['graph']})"
                                            + ("" if v["runs_here"] else ": engine not installed")
                                            for v in info["variants"]) or "none"),
-        ("reduced precision", "; ".join(
-            f"{k}: features {f['feature_rel_error']:.2%}, image scores {f['image_unweighted_max_rel_error']:.2%} "
-            f"({f['images']} images)" if f.get("measured") else f"{k}: not measured ({f.get('reason')})"
-            for k, f in info["reduced_precision"].items()) or "none measured"),
+        ("reduced precision", "; ".join(_reduced_line(k, f) for k, f in info["reduced_precision"].items())
+         or "none measured"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
     return t
+
+
+def _reduced_line(key: str, facts: dict) -> str:
+    """One variant's measured parity, or one reduced search's candidate count, from the manifest."""
+    if key.endswith("_search"):  # e.g. int8_search: what --search int8 uses for this bundle
+        c = facts.get("candidates")
+        return f"--search {key[:-len('_search')]}: {c} candidates (recall {facts.get('recall', {}).get(str(c))})"
+    if facts.get("measured"):
+        return (f"{key}: features {facts['feature_rel_error']:.2%}, image scores "
+                f"{facts['image_unweighted_max_rel_error']:.2%} ({facts['images']} images)")
+    return f"{key}: not measured ({facts.get('reason')})"
