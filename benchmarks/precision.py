@@ -1,18 +1,17 @@
 """Precision and engines: every engine x precision of the table, side by side in one run; writes the
 section "Precision and engines" of BENCHMARKS.md.
 
-    python benchmarks/precision.py            # exports (or reuses) the bundles, then measures (~40 min, 2 cores)
+    python benchmarks/precision.py            # exports (or reuses) the bundles, then measures (~20 min on 2 idle cores once the bundles exist)
     python benchmarks/precision.py --quick    # development: 12 test images, 3 timed runs
 
 Bundles (``.bench/precision/<name>``, git-ignored; ``patchcore export --int8 --reuse``): effnet-lite0
 with its ImageNet weights on bottle and screw, wide_resnet50_2 with random weights on bottle (the
-demo bundle's settings: 10% bank, 1024 dims), and effnet-lite0 on the embedded synthetic class
-(for the search study). For each bundle and each row of :data:`ROWS` (feature variant x search),
-``runtime.line.bench`` (what ``patchcore-rt bench --device D --graph G --search S`` runs) times
+demo bundle's settings when this work began: ``--preset paper``, 10% bank, 1024 dims). For each
+bundle and each row of :data:`ROWS` (feature variant x search), ``runtime.line.bench`` (what ``patchcore-rt bench --device D --graph G --search S`` runs) times
 batch 1 and batch 8 per stage on the class's test images, and the same predictor scores the test
 set for image AUROC, pixel AUROC and PRO. The search study measures, for several candidate counts,
-the recall of the true nearest bank patch by the bf16 candidate step and the image-score error
-after exact rescoring. The int8 study quantizes the features graph with each ``keep_float`` choice.
+the recall of the true nearest bank patch by the int8 and bf16 candidate steps and the score
+errors after exact rescoring. The int8 study quantizes the features graph with each ``keep_float`` choice.
 """
 
 from __future__ import annotations
@@ -43,18 +42,20 @@ BUNDLES = {
     "lite0-bottle": {"backbone": "effnet-lite0", "weights": "default", "data": MVTEC / "bottle"},
     "lite0-screw": {"backbone": "effnet-lite0", "weights": "default", "data": MVTEC / "screw"},
     "wrn50-bottle": {"backbone": "wrn50", "weights": "random", "data": MVTEC / "bottle"},
-    "lite0-synthetic": {"backbone": "effnet-lite0", "weights": "default", "data": None},
 }
 # (label, --device, --graph, --search): today's float32 path first, the ratios are against it
 ROWS = [
     ("onnxruntime fp32, numpy fp32 search (today)", "cpu", "features_fp32", "numpy"),
-    ("onnxruntime fp32, bf16 search + exact", "cpu", "features_fp32", "bf16"),
-    ("onnxruntime int8, bf16 search + exact", "cpu", "features_int8", "bf16"),
-    ("openvino fp32, bf16 search + exact", "openvino", "features_fp32", "bf16"),
+    ("onnxruntime fp32, int8 search + exact", "cpu", "features_fp32", "int8"),
+    ("onnxruntime int8, int8 search + exact", "cpu", "features_int8", "int8"),
+    ("openvino fp32, numpy fp32 search", "openvino", "features_fp32", "numpy"),  # what --device auto would weigh
     ("openvino bf16, bf16 search + exact", "openvino", "features_bf16", "bf16"),
+    ("openvino int8, numpy fp32 search", "openvino", "features_int8", "numpy"),
     ("openvino int8, bf16 search + exact", "openvino", "features_int8", "bf16"),
+    ("openvino int8, int8 search + exact", "openvino", "features_int8", "int8"),
 ]
-CANDIDATES = (1, 2, 4, 8, 16)
+SEARCH_KINDS = ("int8", "bf16")
+CANDIDATES = (1, 2, 4, 8, 16, 32)
 
 
 def log(msg: str) -> None:
@@ -64,7 +65,7 @@ def log(msg: str) -> None:
 def export(name: str, spec: dict) -> Path:
     out = OUT / name
     cmd = [sys.executable, "-m", "patchcore", "export", "--backbone", spec["backbone"], "--weights", spec["weights"],
-           "--out", str(out), "--int8", "--reuse", "--no-fp16"]
+           "--out", str(out), "--int8", "--reuse", "--no-fp16", "--preset", "paper"]  # 10% bank, 1024 dims, 224²
     if spec["data"] is not None:
         cmd += ["--data", str(spec["data"])]
     log(f"export {name}: {' '.join(cmd[3:])}")
@@ -137,9 +138,9 @@ def measure_rows(bundle: Path, quick: bool) -> list[dict]:
     return out
 
 
-def search_study(bundle: Path, limit: int) -> list[dict]:
-    """Recall of the true nearest bank patch by the bf16 candidate step, and the score error after
-    exact rescoring, per candidate count (float32 features, so only the search differs)."""
+def search_study(bundle: Path, limit: int, kind: str) -> list[dict]:
+    """Recall of the true nearest bank patch by the ``kind`` (int8, bf16) candidate step, and the score
+    errors after exact rescoring, per candidate count (float32 features, so only the search differs)."""
     from runtime.images import read_image
     from runtime.predictor import Predictor
     from runtime.search import PatchScorer
@@ -152,7 +153,7 @@ def search_study(bundle: Path, limit: int) -> list[dict]:
     exact = b.scorer.score(emb)
     rows = []
     for c in CANDIDATES:
-        r = PatchScorer(b.scorer.bank, b.scorer.n_reweight, "bf16", candidates=c)
+        r = PatchScorer(b.scorer.bank, b.scorer.n_reweight, kind, candidates=c)
         raw = r.index.search(emb.reshape(-1, emb.shape[-1]), c)
         got = r.score(emb)
         t0 = time.perf_counter()
@@ -259,8 +260,13 @@ def render(res: dict) -> str:
              "compare within a table (ratios), not across runs",
              "- Bundles: `patchcore export --int8` (int8: onnxruntime static QDQ, per-channel symmetric weights, symmetric "
              "activations, MinMax calibration on 16 good training images, first and depthwise convolutions kept in float); effnet-lite0 "
-             "with its ImageNet weights, wide_resnet50_2 with random weights (layers 2+3); 10% coreset, 1024 dims "
-             "(the demo bundle's settings)",
+             "with its ImageNet weights, wide_resnet50_2 with random weights (layers 2+3); `--preset paper`: 10% coreset, "
+             "1024 dims, 224² (the demo bundle's settings when the precision work began; its bank is the large one the "
+             "search targets are about)",
+             "- Searches: `numpy` is the exact float32 search; `int8` (onnxruntime MatMulInteger + TopK) and `bf16` "
+             "(OpenVINO) find candidates that are rescored exactly in float32, and each image's worst patches are then "
+             "searched exactly, so image scores are the exact search's; the candidate count is the one the export "
+             "measured for the bundle (`reduced_precision.<kind>_search` in its manifest)",
              "- Latency: `runtime.line.bench` (what `patchcore-rt bench --device D --graph G --search S` runs) on the "
              "class's test images, median ms per image over the timed runs; AUROC and PRO on the full test set with "
              "the same predictor; `score err` = largest relative image-score difference from the first row", ""]
@@ -284,10 +290,14 @@ def render(res: dict) -> str:
                          f"{_f(r['image_auroc'])} | {_f(r['pixel_auroc'])} | {_f(r['pro'])} | "
                          f"{_f(r.get('image_score_max_rel_error'), 4) if r is not base else '-'} |")
         lines.append("")
-    for name, rows in res.get("search", {}).items():
-        lines += [f"### bf16 candidate search with exact rescoring: {name}", "",
+    for key, rows in res.get("search", {}).items():
+        kind, name = key.split(":") if ":" in key else ("bf16", key)
+        lines += [f"### {kind} candidate search with exact rescoring: {name}", "",
                   f"float32 features of {rows[0]['patches']:,} test patches against a {rows[0]['bank'][0]:,} x "
-                  f"{rows[0]['bank'][1]} bank; recall = the true nearest bank patch is among the candidates.", "",
+                  f"{rows[0]['bank'][1]} bank; recall = the true nearest bank patch is among the candidates; "
+                  "image scores are settled by an exact search of each image's worst patches, so their error "
+                  "is 0 whatever the recall; a missed neighbour leaves an over-estimate in the anomaly map "
+                  "(max patch-score error, relative to the largest patch score).", "",
                   "| candidates | recall | max patch-score error | max image-score error | search ms / image (b1) |",
                   "|---|---|---|---|---|"]
         for r in rows:
@@ -343,12 +353,12 @@ def main() -> None:
 
     bundles = {name: export(name, BUNDLES[name]) for name in names}  # all fitted first: timings share no fit
     for name, bundle in bundles.items():
-        if name != "lite0-synthetic":
-            res["rows"][name] = measure_rows(bundle, args.quick)
-            save()
-        if name in ("lite0-bottle", "lite0-synthetic"):
-            res["search"][name] = search_study(bundle, 12 if args.quick else 40)
-            save()
+        res["rows"][name] = measure_rows(bundle, args.quick)
+        save()
+        if name in ("wrn50-bottle", "lite0-bottle"):
+            for kind in SEARCH_KINDS:
+                res["search"][f"{kind}:{name}"] = search_study(bundle, 12 if args.quick else 40, kind)
+                save()
         if name in ("wrn50-bottle", "lite0-bottle"):
             res["int8"][name] = int8_study(bundle)
             save()
