@@ -311,7 +311,10 @@ def test_watch_inside_the_server_feeds_results_and_metrics_exactly_once(rt_bundl
     journal = folder / "_patchcore" / "results.jsonl"
     assert len(journal.read_text().splitlines()) == 2
     with make_client(rt_bundle, tmp_path, **kw) as c:  # a restart scores the new part, and nothing twice
-        shutil.copy(images["good"], folder / "part-3.png")
+        # dropped whole (copied beside the folder, then renamed into it): with --settle 0 a file still
+        # being written may be read half-written, which is an error record and, once whole, a result
+        shutil.copy(images["good"], tmp_path / "part-3.png")
+        os.replace(tmp_path / "part-3.png", folder / "part-3.png")
         assert [r["file"] for r in wait_for(c, 1)] == ["part-3.png"]
         time.sleep(0.3)
         assert [r["file"] for r in c.get("/v1/results").json()["results"]] == ["part-3.png"]
