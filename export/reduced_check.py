@@ -24,10 +24,10 @@ from .quantize import calibration_indices, relative_error
 
 _DEVICE = {"onnxruntime": "cpu", "openvino": "openvino"}
 SEARCH_CANDIDATES = (2, 4, 8, 16, 32, 64)
-SEARCH_KINDS = ("bf16", "int8")
+SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runtime.candidates
 # Share of check patches whose true nearest bank patch must be among the candidates: the rest keep
 # an over-estimate in the anomaly map (image scores stay exact), at most 1 patch in 1,000.
-SEARCH_RECALL = 0.999  # the reduced-precision candidate steps of runtime.candidates
+SEARCH_RECALL = 0.999
 
 
 def _max_rel(ref: np.ndarray, got: np.ndarray) -> float:
@@ -78,10 +78,10 @@ def search_study(kind: str, bank: np.ndarray, emb: np.ndarray, exact, n_reweight
     :data:`SEARCH_CANDIDATES` whose candidates hold the true nearest bank patch of at least
     :data:`SEARCH_RECALL` of the check patches (None where that search cannot run here). Image
     scores are exact whatever the count (the scorer settles the worst patches exactly, which this
-    checks); the count decides how often an anomaly-map pixel keeps an over-estimate. How many are needed depends on the features: a
-    reduced product loses digits of ``q . m``, which matters when nearest-neighbour distances are
-    small against the norms (wide_resnet50_2 with random weights needed 16-32 on bottle in bf16,
-    effnet-lite0 4)."""
+    checks); the count decides how often an anomaly-map pixel keeps an over-estimate. How many are
+    needed depends on the features: a reduced product loses digits of ``q . m``, which matters when
+    nearest-neighbour distances are small against the norms (wide_resnet50_2 with random weights on
+    bottle: 32 in bf16, 8 in int8; effnet-lite0: 2-4)."""
     from runtime.search import PatchScorer
 
     recall: dict[str, float] = {}

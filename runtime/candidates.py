@@ -20,13 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .search import centre_bank
+
 DEFAULT_CANDIDATES = 8
-
-
-def _centred(bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    bank = np.asarray(bank, dtype=np.float32)
-    mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return mean, np.ascontiguousarray(bank - mean)
 
 
 class Bf16Index:
@@ -46,7 +42,7 @@ class Bf16Index:
         core = ov.Core()
         if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise DeviceUnavailableError("--search bf16: this CPU has no bf16 arithmetic")
-        self.mean, centred = _centred(bank)
+        self.mean, centred = centre_bank(bank)
         self.rows = len(centred)
         self.candidates = max(1, min(int(candidates), self.rows))
         self.name = f"bf16-openvino+exact(c={self.candidates})"
@@ -106,7 +102,7 @@ class Int8Index:
                  chunk: int = 1024):
         import onnxruntime as ort
 
-        self.mean, centred = _centred(bank)
+        self.mean, centred = centre_bank(bank)
         self.rows, self.dim = centred.shape
         self.candidates = max(1, min(int(candidates), self.rows))
         self.levels = 63 if u8s8_saturates() else 127

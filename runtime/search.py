@@ -30,6 +30,14 @@ class NeighbourIndex(Protocol):
         """(Q, D) float32 -> (Q, k) int64 indices into the bank, nearest first."""
 
 
+def centre_bank(bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bank's mean (float32) and the bank minus it: distances do not change, but the norms in
+    ``|q|^2 - 2 q.m + |m|^2`` shrink, and with them float32 cancellation. Every index searches this."""
+    bank = np.asarray(bank, dtype=np.float32)
+    mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return mean, np.ascontiguousarray(bank - mean)
+
+
 class NumpyIndex:
     """Brute-force search with one BLAS matrix product per chunk of queries.
 
@@ -43,9 +51,7 @@ class NumpyIndex:
     name = "numpy"
 
     def __init__(self, bank: np.ndarray, chunk: int = 2048):
-        bank = np.asarray(bank, dtype=np.float32)
-        self.mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.bank = np.ascontiguousarray(bank - self.mean)
+        self.mean, self.bank = centre_bank(bank)
         self.bank_sq = np.einsum("ij,ij->i", self.bank, self.bank)
         self.chunk = chunk
 
@@ -79,10 +85,8 @@ class FaissIndex:
 
         if threads:
             faiss.omp_set_num_threads(threads)
-        bank = np.asarray(bank, dtype=np.float32)
-        # centred like NumpyIndex: faiss's float32 |q|^2 - 2 q.m + |m|^2 loses the ranking otherwise
-        self.mean = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
-        bank = np.ascontiguousarray(bank - self.mean)
+        # centred: faiss's float32 |q|^2 - 2 q.m + |m|^2 loses the ranking otherwise
+        self.mean, bank = centre_bank(bank)
         index = faiss.IndexFlatL2(bank.shape[1])
         ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if device == "cuda" and ngpu == 0:
