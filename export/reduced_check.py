@@ -28,6 +28,11 @@ SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runt
 # Share of check patches whose true nearest bank patch must be among the candidates: the rest keep
 # an over-estimate in the anomaly map (image scores stay exact), at most 1 patch in 1,000.
 SEARCH_RECALL = 0.999
+# int8 on fewer principal components only while this many candidates reach SEARCH_RECALL: the exact
+# rescoring of each candidate reads a bank row from memory (~1.6 ms per candidate per image, 784
+# patches x 1024 dims, on the 2-core Xeon of BENCHMARKS.md), against ~1.9 ms saved per eighth of the
+# components dropped (the integer product over a 14,739-row bank: 25.8 ms on all, 12.6 on 128)
+PROJECTED_MAX_CANDIDATES = 8
 
 
 def _max_rel(ref: np.ndarray, got: np.ndarray) -> float:
@@ -69,36 +74,51 @@ def measure_reduced(root: str | Path, paths: Sequence[Path], source: str, log: C
         search = search_study(kind, ref_p.scorer.bank, ref_emb, ref, ref_p.scorer.n_reweight)
         if search is not None:
             out[f"{kind}_search"] = search
-            log(f"{kind} search: {search['candidates']} candidates per patch (recall {search['recall']})")
+            on = f" on {search['components']} of {search['dims']} principal components" if search.get("components") else ""
+            log(f"{kind} search: {search['candidates']} candidates per patch{on} (recall {search['recall']})")
     return out
 
 
 def search_study(kind: str, bank: np.ndarray, emb: np.ndarray, exact, n_reweight: int) -> dict[str, Any] | None:
-    """The candidate count ``--search <kind>`` (bf16, int8) uses for this bundle: the smallest of
-    :data:`SEARCH_CANDIDATES` whose candidates hold the true nearest bank patch of at least
-    :data:`SEARCH_RECALL` of the check patches (None where that search cannot run here). Image
-    scores are exact whatever the count (the scorer settles the worst patches exactly, which this
-    checks); the count decides how often an anomaly-map pixel keeps an over-estimate. How many are
-    needed depends on the features: a reduced product loses digits of ``q . m``, which matters when
-    nearest-neighbour distances are small against the norms (wide_resnet50_2 with random weights on
-    bottle: 32 in bf16, 8 in int8; effnet-lite0: 2-4)."""
-    from runtime.search import PatchScorer
+    """What ``--search <kind>`` (bf16, int8) uses for this bundle (None where that search cannot run
+    here): the smallest of :data:`SEARCH_CANDIDATES` whose candidates hold the true nearest bank
+    patch of at least :data:`SEARCH_RECALL` of the check patches, and for int8 the fewest principal
+    components (D/8, D/4, D/2 of the bank's, else all) at which at most
+    :data:`PROJECTED_MAX_CANDIDATES` candidates reach that: fewer components make the integer
+    product cheaper, more candidates the exact rescoring dearer. Image scores are exact whatever
+    the choice (the scorer settles the worst patches exactly, which this checks); the recall decides
+    how often an anomaly-map pixel keeps an over-estimate. What is needed depends on the features:
+    a reduced product loses digits of ``q . m``, which matters when nearest-neighbour distances are
+    small against the norms (wide_resnet50_2 with random weights on bottle: 32 candidates in bf16,
+    8 in int8; effnet-lite0: 2-4)."""
+    from runtime.search import PatchScorer, make_index
 
-    recall: dict[str, float] = {}
-    chosen, exact_scores = None, True
-    for c in SEARCH_CANDIDATES:
+    queries, truth = emb.reshape(-1, emb.shape[-1]), exact.nearest.reshape(-1, 1)
+    dims = bank.shape[1]
+    options: list[int | None] = [None]
+    if kind == "int8":
+        options = [r for r in (dims // 8, dims // 4, dims // 2) if r >= 16] + [None]
+    by_components: dict[str, dict[str, float]] = {}
+    components, chosen = None, None
+    for r in options:
         try:
-            r = PatchScorer(bank, n_reweight, kind, candidates=c)
+            index = make_index(bank, kind, candidates=1, components=r)
         except DeviceUnavailableError:
             return None
-        raw = r.index.search(emb.reshape(-1, emb.shape[-1]), c)
-        recall[str(c)] = round(float(np.mean((raw == exact.nearest.reshape(-1, 1)).any(axis=1))), 6)
-        exact_scores &= bool(np.allclose(r.score(emb).image_scores, exact.image_scores, rtol=1e-9, atol=0))
-        if recall[str(c)] >= SEARCH_RECALL:
-            chosen = c
+        raw = index.search(queries, SEARCH_CANDIDATES[-1])  # nearest first: each count is a prefix
+        recall = {str(c): round(float(np.mean((raw[:, :c] == truth).any(axis=1))), 6) for c in SEARCH_CANDIDATES}
+        by_components[str(r or dims)] = recall
+        enough = [c for c in SEARCH_CANDIDATES if recall[str(c)] >= SEARCH_RECALL]
+        components, chosen = r, (enough[0] if enough else SEARCH_CANDIDATES[-1])
+        if r is not None and enough and enough[0] <= PROJECTED_MAX_CANDIDATES:
             break
-    return {"candidates": chosen or SEARCH_CANDIDATES[-1], "recall": recall, "recall_target": SEARCH_RECALL,
-            "image_scores_exact": exact_scores, "patches": int(emb.shape[0] * emb.shape[1])}
+    r = PatchScorer(bank, n_reweight, kind, candidates=chosen, components=components)
+    exact_scores = bool(np.allclose(r.score(emb).image_scores, exact.image_scores, rtol=1e-9, atol=0))
+    facts = {"candidates": chosen, "recall": by_components[str(components or dims)], "recall_target": SEARCH_RECALL,
+             "image_scores_exact": exact_scores, "patches": int(queries.shape[0])}
+    if kind == "int8":
+        facts.update({"components": components, "dims": dims, "recall_by_components": by_components})
+    return facts
 
 
 def record_reduced(root: str | Path, facts: dict[str, Any]) -> bundle_io.Bundle:

@@ -111,10 +111,13 @@ class Predictor:
                               "cannot return them")
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
-        if candidates is None and search in ("bf16", "int8"):  # the count the export measured for this bundle
-            candidates = (m.get("reduced_precision", {}).get(f"{search}_search") or {}).get("candidates")
+        # what the export measured for this bundle: candidates per patch (and int8's principal components)
+        measured = (m.get("reduced_precision", {}).get(f"{search}_search") or {}) if search in ("bf16", "int8") else {}
+        if candidates is None:
+            candidates = measured.get("candidates")
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
-                                  device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates)
+                                  device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
+                                  components=measured.get("components"))
 
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend

@@ -141,10 +141,19 @@ def test_export_records_the_measured_parity_of_each_reduced_variant(int8_bundle,
     console = Console(record=True, width=400)
     console.print(render(bundle_info(int8_bundle)))
     shown = console.export_text()
-    assert f"--search int8: {study['candidates']} candidates (recall " in shown and "not measured (None)" not in shown
+    on = f" on {study['components']} of {study['dims']} principal components" if study["components"] else ""
+    assert f"--search int8: {study['candidates']} candidates{on} (recall " in shown
+    assert "not measured (None)" not in shown
+    # the study tried the fewest components first and kept the first that reach the recall within 8
+    tried = list(study["recall_by_components"])
+    assert tried[0] == str(study["dims"] // 8) and tried[-1] == str(study["components"] or study["dims"])
+    assert all(min(float(v) for v in r.values()) >= 0 for r in study["recall_by_components"].values())
+    if study["components"]:
+        assert study["candidates"] <= 8
     from runtime.predictor import Predictor
 
-    assert Predictor(int8_bundle, device="cpu", search="int8").scorer.margin == max(2, study["candidates"])
+    scorer = Predictor(int8_bundle, device="cpu", search="int8").scorer
+    assert scorer.margin == max(2, study["candidates"]) and scorer.index.components == study["components"]
 
 
 # ------------------------------------------------------------------------------------------ OpenVINO

@@ -90,12 +90,13 @@ def test_bundle_source_follows_a_folder_renamed_into_place_and_sighup(tmp_path, 
     os.rename(live, tmp_path / "line.old")
     os.rename(tmp_path / ".line.new", live)
     assert src.current().bundle.bundle_id == ids["v2"] and src.reloads == 1
+    before = signal.getsignal(signal.SIGHUP)  # SIG_DFL, or SIG_IGN under nohup
     with reload_on_sighup(src):
         os.kill(os.getpid(), signal.SIGHUP)
         time.sleep(0.05)
     assert src.current().bundle.bundle_id == ids["v2"] and src.reloads == 2  # reopened on request
     assert any(line.startswith("SIGHUP") for line in log)
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # handler restored
+    assert signal.getsignal(signal.SIGHUP) == before  # handler restored
 
 
 def test_bundle_source_refuses_a_bundle_without_threshold_where_verdicts_are_needed(tmp_path, bundles):

@@ -92,16 +92,85 @@ def test_unknown_search_names_the_choices():
         PatchScorer(np.ones((4, 2), np.float32), 3, "int4")
 
 
-def test_candidate_graph_file_is_what_the_script_builds():
-    """runtime/graphs/bank_candidates_int8.onnx is committed (the runtime has no onnx package):
-    it must be the graph scripts/make_candidate_graph.py builds."""
+def test_graph_files_are_what_the_script_builds():
+    """runtime/graphs/*.onnx are committed (the runtime has no onnx package): each must be the graph
+    scripts/make_candidate_graph.py builds."""
     import onnx
 
     spec = importlib.util.spec_from_file_location("make_candidate_graph", REPO / "scripts" / "make_candidate_graph.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["make_candidate_graph"] = mod
     spec.loader.exec_module(mod)
-    committed = onnx.load(str(REPO / "runtime" / "graphs" / "bank_candidates_int8.onnx"))
-    assert committed.graph.SerializeToString() == mod.build().graph.SerializeToString()
-    assert [n.op_type for n in committed.graph.node] == ["DynamicQuantizeLinear", "MatMulInteger", "Mul", "Cast",
-                                                        "Mul", "Sub", "TopK"]
+    assert set(mod.BUILDERS) == {p.name for p in (REPO / "runtime" / "graphs").glob("*.onnx")}
+    for name, build in mod.BUILDERS.items():
+        committed = onnx.load(str(REPO / "runtime" / "graphs" / name))
+        assert committed.graph.SerializeToString() == build().graph.SerializeToString(), name
+    ops = [n.op_type for n in onnx.load(str(REPO / "runtime" / "graphs" / "bank_candidates_int8.onnx")).graph.node]
+    assert ops[0] == "DynamicQuantizeMatMul" and ops.count("TopK") == 2
+
+
+@pytest.mark.parametrize("rows", [3000, 37, 5])
+def test_two_stage_top_k_equals_one_top_k_over_all_rows(rows):
+    """The int8 graph's top k in blocks of 32 rows (the k blocks with the largest maxima, then the
+    top k of their rows) gives the same candidates, in the same order, as one TopK over every row
+    (block 1); banks that are not a multiple of the block, or hold fewer than k blocks, included."""
+    import runtime.candidates as cand
+
+    bank, emb = _bank_and_patches(seed=5, rows=rows, images=1, patches=300)
+    idx = cand.Int8Index(bank, 8)
+    q = np.ascontiguousarray(emb[0] - idx.mean)
+    k = min(8, rows)
+    feed = {**idx._feed, "queries": q, "k": np.array([k], np.int64)}
+    one = idx._session.run(["candidates"], {**feed, "block": np.array([1], np.int64)})[0]
+    got = idx.search(emb[0], k)
+    assert got.shape == (300, k) and got.max() < rows  # never a padding row
+    np.testing.assert_array_equal(got, one)
+    if rows >= 8 * 32:  # the blocked path really ran
+        two = idx._session.run(["candidates"], {**feed, "block": np.array([32], np.int64)})[0]
+        np.testing.assert_array_equal(two, one)
+
+
+def test_exact_index_beside_reduced_steps_matches_numpy():
+    """The onnxruntime float32 search that settles the worst patches finds the neighbours numpy's
+    exact search finds, and the blocked rescoring of candidates gives exact_distances' values."""
+    from runtime.candidates import OnnxExactIndex
+    from runtime.search import NumpyIndex, exact_distances, nearest_candidate
+
+    bank, emb = _bank_and_patches(seed=7)
+    q = emb.reshape(-1, 256)
+    got, ref = OnnxExactIndex(bank).search(q, 2), NumpyIndex(bank).search(q, 2)
+    assert got.shape == (600, 2) and np.mean(got[:, 0] == ref[:, 0]) == 1.0
+    assert OnnxExactIndex(bank).search(q[:0], 2).shape == (0, 2)
+    cand = np.random.default_rng(0).integers(0, len(bank), size=(600, 6))
+    dist, nn = nearest_candidate(q, bank, cand, chunk=7)
+    full = exact_distances(q, bank, cand)
+    np.testing.assert_array_equal(nn, cand[np.arange(600), full.argmin(axis=1)])
+    np.testing.assert_array_equal(dist, full.min(axis=1))
+
+
+def test_int8_on_principal_components_keeps_recall_and_exact_scores():
+    """The int8 product on r < D principal components (turned by a fixed rotation): orthonormal
+    projection, the same ranking term with the full norms, image scores still the exact search's,
+    and the candidates still hold the true neighbours of features that vary in few directions."""
+    from runtime.candidates import Int8Index, principal_components
+    from runtime.search import centre_bank
+
+    rng = np.random.default_rng(11)
+    basis = np.linalg.qr(rng.normal(size=(256, 24)))[0]  # a bank that varies in 24 of 256 directions
+    bank = (rng.normal(size=(3000, 24)) @ basis.T * 3.0 + 4.0 + rng.normal(scale=0.01, size=(3000, 256)))
+    bank = bank.astype(np.float32)
+    emb = (bank[rng.integers(0, 3000, size=(2, 300))] + rng.normal(scale=0.2, size=(2, 300, 24)) @ basis.T)
+    emb = emb.astype(np.float32)
+    p = principal_components(centre_bank(bank)[1], 32)
+    assert p.shape == (256, 32)
+    np.testing.assert_allclose(p.T @ p, np.eye(32), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(p.T @ basis, axis=0), 1.0, atol=1e-3)  # holds the bank's directions
+    idx = Int8Index(bank, 4, components=32)
+    assert idx.components == 32 and idx._feed["bank8"].shape == (32, 3008)
+    assert idx.name == "int8-onnxruntime+exact(c=4, 32 of 256 components)"
+    assert Int8Index(bank, 4, components=256).components is None  # all of them: the unprojected graph
+    exact = PatchScorer(bank, 3, "numpy").score(emb)
+    raw = idx.search(emb.reshape(-1, 256), 4)
+    assert np.mean((raw == exact.nearest.reshape(-1, 1)).any(axis=1)) >= 0.999
+    got = PatchScorer(bank, 3, "int8", candidates=4, components=32).score(emb)
+    np.testing.assert_allclose(got.image_scores, exact.image_scores, rtol=1e-12)

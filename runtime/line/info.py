@@ -179,8 +179,10 @@ def render(info: dict[str, Any]):
 def _reduced_line(key: str, facts: dict) -> str:
     """One variant's measured parity, or one reduced search's candidate count, from the manifest."""
     if key.endswith("_search"):  # e.g. int8_search: what --search int8 uses for this bundle
-        c = facts.get("candidates")
-        return f"--search {key[:-len('_search')]}: {c} candidates (recall {facts.get('recall', {}).get(str(c))})"
+        c, r = facts.get("candidates"), facts.get("components")
+        on = f" on {r} of {facts.get('dims')} principal components" if r else ""
+        return (f"--search {key[:-len('_search')]}: {c} candidates{on} "
+                f"(recall {facts.get('recall', {}).get(str(c))})")
     if facts.get("measured"):
         return (f"{key}: features {facts['feature_rel_error']:.2%}, image scores "
                 f"{facts['image_unweighted_max_rel_error']:.2%} ({facts['images']} images)")
