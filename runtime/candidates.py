@@ -92,6 +92,7 @@ GRAPH_INT8 = GRAPHS / "bank_candidates_int8.onnx"
 GRAPH_INT8_PROJECTED = GRAPHS / "bank_candidates_int8_projected.onnx"
 GRAPH_EXACT = GRAPHS / "bank_nearest_fp32.onnx"
 _BLOCK = 32  # bank rows per block of the int8 graph's two-stage top k
+_CHUNK_VALUES = 1 << 24  # queries per int8 graph run: (queries x bank rows) closeness values <= 64 MB
 _PAD = np.float32(-3e38)  # closeness of padding rows: never among the candidates
 
 
@@ -128,8 +129,8 @@ class Int8Index:
     (``DynamicQuantizeMatMul``: VNNI where the CPU has it, scales and ``-|m|^2/2`` applied in the same
     kernel), then a two-stage top k over blocks of bank rows. The graph is a file of the package
     (``scripts/make_candidate_graph.py``) that takes the bank as an input, so the runtime needs no
-    ``onnx`` package. Queries go in chunks of ``chunk`` rows so the (chunk x bank rows)
-    intermediates stay small.
+    ``onnx`` package. Queries go in chunks of at most ``chunk`` rows, fewer for a bank so large that
+    the (chunk x bank rows) intermediates would pass 64 MB.
 
     ``components`` r < D: the product runs on the bank's r leading principal components (queries
     projected in the graph), ranking by ``q_r . m_r - |m|^2 / 2`` with the full norms: it drops only
@@ -162,7 +163,7 @@ class Int8Index:
         }
         kept = f", {self.components} of {self.dim} components" if self.components else ""
         self.name = f"int8-onnxruntime+exact(c={self.candidates}{kept})"
-        self.chunk = chunk
+        self.chunk = max(16, min(chunk, _CHUNK_VALUES // padded))  # a large bank: fewer queries per run
         self._session = _session(GRAPH_INT8_PROJECTED if self.components else GRAPH_INT8, threads)
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
@@ -170,7 +171,7 @@ class Int8Index:
         q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - self.mean)
         out = np.empty((len(q), k), np.int64)
         # the two-stage top k needs k blocks; a bank of fewer than k blocks takes one row per block
-        block = _BLOCK if len(self._feed["bank8"][0]) // _BLOCK >= k else 1
+        block = _BLOCK if self._feed["bank8"].shape[1] // _BLOCK >= k else 1
         feed = {**self._feed, "k": np.array([k], np.int64), "block": np.array([block], np.int64)}
         for s in range(0, len(q), self.chunk):
             feed["queries"] = q[s : s + self.chunk]

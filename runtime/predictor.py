@@ -113,6 +113,11 @@ class Predictor:
         bank = self.bundle.memory_bank().astype(np.float32)
         # what the export measured for this bundle: candidates per patch (and int8's principal components)
         measured = (m.get("reduced_precision", {}).get(f"{search}_search") or {}) if search in ("bf16", "int8") else {}
+        for key in ("candidates", "components"):
+            value = measured.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise BundleError(f"manifest reduced_precision.{search}_search.{key} must be a positive integer, "
+                                  f"got {value!r}: re-export the bundle")
         if candidates is None:
             candidates = measured.get("candidates")
         self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,

@@ -215,12 +215,11 @@ class PatchScorer:
     def backend(self) -> str:
         return self.index.name
 
-    def nearest(self, queries: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) -> nearest distance (Q,) float64 and its bank index (Q,): exact, or with a reduced
-        candidate step (``exact`` False) the nearest of the candidates, an upper bound of the exact."""
-        index, margin = (self.exact, _SEARCH_MARGIN) if exact else (self.index, self.margin)
-        cand = index.search(queries, min(margin, len(self.bank)))
-        if self.approximate and not exact:
+        candidate step the nearest of the candidates, an upper bound of the exact."""
+        cand = self.index.search(queries, min(self.margin, len(self.bank)))
+        if self.approximate:
             return nearest_candidate(queries, self.bank, cand)
         dist = exact_distances(queries, self.bank, cand)
         best = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first

@@ -303,3 +303,31 @@ def test_parity_passes_reduced_variants_and_exits_6_for_a_broken_one(int8_bundle
     bundle_io.finalize_manifest(broken, dict(b.manifest), b.files)
     bad = runner.invoke(app, ["parity", str(broken), str(data), "--engines", "ort-cpu", "--graphs", "features_int8"])
     assert bad.exit_code == PARITY, bad.output
+
+
+@pytest.mark.parametrize("value", ["abc", -4, 2.5])
+def test_a_corrupt_search_fact_is_a_bundle_error_not_a_traceback(int8_bundle, tmp_path, value):
+    """reduced_precision.int8_search.components from the manifest goes to the int8 index: a value
+    that is not a positive integer is the bundle's error (exit 3, one line naming the field)."""
+    import shutil
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from runtime import bundle as bundle_io
+    from runtime.line.cli import app
+
+    broken = tmp_path / "broken"
+    shutil.copytree(int8_bundle, broken, ignore=shutil.ignore_patterns("engines"))
+    b = bundle_io.read_bundle(broken)
+    manifest = json.loads(json.dumps(b.manifest))
+    manifest.setdefault("reduced_precision", {}).setdefault("int8_search", {})["components"] = value
+    bundle_io.finalize_manifest(broken, manifest, b.files)
+    src = tmp_path / "a.png"
+    cv2.imwrite(str(src), np.full((128, 128, 3), 120, np.uint8))
+    r = CliRunner().invoke(app, ["predict", str(broken), str(src), "--search", "int8"])
+    assert r.exit_code == 3, r.output
+    assert "reduced_precision.int8_search.components must be a positive integer" in r.output
+    assert "Traceback" not in r.output
+    ok = CliRunner().invoke(app, ["predict", str(broken), str(src)])  # the exact search does not read it
+    assert ok.exit_code == 0, ok.output

@@ -174,3 +174,20 @@ def test_int8_on_principal_components_keeps_recall_and_exact_scores():
     assert np.mean((raw == exact.nearest.reshape(-1, 1)).any(axis=1)) >= 0.999
     got = PatchScorer(bank, 3, "int8", candidates=4, components=32).score(emb)
     np.testing.assert_allclose(got.image_scores, exact.image_scores, rtol=1e-12)
+
+
+def test_int8_index_runs_fewer_queries_at_a_time_for_a_large_bank():
+    """The (queries x bank rows) closeness values of one graph run stay within 64 MB: a 100,000-row
+    bank takes 167 queries a run instead of 1024, and still finds the nearest rows."""
+    from runtime.candidates import Int8Index
+
+    rng = np.random.default_rng(2)
+    bank = rng.normal(size=(100_000, 16)).astype(np.float32)
+    big = Int8Index(bank, 4)
+    assert big.chunk == 167  # 2**24 values / 100,000 rows (already a multiple of 32)
+    assert Int8Index(bank[:3000], 4).chunk == 1024
+    src = rng.integers(0, 100_000, 400)
+    q = bank[src] + rng.normal(scale=0.01, size=(400, 16)).astype(np.float32)
+    got = big.search(q, 4)
+    assert got.shape == (400, 4) and np.all((got == src[:, None]).any(axis=1))  # each query's own row
+    # (queries are quantized per run, so the order of far candidates may differ between chunkings)
