@@ -5,8 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKBONE ?= effnet-lite0
 DATA ?=
-WEIGHTS ?= default
-CORESET ?= 0.1
+# WEIGHTS, CORESET, PRESET: passed on only when set, so the preset's own values hold otherwise
+# (a fixed CORESET here used to override the default preset's 1% bank).
+WEIGHTS ?=
+CORESET ?=
+PRESET ?=
+FIT_ARGS = $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(CORESET),--coreset $(CORESET)) $(if $(PRESET),--preset $(PRESET))
 OUT ?= models/$(BACKBONE)
 
 .PHONY: venv install demo test docs test-gpu gpu-pack eval export parity bench bench-quick clean
@@ -47,11 +51,11 @@ gpu-pack: $(PY)
 
 # make eval DATA=../shared/datasets/mvtec_ad/bottle BACKBONE=effnet-lite0
 eval: install
-	$(PY) -m patchcore eval --data $(or $(DATA),datasets/synthetic/brick) --backbone $(BACKBONE) --weights $(WEIGHTS) --coreset $(CORESET) --out results
+	$(PY) -m patchcore eval --data $(or $(DATA),datasets/synthetic/brick) --backbone $(BACKBONE) $(FIT_ARGS) --out results
 
-# make export BACKBONE=wrn50 [DATA=<class folder>] [WEIGHTS=<file|random>]
+# make export BACKBONE=wrn50 [DATA=<class folder>] [WEIGHTS=<file|random>] [CORESET=0.1] [PRESET=paper]
 export: install
-	$(PY) -m patchcore export --backbone $(BACKBONE) $(if $(DATA),--data $(DATA)) --weights $(WEIGHTS) --coreset $(CORESET) --out $(OUT)
+	$(PY) -m patchcore export --backbone $(BACKBONE) $(if $(DATA),--data $(DATA)) $(FIT_ARGS) --out $(OUT)
 
 # make parity OUT=models/effnet-lite0 DATA=../shared/datasets/mvtec_ad/bottle
 parity: install
