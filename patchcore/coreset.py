@@ -109,17 +109,9 @@ class Selection(NamedTuple):
     radius: float
 
 
-def greedy_select(
-    projected: torch.Tensor,
-    n_select: int,
-    n_starts: int = 10,
-    seed: int = 0,
-    device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """The greedy selection over already projected features (N, projection_dim): indices of
-    ``n_select`` rows in selection order (all rows, in order, when ``n_select >= N``)."""
-    return greedy_selection(projected, n_select, n_starts, seed, device, progress).indices
+def greedy_select(projected: torch.Tensor, n_select: int, *args, **kwargs) -> np.ndarray:
+    """The indices of :func:`greedy_selection` (same arguments)."""
+    return greedy_selection(projected, n_select, *args, **kwargs).indices
 
 
 def greedy_selection(
@@ -130,7 +122,8 @@ def greedy_selection(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> Selection:
-    """:func:`greedy_select` with the selection's radius."""
+    """The greedy selection over already projected features (N, projection_dim): ``n_select``
+    rows in selection order (all rows, in order, when ``n_select >= N``), and its radius."""
     n = projected.shape[0]
     if n_select >= n:
         return Selection(np.arange(n), 0.0)
