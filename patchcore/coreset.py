@@ -23,7 +23,7 @@ sequential result.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -100,19 +100,33 @@ def greedy_coreset(
     return greedy_select(x, n_select, n_starts, seed, device, progress)
 
 
-def greedy_select(
+class Selection(NamedTuple):
+    """A greedy selection: the chosen rows, in selection order, and its radius: the largest
+    min-distance left among all rows when the loop stopped (in the projected space it ran in; 0
+    when every row was kept). A bank update stops where new patches are covered this well."""
+
+    indices: np.ndarray
+    radius: float
+
+
+def greedy_select(projected: torch.Tensor, n_select: int, *args, **kwargs) -> np.ndarray:
+    """The indices of :func:`greedy_selection` (same arguments)."""
+    return greedy_selection(projected, n_select, *args, **kwargs).indices
+
+
+def greedy_selection(
     projected: torch.Tensor,
     n_select: int,
     n_starts: int = 10,
     seed: int = 0,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """The greedy selection over already projected features (N, projection_dim): indices of
-    ``n_select`` rows in selection order (all rows, in order, when ``n_select >= N``)."""
+) -> Selection:
+    """The greedy selection over already projected features (N, projection_dim): ``n_select``
+    rows in selection order (all rows, in order, when ``n_select >= N``), and its radius."""
     n = projected.shape[0]
     if n_select >= n:
-        return np.arange(n)
+        return Selection(np.arange(n), 0.0)
     dev = torch_device(device)
     with torch.no_grad():
         x = projected.to(dev)
@@ -135,7 +149,7 @@ def greedy_select(
         return _select(x, x_sq, min_dist, n_select, progress)
 
 
-def _select(x, x_sq, min_dist, n_select, progress) -> np.ndarray:
+def _select(x, x_sq, min_dist, n_select, progress) -> Selection:
     """The greedy loop: take the farthest point, fold its distances into ``min_dist`` in place.
 
     One matrix-vector product per iteration."""
@@ -147,7 +161,7 @@ def _select(x, x_sq, min_dist, n_select, progress) -> np.ndarray:
         torch.minimum(min_dist, _distances_to(x, x_sq, x[idx]), out=min_dist)
         if progress and (i % report == 0 or i == n_select - 1):
             progress(i + 1, n_select)
-    return selected
+    return Selection(selected, float(min_dist.max()))
 
 
 # ------------------------------------------------------------------ sharded (composable) coreset
@@ -183,5 +197,11 @@ def merge_shards(projected: list[torch.Tensor], n_select: int, n_starts: int = 1
                  device: str = "auto", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The final greedy round over the union of the shards' selections (their projected rows,
     concatenated in shard order): indices into that union, in selection order."""
+    return merge_selection(projected, n_select, n_starts, seed, device, progress).indices
+
+
+def merge_selection(projected: list[torch.Tensor], n_select: int, n_starts: int = 10, seed: int = 0,
+                    device: str = "auto", progress: Callable[[int, int], None] | None = None) -> Selection:
+    """:func:`merge_shards` with the final round's radius (over the shards' selections)."""
     union = torch.cat([p.float() for p in projected])
-    return greedy_select(union, n_select, n_starts, seed, device, progress)
+    return greedy_selection(union, n_select, n_starts, seed, device, progress)

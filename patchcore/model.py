@@ -30,7 +30,7 @@ from runtime.search import PatchScorer
 
 from . import input_geometry
 from .backbones import create_trunk
-from .coreset import coreset_size, greedy_select, merge_shards, projection_matrix, shard_budget, shard_members
+from .coreset import coreset_size, greedy_selection, merge_selection, projection_matrix, shard_budget, shard_members
 from .device import torch_device
 from .features import AGGREGATIONS, PatchFeatureModel, make_aggregator
 from .metrics import f1_max
@@ -119,6 +119,7 @@ class ShardSelection:
     spilled_bytes: int
     feature_seconds: float
     coreset_seconds: float
+    radius: float  # the shard's greedy radius (patchcore.coreset.Selection)
 
 
 class FitExecutor(Protocol):
@@ -159,6 +160,8 @@ class PatchCore:
         # What a loaded bundle recorded about its bank (``update`` appends to both); a fit starts afresh.
         self.lineage: list[dict] = []
         self.coverage_radius: float | None = None
+        # The fit's greedy radius (patchcore.coreset.Selection): where an update stops by default.
+        self.fit_radius: float | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -276,16 +279,16 @@ class PatchCore:
         t1 = time.perf_counter()
         n_patches = sum(r.n_patches for r in shards)
         if len(shards) == 1:
-            bank = shards[0].rows
-        else:
+            bank, radius = shards[0].rows, shards[0].radius
+        else:  # the final round's radius, over the shards' selections
             n_select = coreset_size(n_patches, cfg.coreset_ratio, cfg.bank_size)
             with self._coreset_progress("merge", n_select) as progress:
-                idx = merge_shards([torch.tensor(r.projected) for r in shards], n_select, cfg.n_starts,
-                                   cfg.seed, cfg.device, progress)
+                idx, radius = merge_selection([torch.tensor(r.projected) for r in shards], n_select, cfg.n_starts,
+                                              cfg.seed, cfg.device, progress)
             bank = np.concatenate([r.rows for r in shards])[idx]
         t2 = time.perf_counter()
         self.set_bank(bank)
-        self.lineage, self.coverage_radius = [], None
+        self.lineage, self.coverage_radius, self.fit_radius = [], None, radius
         self.fit_info = {
             "n_train": len(paths),
             "n_patches": int(n_patches),
@@ -318,11 +321,11 @@ class PatchCore:
             n_select = shard_budget(store.rows, shard_images, total_images, cfg.coreset_ratio, cfg.bank_size,
                                     cfg.shards)
             with self._coreset_progress("coreset", n_select) as progress:
-                idx = greedy_select(x, n_select, cfg.n_starts, cfg.seed, cfg.device, progress)
+                idx, radius = greedy_selection(x, n_select, cfg.n_starts, cfg.seed, cfg.device, progress)
             rows = store.gather(idx)
             projected = x[torch.from_numpy(idx).to(x.device)].float().cpu().numpy()
             n, spilled = store.rows, store.nbytes
-        return ShardSelection(rows, projected, n, spilled, t1 - t0, time.perf_counter() - t1)
+        return ShardSelection(rows, projected, n, spilled, t1 - t0, time.perf_counter() - t1, radius)
 
     @staticmethod
     @contextlib.contextmanager
@@ -434,6 +437,7 @@ class PatchCore:
                 "projection_file": bundle_io.PROJECTION_FILE,
                 "coverage_radius": (self.coverage_radius if self.coverage_radius is not None
                                     else selection_radius(project(self.bank, self.coreset_projection()))),
+                **({"fit_radius": self.fit_radius} if self.fit_radius is not None else {}),
             },
             "scoring": {"k": 1, "distance": "l2", "n_reweight": cfg.n_reweight, "blur_sigma": cfg.blur_sigma},
             "threshold": {"value": self.threshold, "scale": self.scale, **self.fit_info.get("calibration", {})},
@@ -503,4 +507,5 @@ class PatchCore:
         model.scale = m["threshold"]["scale"]
         model.lineage = b.lineage
         model.coverage_radius = m["memory_bank"].get("coverage_radius")
+        model.fit_radius = m["memory_bank"].get("fit_radius")
         return model

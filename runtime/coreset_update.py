@@ -4,12 +4,15 @@ The fit selects the memory bank with :func:`patchcore.coreset.greedy_coreset` (t
 projection space. To extend that bank with new good patches, each new patch starts with its
 distance to the existing bank in the same space (the projection matrix the bundle stores), then
 the farthest new patch is added repeatedly and the others' distances are lowered to it, as the
-fit's loop does. It stops at the budget, or once every new patch lies within the old bank's
-covering radius: new patches the bank already covers add nothing.
+fit's loop does. It stops at the budget, or once every new patch lies within a radius: new
+patches the bank already covers add nothing. :mod:`runtime.update` passes the fit's greedy
+radius (the largest distance to the bank left among the training patches when the fit's own
+selection stopped, recorded at export), so the new patches end up covered as well as the fit's.
 
-The old bank's radius is the selection distance at which its own greedy run ended (the distance
-of the bank's last row to the rows chosen before it; the bank is stored in selection order), and
-after an update the largest distance of a new patch to the extended bank.
+A bank's covering radius (bundles that do not record the fit's radius stop there) is the
+selection distance at which its own greedy run ended (the distance of the bank's last row to the
+rows chosen before it; the bank is stored in selection order), and after an update the largest
+distance of a new patch to the extended bank.
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "memory_bank.projection_file": non_empty_str,
     "memory_bank.projection_dim": positive_int,
     "memory_bank.coverage_radius": non_negative_number,
+    "memory_bank.fit_radius": non_negative_number,
     "threshold.calibration_scores": finite_list,
     "lineage": array,
 }
@@ -220,7 +221,11 @@ FIELD_DOCS: dict[str, str] = {
                             "local-mean (3x3 average, concatenated); both are inside the feature graph",
     "memory_bank.projection_file": "the coreset's random projection (`.npy`), for `update` without torch",
     "memory_bank.projection_dim": "dimensions of that projection",
-    "memory_bank.coverage_radius": "the bank's covering radius in the projection (where `update` stops)",
+    "memory_bank.coverage_radius": "the bank's covering radius in the projection (updates raise it where they stop "
+                                   "at `--add` rows short of it)",
+    "memory_bank.fit_radius": "the fit's greedy radius: the largest distance of a training patch to the bank (in the "
+                              "projection) when the coreset selection stopped; `update` adds new patches until each "
+                              "lies this close to the bank (kept through updates)",
     "threshold.calibration_scores": "the held-out good images' scores behind the threshold",
     "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",
 }

@@ -2,8 +2,11 @@
 (embeddings from the bundle's ONNX graph) and ``patchcore update`` (from the PyTorch model).
 
 1. The new images are embedded by the caller's ``embed`` and the memory bank is extended by
-   continuing the greedy coreset (:mod:`runtime.coreset_update`): at most ``add`` rows (default:
-   the bundle's coreset ratio applied to the new patches), fewer when the bank covers them.
+   continuing the greedy coreset (:mod:`runtime.coreset_update`) until every new patch lies
+   within the fit's greedy radius of the bank (``memory_bank.fit_radius``: the new patches
+   covered as well as the fit covered its own), at most ``add`` rows when given. A bundle that
+   does not record that radius (exported before it was) keeps the earlier rule, and says so: at
+   most the bundle's coreset ratio of the new patches, stopping at its covering radius.
 2. Threshold, for bundles calibrated by the held-out quantile: the same quantile over the
    parent's calibration scores (as the parent's bank scored them: those images are not kept)
    together with a held-out score of every new image, by cross-validation (the update repeated
@@ -65,17 +68,19 @@ class UpdateResult:
         return {"bundle": str(self.bundle.root), "id": self.bundle.bundle_id, "parent": e["parent"],
                 "images": len(e["images"]),
                 "patches": e["patches"], "covered": e["covered"], "rows_added": e["rows_added"],
-                "rows": e["rows"]["after"], "stopped": e["stopped"],
+                "rows": e["rows"]["after"], "stopped": e["stopped"], "stop": e["stop"],
                 "threshold": {k: e["calibration"][k]["value"] for k in ("before", "after")},
                 "graphs_dropped": e["graphs_dropped"], "warnings": self.warnings()}
 
     def warnings(self) -> list[str]:
         """What the person who taught these images should check before deploying the result."""
+        stop = self.entry.get("stop", {})
+        out = [stop["why"]] if stop.get("rule") == "row-budget" else []
         rise = threshold_rise(self.entry)
         if rise is None:
-            return []
+            return out
         before, after = rise
-        return [f"the threshold rose by {after / before - 1:.0%} ({before:.4g} -> {after:.4g}): the taught images "
+        return out + [f"the threshold rose by {after / before - 1:.0%} ({before:.4g} -> {after:.4g}): the taught images "
                 "scored far above the parent's good images. Check that they are good parts and that known "
                 "defects still score above the new threshold before deploying this bundle"]
 
@@ -102,6 +107,42 @@ def requirements(bundle: Bundle) -> tuple[np.ndarray, float]:
         raise BundleError(f"{bundle.root}: cannot be updated: its manifest lacks {', '.join(missing)} "
                           f"(written before bank updates existed); {REFIT}")
     return bundle.coreset_projection(), float(mb["coverage_radius"])
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where an update's greedy continuation stops: at ``radius`` (every new patch within it of
+    the bank), or after ``cap`` rows when given, whichever comes first; ``why``: where the rule
+    came from, recorded in the lineage and, for the fallback, told as a warning."""
+
+    radius: float
+    cap: int | None
+    rule: str  # "fit-radius" or "row-budget" (a bundle without memory_bank.fit_radius)
+    why: str
+
+    def budget(self, n_patches: int) -> int:
+        """Rows the continuation may add at most: the cap, else one per new patch (no cap)."""
+        return n_patches if self.cap is None else self.cap
+
+    def record(self) -> dict[str, Any]:
+        return {"rule": self.rule, "radius": self.radius, "cap": self.cap, "why": self.why}
+
+
+def stop_rule(bundle: Bundle, n_patches: int, add: int | None) -> StopRule:
+    """The fit's greedy radius with ``add`` as a cap; for a bundle that does not record that
+    radius, today's row budget (``add``, else the coreset ratio of the new patches) at the
+    bank's covering radius."""
+    mb = bundle.manifest["memory_bank"]
+    if "fit_radius" in mb:
+        why = (f"until every new patch lies within the fit's greedy radius {mb['fit_radius']:.4g} of the bank"
+               + (f", at most {add} rows (--add)" if add is not None else ""))
+        return StopRule(float(mb["fit_radius"]), add, "fit-radius", why)
+    cap = add if add is not None else max(1, int(n_patches * mb["coreset_ratio"]))
+    why = (f"{bundle.root} records no fit radius (memory_bank.fit_radius; exported by an earlier version): at most "
+           f"{cap} rows ({'--add' if add is not None else 'the coreset ratio of the new patches'}), stopping at its "
+           "covering radius; new patches may stay less covered than the fit's own. Re-export the bundle to stop "
+           "by the fit's radius")
+    return StopRule(float(mb["coverage_radius"]), cap, "row-budget", why)
 
 
 def check_out(parent: Bundle, out: Path) -> None:
@@ -152,8 +193,8 @@ def held_out_scores(old_bank: np.ndarray, projected_old: np.ndarray, embeddings:
                     projected: np.ndarray, start: np.ndarray, budget: int, radius: float, n_reweight: int,
                     search: str = "auto", progress: Progress | None = None) -> list[float]:
     """Each new image's score as if held out of the update (cross-validation over at most
-    :data:`FOLDS` folds): the bank extended from the other images, with the budget scaled to
-    their share, scores the fold's images. Re-selecting per fold matters: the coreset keeps one
+    :data:`FOLDS` folds): the bank extended from the other images, by the same stop rule with the
+    budget scaled to their share, scores the fold's images. Re-selecting per fold matters: the coreset keeps one
     row for patches many images share, so dropping only an image's own rows would uncover them."""
     n, p = embeddings.shape[:2]
     k = min(n, FOLDS)
@@ -178,7 +219,7 @@ def update_bundle(parent: Bundle | str | Path, images: Sequence[tuple[Path, str]
     """Write ``out``: ``parent`` with ``images`` (``(path, name)`` pairs) taught as good."""
     parent = parent if isinstance(parent, Bundle) else read_bundle(parent)
     m = parent.manifest
-    projection, radius = requirements(parent)
+    projection, coverage = requirements(parent)
     out = Path(out)
     check_out(parent, out)
     if not images:
@@ -194,7 +235,8 @@ def update_bundle(parent: Bundle | str | Path, images: Sequence[tuple[Path, str]
                           f"has rows of {old_bank.shape[1]} on a grid of {grid}")
     patches = emb.reshape(-1, emb.shape[-1])
     t1 = time.perf_counter()
-    budget = add if add is not None else max(1, int(len(patches) * m["memory_bank"]["coreset_ratio"]))
+    stop = stop_rule(parent, len(patches), add)
+    budget, radius = stop.budget(len(patches)), stop.radius
     projected_old, projected = project(old_bank, projection), project(patches, projection)
     start = distances_to_bank(projected_old, projected)
     ext = extend_coreset(projected_old, projected, budget, radius, start=start,
@@ -207,7 +249,7 @@ def update_bundle(parent: Bundle | str | Path, images: Sequence[tuple[Path, str]
                                      m["scoring"]["n_reweight"], search, progress)
     threshold, recalibrated = recalibrate(m["threshold"], new_scores)
     seconds = {"embed": t1 - t0, "select": t2 - t1, "calibrate": time.perf_counter() - t2}
-    entry = lineage_entry(parent, images, emb.shape[1], ext, budget, radius, threshold, recalibrated, new_scores,
+    entry = lineage_entry(parent, images, emb.shape[1], ext, stop, coverage, threshold, recalibrated, new_scores,
                           tool, embedder, seconds)
     manifest = copy.deepcopy(m)
     manifest.pop(DIGEST_FIELD, None)
@@ -219,7 +261,7 @@ def update_bundle(parent: Bundle | str | Path, images: Sequence[tuple[Path, str]
 
 
 def lineage_entry(parent: Bundle, images: Sequence[tuple[Path, str]], patches_per_image: int, ext: Extension,
-                  budget: int, radius: float, threshold: dict[str, Any], recalibrated: bool, scores: list[float],
+                  stop: StopRule, coverage: float, threshold: dict[str, Any], recalibrated: bool, scores: list[float],
                   tool: str, embedder: str, seconds: dict[str, float]) -> dict[str, Any]:
     """What the new manifest records about this update (see the module docstring)."""
     m = parent.manifest
@@ -238,11 +280,12 @@ def lineage_entry(parent: Bundle, images: Sequence[tuple[Path, str]], patches_pe
                     **({"score": scores[i]} if scores else {})} for i, (path, name) in enumerate(images)],
         "patches": int(len(images) * patches_per_image),
         "covered": ext.covered,
-        "budget": int(budget),
+        "budget": stop.cap,
+        "stop": stop.record(),
         "rows_added": int(len(ext.selected)),
         "rows": {"before": n_old, "after": n_old + int(len(ext.selected))},
         "stopped": ext.stopped,
-        "coverage_radius": {"before": radius, "after": max(radius, ext.radius_after)},
+        "coverage_radius": {"before": coverage, "after": max(coverage, ext.radius_after)},
         "new_patch_distance": {"max_before": ext.radius_before, "max_after": ext.radius_after},
         "calibration": {"before": _calibration_view(m["threshold"]), "after": _calibration_view(threshold),
                         "recalibrated": recalibrated, "method": how},

@@ -220,3 +220,25 @@ def test_sharded_selection_covers_almost_as_well_as_the_exact_one():
     r_random = min(covering_radius(x, rng.choice(len(x), k, replace=False)) for _ in range(3))
     assert r_sharded <= 1.1 * r_exact, (r_sharded, r_exact)
     assert r_sharded < 0.7 * r_random, (r_sharded, r_random)
+
+
+def test_greedy_selection_reports_the_largest_distance_left_as_its_radius():
+    """The radius a bank update stops at: every point within it of the selection, and the
+    official sampler's float64 loop leaves exactly that largest min-distance (its starting
+    distances, the mean to the random starts, lie far above it by then)."""
+    from patchcore.coreset import greedy_selection, merge_selection
+
+    x = clustered(3000, 64, seed=2, k=30)
+    xt = torch.from_numpy(x)
+    sel = greedy_selection(xt, 150, seed=0, device="cpu")
+    np.testing.assert_array_equal(sel.indices, greedy_select(xt, 150, seed=0, device="cpu"))
+    np.testing.assert_array_equal(sel.indices, official_sampler(x, 150, seed=0, dim=64))
+    assert sel.radius == pytest.approx(covering_radius(x, sel.indices), rel=1e-4)
+    # more rows, a smaller radius; every row kept: radius 0
+    assert greedy_selection(xt, 600, seed=0, device="cpu").radius < 0.9 * sel.radius
+    assert greedy_selection(xt, 3000, seed=0, device="cpu").radius == 0.0
+    # the final round over shards' selections: its radius covers the union it selected from
+    parts = [xt[:1500], xt[1500:]]
+    merged = merge_selection(parts, 100, seed=0, device="cpu")
+    np.testing.assert_array_equal(merged.indices, merge_shards(parts, 100, seed=0, device="cpu"))
+    assert merged.radius == pytest.approx(covering_radius(x, merged.indices), rel=1e-4)

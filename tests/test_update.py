@@ -184,9 +184,10 @@ def test_a_bundle_without_the_projection_is_refused_with_exit_3(tmp_path, parts)
 
 # ============================================================================ Done means (1)
 def test_update_teaches_a_new_colour_without_losing_defects(tmp_path, parts):
-    """The copper parts are all "ng" for the steel bundle; after teaching 8 of them, 10 others
-    pass, the steel test set ranks as before (image AUROC within 0.005) and no file of the
-    original bundle changed."""
+    """The copper parts are all "ng" for the steel bundle; after teaching 8 of them, at most 1 of
+    10 others is flagged, the steel test set ranks as before (image AUROC within 0.005) and no file
+    of the original bundle changed. The new patches are covered as well as the fit covered its own:
+    more rows than the coreset ratio of them would give (the earlier default)."""
     bundle, root = parts["bundle"], parts["root"]
     before_files = _file_digests(bundle)
     held_out = [read_image(p) for p, _ in _images(root / "copper" / "held_out")]
@@ -198,7 +199,7 @@ def test_update_teaches_a_new_colour_without_losing_defects(tmp_path, parts):
     result = update_bundle(bundle, _images(root / "copper" / "teach"), p0.embed, tmp_path / "v2")
     p1 = Predictor(tmp_path / "v2", device="cpu")
     copper = p1.predict(held_out)
-    assert not copper.verdicts.any(), (copper.image_scores, p1.threshold)
+    assert copper.verdicts.sum() <= 1, (copper.image_scores, p1.threshold)
     steel = p1.predict(test_images)
     auroc1 = image_auroc(labels, steel.image_scores)
     assert auroc1 >= auroc0 - 0.005
@@ -207,8 +208,12 @@ def test_update_teaches_a_new_colour_without_losing_defects(tmp_path, parts):
 
     e = result.entry
     n_patches = N_TEACH * 16 * 16
-    assert e["patches"] == n_patches and e["budget"] == int(0.1 * n_patches)
-    assert 0 < e["rows_added"] <= e["budget"] and e["covered"] < n_patches
+    fit_radius = p0.bundle.manifest["memory_bank"]["fit_radius"]
+    assert e["patches"] == n_patches and e["budget"] is None and e["stopped"] == "covered"
+    assert e["stop"] == {"rule": "fit-radius", "radius": fit_radius, "cap": None, "why": e["stop"]["why"]}
+    assert e["new_patch_distance"]["max_after"] <= fit_radius < e["new_patch_distance"]["max_before"]
+    assert e["rows_added"] > int(0.1 * n_patches) and e["covered"] < n_patches
+    assert read_bundle(tmp_path / "v2").manifest["memory_bank"]["fit_radius"] == fit_radius  # kept
     assert e["rows"] == {"before": p0.scorer.bank.shape[0], "after": p1.scorer.bank.shape[0]}
     assert sum(i["rows"] for i in e["images"]) == e["rows_added"]
     # the new rows are copper patches, appended in selection order after the old bank
@@ -260,7 +265,7 @@ def test_an_updated_bundle_loaded_and_saved_again_keeps_its_history(tmp_path, pa
     export_bundle(model, tmp_path / "again", fp16=False)
     new = read_bundle(tmp_path / "again")
     assert new.lineage == old.lineage and len(new.lineage) == 1
-    for key in ("rows", "coverage_radius", "projection_dim", "n_starts"):
+    for key in ("rows", "coverage_radius", "fit_radius", "projection_dim", "n_starts"):
         assert new.manifest["memory_bank"][key] == old.manifest["memory_bank"][key], key
     assert new.manifest["threshold"] == old.manifest["threshold"]
     assert np.array_equal(np.load(tmp_path / "again" / bundle_io.PROJECTION_FILE),
@@ -268,6 +273,83 @@ def test_an_updated_bundle_loaded_and_saved_again_keeps_its_history(tmp_path, pa
     # a fresh fit of the loaded model's config starts a new history
     refit = PatchCore(model.config).fit(sorted((parts["root"] / "train" / "good").glob("*.png"))[:6])
     assert refit.lineage == [] and "lineage" not in refit.manifest("x")
+
+
+def test_the_fit_records_its_greedy_radius_and_a_reload_reads_it_back(tmp_path, parts):
+    """memory_bank.fit_radius: the largest distance of a training patch to the bank, in the
+    projection the greedy ran in (= where update's continuation measures), when the fit's
+    selection stopped."""
+    model = parts["model"]
+    train = sorted((parts["root"] / "train" / "good").glob("*.png"))[:6]  # under 10: none held out
+    small = PatchCore(model.config).fit(train)
+    export_bundle(small, tmp_path / "b", fp16=False)
+    b = read_bundle(tmp_path / "b")
+    w = b.coreset_projection()
+    patches = small.embed_images([read_image(p) for p in train]).reshape(-1, small.embed_dim)
+    left = float(distances_to_bank(project(b.memory_bank(), w), project(patches, w)).max())
+    radius = b.manifest["memory_bank"]["fit_radius"]
+    assert radius == small.fit_radius == pytest.approx(left, rel=1e-3)
+    assert radius <= b.manifest["memory_bank"]["coverage_radius"] * 1.0001  # the last row's distance, or less
+    assert PatchCore.load(tmp_path / "b", device="cpu").fit_radius == radius
+    # the manifest check knows the field: a negative radius is a bad bundle
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    m["memory_bank"]["fit_radius"] = -1.0
+    with pytest.raises(BundleError, match="memory_bank.fit_radius"):
+        finalize_manifest(tmp_path / "b", {k: v for k, v in m.items() if k != bundle_io.DIGEST_FIELD}, list(m["files"]))
+
+
+def test_rows_added_follow_the_distance_of_the_new_patches_and_add_caps_them(tmp_path, parts):
+    """At the default, parts like the fitted ones add few rows, a new colour many; --add caps
+    the count (and says so in the lineage), the radius still stops a smaller selection."""
+    from runtime.line.cli import app
+
+    p0 = Predictor(parts["bundle"], device="cpu")
+    radius = p0.bundle.manifest["memory_bank"]["fit_radius"]
+    near = update_bundle(p0.bundle, _images(parts["root"] / "test" / "good")[:N_TEACH], p0.embed, tmp_path / "near")
+    far = update_bundle(p0.bundle, _images(parts["root"] / "copper" / "teach"), p0.embed, tmp_path / "far")
+    print(f"\nrows added at the fit radius {radius:.2f}: steel {near.entry['rows_added']}, "
+          f"copper {far.entry['rows_added']} (of {far.entry['patches']} patches each)")
+    assert near.entry["stopped"] == far.entry["stopped"] == "covered"
+    # measured: 64 and 347 rows of 2,048 patches (the 10% bank's ratio would give 204 to either)
+    assert near.entry["rows_added"] < 0.05 * near.entry["patches"]
+    assert far.entry["rows_added"] > 4 * max(1, near.entry["rows_added"])
+    r = CliRunner().invoke(app, ["update", str(parts["bundle"]), "--good", str(parts["root"] / "copper" / "teach"),
+                                 "--out", str(tmp_path / "capped"), "--add", "50", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    capped = json.loads(r.stdout.strip().splitlines()[-1])
+    assert capped["rows_added"] == 50 and capped["stopped"] == "budget"
+    # capped far short of the radius, the new parts stay far from the bank: the threshold rise warns
+    assert [w.split(" by ")[0] for w in capped["warnings"]] == ["the threshold rose"]
+    assert capped["stop"]["rule"] == "fit-radius" and capped["stop"]["cap"] == 50
+    assert "at most 50 rows (--add)" in capped["stop"]["why"]
+    assert read_bundle(tmp_path / "capped").memory_bank().shape[0] == len(p0.scorer.bank) + 50
+    # the first 50 rows the cap kept are the uncapped selection's first 50
+    np.testing.assert_array_equal(read_bundle(tmp_path / "capped").memory_bank()[-50:],
+                                  far.bundle.memory_bank()[len(p0.scorer.bank):][:50])
+
+
+def test_a_bundle_without_the_fit_radius_updates_with_the_row_budget_and_says_why(tmp_path, parts):
+    """A bundle exported before the fit radius was recorded: the coreset ratio of the new patches
+    as before, the reason in the lineage, a warning on stderr and in --json."""
+    from runtime.line.cli import app
+
+    old = tmp_path / "old"
+    shutil.copytree(parts["bundle"], old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["memory_bank"].pop("fit_radius")
+    finalize_manifest(old, {k: v for k, v in m.items() if k != bundle_io.DIGEST_FIELD}, list(m["files"]))
+    r = CliRunner().invoke(app, ["update", str(old), "--good", str(parts["root"] / "copper" / "teach"),
+                                 "--out", str(tmp_path / "new"), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    budget = int(0.1 * N_TEACH * 16 * 16)
+    entry = read_bundle(tmp_path / "new").lineage[-1]
+    assert entry["budget"] == budget and summary["rows_added"] == budget and summary["stopped"] == "budget"
+    assert entry["stop"]["rule"] == "row-budget" and entry["stop"]["radius"] == m["memory_bank"]["coverage_radius"]
+    assert "records no fit radius" in entry["stop"]["why"] and "Re-export" in entry["stop"]["why"]
+    assert summary["warnings"][0] == entry["stop"]["why"]
+    assert "records no fit radius" in " ".join(r.stderr.split())
+    assert "fit_radius" not in read_bundle(tmp_path / "new").manifest["memory_bank"]
 
 
 def test_a_bundle_fitted_with_its_own_projection_loads_with_it(tmp_path, parts):
@@ -404,3 +486,43 @@ def test_update_covers_old_and_new_like_a_fresh_fit_of_the_same_size(patch_sets,
           f"{p_fresh:.2f} (ratio {p_upd / p_fresh:.3f})")
     assert r_upd <= tolerance[0] * r_fresh
     assert p_upd <= tolerance[1] * p_fresh
+
+
+# ============================================================================ the demo at the default bank
+@pytest.mark.slow
+def test_the_demo_taught_a_colour_variant_at_the_default_bank(tmp_path):
+    """The demo's class (``patchcore synth``), the default preset (1% bank): 10 images of a colour
+    variant (red and green swapped) taught; at most 1 of the 10 held-out variant images is still
+    flagged and the test set's image AUROC is kept (within 0.005). benchmarks/update.py measures
+    more draws and the earlier row budget beside it."""
+    from patchcore.data import load_class
+    from patchcore.fit_options import preset_config
+    from patchcore.synthetic import make_synthetic_class
+
+    data = make_synthetic_class(tmp_path / "data")
+    model = PatchCore(preset_config("default", backbone="effnet-lite0", device="cpu")).fit(load_class(data).train)
+    assert model.config.coreset_ratio == 0.01
+    export_bundle(model, tmp_path / "bundle", fp16=False)
+
+    def green(path: Path) -> np.ndarray:
+        return np.ascontiguousarray(read_image(path)[..., [1, 0, 2]])
+
+    train = sorted((data / "train" / "good").glob("*.png"))
+    for i in np.random.default_rng(0).permutation(len(train))[:10]:
+        _write(tmp_path / "teach" / train[i].name, green(train[i]))
+    held_out = [green(f) for f in sorted((data / "test" / "good").glob("*.png"))]
+    test_images, labels = _test_set(data)
+    p0 = Predictor(tmp_path / "bundle", device="cpu")
+    assert p0.predict(held_out).verdicts.sum() == 10
+    auroc0 = image_auroc(labels, p0.predict(test_images).image_scores)
+    result = update_bundle(tmp_path / "bundle", _images(tmp_path / "teach"), p0.embed, tmp_path / "v2")
+    p1 = Predictor(tmp_path / "v2", device="cpu")
+    flagged = p1.predict(held_out)
+    auroc1 = image_auroc(labels, p1.predict(test_images).image_scores)
+    e = result.entry
+    print(f"\ndemo, 1% bank: +{e['rows_added']} rows ({e['stopped']}, {e['covered']} of {e['patches']} patches "
+          f"covered before); held-out variants flagged {int(flagged.verdicts.sum())} of 10; threshold "
+          f"{p0.threshold:.1f} -> {p1.threshold:.1f}; AUROC {auroc0:.4f} -> {auroc1:.4f}")
+    assert e["stop"]["rule"] == "fit-radius" and e["stopped"] == "covered"
+    assert flagged.verdicts.sum() <= 1, (flagged.image_scores, p1.threshold)
+    assert auroc1 >= auroc0 - 0.005

@@ -101,10 +101,15 @@ def describe_update(entry: dict[str, Any]) -> str:
     before, after = cal.get("before", {}), cal.get("after", {})
     thr = (f"threshold {_fmt(before.get('value'))} -> {_fmt(after.get('value'))}" if cal.get("recalibrated")
            else f"threshold kept at {_fmt(after.get('value'))} ({after.get('method') or 'none'})")
+    stop = entry.get("stop")  # absent in entries written before the stop rule was recorded
+    rule = ""
+    if stop:
+        cap = "" if stop.get("cap") is None else f", cap {stop['cap']} rows"
+        rule = f" ({stop.get('rule')}: radius {_fmt(stop.get('radius'))}{cap})"
     line = (f"{entry.get('created', '?')} {entry.get('tool', 'update')}: +{entry.get('rows_added')} rows "
             f"({rows.get('before')} -> {rows.get('after')}) from {len(entry.get('images', []))} images "
             f"({entry.get('patches')} patches, {entry.get('covered')} already covered, stopped: "
-            f"{entry.get('stopped')}); {thr}; parent {entry.get('parent')}")
+            f"{entry.get('stopped')}{rule}); {thr}; parent {entry.get('parent')}")
     if entry.get("graphs_dropped"):
         line += f"; dropped {', '.join(entry['graphs_dropped'])} (held the old bank: export again for them)"
     return line

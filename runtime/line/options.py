@@ -43,8 +43,9 @@ COMMANDS = "commands"
 UPDATE_GOOD = typer.Option(..., "--good", help="Folder (or file) of new good images; repeatable.")
 UPDATE_OUT = typer.Option(..., "--out", "-o", help="The new bundle's folder (must not exist; the original is never "
                           "modified).")
-UPDATE_ADD = typer.Option(None, "--add", min=0, help="Add at most this many bank rows (default: the bundle's coreset "
-                          "ratio applied to the new patches); fewer when the bank already covers them.")
+UPDATE_ADD = typer.Option(None, "--add", min=0, help="Add at most this many bank rows. Default: no cap; rows are added "
+                          "until every new patch lies within the fit's greedy radius of the bank (bundles that do not "
+                          "record it: the coreset ratio of the new patches, and a warning).")
 UPDATE_RECURSIVE = typer.Option(False, "--recursive", "-r", help="Also take images in sub-folders of --good folders.")
 UPDATE_JSON = typer.Option(False, "--json", help="Print the update's summary as one JSON object (default: the new "
                            "bundle's folder).")
