@@ -176,13 +176,27 @@ def non_negative_number(v: Any) -> str | None:
     return None if _is_number(v) and v >= 0 else "a finite number >= 0"
 
 
-# fields a manifest may carry (bank updates): checked when present
+def positive_number(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else "a finite number > 0"
+
+
+def unit_open(v: Any) -> str | None:
+    return None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)"
+
+
+# fields a manifest may carry (bank updates, calibration facts): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "features.aggregation": one_of("paper", "local-mean"),
     "memory_bank.projection_file": non_empty_str,
     "memory_bank.projection_dim": positive_int,
     "memory_bank.coverage_radius": non_negative_number,
     "threshold.calibration_scores": finite_list,
+    "threshold.n_images": non_negative_int,
+    "threshold.pixel_value": finite_number,
+    "threshold.pixel_quantile": unit_open,
+    "threshold.trust": obj,
+    "units": obj,
+    "units.mm_per_px": positive_number,
     "lineage": array,
 }
 
@@ -221,7 +235,17 @@ FIELD_DOCS: dict[str, str] = {
     "memory_bank.projection_file": "the coreset's random projection (`.npy`), for `update` without torch",
     "memory_bank.projection_dim": "dimensions of that projection",
     "memory_bank.coverage_radius": "the bank's covering radius in the projection (where `update` stops)",
-    "threshold.calibration_scores": "the held-out good images' scores behind the threshold",
+    "threshold.calibration_scores": "the good images' scores behind the threshold (out of fold, or held out)",
+    "threshold.n_images": "how many good images the threshold rests on (`method` oof-quantile: every training "
+                          "image, each scored against a bank of the other folds)",
+    "threshold.pixel_value": "the pixel threshold: anomaly-map level above which connected pixels form a defect "
+                             "region (a high quantile of good images' out-of-fold map values); bundles without it "
+                             "cut regions at `threshold.value`",
+    "threshold.pixel_quantile": "the quantile of good map values that gave `pixel_value`",
+    "threshold.trust": "how far the threshold can be trusted given `n_images` (`level` low / moderate / good, "
+                       "and why)",
+    "units": "physical units of the images",
+    "units.mm_per_px": "millimetres per original image pixel (`export --mm-per-px`): region areas in mm²",
     "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",
 }
 

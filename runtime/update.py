@@ -41,7 +41,10 @@ from .coreset_update import Extension, distances_to_bank, extend_coreset, projec
 from .errors import OutputError, UsageError
 from .fileio import check_output_folder, sha256_file
 from .images import read_image
+from .calibration import spread, trust
 from .postprocess import quantile_threshold
+
+QUANTILE_METHODS = ("holdout-quantile", "oof-quantile")  # thresholds an update recalibrates
 from .search import PatchScorer
 
 Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 images -> (B, P, D) float32
@@ -96,7 +99,7 @@ def requirements(bundle: Bundle) -> tuple[np.ndarray, float]:
     3) naming the missing fields for bundles written before updates existed."""
     mb, thr = bundle.manifest["memory_bank"], bundle.manifest["threshold"]
     missing = [f"memory_bank.{k}" for k in ("projection_file", "coverage_radius", "coreset_ratio") if k not in mb]
-    if thr.get("method") == "holdout-quantile" and "calibration_scores" not in thr:
+    if thr.get("method") in QUANTILE_METHODS and "calibration_scores" not in thr:
         missing.append("threshold.calibration_scores")
     if missing:
         raise BundleError(f"{bundle.root}: cannot be updated: its manifest lacks {', '.join(missing)} "
@@ -127,7 +130,7 @@ def embed_images(items: Sequence[tuple[Path, str]], embed: Embedder, batch_size:
 
 def recalibrates(threshold: dict[str, Any]) -> bool:
     """Whether an update recalibrates this threshold (a held-out quantile) or keeps it."""
-    return threshold.get("method") == "holdout-quantile" and threshold.get("value") is not None
+    return threshold.get("method") in QUANTILE_METHODS and threshold.get("value") is not None
 
 
 def recalibrate(threshold: dict[str, Any], new_scores: Sequence[float]) -> tuple[dict[str, Any], bool]:
@@ -136,7 +139,10 @@ def recalibrate(threshold: dict[str, Any], new_scores: Sequence[float]) -> tuple
         return dict(threshold), False
     scores = [float(s) for s in threshold["calibration_scores"]] + [float(s) for s in new_scores]
     value, scale = quantile_threshold(scores, threshold["quantile"])
-    return {**threshold, "value": value, "scale": scale, "n_images": len(scores), "calibration_scores": scores}, True
+    out = {**threshold, "value": value, "scale": scale, "n_images": len(scores), "calibration_scores": scores}
+    if "trust" in threshold:
+        out.update(spread=spread(scores), trust=trust(len(scores), threshold["quantile"]))
+    return out, True
 
 
 def _calibration_view(threshold: dict[str, Any]) -> dict[str, Any]:
