@@ -1,10 +1,13 @@
 """Out-of-fold scoring: every good training image scored against a memory bank that did not see it.
 
 The training images' patch embeddings are extracted once (:class:`~patchcore.streaming.EmbeddingStore`,
-on disk) and reused: for each of ``k`` folds (a fixed-seed split), a coreset is selected from the
-other folds' rows at the bundle's coreset ratio, and the fold's own images are scored against it
-(image scores and anomaly maps, through the same :func:`runtime.postprocess.finish` as every other
-score). What it gives is what good parts the bank has never seen score: the threshold's and the
+on disk) and reused. The ``k`` folds (a fixed-seed split) are the shards of the composable coreset
+(:mod:`patchcore.coreset`, what ``--shards`` uses): each fold selects its share once, and the bank
+that scores fold ``f`` is the final greedy round over the other folds' selections, at the bundle's
+coreset ratio (or bank size) of their patches. So the folds cost about ``2 / k`` of one exact
+selection instead of ``k`` selections over most of the rows. The fold's own images are then scored
+against it (image scores and anomaly maps, through the same :func:`runtime.postprocess.finish` as
+every other score). What it gives is what good parts the bank has never seen score: the threshold's and the
 pixel threshold's calibration set, and a held-out score for every image a recipe is chosen on.
 """
 
@@ -14,11 +17,13 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from runtime.geometry import TileLayout
 from runtime.postprocess import Prediction, finish
 from runtime.search import PatchScorer
 
+from .coreset import coreset_size, merge_shards
 from .streaming import EmbeddingStore
 
 DEFAULT_FOLDS = 5
@@ -39,7 +44,9 @@ class FoldFitter(Protocol):
 
     layout: TileLayout
 
-    def select_shard(self, batches, shard_images: int, total_images: int): ...
+    config: object  # PatchCoreConfig: coreset_ratio, bank_size, n_starts, seed, device
+
+    def select_shard(self, batches, shard_images: int, total_images: int, shards: int | None = None): ...
 
 
 @dataclass
@@ -68,18 +75,23 @@ def image_batches(store: EmbeddingStore, rows_per_image: int, images: Sequence[i
 def out_of_fold(model: FoldFitter, store: EmbeddingStore, n_images: int, k: int, seed: int, n_reweight: int,
                 blur_sigma: float, search_backend: str = "auto", device: str = "auto") -> OutOfFold:
     """Score every image of ``store`` (``n_images`` images, rows in image order) against a coreset
-    of the other folds' rows (selected by ``model.select_shard`` with the model's settings)."""
+    of the other folds' rows (each fold a shard of ``model.select_shard``, merged per fold)."""
     if n_images < 1 or store.rows % n_images:
         raise ValueError(f"{store.rows} stored rows are not {n_images} images' worth")
     rpi = store.rows // n_images
-    layout = model.layout
+    layout, cfg = model.layout, model.config
     folds = fold_split(n_images, k, seed)
+    shards = [model.select_shard(image_batches(store, rpi, held), len(held), n_images, shards=len(folds))
+              for held in folds]
     scores = np.empty(n_images, np.float64)
     maps: np.ndarray | None = None
     bank_rows = []
     for f, held in enumerate(folds):
-        rest = np.setdiff1d(np.arange(n_images), held)
-        bank = model.select_shard(image_batches(store, rpi, rest), len(rest), len(rest)).rows
+        rest = [shards[j] for j in range(len(folds)) if j != f]
+        n_select = coreset_size(sum(r.n_patches for r in rest), cfg.coreset_ratio,
+                                None if cfg.bank_size is None else round(cfg.bank_size * (n_images - len(held)) / n_images))
+        idx = merge_shards([torch.from_numpy(r.projected) for r in rest], n_select, cfg.n_starts, cfg.seed, cfg.device)
+        bank = np.concatenate([r.rows for r in rest])[idx]
         bank_rows.append(int(len(bank)))
         scorer = PatchScorer(bank, n_reweight=n_reweight, backend=search_backend, device=device)
         for s in range(0, len(held), 8):

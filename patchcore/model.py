@@ -339,9 +339,11 @@ class PatchCore:
                          "tiles": self.layout.n_tiles, **self._geometry_facts},
         }
 
-    def select_shard(self, batches: Iterable[np.ndarray], shard_images: int, total_images: int) -> ShardSelection:
+    def select_shard(self, batches: Iterable[np.ndarray], shard_images: int, total_images: int,
+                     shards: int | None = None) -> ShardSelection:
         """Spill ``batches`` of embedding rows to disk while projecting them, select the shard's
-        rows (the whole bank when there is one shard) and read them back."""
+        rows (the whole bank when there is one shard) and read them back. ``shards``: of how
+        many shards this is one (default: the config's)."""
         cfg = self.config
         t0 = time.perf_counter()
         with EmbeddingStore(cfg.work_dir) as store:
@@ -354,7 +356,7 @@ class PatchCore:
             x = projection.result()
             t1 = time.perf_counter()
             n_select = shard_budget(store.rows, shard_images, total_images, cfg.coreset_ratio, cfg.bank_size,
-                                    cfg.shards)
+                                    shards or cfg.shards)
             with self._coreset_progress("coreset", n_select) as progress:
                 idx = greedy_select(x, n_select, cfg.n_starts, cfg.seed, cfg.device, progress)
             rows = store.gather(idx)
