@@ -61,11 +61,13 @@ def image_threshold(scores, quantile: float, method: str, **facts: Any) -> dict[
 
 def pixel_threshold(maps: np.ndarray, quantile: float = DEFAULT_PIXEL_QUANTILE, seed: int = 0) -> dict[str, Any]:
     """The ``quantile`` of good images' anomaly-map values (an even subsample of at most
-    ``PIXEL_SAMPLE`` values): the level above which a map's pixels form regions."""
+    ``PIXEL_SAMPLE`` values): the level above which a map's pixels form regions; and their
+    median (``pixel_base``), from which a region's size is measured at half its peak's height."""
     values = np.asarray(maps, np.float32).ravel()
     if len(values) > PIXEL_SAMPLE:
         values = values[np.random.default_rng(seed).choice(len(values), PIXEL_SAMPLE, replace=False)]
-    return {"pixel_value": float(np.quantile(values, quantile)), "pixel_quantile": quantile}
+    return {"pixel_value": float(np.quantile(values, quantile)), "pixel_quantile": quantile,
+            "pixel_base": float(np.median(values))}
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,16 @@ class PixelLevel:
 
     value: float | None
     source: str
+    base: float | None = None  # good parts' typical map value (None: region sizes are their whole extent)
 
 
 def pixel_level(threshold: Mapping[str, Any]) -> PixelLevel:
     """The bundle's pixel threshold; a bundle without one uses its image threshold, with the reason."""
     if threshold.get("pixel_value") is not None:
+        base = threshold.get("pixel_base")
         return PixelLevel(float(threshold["pixel_value"]),
                           f"pixel threshold: the {threshold.get('pixel_quantile')} quantile of good images' map values "
-                          f"({threshold.get('method', '?')})")
+                          f"({threshold.get('method', '?')})", None if base is None else float(base))
     if threshold.get("value") is not None:
         return PixelLevel(float(threshold["value"]), "no pixel threshold in this bundle (exported before they "
                                                      "existed): regions are cut at the image threshold; re-export "

@@ -194,6 +194,7 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "threshold.n_images": non_negative_int,
     "threshold.pixel_value": finite_number,
     "threshold.pixel_quantile": unit_open,
+    "threshold.pixel_base": finite_number,
     "threshold.trust": obj,
     "units": obj,
     "units.mm_per_px": positive_number,
@@ -242,6 +243,8 @@ FIELD_DOCS: dict[str, str] = {
                              "region (a high quantile of good images' out-of-fold map values); bundles without it "
                              "cut regions at `threshold.value`",
     "threshold.pixel_quantile": "the quantile of good map values that gave `pixel_value`",
+    "threshold.pixel_base": "the median of good images' map values: a region's `area_px` counts its pixels at or "
+                            "above half its peak's height over this level",
     "threshold.trust": "how far the threshold can be trusted given `n_images` (`level` low / moderate / good, "
                        "and why)",
     "units": "physical units of the images",
