@@ -58,7 +58,7 @@ def export_cmd(
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
-                                             "F1-optimal threshold instead of the held-out quantile"),
+                                             "F1-optimal threshold instead of the out-of-fold quantile"),
     scoring_graph: bool = typer.Option(False, "--scoring-graph", help="also export scores_* graphs (search in ONNX)"),
     bank_dtype: str = typer.Option("float32", "--bank-dtype", help="float32 | float16 memory bank"),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="also build TensorRT engines (skipped without a GPU)"),

@@ -4,7 +4,7 @@
 1. The new images are embedded by the caller's ``embed`` and the memory bank is extended by
    continuing the greedy coreset (:mod:`runtime.coreset_update`): at most ``add`` rows (default:
    the bundle's coreset ratio applied to the new patches), fewer when the bank covers them.
-2. Threshold, for bundles calibrated by the held-out quantile: the same quantile over the
+2. Threshold, for bundles calibrated by a quantile (held out, or out of fold): the same quantile over the
    parent's calibration scores (as the parent's bank scored them: those images are not kept)
    together with a held-out score of every new image, by cross-validation (the update repeated
    without the image's fold, which then scores it). A handful of new images thus all teach the
@@ -129,7 +129,7 @@ def embed_images(items: Sequence[tuple[Path, str]], embed: Embedder, batch_size:
 
 
 def recalibrates(threshold: dict[str, Any]) -> bool:
-    """Whether an update recalibrates this threshold (a held-out quantile) or keeps it."""
+    """Whether an update recalibrates this threshold (a held-out or out-of-fold quantile) or keeps it."""
     return threshold.get("method") in QUANTILE_METHODS and threshold.get("value") is not None
 
 
@@ -232,7 +232,7 @@ def lineage_entry(parent: Bundle, images: Sequence[tuple[Path, str]], patches_pe
     rows_from = np.bincount(ext.selected // patches_per_image, minlength=len(images))
     n_old = m["memory_bank"]["rows"]
     how = (f"parent's calibration scores + the new images' held-out scores ({min(len(images), FOLDS)}-fold)"
-           if recalibrated else "kept (the parent's threshold is not a held-out quantile)")
+           if recalibrated else "kept (the parent's threshold is not a quantile of good scores)")
     return {
         "parent": parent.bundle_id,
         "parent_manifest_sha256": m.get(DIGEST_FIELD),
