@@ -100,7 +100,7 @@ def run_group(cls: str, aggregation: str, dims: str, budget: int, done: set, log
     ds = load_class(class_folder(cls))
     paths = sorted(ds.train)[:: TRAIN_STEP.get(cls, 1)]
     model.set_preprocess(model.resolve_geometry(image_sizes(paths)))
-    n_hold = max(5, int(round(len(paths) * cfg.holdout)))  # the split PatchCore.fit makes with seed 0
+    n_hold = max(5, int(round(len(paths) * cfg.holdout)))  # the split PatchCore.fit makes with --calibration holdout, seed 0
     perm = np.random.default_rng(0).permutation(len(paths))
     fit_paths = [paths[i] for i in sorted(perm[n_hold:])]
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ progress, warnings and errors go to stderr; exit codes are the shared table of
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,7 @@ from patchcore import fit_options as opt
 from patchcore.cli import DEPRECATED as FIT_DEPRECATED
 from patchcore.cli import PROG, app
 from runtime.engines import DeviceUnavailableError
+from runtime.errors import UsageError
 from runtime.fileio import check_output_folder
 from runtime.line.console import known_errors
 from runtime.line.options import COMMANDS, EXIT_CODES_HELP, run
@@ -50,10 +52,13 @@ def export_cmd(
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
+    calibration: str = opt.CALIBRATION, folds: int = opt.FOLDS,
+    mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="millimetres per original image pixel, "
+                                              "recorded in the bundle: the runtime then gives region areas in mm²"),
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
-                                             "F1-optimal threshold instead of the held-out quantile"),
+                                             "F1-optimal threshold instead of the out-of-fold quantile"),
     scoring_graph: bool = typer.Option(False, "--scoring-graph", help="also export scores_* graphs (search in ONNX)"),
     bank_dtype: str = typer.Option("float32", "--bank-dtype", help="float32 | float16 memory bank"),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="also build TensorRT engines (skipped without a GPU)"),
@@ -73,9 +78,12 @@ def export_cmd(
         cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                              batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                              bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
+                             calibration=calibration, folds=folds)
+        if mm_per_px is not None and not (mm_per_px > 0 and math.isfinite(mm_per_px)):
+            raise UsageError(f"--mm-per-px must be a finite number > 0, got {mm_per_px}")
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
-                            tensorrt, calibrate, reuse)
+                            tensorrt, calibrate, reuse, mm_per_px=mm_per_px)
         if int8:
             from .quantize import Int8Settings
 

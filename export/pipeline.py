@@ -44,6 +44,7 @@ class ExportRequest:
     calibrate: Path | None = None
     reuse: bool = False
     int8: Any = None  # export.quantize.Int8Settings: also write features_int8
+    mm_per_px: float | None = None  # recorded as units.mm_per_px: region areas in mm² at runtime
 
 
 @dataclass
@@ -157,7 +158,8 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
             f"float layers: {req.int8.keep_float})")
     bundle = export_bundle(model, req.out, name=req.name, fp16=req.fp16, scoring=req.scoring_graph,
                            bank_dtype=req.bank_dtype, int8_calibration=calibration, int8_settings=req.int8,
-                           extra={"export": {"settings": settings, "tool": "patchcore export"}})
+                           extra={"export": {"settings": settings, "tool": "patchcore export"},
+                                  **({"units": {"mm_per_px": req.mm_per_px}} if req.mm_per_px else {})})
     if req.int8 is not None:  # measured parity of the reduced variants (int8, and bf16 where OpenVINO runs)
         from .reduced_check import check_images, measure_reduced, record_reduced
 

@@ -19,7 +19,12 @@ LAYERS = typer.Option(None, "--layers", help="comma-separated feature layers (de
 SEED = typer.Option(0, "--seed", help="seed of the coreset, the hold-out split and random weights")
 N_REWEIGHT = typer.Option(None, "--n-reweight", min=0, help="eq. 7 reweighting neighbours (0 = off; default: the "
                           "preset's)")
-HOLDOUT = typer.Option(0.1, "--holdout", help="fraction of good training images kept for the threshold")
+HOLDOUT = typer.Option(0.1, "--holdout", help="with --calibration holdout: fraction of good training images kept "
+                       "for the threshold; 0: no threshold (no verdicts) with either calibration")
+CALIBRATION = typer.Option("oof", "--calibration", help="how the threshold is calibrated: oof (every good training "
+                           "image scored against a bank of the other folds; also calibrates the pixel threshold) | "
+                           "holdout (the --holdout share of the images, kept out of the bank)")
+FOLDS = typer.Option(5, "--folds", min=2, help="--calibration oof: folds of the good training images")
 RESIZE = typer.Option(None, "--resize", help="override the paper recipe's resize (shorter side; implies --geometry "
                       "paper unless crop is given)")
 CROP = typer.Option(None, "--crop", help="override the paper recipe's center crop (implies --geometry paper)")
@@ -112,7 +117,7 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                tile_scale: Optional[float] = None, bank_size: Optional[int] = None, shards: int = 1,
                work_dir: Optional[Path] = None, *, aggregation: Optional[str] = None,
                max_pixels_in: Optional[int] = None, upsample: bool = False, roi: Optional[str] = None,
-               preset: str = "default"):
+               preset: str = "default", calibration: str = "oof", folds: int = 5):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above, unset ones from
     ``preset`` (a ValueError, exit 2, names a bad value or an impossible combination)."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
@@ -127,4 +132,5 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                            batch_size=batch_size, target_dim=v["target_dim"], geometry=v["geometry"],
                            input_size=input_size, tile=tile,
                            tile_overlap=tile_overlap, tile_scale=tile_scale, bank_size=bank_size, shards=shards,
-                           work_dir=str(work_dir) if work_dir is not None else None)
+                           work_dir=str(work_dir) if work_dir is not None else None, calibration=calibration,
+                           folds=folds)

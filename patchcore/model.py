@@ -20,11 +20,12 @@ import torch
 
 import runtime
 from runtime import bundle as bundle_io
+from runtime.calibration import DEFAULT_PIXEL_QUANTILE, image_threshold, pixel_threshold
 from runtime.coreset_update import project, selection_radius
 from runtime.fileio import sha256_file
 from runtime.geometry import TileLayout
 from runtime.images import read_image
-from runtime.postprocess import Prediction, finish, quantile_threshold
+from runtime.postprocess import Prediction, finish, robust_scale
 from runtime.preprocess import PreprocessSpec, prepare, stack_inputs
 from runtime.search import PatchScorer
 
@@ -32,10 +33,13 @@ from . import input_geometry
 from .backbones import create_trunk
 from .coreset import coreset_size, greedy_selection, merge_selection, projection_matrix, shard_budget, shard_members
 from .device import torch_device
+from .folds import DEFAULT_FOLDS, MIN_IMAGES, image_batches, out_of_fold
 from .features import AGGREGATIONS, PatchFeatureModel, make_aggregator
 from .metrics import f1_max
 from .progress import progress_bar
 from .streaming import EmbeddingStore, StreamingProjection
+
+CALIBRATIONS = ("oof", "holdout")
 
 
 @dataclass
@@ -55,8 +59,11 @@ class PatchCoreConfig:
     n_reweight: int = 3
     blur_sigma: float = 4.0
     batch_size: int = 8  # network inputs per forward pass (an image, or one tile)
-    holdout: float = 0.1  # fraction of good training images held out to calibrate the threshold
+    holdout: float = 0.1  # holdout calibration: fraction of good images held out; 0: no threshold at all
     threshold_quantile: float = 0.99
+    calibration: str = "oof"  # oof: every training image scored out of fold | holdout (see patchcore.folds)
+    folds: int = DEFAULT_FOLDS  # oof: folds of the training images
+    pixel_quantile: float = DEFAULT_PIXEL_QUANTILE  # oof: quantile of good maps' values = the pixel threshold
     resize: int | None = None  # override the paper recipe's sizes (implies geometry "paper")
     crop: int | None = None
     geometry: str | None = None  # paper | auto | crop | resize | pad (patchcore.input_geometry); None: default
@@ -79,6 +86,10 @@ class PatchCoreConfig:
             (self.shards >= 1, f"shards must be >= 1, got {self.shards}"),
             (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
             (0 < self.threshold_quantile <= 1, f"threshold quantile must be in (0, 1], got {self.threshold_quantile}"),
+            (self.calibration in CALIBRATIONS,
+             f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}"),
+            (self.folds >= 2, f"--folds must be >= 2, got {self.folds}"),
+            (0 < self.pixel_quantile < 1, f"pixel quantile must be in (0, 1), got {self.pixel_quantile}"),
             (self.n_reweight == 0 or self.n_reweight >= 2, "n_reweight must be 0 (off) or >= 2"),
             (self.aggregation in AGGREGATIONS,
              f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"),
@@ -254,28 +265,56 @@ class PatchCore:
         paths = sorted(Path(p) for p in train_paths)
         if not paths:
             raise ValueError("no training images")
-        geometry = {}
+        self._geometry_facts = {}
         if self.preprocess is None:  # picked from the training images (auto, or tiles at their resolution)
             sizes = input_geometry.image_sizes(paths)
             self.set_preprocess(self.resolve_geometry(sizes))
-            geometry = {"from_images": len(paths), "median_hw": list(input_geometry.median_size(sizes))}
+            self._geometry_facts = {"from_images": len(paths), "median_hw": list(input_geometry.median_size(sizes))}
         holdout: list[Path] = []
-        if cfg.holdout > 0 and len(paths) >= 10:
+        if cfg.calibration == "holdout" and cfg.holdout > 0 and len(paths) >= 10:
             # at least 5 held-out images, or the quantile is one image's score and scale collapses
             n_hold = max(5, int(round(len(paths) * cfg.holdout)))
             perm = np.random.default_rng(cfg.seed).permutation(len(paths))
             holdout = [paths[i] for i in sorted(perm[:n_hold])]
             paths = [paths[i] for i in sorted(perm[n_hold:])]
-        t0 = time.perf_counter()
+        oof = cfg.calibration == "oof" and cfg.holdout > 0 and len(paths) >= MIN_IMAGES
+        if oof and cfg.shards == 1 and executor is None:  # features once: the bank and the folds share them
+            with EmbeddingStore(cfg.work_dir) as store:
+                t0 = time.perf_counter()
+                for rows in self.embedded_batches(paths):
+                    store.append(rows)
+                embed_s = time.perf_counter() - t0
+                shard = self.select_shard(image_batches(store, store.rows // len(paths), range(len(paths))),
+                                          len(paths), len(paths))
+                shard.feature_seconds += embed_s
+                self._fit_bank(paths, [shard])
+                self.calibrate_out_of_fold(store, len(paths))
+            return self
+        self._fit_bank(paths, self._select(paths, executor))
+        if holdout:
+            self.calibrate_holdout(holdout)
+        elif oof:  # sharded or elsewhere: the folds embed the images once more
+            with EmbeddingStore(cfg.work_dir) as store:
+                for rows in self.embedded_batches(paths, "features (folds)"):
+                    store.append(rows)
+                self.calibrate_out_of_fold(store, len(paths))
+        return self
+
+    def _select(self, paths: list[Path], executor: FitExecutor | None) -> list[ShardSelection]:
+        """Each shard's selection (one shard: the whole bank), here or by ``executor``."""
+        cfg = self.config
         groups = [[paths[i] for i in m] for m in shard_members(len(paths), cfg.shards)]
         if len(groups) == 1:
             batches = executor.embedded_batches(paths) if executor else self.embedded_batches(paths)
-            shards = [self.select_shard(batches, len(paths), len(paths))]
-        elif executor is not None:
-            shards = executor.select_shards(groups, len(paths))
-        else:
-            shards = [self.select_shard(self.embedded_batches(g, f"shard {j + 1}/{len(groups)}"), len(g), len(paths))
-                      for j, g in enumerate(groups)]
+            return [self.select_shard(batches, len(paths), len(paths))]
+        if executor is not None:
+            return executor.select_shards(groups, len(paths))
+        return [self.select_shard(self.embedded_batches(g, f"shard {j + 1}/{len(groups)}"), len(g), len(paths))
+                for j, g in enumerate(groups)]
+
+    def _fit_bank(self, paths: list[Path], shards: list[ShardSelection]) -> None:
+        """The bank from the shards' selections (merged when several), and the fit's facts."""
+        cfg = self.config
         t1 = time.perf_counter()
         n_patches = sum(r.n_patches for r in shards)
         if len(shards) == 1:
@@ -289,24 +328,25 @@ class PatchCore:
         t2 = time.perf_counter()
         self.set_bank(bank)
         self.lineage, self.coverage_radius, self.fit_radius = [], None, radius
+        feature_s = sum(r.feature_seconds for r in shards)
+        coreset_s = sum(r.coreset_seconds for r in shards) + (t2 - t1)
         self.fit_info = {
             "n_train": len(paths),
             "n_patches": int(n_patches),
-            "feature_seconds": round(sum(r.feature_seconds for r in shards), 3),
-            "coreset_seconds": round(sum(r.coreset_seconds for r in shards) + (t2 - t1), 3),
+            "feature_seconds": round(feature_s, 3),
+            "coreset_seconds": round(coreset_s, 3),
             "shards": len(shards),
-            "fit_wall_seconds": round(t2 - t0, 3),
+            "fit_wall_seconds": round(feature_s + coreset_s, 3),
             "spilled_bytes": int(max(r.spilled_bytes for r in shards)),
             "geometry": {"options": _jsonable(cfg.geometry_options()), "picked": input_geometry.describe(self.preprocess),
-                         "tiles": self.layout.n_tiles, **geometry},
+                         "tiles": self.layout.n_tiles, **self._geometry_facts},
         }
-        if holdout:
-            self.calibrate_holdout(holdout)
-        return self
 
-    def select_shard(self, batches: Iterable[np.ndarray], shard_images: int, total_images: int) -> ShardSelection:
+    def select_shard(self, batches: Iterable[np.ndarray], shard_images: int, total_images: int,
+                     shards: int | None = None) -> ShardSelection:
         """Spill ``batches`` of embedding rows to disk while projecting them, select the shard's
-        rows (the whole bank when there is one shard) and read them back."""
+        rows (the whole bank when there is one shard) and read them back. ``shards``: of how
+        many shards this is one (default: the config's)."""
         cfg = self.config
         t0 = time.perf_counter()
         with EmbeddingStore(cfg.work_dir) as store:
@@ -319,7 +359,7 @@ class PatchCore:
             x = projection.result()
             t1 = time.perf_counter()
             n_select = shard_budget(store.rows, shard_images, total_images, cfg.coreset_ratio, cfg.bank_size,
-                                    cfg.shards)
+                                    shards or cfg.shards)
             with self._coreset_progress("coreset", n_select) as progress:
                 idx, radius = greedy_selection(x, n_select, cfg.n_starts, cfg.seed, cfg.device, progress)
             rows = store.gather(idx)
@@ -346,23 +386,31 @@ class PatchCore:
 
     # ------------------------------------------------------------------ calibration
     def calibrate_holdout(self, paths: Sequence[Path]) -> None:
-        """Threshold = the ``threshold_quantile`` of held-out good images' scores; scale = its
-        distance to their median (normalised score 0 at the median, 0.5 at the threshold)."""
+        """Threshold = the ``threshold_quantile`` of held-out good images' scores; scale = their
+        robust spread (:func:`runtime.postprocess.robust_scale`)."""
         scores = self.predict_paths(paths).image_scores
-        self.threshold, self.scale = quantile_threshold(scores, self.config.threshold_quantile)
-        self.fit_info["calibration"] = {
-            "method": "holdout-quantile",
-            "quantile": self.config.threshold_quantile,
-            "n_images": len(paths),
-            # what a bank update recalibrates from (the held-out images themselves are not kept)
-            "calibration_scores": [float(s) for s in scores],
-        }
+        section = image_threshold(scores, self.config.threshold_quantile, "holdout-quantile")
+        self.threshold, self.scale = section.pop("value"), section.pop("scale")
+        self.fit_info["calibration"] = section
+
+    def calibrate_out_of_fold(self, store: EmbeddingStore, n_images: int) -> None:
+        """Threshold and pixel threshold from every training image scored out of fold
+        (:mod:`patchcore.folds`; ``store`` holds their embeddings, image after image)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        oof = out_of_fold(self, store, n_images, cfg.folds, cfg.seed, cfg.n_reweight, cfg.blur_sigma,
+                          cfg.search_backend, cfg.device)
+        section = image_threshold(oof.image_scores, cfg.threshold_quantile, "oof-quantile", folds=len(oof.folds),
+                                  fold_bank_rows=oof.bank_rows, **pixel_threshold(oof.maps, cfg.pixel_quantile))
+        section["seconds"] = round(time.perf_counter() - t0, 3)
+        self.threshold, self.scale = section.pop("value"), section.pop("scale")
+        self.fit_info["calibration"] = section
 
     def calibrate_f1(self, labels: np.ndarray, scores: np.ndarray) -> None:
         f1, thr = f1_max(labels, scores)
         good = scores[labels == 0]
         self.threshold = float(thr)
-        self.scale = max(float(thr) - float(np.median(good)), 1e-12) if len(good) else 1.0
+        self.scale = robust_scale(float(thr), good) if len(good) else 1.0
         self.fit_info["calibration"] = {"method": "f1-max", "f1": float(f1), "n_images": int(len(labels))}
 
     # ------------------------------------------------------------------ predict

@@ -176,7 +176,15 @@ def non_negative_number(v: Any) -> str | None:
     return None if _is_number(v) and v >= 0 else "a finite number >= 0"
 
 
-# fields a manifest may carry (bank updates): checked when present
+def positive_number(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else "a finite number > 0"
+
+
+def unit_open(v: Any) -> str | None:
+    return None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)"
+
+
+# fields a manifest may carry (bank updates, calibration facts): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "features.aggregation": one_of("paper", "local-mean"),
     "memory_bank.projection_file": non_empty_str,
@@ -184,6 +192,13 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "memory_bank.coverage_radius": non_negative_number,
     "memory_bank.fit_radius": non_negative_number,
     "threshold.calibration_scores": finite_list,
+    "threshold.n_images": non_negative_int,
+    "threshold.pixel_value": finite_number,
+    "threshold.pixel_quantile": unit_open,
+    "threshold.pixel_base": finite_number,
+    "threshold.trust": obj,
+    "units": obj,
+    "units.mm_per_px": positive_number,
     "lineage": array,
 }
 
@@ -226,7 +241,19 @@ FIELD_DOCS: dict[str, str] = {
     "memory_bank.fit_radius": "the fit's greedy radius: the largest distance of a training patch to the bank (in the "
                               "projection) when the coreset selection stopped; `update` adds new patches until each "
                               "lies this close to the bank (kept through updates)",
-    "threshold.calibration_scores": "the held-out good images' scores behind the threshold",
+    "threshold.calibration_scores": "the good images' scores behind the threshold (out of fold, or held out)",
+    "threshold.n_images": "how many good images the threshold rests on (`method` oof-quantile: every training "
+                          "image, each scored against a bank of the other folds)",
+    "threshold.pixel_value": "the pixel threshold: anomaly-map level above which connected pixels form a defect "
+                             "region (a high quantile of good images' out-of-fold map values); bundles without it "
+                             "cut regions at `threshold.value`",
+    "threshold.pixel_quantile": "the quantile of good map values that gave `pixel_value`",
+    "threshold.pixel_base": "the median of good images' map values: a region's `area_px` counts its pixels at or "
+                            "above half its peak's height over this level",
+    "threshold.trust": "how far the threshold can be trusted given `n_images` (`level` low / moderate / good, "
+                       "and why)",
+    "units": "physical units of the images",
+    "units.mm_per_px": "millimetres per original image pixel (`export --mm-per-px`): region areas in mm²",
     "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",
 }
 

@@ -56,12 +56,28 @@ def normalise_scores(scores: np.ndarray, threshold: float, scale: float) -> np.n
     return np.clip(0.5 + (np.asarray(scores, np.float64) - threshold) / (2.0 * scale), 0.0, 1.0)
 
 
+SCALE_FLOOR = 0.05  # the normalising scale is at least this fraction of the threshold's magnitude
+MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
+
+
+def robust_scale(threshold: float, good_scores) -> float:
+    """The score spread that maps scores to normalised scores: the larger of the threshold's
+    distance to the good scores' median and three robust standard deviations (MAD), and never
+    below ``SCALE_FLOOR`` of the threshold, so that a few tightly packed calibration scores cannot
+    make every normalised score 0 or 1."""
+    scores = np.asarray(good_scores, np.float64)
+    median = float(np.median(scores)) if len(scores) else threshold
+    mad = float(np.median(np.abs(scores - median))) if len(scores) else 0.0
+    return max(threshold - median, 3.0 * MAD_TO_SIGMA * mad, SCALE_FLOOR * abs(threshold), 1e-12)
+
+
 def quantile_threshold(good_scores, quantile: float) -> tuple[float, float]:
-    """Threshold and scale from good images' scores: the ``quantile`` of the scores, and its
-    distance to their median (normalised score 0 at the median, 0.5 at the threshold)."""
+    """Threshold and scale from good images' scores: the ``quantile`` of the scores, and the
+    robust spread of :func:`robust_scale` (normalised score 0 at the median or below, 0.5 at
+    the threshold)."""
     scores = np.asarray(good_scores, np.float64)
     threshold = float(np.quantile(scores, quantile))
-    return threshold, max(threshold - float(np.median(scores)), 1e-12)
+    return threshold, robust_scale(threshold, scores)
 
 
 @dataclass

@@ -7,7 +7,7 @@
    covered as well as the fit covered its own), at most ``add`` rows when given. A bundle that
    does not record that radius (exported before it was) keeps the earlier rule, and says so: at
    most the bundle's coreset ratio of the new patches, stopping at its covering radius.
-2. Threshold, for bundles calibrated by the held-out quantile: the same quantile over the
+2. Threshold, for bundles calibrated by a quantile (held out, or out of fold): the same quantile over the
    parent's calibration scores (as the parent's bank scored them: those images are not kept)
    together with a held-out score of every new image, by cross-validation (the update repeated
    without the image's fold, which then scores it). A handful of new images thus all teach the
@@ -44,7 +44,10 @@ from .coreset_update import Extension, distances_to_bank, extend_coreset, projec
 from .errors import OutputError, UsageError
 from .fileio import check_output_folder, sha256_file
 from .images import read_image
+from .calibration import spread, trust
 from .postprocess import quantile_threshold
+
+QUANTILE_METHODS = ("holdout-quantile", "oof-quantile")  # thresholds an update recalibrates
 from .search import PatchScorer
 
 Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 images -> (B, P, D) float32
@@ -101,7 +104,7 @@ def requirements(bundle: Bundle) -> tuple[np.ndarray, float]:
     3) naming the missing fields for bundles written before updates existed."""
     mb, thr = bundle.manifest["memory_bank"], bundle.manifest["threshold"]
     missing = [f"memory_bank.{k}" for k in ("projection_file", "coverage_radius", "coreset_ratio") if k not in mb]
-    if thr.get("method") == "holdout-quantile" and "calibration_scores" not in thr:
+    if thr.get("method") in QUANTILE_METHODS and "calibration_scores" not in thr:
         missing.append("threshold.calibration_scores")
     if missing:
         raise BundleError(f"{bundle.root}: cannot be updated: its manifest lacks {', '.join(missing)} "
@@ -167,8 +170,8 @@ def embed_images(items: Sequence[tuple[Path, str]], embed: Embedder, batch_size:
 
 
 def recalibrates(threshold: dict[str, Any]) -> bool:
-    """Whether an update recalibrates this threshold (a held-out quantile) or keeps it."""
-    return threshold.get("method") == "holdout-quantile" and threshold.get("value") is not None
+    """Whether an update recalibrates this threshold (a held-out or out-of-fold quantile) or keeps it."""
+    return threshold.get("method") in QUANTILE_METHODS and threshold.get("value") is not None
 
 
 def recalibrate(threshold: dict[str, Any], new_scores: Sequence[float]) -> tuple[dict[str, Any], bool]:
@@ -177,7 +180,10 @@ def recalibrate(threshold: dict[str, Any], new_scores: Sequence[float]) -> tuple
         return dict(threshold), False
     scores = [float(s) for s in threshold["calibration_scores"]] + [float(s) for s in new_scores]
     value, scale = quantile_threshold(scores, threshold["quantile"])
-    return {**threshold, "value": value, "scale": scale, "n_images": len(scores), "calibration_scores": scores}, True
+    out = {**threshold, "value": value, "scale": scale, "n_images": len(scores), "calibration_scores": scores}
+    if "trust" in threshold:
+        out.update(spread=spread(scores), trust=trust(len(scores), threshold["quantile"]))
+    return out, True
 
 
 def _calibration_view(threshold: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +274,7 @@ def lineage_entry(parent: Bundle, images: Sequence[tuple[Path, str]], patches_pe
     rows_from = np.bincount(ext.selected // patches_per_image, minlength=len(images))
     n_old = m["memory_bank"]["rows"]
     how = (f"parent's calibration scores + the new images' held-out scores ({min(len(images), FOLDS)}-fold)"
-           if recalibrated else "kept (the parent's threshold is not a held-out quantile)")
+           if recalibrated else "kept (the parent's threshold is not a quantile of good scores)")
     return {
         "parent": parent.bundle_id,
         "parent_manifest_sha256": m.get(DIGEST_FIELD),

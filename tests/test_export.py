@@ -180,7 +180,7 @@ def test_cli_bundle_then_reuse(data, tmp_path):
     assert (out / "memory_bank.npy").read_bytes() == bank
     assert second["threshold"] == first["threshold"]
     m = read_bundle(out).manifest
-    assert m["threshold"]["method"] == "holdout-quantile"  # carried over from the first fit
+    assert m["threshold"]["method"] == "oof-quantile"  # carried over from the first fit
     res, third = _bundle(runner, *[a if a != "0.05" else "0.1" for a in common], "--reuse", "--no-fp16")
     assert res.exit_code == 0 and third["reused"] is False
     assert "coreset_ratio" in res.stderr

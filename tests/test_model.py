@@ -16,6 +16,7 @@ from patchcore.data import load_class  # noqa: E402
 from patchcore.model import PatchCore, PatchCoreConfig  # noqa: E402
 from patchcore.synthetic import make_synthetic_class  # noqa: E402
 from runtime.images import read_image  # noqa: E402
+from runtime.postprocess import robust_scale  # noqa: E402
 from runtime.search import PatchScorer  # noqa: E402
 
 SIDE = 96
@@ -29,7 +30,8 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(dataset):
-    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, resize=SIDE, crop=SIDE, device="cpu")
+    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, resize=SIDE, crop=SIDE, device="cpu",
+                          calibration="holdout")
     return PatchCore(cfg).fit(dataset.train)
 
 
@@ -55,7 +57,8 @@ def test_fit_bank_and_holdout(model, dataset):
     scores = model.predict([read_image(p) for p in held]).image_scores
     assert model.fit_info["calibration"]["n_images"] == 5
     assert model.threshold == pytest.approx(np.quantile(scores, 0.99), rel=1e-9)
-    assert model.scale == pytest.approx(np.quantile(scores, 0.99) - np.median(scores), rel=1e-9)
+    assert model.scale == pytest.approx(robust_scale(model.threshold, scores), rel=1e-9)
+    assert model.scale >= max(np.quantile(scores, 0.99) - np.median(scores), 0.05 * model.threshold)
 
 
 def test_predict_shapes_and_scores_follow_the_scorer(model, dataset):
@@ -121,12 +124,15 @@ def test_calibrate_holdout_sets_quantile(dataset):
     scores = m.predict_paths(hold).image_scores
     m.calibrate_holdout(hold)
     assert m.threshold == pytest.approx(float(np.quantile(scores, 0.9)), rel=1e-12)
-    assert m.scale == pytest.approx(m.threshold - float(np.median(scores)), rel=1e-12)
-    assert m.fit_info["calibration"] == {"method": "holdout-quantile", "quantile": 0.9, "n_images": len(hold),
-                                         "calibration_scores": scores.tolist()}  # what a bank update builds on
+    assert m.scale == pytest.approx(robust_scale(m.threshold, scores), rel=1e-12)
+    cal = m.fit_info["calibration"]
+    assert {k: cal[k] for k in ("method", "quantile", "n_images", "calibration_scores")} == {
+        "method": "holdout-quantile", "quantile": 0.9, "n_images": len(hold),
+        "calibration_scores": scores.tolist()}  # what a bank update builds on
+    assert cal["trust"]["level"] == "low"  # 5 images cannot resolve a 0.9 quantile
     assert len(hold) == 5
     norm = m.predict_paths(hold).normalised
-    np.testing.assert_allclose(np.median(norm), 0.0, atol=1e-9)  # median at 0, threshold at 0.5
+    assert np.median(norm) <= 0.5 - (m.threshold - np.median(scores)) / (2 * m.scale) + 1e-9  # threshold at 0.5
     np.testing.assert_allclose(norm, np.clip(0.5 + (scores - m.threshold) / (2 * m.scale), 0, 1), rtol=1e-9)
 
 

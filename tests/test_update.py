@@ -78,7 +78,8 @@ def parts(tmp_path_factory):
         _write(root / f"copper/teach/{i:03d}.png", part(rng, COPPER))
     for i in range(10):
         _write(root / f"copper/held_out/{i:03d}.png", part(rng, COPPER))
-    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, resize=128, crop=128, holdout=0.2, device="cpu")
+    cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, resize=128, crop=128, holdout=0.2, device="cpu",
+                          calibration="holdout")
     model = PatchCore(cfg).fit(train)
     export_bundle(model, root / "bundle", fp16=False)
     return {"root": root, "bundle": root / "bundle", "model": model}

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from ..errors import OutputError, UsageError
-from .outputs import encode_png, overlay_image, overlay_label, write_new
-from .records import Item, location, score_items
+from .outputs import encode_png, outcome_overlay, write_new
+from .records import Item, explanation, location, score_items
 
 
 class SourceError(UsageError):
@@ -261,6 +261,7 @@ class CameraRunner:
             where = location(o)
             if where is not None:
                 rec["location"] = where
+            rec.update(explanation(o))
             if o.error:
                 rec["error"] = o.error
             if o.verdict == "ng":
@@ -268,8 +269,7 @@ class CameraRunner:
                 try:
                     rec["saved"] = str(write_new(base, encode_png(f.bgr)))
                     if self.opt.save_overlays and o.map is not None:
-                        ov = overlay_image(o.item.image, o.map, p.spec, p.threshold, p.scale,
-                                           overlay_label(o.verdict, o.score, o.normalised))
+                        ov = outcome_overlay(o.item.image, o, p)
                         rec["overlay"] = str(write_new(base.with_name(base.stem + "-overlay.png"), encode_png(ov)))
                 except OSError as e:
                     raise OutputError(f"--out {self.opt.out}: cannot save frame {f.index} ({e.strerror or e})") from None

@@ -19,7 +19,7 @@ import signal
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, NamedTuple, Optional
 
 import cv2
 import typer
@@ -31,6 +31,7 @@ from ..bundle import BundleError, read_bundle
 from ..errors import InputsFailed, OutputError, UsageError
 from ..images import ImageLimits
 from ..predictor import Predictor
+from ..regions import Judge, MinArea, check_scale, parse_min_area
 from ..update import update_bundle
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
@@ -38,7 +39,7 @@ from .console import JsonLines, err, info, known_errors, stage_progress
 from .info import bundle_info, print_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
-from .outputs import encode_png, numbered, overlay_image, overlay_label, write_replace
+from .outputs import encode_png, numbered, outcome_overlay, write_replace
 from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
@@ -85,6 +86,12 @@ BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
                             "height, read from the file header before decoding; default 100000000 or "
                             "$PATCHCORE_RT_MAX_PIXELS). Such an image gets an error record.")
+MinAreaOpt = typer.Option(None, "--min-area", help="A part is NG only when its image score reaches the threshold AND "
+                          "its largest defect region is at least this large: pixels of the original image (50, 50px) "
+                          "or mm² (1.5mm2, needs a scale). Smaller regions turn NG parts OK (default: off, the image "
+                          "score alone decides).")
+MmPerPxOpt = typer.Option(None, "--mm-per-px", help="Millimetres per original image pixel: region areas in mm² "
+                          "(default: the scale recorded at export, if any).")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
                         "features_fp32, features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 
@@ -97,12 +104,27 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
-                   graph: str = "features_fp32") -> Predictor:
+                   graph: str = "features_fp32", rule: LineRule | None = None) -> Predictor:
     p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads, log=info)
     d = p.info()
     info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
          f"search {d['search']}")
+    p.judge = Judge.for_manifest(p.bundle.manifest, *(rule or LineRule()))  # regions and the verdict's rule
+    if rule is not None and rule.min_area is not None:
+        info(f"rule: {p.judge.rule} ({p.judge.level.source})")
     return p
+
+
+class LineRule(NamedTuple):
+    """``--mm-per-px`` and ``--min-area``, checked (exit 2) before any bundle is opened."""
+
+    mm_per_px: float | None = None
+    min_area: MinArea | None = None
+
+    @classmethod
+    def parse(cls, mm_per_px: float | None, min_area: str | None) -> "LineRule":
+        check_scale(mm_per_px)
+        return cls(mm_per_px, parse_min_area(min_area))
 
 
 @contextlib.contextmanager
@@ -143,6 +165,8 @@ def predict(
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
     graph: str = GraphOpt,
+    min_area: Optional[str] = MinAreaOpt,
+    mm_per_px: Optional[float] = MmPerPxOpt,
 ) -> None:
     """Score image files and folders (JSON lines).
 
@@ -153,8 +177,9 @@ def predict(
     """
     with known_errors():
         limits = _limits(max_pixels)
+        rule = LineRule.parse(mm_per_px, min_area)
         inputs = collect_inputs(paths, recursive)
-        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph)
+        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph, rule)
         out = JsonLines()
         failed = 0
         used: set[Path] = set()
@@ -167,8 +192,7 @@ def predict(
                     image = image_of(o.item, limits) if overlays is not None and o.map is not None else None
                     if image is not None:
                         dst = _unique_in_run(overlays / output_relpath(o.item.path, paths).with_suffix(".png"), used)
-                        img = overlay_image(image, o.map, p.spec, p.threshold, p.scale,
-                                            overlay_label(o.verdict, o.score, o.normalised))
+                        img = outcome_overlay(image, o, p)
                         try:
                             extra["overlay"] = str(write_replace(dst, encode_png(img)))
                         except OSError as e:
@@ -285,6 +309,8 @@ def watch(
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
     graph: str = GraphOpt,
+    min_area: Optional[str] = MinAreaOpt,
+    mm_per_px: Optional[float] = MmPerPxOpt,
 ) -> None:
     """Score every image that lands in a folder, exactly once.
 
@@ -303,9 +329,10 @@ def watch(
         opts = WatchOptions(folder, out if out is not None else folder / "_patchcore", existing, move, overlays,
                             batch, poll, settle, recursive, once, follow_links)
         limits = _limits(max_pixels)
+        rule = LineRule.parse(mm_per_px, min_area)
         stop = threading.Event()
         status = StatusLine("files")
-        source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move)
+        source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move, rule=rule)
         watcher = Watcher(source.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=source,
                           limits=limits)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
@@ -317,9 +344,9 @@ def watch(
 
 
 def _bundle_source(bundle: Optional[str], device: Device, search: Search, threads: Optional[int], graph: str,
-                   status: StatusLine, require_threshold: bool) -> BundleSource:
+                   status: StatusLine, require_threshold: bool, rule: LineRule | None = None) -> BundleSource:
     """The bundle of a long-running command, reopened with the same settings when replaced."""
-    return BundleSource(resolve_bundle(bundle), lambda path: load_predictor(path, device, search, threads, graph),
+    return BundleSource(resolve_bundle(bundle), lambda path: load_predictor(path, device, search, threads, graph, rule),
                         require_threshold=require_threshold, log=status.log)
 
 
@@ -344,6 +371,8 @@ def camera(
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
     graph: str = GraphOpt,
+    min_area: Optional[str] = MinAreaOpt,
+    mm_per_px: Optional[float] = MmPerPxOpt,
 ) -> None:
     """Score camera, stream or video frames; save anomalous ones.
 
@@ -355,9 +384,10 @@ def camera(
     """
     with known_errors():
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
+        rule = LineRule.parse(mm_per_px, min_area)
         stop = threading.Event()
         status = StatusLine("frames")
-        bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True)
+        bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True, rule=rule)
         runner = CameraRunner(bundles.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=bundles)
         with stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
             summary = runner.run()
@@ -484,6 +514,8 @@ def serve(
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
     graph: str = GraphOpt,
+    min_area: Optional[str] = MinAreaOpt,
+    mm_per_px: Optional[float] = MmPerPxOpt,
 ) -> None:
     """Serve a bundle over HTTP: an API, the operator's page and Prometheus metrics.
 
@@ -508,7 +540,8 @@ def serve(
         opts = ServeOptions(resolve_bundle(bundle), host=host, port=port, token=token or None, limits=limits,
                             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
                             watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle)
-        run_server(opts, lambda path: load_predictor(path, device, search, threads, graph), info)
+        rule = LineRule.parse(mm_per_px, min_area)
+        run_server(opts, lambda path: load_predictor(path, device, search, threads, graph, rule), info)
 
 
 def main(argv: list[str] | None = None) -> None:

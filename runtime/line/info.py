@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..engines.table import variants
 from ..bundle import MANIFEST, Bundle, read_bundle
+from ..calibration import pixel_level
 from ..fileio import sha256_file
 from ..update import UpdateResult
 from .console import info, warn
@@ -78,6 +79,8 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
                         "coreset_ratio": bank.get("coreset_ratio")},
         "scoring": m["scoring"],
         "threshold": {k: v for k, v in m["threshold"].items() if k != "calibration_scores"},
+        "pixel_threshold": {"value": pixel_level(m["threshold"]).value, "source": pixel_level(m["threshold"]).source},
+        "units": m.get("units", {}),
         "lineage": b.lineage,
         "graphs": {k: v.get("file") for k, v in m.get("graphs", {}).items()},
         "versions": m.get("versions", {}),
@@ -160,6 +163,9 @@ def render(info: dict[str, Any]):
         ("scoring", ", ".join(f"{k} {v}" for k, v in info["scoring"].items())),
         ("threshold", "none (no verdicts)" if thr.get("value") is None else
          f"{thr['value']:.6g} (scale {thr.get('scale') or 0:.6g}, {thr.get('method', '?')})"),
+        ("calibration", _calibration_line(thr)),
+        ("pixel threshold", "none" if info["pixel_threshold"]["value"] is None else
+         f"{info['pixel_threshold']['value']:.6g}: {info['pixel_threshold']['source']}"),
         ("graphs", ", ".join(f"{k}: {v}" for k, v in info["graphs"].items()) or "none (run export)"),
         ("history", "fitted, never updated" if not info["lineage"] else
          "\n".join(f"{i}. {describe_update(e)}" for i, e in enumerate(info["lineage"], 1))),
@@ -179,6 +185,24 @@ def render(info: dict[str, Any]):
     for k, v in rows:
         t.add_row(k, str(v))
     return t
+
+
+def _calibration_line(thr: dict[str, Any]) -> str:
+    """What the threshold rests on: images, method, spread, and how far to trust it."""
+    if thr.get("value") is None:
+        return "none"
+    parts = [f"{thr.get('n_images', '?')} good images, {thr.get('method', '?')}"]
+    if thr.get("folds"):
+        parts[0] += f" ({thr['folds']} folds)"
+    if thr.get("quantile") is not None:
+        parts.append(f"quantile {thr['quantile']:g}")
+    sp = thr.get("spread")
+    if isinstance(sp, dict):
+        parts.append(f"median {sp.get('median', 0):.6g}, MAD {sp.get('mad', 0):.3g}, max {sp.get('max', 0):.6g}")
+    tr = thr.get("trust")
+    if isinstance(tr, dict):
+        parts.append(f"trust {tr.get('level')}: {tr.get('why')}")
+    return "; ".join(parts)
 
 
 def _reduced_line(key: str, facts: dict) -> str:

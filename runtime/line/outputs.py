@@ -19,8 +19,9 @@ import numpy as np
 
 from ..fileio import atomic_write, synced_temp
 from ..geometry import map_to_original
-from ..postprocess import normalise_scores
+from ..postprocess import SCALE_FLOOR, normalise_scores
 from ..preprocess import PreprocessSpec
+from .records import judge_of, location
 
 
 def fsync_dir(path: Path) -> None:
@@ -115,18 +116,20 @@ def write_replace(dst: Path, data: bytes) -> Path:
 
 
 def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, threshold: float | None,
-                  scale: float | None, label: str | None = None) -> np.ndarray:
+                  scale: float | None, label: str | None = None, peak: tuple[float, float] | None = None) -> np.ndarray:
     """The anomaly map as a heat map over the original image: the map (on the bundle's canvas) is
     taken back through the image's geometry (crop, resize, letterbox, tiles undone), so the heat
-    lies where the defect is on the part. Colours use the bundle's threshold: red from the
-    decision threshold up, and they mean the same in every overlay; the predicted defect region
-    (at the threshold) is outlined in white, and when the network saw only part of the image (a
-    center crop) that part is framed. Returns BGR."""
+    lies where the defect is on the part. Colours are fixed per bundle: ``threshold`` (the pixel
+    threshold; older bundles: the image threshold) at the middle of the scale, ``scale`` (floored
+    at a share of the threshold, so it never collapses) the spread; the regions at the threshold
+    are outlined in white, ``peak`` (x, y on the original) is marked with a magenta ring and cross
+    (the evidence when no region reaches the threshold), and when the network saw only part of
+    the image (a center crop) that part is framed. Returns BGR."""
     plan = spec.plan(*image.shape[:2])
     if amap.shape != tuple(plan.canvas_hw):
         amap = cv2.resize(amap.astype(np.float32), plan.canvas_hw[::-1], interpolation=cv2.INTER_LINEAR)
-    if threshold is not None and scale:
-        level = normalise_scores(amap, threshold, scale)
+    if threshold is not None:
+        level = normalise_scores(amap, threshold, max(scale or 0.0, SCALE_FLOOR * abs(threshold), 1e-12))
     else:
         lo, hi = float(amap.min()), float(amap.max())
         level = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
@@ -136,9 +139,14 @@ def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, thr
     bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
     out = np.clip(bgr * (1 - alpha) + heat * alpha, 0, 255).astype(np.uint8)
     thick = max(1, out.shape[1] // 400)
-    if threshold is not None and scale:
+    if threshold is not None:
         contours, _ = cv2.findContours((level >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, (255, 255, 255), thick, cv2.LINE_AA)
+    if peak is not None:
+        x, y = int(round(peak[0])), int(round(peak[1]))
+        r = max(6, out.shape[1] // 40)
+        cv2.circle(out, (x, y), r, (255, 0, 255), thick + 1, cv2.LINE_AA)
+        cv2.drawMarker(out, (x, y), (255, 0, 255), cv2.MARKER_CROSS, r, thick)
     if not plan.covers_whole_image():
         x0, y0, x1, y1 = (int(round(v)) for v in plan.roi())
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), thick)
@@ -150,6 +158,18 @@ def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, thr
     return out
 
 
+def outcome_overlay(image: np.ndarray, outcome, predictor) -> np.ndarray:
+    """The overlay that explains one scored outcome: heat on the bundle's fixed scale around the
+    pixel threshold, the regions outlined, the peak marked when an NG has no region, and a label
+    that says the verdict and which rule decided."""
+    judge = judge_of(predictor)
+    level = judge.level.value if judge is not None and judge.level.value is not None else predictor.threshold
+    where = location(outcome)
+    peak = where["peak"] if where is not None and outcome.verdict == "ng" and not outcome.regions else None
+    return overlay_image(image, outcome.map, predictor.spec, level, predictor.scale,
+                         overlay_label(outcome.verdict, outcome.score, outcome.normalised, outcome.decided_by), peak)
+
+
 def encode_png(bgr: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
@@ -157,7 +177,9 @@ def encode_png(bgr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def overlay_label(verdict: str | None, score: float | None, normalised: float | None) -> str:
+def overlay_label(verdict: str | None, score: float | None, normalised: float | None,
+                  decided_by: str | None = None) -> str:
     head = (verdict or "score").upper()
     value = normalised if normalised is not None else score
-    return f"{head} {value:.3f}" if value is not None else head
+    text = f"{head} {value:.3f}" if value is not None else head
+    return f"{text} ({decided_by})" if decided_by else text

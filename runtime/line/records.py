@@ -21,6 +21,7 @@ import numpy as np
 from ..geometry import Plan, peak_on_original
 from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, decode_image, read_image
 from ..preprocess import PreprocessError
+from ..regions import Judge
 
 
 @dataclass
@@ -46,6 +47,12 @@ class Outcome:
     map: np.ndarray | None = None  # (H, W) anomaly map on the bundle's canvas (see plan)
     error: str | None = None
     plan: Plan | None = None  # the image's geometry: canvas -> original image pixels
+    regions: list[dict[str, Any]] | None = None  # the largest defect regions (runtime.regions); None: not cut
+    regions_total: int = 0
+    regions_note: str | None = None  # why there are none
+    rule: str | None = None  # the verdict's rule, and which of its tests decided
+    decided_by: str | None = None
+    threshold_trust: str | None = None  # only when the threshold rests on too few good images
 
 
 def now_iso() -> str:
@@ -82,7 +89,7 @@ def image_of(item: Item, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray | N
         return None
 
 
-def _outcome(it: Item, res, i: int, seconds: float) -> Outcome:
+def _outcome(it: Item, res, i: int, seconds: float, judge: Judge | None = None) -> Outcome:
     latency = 1000.0 * (it.decode_s + seconds)
     score = float(res.image_scores[i])
     normalised = None if res.normalised is None else float(res.normalised[i])
@@ -92,7 +99,22 @@ def _outcome(it: Item, res, i: int, seconds: float) -> Outcome:
         return Outcome(it, verdict="error", latency_ms=latency, error=it.error)
     verdict = None if res.verdicts is None else ("ng" if bool(res.verdicts[i]) else "ok")
     plan = None if getattr(res, "plans", None) is None else res.plans[i]
-    return Outcome(it, score, normalised, verdict, latency, res.maps[i], plan=plan)
+    o = Outcome(it, score, normalised, verdict, latency, res.maps[i], plan=plan)
+    if judge is not None and plan is not None:
+        o.regions, o.regions_total, o.regions_note = judge.regions(res.maps[i], plan)
+        if verdict is not None:
+            ng, o.decided_by = judge.decide(verdict == "ng", o.regions)
+            o.verdict, o.rule, o.threshold_trust = ("ng" if ng else "ok"), judge.rule, judge.trust
+    return o
+
+
+def judge_of(predictor) -> Judge | None:
+    """The predictor's judge (set by the commands from --min-area and --mm-per-px), else its
+    bundle's default one (regions at the pixel threshold, the image score decides)."""
+    judge = getattr(predictor, "judge", None)
+    if judge is None and getattr(predictor, "bundle", None) is not None:
+        judge = Judge.for_manifest(predictor.bundle.manifest)
+    return judge
 
 
 def location(outcome: Outcome) -> dict[str, Any] | None:
@@ -105,6 +127,22 @@ def location(outcome: Outcome) -> dict[str, Any] | None:
         return None
     return {"coords": "original", "image_size": [p.image_hw[1], p.image_hw[0]],
             "roi": [round(v, 1) for v in p.roi()], "peak": [round(v, 1) for v in peak_on_original(outcome.map, p)]}
+
+
+def explanation(outcome: Outcome) -> dict[str, Any]:
+    """A record's regions, rule and decided_by (and threshold_trust when the threshold rests on
+    too few good images): what explains its verdict."""
+    r: dict[str, Any] = {}
+    if outcome.regions is not None:
+        r["regions"] = outcome.regions
+        r["regions_total"] = outcome.regions_total
+        if outcome.regions_note:
+            r["regions_note"] = outcome.regions_note
+    if outcome.rule is not None:
+        r["rule"], r["decided_by"] = outcome.rule, outcome.decided_by
+    if outcome.threshold_trust:
+        r["threshold_trust"] = outcome.threshold_trust
+    return r
 
 
 def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_LIMITS) -> list[Outcome]:
@@ -133,8 +171,9 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
         t0 = time.perf_counter()
         res = predictor.predict_prepared([p for _, p in prepared])
         seconds = time.perf_counter() - t0
+        judge = judge_of(predictor)
         for i, (it, _) in enumerate(prepared):
-            by_id[id(it)] = _outcome(it, res, i, seconds)
+            by_id[id(it)] = _outcome(it, res, i, seconds, judge)
     out = []
     for it in items:
         o = by_id.get(id(it))
@@ -147,7 +186,9 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
 
 def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
     """The JSON record of one outcome. Fields: file, score, normalised, verdict, latency_ms,
-    bundle, time, location (see :func:`location`; + error for inputs that could not be scored,
+    bundle, time, location (see :func:`location`), regions (the largest defect regions, see
+    :mod:`runtime.regions`; regions_total, and regions_note when there are none), rule and
+    decided_by (the verdict's rule and which of its tests decided; + error for inputs that could not be scored,
     + the engine and precision that ran, ``precision``, from the commands;
     + anything in ``extra``)."""
     r: dict[str, Any] = {"file": outcome.item.name}
@@ -163,6 +204,7 @@ def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
     where = location(outcome)
     if where is not None:
         r["location"] = where
+    r.update(explanation(outcome))
     if outcome.error:
         r["error"] = outcome.error
     r.update(extra)

@@ -55,7 +55,7 @@ from ..errors import OutputError, UsageError
 from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_file_bytes
 from .console import info, warn
 from .journal import MOVE_STARTED, SAME, Journal, Key
-from .outputs import encode_png, free_name, move_new, overlay_image, overlay_label, write_new
+from .outputs import encode_png, free_name, move_new, outcome_overlay, write_new
 from .records import Item, Outcome, image_of, record, score_items
 from .selection import is_temporary_name
 
@@ -361,8 +361,7 @@ class Watcher:
             extra: dict[str, Any] = {}
             image = image_of(o.item, self.limits) if opt.overlays and o.map is not None else None
             if image is not None:
-                png = encode_png(overlay_image(image, o.map, self.predictor.spec, self.predictor.threshold,
-                                               self.predictor.scale, overlay_label(o.verdict, o.score, o.normalised)))
+                png = encode_png(outcome_overlay(image, o, self.predictor))
                 # claimed before the commit: a crash in between leaves an unreferenced overlay,
                 # never a record that points at nothing
                 try:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..images import IMAGE_SUFFIXES
 from ..line.info import bundle_info, describe_update
-from ..line.outputs import encode_png, overlay_image, overlay_label
+from ..line.outputs import encode_png, outcome_overlay
 from ..line.records import Item, Outcome, record, score_items
 from ..line.reload import BundleSource
 from ..line.watch import Watcher, WatchOptions
@@ -134,8 +134,7 @@ class Service:
             if image is not None and o.map is not None:
                 kw["thumb"] = thumbnail(image, o.map, p.spec, p.threshold, p.scale)
                 if j.overlay:
-                    kw["overlay_png"] = encode_png(overlay_image(image, o.map, p.spec, p.threshold, p.scale,
-                                                                 overlay_label(o.verdict, o.score, o.normalised)))
+                    kw["overlay_png"] = encode_png(outcome_overlay(image, o, p))
             if o.verdict == "ng":
                 kw["image_bytes"] = j.data
             o.item.image = None
