@@ -43,6 +43,8 @@ from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, output_relpath, resolve_bundle
+from .sinks.delivery import Publisher
+from .sinks.table import SINKS
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
@@ -85,6 +87,11 @@ BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
                             "height, read from the file header before decoding; default 100000000 or "
                             "$PATCHCORE_RT_MAX_PIXELS). Such an image gets an error record.")
+PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each result to the line's systems "
+                          "(repeatable): " + ", ".join(f"{k.scheme}://" for k in SINKS) + " (see the docs' "
+                          "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
+                          "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
+                          "back, also after a restart.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
                         "features_fp32, features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 
@@ -280,6 +287,7 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Score what is there (once complete), then exit."),
     follow_links: bool = typer.Option(False, "--follow-links", help="Score symbolic links that resolve to files "
                                       "inside FOLDER (other links, and all links without this, get an error record)."),
+    publish: Optional[List[str]] = PublishOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
@@ -305,9 +313,11 @@ def watch(
         limits = _limits(max_pixels)
         stop = threading.Event()
         status = StatusLine("files")
+        publisher = Publisher(publish or [], opts.out, status.log)  # a bad URL: exit 2 before the bundle loads
+        status.notes = publisher.status_text
         source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move)
         watcher = Watcher(source.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=source,
-                          limits=limits)
+                          limits=limits, publisher=publisher)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
         with stop_on_signals(stop, status.log), reload_on_sighup(source), status:
             summary = watcher.run()
@@ -340,6 +350,7 @@ def camera(
     realtime: bool = typer.Option(False, "--realtime", help="Video files: read at the file's frame rate and drop "
                                   "frames the model cannot keep up with, like a live camera."),
     batch: int = typer.Option(4, "--batch-size", min=1, help="Frames per model call for files (live sources: 1)."),
+    publish: Optional[List[str]] = PublishOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -357,9 +368,13 @@ def camera(
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
         stop = threading.Event()
         status = StatusLine("frames")
+        publisher = Publisher(publish or [], out, status.log)
+        status.notes = publisher.status_text
         bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True)
-        runner = CameraRunner(bundles.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=bundles)
-        with stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
+        lines = JsonLines()
+        runner = CameraRunner(bundles.predictor, opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
+                              status=status, stop=stop, source=bundles)
+        with publisher, stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
             summary = runner.run()
         info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
              f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}")
@@ -465,7 +480,8 @@ def serve(
     watch_folder: Optional[Path] = typer.Option(None, "--watch", help="Also watch this folder (as patchcore-rt watch "
                                                 "does: same journal, exactly once); its results feed the page."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --watch: its output folder (default: "
-                                       "FOLDER/_patchcore)."),
+                                       "FOLDER/_patchcore). With --publish: where the outbox is kept (OUT/outbox; "
+                                       "without --watch or --out, a temporary folder that a restart does not keep)."),
     move: bool = typer.Option(False, "--move", help="With --watch: move inputs to OUT/ok, OUT/ng, OUT/error."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Beyond loopback needs --token."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
@@ -479,6 +495,7 @@ def serve(
     models: Optional[Path] = typer.Option(None, "--models", help="Where taught bundles are written (default: "
                                           "beside the bundle)."),
     settle: float = typer.Option(1.0, "--settle", help="With --watch: seconds a file must stay unchanged."),
+    publish: Optional[List[str]] = PublishOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
@@ -507,7 +524,8 @@ def serve(
             raise UsageError(f"--watch {watch_folder}: not a folder")
         opts = ServeOptions(resolve_bundle(bundle), host=host, port=port, token=token or None, limits=limits,
                             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
-                            watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle)
+                            watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle,
+                            publish=tuple(publish or ()))
         run_server(opts, lambda path: load_predictor(path, device, search, threads, graph), info)
 
 
