@@ -201,3 +201,51 @@ class ModbusPlc:
             return [bool(b) for b in co], list(hr)
         finally:
             c.close()
+
+
+class OpcUaPlc:
+    """An asyncua server in this process standing in for a PLC: writable variables
+    ``ns=2;s=Cell.<Name>`` (Trigger, Ready, PartIn, PartId, Verdict, Score, Normalised, Counter,
+    Ok, ResultId), on a free loopback port."""
+
+    VARS = {"Trigger": ("Boolean", False), "Ready": ("Boolean", False), "PartIn": ("String", ""),
+            "PartId": ("String", ""), "Verdict": ("String", ""), "Score": ("Float", 0.0),
+            "Normalised": ("Int16", 0), "Counter": ("UInt32", 0), "Ok": ("Boolean", False), "ResultId": ("String", "")}
+
+    def __init__(self, port: int | None = None):
+        from asyncua import ua
+        from asyncua.sync import Server
+
+        self.port = port or free_port()
+        self.url = f"opc.tcp://127.0.0.1:{self.port}"
+        s = Server()
+        s.set_endpoint(f"{self.url}/")
+        s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        ns = s.register_namespace("urn:test:plc")
+        assert ns == 2
+        cell = s.nodes.objects.add_object(ua.NodeId("Cell", 2), "Cell")
+        self.nodes = {}
+        for name, (vt, initial) in self.VARS.items():
+            v = cell.add_variable(ua.NodeId(f"Cell.{name}", 2), name, ua.Variant(initial, getattr(ua.VariantType, vt)))
+            v.set_writable()
+            self.nodes[name] = v
+        self.server = s
+
+    def node(self, name: str) -> str:
+        return f"ns=2;s=Cell.{name}"
+
+    def get(self, name: str):
+        return self.nodes[name].read_value()
+
+    def set(self, name: str, value) -> None:
+        from asyncua import ua
+
+        vt = getattr(ua.VariantType, self.VARS[name][0])
+        self.nodes[name].write_value(ua.DataValue(ua.Variant(value, vt)))
+
+    def __enter__(self) -> "OpcUaPlc":
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
