@@ -45,6 +45,7 @@ from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, output_relpath, resolve_bundle
 from .sinks.delivery import Publisher
 from .sinks.table import SINKS
+from .trigger import TriggeredCamera, make_trigger
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
@@ -351,6 +352,10 @@ def camera(
                                   "frames the model cannot keep up with, like a live camera."),
     batch: int = typer.Option(4, "--batch-size", min=1, help="Frames per model call for files (live sources: 1)."),
     publish: Optional[List[str]] = PublishOpt,
+    trigger: Optional[str] = typer.Option(None, "--trigger", metavar="URL", help="Score only when the PLC asks: "
+                                          "opc.tcp://plc:4840?map=nodes.json#<trigger node>; the newest frame is "
+                                          "scored, the result written, \"result ready\" raised and the trigger "
+                                          "cleared (see the docs' \"Connecting to the line\")."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -370,14 +375,18 @@ def camera(
         status = StatusLine("frames")
         publisher = Publisher(publish or [], out, status.log)
         status.notes = publisher.status_text
+        plc = make_trigger(trigger) if trigger else None
         bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True)
         lines = JsonLines()
-        runner = CameraRunner(bundles.predictor, opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
-                              status=status, stop=stop, source=bundles)
-        with publisher, stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
+        kind, extra = (CameraRunner, {}) if plc is None else (TriggeredCamera, {"trigger": plc, "log": status.log})
+        runner = kind(bundles.predictor, opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
+                      status=status, stop=stop, source=bundles, **extra)
+        with publisher, plc or contextlib.nullcontext(), stop_on_signals(stop, status.log), \
+                reload_on_sighup(bundles), status:
             summary = runner.run()
         info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
-             f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}")
+             f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}"
+             + (f"; {runner.round_trip_text()}" if plc is not None else ""))
 
 
 # ------------------------------------------------------------------------------------------ bench
