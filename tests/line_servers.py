@@ -33,6 +33,16 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def wait_for(cond, timeout: float, what: str) -> None:
+    """Poll ``cond`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 class Mosquitto:
     """A mosquitto broker with persistence (a restart keeps queued QoS 1 messages)."""
 

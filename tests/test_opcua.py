@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -17,7 +16,7 @@ from runtime.line.cli import app  # noqa: E402
 from runtime.line.sinks.base import SinkError  # noqa: E402
 from runtime.line.sinks.delivery import Publisher  # noqa: E402
 
-from .line_servers import OpcUaPlc, free_port  # noqa: E402
+from .line_servers import OpcUaPlc, free_port, wait_for  # noqa: E402
 
 RECS = [{"id": "r1", "file": "a.png", "score": 1.5, "normalised": 0.25, "verdict": "ok", "bundle": "b-1",
          "time": "2026-03-04T05:06:07.890Z"},
@@ -25,13 +24,6 @@ RECS = [{"id": "r1", "file": "a.png", "score": 1.5, "normalised": 0.25, "verdict
          "time": "2026-03-04T05:06:08.000Z"}]
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_runtime_server_is_readable_by_a_plain_asyncua_client(tmp_path):
@@ -41,7 +33,7 @@ def test_runtime_server_is_readable_by_a_plain_asyncua_client(tmp_path):
     with Publisher([f"opc.tcp://127.0.0.1:{port}?serve"], tmp_path, print) as pub:
         for r in RECS:
             pub.publish(dict(r))
-        _wait(lambda: pub.stats()[0].delivered == 2, 10, "2 results on the server")
+        wait_for(lambda: pub.stats()[0].delivered == 2, 10, "2 results on the server")
         c = Client(f"opc.tcp://127.0.0.1:{port}/", timeout=4)
         c.connect()
         try:
@@ -74,21 +66,21 @@ def test_client_writes_into_the_plc_nodes_in_their_own_types_and_survives_a_plc_
         pub = Publisher([url], tmp_path, print).open()
         try:
             pub.publish(dict(RECS[0]))
-            _wait(lambda: plc.get("Counter") == 42, 10, "the first result")
+            wait_for(lambda: plc.get("Counter") == 42, 10, "the first result")
             assert (plc.get("Verdict"), plc.get("Ok"), plc.get("PartId"), plc.get("ResultId")) == ("ok", True, "a.png", "r1")
             assert math.isclose(plc.get("Score"), 1.5) and plc.get("Normalised") == 250  # Int16: thousandths
             pub.publish(dict(RECS[1]))
-            _wait(lambda: plc.get("Counter") == 43, 10, "the second result")
+            wait_for(lambda: plc.get("Counter") == 43, 10, "the second result")
             assert (plc.get("Verdict"), plc.get("Ok"), plc.get("Normalised")) == ("ng", False, 750)
         except BaseException:
             pub.close(0)
             raise
     # the PLC is away: the next result waits, and arrives once it is back
     pub.publish({**RECS[0], "id": "r3", "file": "c.png"})
-    _wait(lambda: pub.stats()[0].state == "down", 15, "the sink to report down")
+    wait_for(lambda: pub.stats()[0].state == "down", 15, "the sink to report down")
     with OpcUaPlc(port) as plc:
         try:
-            _wait(lambda: plc.get("ResultId") == "r3", 30, "the waiting result after the PLC came back")
+            wait_for(lambda: plc.get("ResultId") == "r3", 30, "the waiting result after the PLC came back")
             assert plc.get("PartId") == "c.png"
         finally:
             pub.close(2)

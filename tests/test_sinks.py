@@ -24,18 +24,11 @@ from runtime.line.sinks.base import SinkError, redact
 from runtime.line.sinks.delivery import Publisher
 from runtime.line.sinks.table import SINKS, kind_of, make_sink
 
-from .line_servers import Mosquitto, Subscriber, free_port
+from .line_servers import Mosquitto, Subscriber, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------ the table, URLs
@@ -143,14 +136,14 @@ def test_broker_away_never_blocks_and_everything_arrives_in_order_later(tmp_path
             pub.publish({"file": f"{i}.png", "verdict": "ok", "score": float(i)})
         per_result_ms = 1000 * (time.perf_counter() - t0) / 200
         assert per_result_ms < 20, per_result_ms  # an outbox insert, never a wait on the broker
-        _wait(lambda: pub.stats()[0].state == "down", 10, "the sink to report down")
+        wait_for(lambda: pub.stats()[0].state == "down", 10, "the sink to report down")
         assert pub.stats()[0].pending == 200
         assert any("down" in m for m in logs)
         with Mosquitto(tmp_path / "broker", port=port):
             sub = Subscriber(port, "cell/#")
             try:
-                _wait(lambda: pub.stats()[0].pending == 0, 40, "the outbox to drain")
-                _wait(lambda: len([m for m in sub.messages if m[0] == "cell/result"]) >= 200, 10, "200 messages")
+                wait_for(lambda: pub.stats()[0].pending == 0, 40, "the outbox to drain")
+                wait_for(lambda: len([m for m in sub.messages if m[0] == "cell/result"]) >= 200, 10, "200 messages")
                 got = [json.loads(p) for t, p, _ in sub.messages if t == "cell/result"]
                 files = list(dict.fromkeys(g["file"] for g in got))  # first arrival, repeats dropped by id
                 assert files == [f"{i}.png" for i in range(200)]
@@ -221,18 +214,18 @@ def test_watch_delivers_each_record_once_to_mqtt_and_sqlite_across_broker_restar
             return list(dict.fromkeys(json.loads(p)["id"] for t, p, _ in sub.messages if t == "line1/result"))
 
         drop(0, 4)
-        _wait(lambda: len(mqtt_ids()) == 4, 60, "4 results over MQTT")
+        wait_for(lambda: len(mqtt_ids()) == 4, 60, "4 results over MQTT")
         # the broker restarts: scoring goes on, the results wait and arrive when it is back
         broker.stop()
         drop(4, 8)
-        _wait(lambda: len(_journal(out)) == 8, 30, "8 results scored while the broker is away")
+        wait_for(lambda: len(_journal(out)) == 8, 30, "8 results scored while the broker is away")
         assert len(mqtt_ids()) == 4
         broker.start()
-        _wait(lambda: len(mqtt_ids()) == 8, 40, "8 results over MQTT after the broker came back")
+        wait_for(lambda: len(mqtt_ids()) == 8, 40, "8 results over MQTT after the broker came back")
         # the runtime is killed while results wait for the broker: they go out after its restart
         broker.stop()
         drop(8, 12)
-        _wait(lambda: len(_journal(out)) == 12, 30, "12 results scored")
+        wait_for(lambda: len(_journal(out)) == 12, 30, "12 results scored")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         broker.start()
@@ -240,7 +233,7 @@ def test_watch_delivers_each_record_once_to_mqtt_and_sqlite_across_broker_restar
         _, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err
         assert "still to deliver" in err
-        _wait(lambda: len(mqtt_ids()) == 12, 20, "12 results over MQTT")
+        wait_for(lambda: len(mqtt_ids()) == 12, 20, "12 results over MQTT")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -270,7 +263,7 @@ def test_postgresql_same_table_and_repeats_dropped(tmp_path):
                 pub.publish({"id": f"p{i}", "file": f"{i}.png", "verdict": "ok" if i else "ng", "score": float(i),
                              "normalised": i / 10, "bundle": "b", "time": "2026-01-02T03:04:05.000Z"})
             pub.publish({"id": "p1", "file": "1.png"})  # a repeat
-            _wait(lambda: pub.stats()[0].pending == 0, 20, "delivery")
+            wait_for(lambda: pub.stats()[0].pending == 0, 20, "delivery")
         import psycopg
 
         with psycopg.connect(pg.url) as con:
@@ -296,21 +289,21 @@ def test_modbus_coils_registers_counter_and_a_plc_that_restarts(tmp_path):
                 {"id": "c", "verdict": "error", "normalised": None}]
         with Publisher([url], tmp_path / "out", print) as pub:
             pub.publish(recs[0])
-            _wait(lambda: pub.stats()[0].delivered == 1, 10, "the first result")
+            wait_for(lambda: pub.stats()[0].delivered == 1, 10, "the first result")
             assert plc.read(coil=10, register=20) == ([True, False], [200, 1, 0, 1])
             pub.publish(recs[1])
-            _wait(lambda: pub.stats()[0].delivered == 2, 10, "the second result")
+            wait_for(lambda: pub.stats()[0].delivered == 2, 10, "the second result")
             assert plc.read(coil=10, register=20) == ([False, True], [734, 2, 0, 2])
             plc.stop()  # the PLC goes away: the third result waits, then arrives
             pub.publish(recs[2])
-            _wait(lambda: pub.stats()[0].state == "down", 10, "down")
+            wait_for(lambda: pub.stats()[0].state == "down", 10, "down")
             plc.start()
-            _wait(lambda: pub.stats()[0].delivered == 3, 20, "the third result after the PLC came back")
+            wait_for(lambda: pub.stats()[0].delivered == 3, 20, "the third result after the PLC came back")
             assert plc.read(coil=10, register=20) == ([False, False], [0, 3, 0, 3])
         # a restart of the runtime continues the PLC's counter
         with Publisher([url], tmp_path / "out", print) as pub:
             pub.publish({"id": "d", "verdict": "ok", "normalised": 0.1})
-            _wait(lambda: pub.stats()[0].delivered == 1, 10, "a result after a restart")
+            wait_for(lambda: pub.stats()[0].delivered == 1, 10, "a result after a restart")
         assert plc.read(coil=10, register=20)[1] == [100, 1, 0, 4]
         # addresses the PLC does not have: exit 2 at start
         with pytest.raises(SinkError, match="refuses"):
@@ -348,8 +341,8 @@ def test_serve_publishes_api_results_and_reports_sinks_in_metrics(tmp_path, rt_b
     with TestClient(build_app(service), base_url="http://127.0.0.1") as c:
         ids = [c.post("/v1/predict", content=png, headers={"Content-Type": "image/png"}).json()["id"]
                for _ in range(3)]
-        _wait(lambda: service.publisher.stats()[0].delivered == 3, 10, "3 results in SQLite")
-        _wait(lambda: service.publisher.stats()[1].state == "down", 10, "the broker reported down")
+        wait_for(lambda: service.publisher.stats()[0].delivered == 3, 10, "3 results in SQLite")
+        wait_for(lambda: service.publisher.stats()[1].state == "down", 10, "the broker reported down")
         samples = {(s.name, s.labels.get("sink")): s.value
                    for fam in text_string_to_metric_families(c.get("/metrics").text) for s in fam.samples}
     got = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM results")]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,16 @@ NAMESPACE = "urn:patchcore-rt:vision"
 TIMEOUT_S = 4.0
 
 
+def _quiet() -> None:
+    """asyncua logs every fallback (no signing policy, a revised session timeout) as a warning; the
+    runtime's log says what matters itself."""
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+
 def connect_client(raw: str, shown: str):
     """A connected asyncua sync client, with credentials and security from the environment."""
     need("asyncua", "line", raw)
+    _quiet()
     from asyncua.sync import Client
 
     parts = split(raw, default_port=4840, fragment=True)
@@ -169,6 +177,7 @@ class OpcUaServerSink:
 
     def open(self) -> None:
         need("asyncua", "line", self.url)
+        _quiet()
         from asyncua import ua
         from asyncua.sync import Server
 
