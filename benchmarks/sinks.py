@@ -36,17 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import replace_section  # noqa: E402
+from common import cpu_name, replace_section  # noqa: E402
 
 from runtime.line.sinks.delivery import Publisher  # noqa: E402
 from tests import line_servers as ls  # noqa: E402
-
-
-def _cpu() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def _record(i: int) -> dict:
@@ -209,7 +202,7 @@ def main() -> None:
         ctx = {"sinks": sinks(args.results, root), "trigger": trigger(args.triggers, root)}
     pg = subprocess.run([ls._pg_bin("initdb") or "initdb", "--version"], capture_output=True, text=True).stdout
     ctx.update({"command": "python benchmarks/sinks.py " + " ".join(sys.argv[1:]), "results": args.results,
-                "date": _dt.date.today().isoformat(), "cpu": _cpu(), "cores": os.cpu_count(),
+                "date": _dt.date.today().isoformat(), "cpu": cpu_name(), "cores": os.cpu_count(),
                 "python": platform.python_version(), "postgres": (re.findall(r"\d+\.\d+", pg) or ["?"])[0]})
     (REPO / ".bench" / "sinks").mkdir(parents=True, exist_ok=True)
     (REPO / ".bench" / "sinks" / "result.json").write_text(json.dumps(ctx, indent=2))
