@@ -174,6 +174,9 @@ def on_files(files, config):
     """MkDocs hook: add the generated pages."""
     from mkdocs.structure.files import File
 
+    if str(REPO) not in sys.path:  # MkDocs restores sys.path after loading a hook: this checkout's code, again
+        sys.path.insert(0, str(REPO))
+
     for path in PAGES:
         files.append(File.generated(config, path, content=page(path)))
     return files
