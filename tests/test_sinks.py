@@ -351,3 +351,17 @@ def test_serve_publishes_api_results_and_reports_sinks_in_metrics(tmp_path, rt_b
     assert samples[("patchcore_sink_up", down)] == 0
     assert samples[("patchcore_sink_pending", down)] == 3
     assert list((tmp_path / "state" / "outbox").glob("mqtt-*.db"))  # kept for the next start
+
+
+def test_info_lists_the_sink_kinds_from_the_table(rt_bundle):
+    from runtime.line.info import bundle_info, render
+
+    kinds = bundle_info(rt_bundle)["result_sinks"]
+    assert [k["scheme"] for k in kinds] == [k.scheme for k in SINKS]
+    assert all(k["installed"] for k in kinds)  # the [line] extra is installed for the tests
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
+    con.print(render(bundle_info(rt_bundle)))
+    text = con.export_text()
+    assert "--publish here" in text and "opc.tcp://" in text
