@@ -87,7 +87,7 @@ def sinks(n: int, root: Path) -> dict:
     out["sqlite"] = measure(f"sqlite:///{db}", n, root / "o-sqlite")
     with ls.Mosquitto(root / "broker") as b:
         out["mqtt"] = measure(f"mqtt://127.0.0.1:{b.port}/bench", n, root / "o-mqtt")
-    pg = ls.Postgres(root / "pg").start()
+    pg = ls.Postgres().start()
     try:
         out["postgresql"] = measure(pg.url, n, root / "o-pg")
     finally:

@@ -115,28 +115,30 @@ class Postgres:
     """A throwaway PostgreSQL cluster: initdb in a temporary folder, a free loopback port. PostgreSQL
     refuses to run as root, so as root the cluster belongs to the user ``nobody``."""
 
-    def __init__(self, folder: Path):
+    def __init__(self):
         self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if not self.initdb or not self.pg_ctl:
             pytest.skip("PostgreSQL not installed (Debian package postgresql; .ci/run installs it)")
-        self.folder, self.port = folder, free_port()
-        self.data = folder / "data"
+        # its own folder under the system's temporary folder: pytest keeps its own private (0700, reset by
+        # every pytest run), which the user nobody could not reach
+        import tempfile
+
+        self.folder, self.port = Path(tempfile.mkdtemp(prefix="patchcore-pg-")), free_port()
+        self.data = self.folder / "data"
         self.as_user: list[str] = []
         self.user = getpass.getuser()
         if os.geteuid() == 0:
             self.as_user, self.user = ["runuser", "-u", "nobody", "--"], "nobody"
 
     def _run(self, args: list[str]) -> None:
-        subprocess.run(self.as_user + args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+        r = subprocess.run(self.as_user + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           timeout=60)
+        if r.returncode:
+            raise RuntimeError(f"{' '.join(args[:1])} failed: {r.stderr.strip()[-500:]}")
 
     def start(self) -> "Postgres":
-        self.folder.mkdir(parents=True, exist_ok=True)
         if self.as_user:
-            os.chmod(self.folder, 0o777)
-            for p in self.folder.parents:  # nobody must reach the folder
-                if p == Path("/"):
-                    break
-                os.chmod(p, os.stat(p).st_mode | 0o001)
+            shutil.chown(self.folder, "nobody")
         self._run([self.initdb, "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync"])
         self._run([self.pg_ctl, "-D", str(self.data), "-w", "-l", str(self.folder / "log"), "-o",
                    f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
@@ -149,8 +151,9 @@ class Postgres:
     def stop(self) -> None:
         try:
             self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
-        except (subprocess.CalledProcessError, FileNotFoundError):
+        except (RuntimeError, FileNotFoundError):
             pass
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ModbusPlc:

@@ -254,7 +254,7 @@ def test_watch_delivers_each_record_once_to_mqtt_and_sqlite_across_broker_restar
 def test_postgresql_same_table_and_repeats_dropped(tmp_path):
     from .line_servers import Postgres
 
-    pg = Postgres(tmp_path / "pg")
+    pg = Postgres()
     pg.start()
     try:
         url = pg.url + "?table=inspections"
