@@ -1,8 +1,8 @@
 """``mqtt://host:port/prefix`` (``mqtts://`` for TLS): results to an MQTT broker (paho-mqtt).
 
 * Each result is published with QoS 1 on ``prefix/result`` as the JSON record, whose ``id`` is
-  the record id (a consumer drops a repeat by it; with MQTT 5 it is also the ``record_id`` user
-  property). ``send`` returns once the broker has acknowledged it (PUBACK).
+  the record id (a consumer drops a repeat by it; MQTT 3.1.1, so no user properties).
+  ``send`` returns once the broker has acknowledged it (PUBACK).
 * ``prefix/status`` is retained: ``online`` once connected, and the broker publishes the last
   will ``offline`` when the runtime dies without saying goodbye (``offline`` too on a clean stop).
 * paho reconnects by itself with a growing delay (1 s to 30 s); while the broker is away
