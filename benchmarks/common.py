@@ -108,3 +108,13 @@ def keep_sections(new_text: str, path: Path) -> str:
         blocks.append(old[start:stop])
         old = old[stop:]
     return new_text.rstrip("\n") + "".join(f"\n\n{b}" for b in blocks) + "\n"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for a benchmark section's machine line."""
+    import platform
+
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"

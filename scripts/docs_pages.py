@@ -8,6 +8,8 @@ to the site without writing them to ``docs/``, so they cannot drift from the cod
 - ``reference/exit-codes.md``: the exit-code table of :mod:`runtime.errors`;
 - ``reference/manifest.md``: the bundle manifest's fields and what each must be, from the checks
   that :func:`runtime.manifest.validate_manifest` runs;
+- ``reference/result-sinks.md``: the ``--publish`` kinds, from the sinks table
+  (:mod:`runtime.line.sinks.table`);
 - ``benchmark-figures.md``: ``BENCHMARKS.md`` as written by the last benchmark run.
 """
 
@@ -26,6 +28,7 @@ PAGES = {
     "reference/cli.md": "cli_reference",
     "reference/exit-codes.md": "exit_codes_page",
     "reference/manifest.md": "manifest_reference",
+    "reference/result-sinks.md": "result_sinks_page",
     "benchmark-figures.md": "benchmarks_page",
 }
 
@@ -143,6 +146,17 @@ def manifest_reference() -> str:
     return "\n".join(lines)
 
 
+def result_sinks_page() -> str:
+    from runtime.line.sinks.table import describe
+
+    rows = ["| scheme | what | Python package | example |", "|---|---|---|---|"]
+    rows += [f"| `{d['scheme']}://` | {d['what']} | {d['needs']} | `{d['example']}` |" for d in describe()]
+    return ("# Result sinks\n\n<!-- generated from runtime/line/sinks/table.py at docs-build time -->\n"
+            "What `--publish URL` (on `watch`, `camera` and `serve`) can send results to; the packages come with "
+            "`pip install 'patchcore-rt[line]'`. How delivery works and an example per kind: "
+            "[Connecting to the line](../line-systems.md).\n\n" + "\n".join(rows) + "\n")
+
+
 def benchmarks_page() -> str:
     text = (REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
     head = ("<!-- generated from BENCHMARKS.md at docs-build time -->\n"
@@ -159,6 +173,9 @@ def page(path: str) -> str:
 def on_files(files, config):
     """MkDocs hook: add the generated pages."""
     from mkdocs.structure.files import File
+
+    if str(REPO) not in sys.path:  # MkDocs restores sys.path after loading a hook: this checkout's code, again
+        sys.path.insert(0, str(REPO))
 
     for path in PAGES:
         files.append(File.generated(config, path, content=page(path)))

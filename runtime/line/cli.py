@@ -44,6 +44,9 @@ from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, output_relpath, resolve_bundle
+from .sinks.delivery import Publisher
+from .sinks.table import SINKS
+from .trigger import TriggeredCamera, make_trigger
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
@@ -92,6 +95,11 @@ MinAreaOpt = typer.Option(None, "--min-area", help="A part is NG only when its i
                           "score alone decides).")
 MmPerPxOpt = typer.Option(None, "--mm-per-px", help="Millimetres per original image pixel: region areas in mm² "
                           "(default: the scale recorded at export, if any).")
+PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each result to the line's systems "
+                          "(repeatable): " + ", ".join(f"{k.scheme}://" for k in SINKS) + " (see the docs' "
+                          "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
+                          "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
+                          "back, also after a restart.")
 GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
                         "features_fp32, features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 
@@ -304,6 +312,7 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Score what is there (once complete), then exit."),
     follow_links: bool = typer.Option(False, "--follow-links", help="Score symbolic links that resolve to files "
                                       "inside FOLDER (other links, and all links without this, get an error record)."),
+    publish: Optional[List[str]] = PublishOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
@@ -332,9 +341,11 @@ def watch(
         rule = LineRule.parse(mm_per_px, min_area)
         stop = threading.Event()
         status = StatusLine("files")
+        publisher = Publisher(publish or [], opts.out, status.log)  # a bad URL: exit 2 before the bundle loads
+        status.notes = publisher.status_text
         source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move, rule=rule)
         watcher = Watcher(source.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=source,
-                          limits=limits)
+                          limits=limits, publisher=publisher)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
         with stop_on_signals(stop, status.log), reload_on_sighup(source), status:
             summary = watcher.run()
@@ -367,6 +378,11 @@ def camera(
     realtime: bool = typer.Option(False, "--realtime", help="Video files: read at the file's frame rate and drop "
                                   "frames the model cannot keep up with, like a live camera."),
     batch: int = typer.Option(4, "--batch-size", min=1, help="Frames per model call for files (live sources: 1)."),
+    publish: Optional[List[str]] = PublishOpt,
+    trigger: Optional[str] = typer.Option(None, "--trigger", metavar="URL", help="Score only when the PLC asks: "
+                                          "opc.tcp://plc:4840?map=nodes.json#<trigger node>; the newest frame is "
+                                          "scored, the result written, \"result ready\" raised and the trigger "
+                                          "cleared (see the docs' \"Connecting to the line\")."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -387,12 +403,20 @@ def camera(
         rule = LineRule.parse(mm_per_px, min_area)
         stop = threading.Event()
         status = StatusLine("frames")
+        publisher = Publisher(publish or [], out, status.log)
+        status.notes = publisher.status_text
+        plc = make_trigger(trigger) if trigger else None
         bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True, rule=rule)
-        runner = CameraRunner(bundles.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=bundles)
-        with stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
+        lines = JsonLines()
+        kind, extra = (CameraRunner, {}) if plc is None else (TriggeredCamera, {"trigger": plc, "log": status.log})
+        runner = kind(bundles.predictor, opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
+                      status=status, stop=stop, source=bundles, **extra)
+        with publisher, plc or contextlib.nullcontext(), stop_on_signals(stop, status.log), \
+                reload_on_sighup(bundles), status:
             summary = runner.run()
         info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
-             f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}")
+             f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}"
+             + (f"; {runner.round_trip_text()}" if plc is not None else ""))
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -495,7 +519,8 @@ def serve(
     watch_folder: Optional[Path] = typer.Option(None, "--watch", help="Also watch this folder (as patchcore-rt watch "
                                                 "does: same journal, exactly once); its results feed the page."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --watch: its output folder (default: "
-                                       "FOLDER/_patchcore)."),
+                                       "FOLDER/_patchcore). With --publish: where the outbox is kept (OUT/outbox; "
+                                       "without --watch or --out, a temporary folder that a restart does not keep)."),
     move: bool = typer.Option(False, "--move", help="With --watch: move inputs to OUT/ok, OUT/ng, OUT/error."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Beyond loopback needs --token."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
@@ -509,6 +534,7 @@ def serve(
     models: Optional[Path] = typer.Option(None, "--models", help="Where taught bundles are written (default: "
                                           "beside the bundle)."),
     settle: float = typer.Option(1.0, "--settle", help="With --watch: seconds a file must stay unchanged."),
+    publish: Optional[List[str]] = PublishOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
@@ -539,7 +565,8 @@ def serve(
             raise UsageError(f"--watch {watch_folder}: not a folder")
         opts = ServeOptions(resolve_bundle(bundle), host=host, port=port, token=token or None, limits=limits,
                             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
-                            watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle)
+                            watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle,
+                            publish=tuple(publish or ()))
         rule = LineRule.parse(mm_per_px, min_area)
         run_server(opts, lambda path: load_predictor(path, device, search, threads, graph, rule), info)
 

@@ -90,7 +90,24 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "variants": runnable_variants(set(m.get("graphs", {})), dev),
         "manifest": str(b.root / MANIFEST),
         "reduced_precision": m.get("reduced_precision", {}),
+        "result_sinks": result_sinks(),
     }
+
+
+def result_sinks() -> list[dict[str, Any]]:
+    """The ``--publish`` kinds (the sinks table) and whether each one's package is installed here."""
+    import importlib.util
+
+    from .sinks.table import SINKS
+
+    def have(package: str) -> bool:
+        module = {"paho-mqtt": "paho.mqtt"}.get(package, package)
+        try:
+            return not package or importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return [{"scheme": k.scheme, "what": k.what, "needs": k.needs, "installed": have(k.needs)} for k in SINKS]
 
 
 def _fmt(value) -> str:
@@ -181,6 +198,8 @@ def render(info: dict[str, Any]):
                                            for v in info["variants"]) or "none"),
         ("reduced precision", "; ".join(_reduced_line(k, f) for k, f in info["reduced_precision"].items())
          or "none measured"),
+        ("--publish here", ", ".join(f"{k['scheme']}://" + ("" if k["installed"] else f" (needs {k['needs']})")
+                                     for k in info.get("result_sinks", []))),
     ]
     for k, v in rows:
         t.add_row(k, str(v))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.live import Live
 from rich.text import Text
@@ -30,6 +30,7 @@ class StatusLine:
         self.queue = 0
         self.settling = 0
         self.extra = ""
+        self.notes: Callable[[], str] | None = None  # more words at the end (the result sinks' state)
         self._live: Live | None = None
         self.started = time.monotonic()
 
@@ -70,6 +71,9 @@ class StatusLine:
             t.append(f" {name}" + (f" {score:.3f}" if score is not None else ""))
         if self.extra:
             t.append(f"  {self.extra}")
+        notes = self.notes() if self.notes is not None else ""
+        if notes:
+            t.append(f"  {notes}", style="yellow")
         return t
 
     def batch(self, outcomes: Sequence, queue: int, settling: int = 0) -> None:

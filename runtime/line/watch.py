@@ -36,8 +36,10 @@ Rules (the things that lose or duplicate data when done loosely):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import filecmp
+import hashlib
 import os
 import stat
 import threading
@@ -239,10 +241,17 @@ class _Retry:
     delay: float
 
 
+def record_id(rel: str, key_fields: dict[str, Any]) -> str:
+    """The id of a watched file's record: from what identifies the file (path, size, mtime, inode,
+    ctime), so a file scored again after a crash gets the same id and consumers drop the repeat."""
+    ident = "\0".join([rel] + [str(key_fields.get(k, "")) for k in ("size", "mtime_ns", "inode", "ctime_ns")])
+    return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 class Watcher:
     def __init__(self, predictor, options: WatchOptions, emit: Callable[[dict[str, Any]], None] | None = None,
                  status: WatchStatus | None = None, stop: threading.Event | None = None, source=None,
-                 limits: ImageLimits = DEFAULT_LIMITS):
+                 limits: ImageLimits = DEFAULT_LIMITS, publisher=None):
         folder = options.folder
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
@@ -253,6 +262,9 @@ class Watcher:
         self.opt = options
         self.limits = limits
         self.emit = emit or (lambda r: None)
+        # the result sinks (runtime.line.sinks.delivery.Publisher): opened under the output folder's lock,
+        # fed each record before its commit
+        self.publisher = publisher
         self.status = status
         self.stop = stop or threading.Event()
         self.out_real = os.path.realpath(options.out)
@@ -273,7 +285,8 @@ class Watcher:
         with _Lock(opt.out, True, "is writing results here"), \
                 _Lock(opt.folder, opt.move, "moves files out of this folder" if not opt.move else
                       "watches this folder (a watcher with --move must be the only one)"), \
-                Journal(opt.out / RESULTS) as journal:
+                Journal(opt.out / RESULTS) as journal, \
+                (self.publisher if self.publisher else contextlib.nullcontext()):
             self.journal = journal
             self.summary.already_recorded = len(journal)
             self.summary.torn_bytes = journal.torn_bytes
@@ -358,7 +371,7 @@ class Watcher:
         reserved: set[Path] = set()
         records = []
         for o in outcomes:
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {"id": record_id(o.item.name, o.item.extra)}
             image = image_of(o.item, self.limits) if opt.overlays and o.map is not None else None
             if image is not None:
                 png = encode_png(outcome_overlay(image, o, self.predictor))
@@ -374,6 +387,11 @@ class Watcher:
                 reserved.add(dst)
                 extra["moved_to"] = dst.relative_to(opt.out).as_posix()
             records.append(record(o, bundle_id, precision=self.predictor.precision, **extra))
+        if self.publisher:
+            # before the commit: a kill in between rescores the batch under the same ids, which
+            # a sink drops as repeats; after it, a kill could lose the results for the sinks
+            for r in records:
+                self.publisher.publish(r)
         self.journal.append(records)  # the commit point
         for o, r in zip(outcomes, records):
             self.summary.scored += 1

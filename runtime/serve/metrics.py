@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 disable_created_metrics()  # the *_created series: noise for a scraper that knows the process start
 
@@ -45,6 +46,8 @@ class ServeMetrics:
         self._above: collections.deque[bool] = collections.deque(maxlen=DRIFT_WINDOW)
         self._cut: float | None = None
         self._lock = threading.Lock()
+        self.sinks = lambda: []  # the result sinks' stats (runtime.line.sinks.delivery.SinkStats)
+        r.register(_SinkCollector(lambda: self.sinks()))
 
     def set_bundle(self, predictor) -> None:
         m = predictor.bundle.manifest
@@ -71,3 +74,27 @@ class ServeMetrics:
     def exposition(self, queue_depth: int) -> bytes:
         self.queue.set(queue_depth)
         return generate_latest(self.registry)
+
+
+class _SinkCollector:
+    """Per ``--publish`` sink: delivered, waiting in the outbox, overflowed, and whether it is up."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        delivered = CounterMetricFamily("patchcore_sink_delivered", "Results a sink has taken.", labels=["sink"])
+        overflow = CounterMetricFamily("patchcore_sink_overflow", "Results that found a sink's outbox full (they stay "
+                                       "in the journal).", labels=["sink"])
+        pending = GaugeMetricFamily("patchcore_sink_pending", "Results waiting in a sink's outbox.", labels=["sink"])
+        up = GaugeMetricFamily("patchcore_sink_up", "1 while a sink takes results, 0 while it is away.",
+                               labels=["sink"])
+        for st in self.stats():
+            delivered.add_metric([st.url], st.delivered)
+            overflow.add_metric([st.url], st.overflow)
+            pending.add_metric([st.url], st.pending)
+            up.add_metric([st.url], 0 if st.state == "down" else 1)
+        yield from (delivered, overflow, pending, up)

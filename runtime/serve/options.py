@@ -32,6 +32,7 @@ class ServeOptions:
     watch_move: bool = False
     watch_settle: float = 1.0
     watch_poll: float = 0.25
+    publish: tuple[str, ...] = ()  # --publish URLs (runtime.line.sinks)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

@@ -21,6 +21,7 @@ IN_PROGRESS_SLACK = 16  # connections beyond --max-queue (page, metrics, health 
 
 def serve(options: ServeOptions, open_predictor: Callable[[Any], Any], log: Callable[[str], None]) -> None:
     service = Service(options, open_predictor, log)
+    service.open_sinks()  # a sink that cannot work: exit 2 before anything listens
     app = build_app(service)
     # requests in progress at once (uploads being read, waiting, scored; the page's polls): more get 503,
     # so memory stays bounded by about this many uploads of --max-bytes

@@ -20,6 +20,7 @@ from ..line.info import bundle_info, describe_update
 from ..line.outputs import encode_png, outcome_overlay
 from ..line.records import Item, Outcome, record, score_items
 from ..line.reload import BundleSource
+from ..line.sinks.delivery import Publisher
 from ..line.watch import Watcher, WatchOptions
 from .metrics import ServeMetrics
 from .operator import Operator
@@ -59,6 +60,12 @@ class Service:
         self._counts_lock = threading.Lock()
         self._temp_state = options.watch is None
         self.state_dir = (self._watch_out() / "serve") if options.watch else Path(tempfile.mkdtemp(prefix="patchcore-serve-"))
+        # result sinks: parsed here (a bad URL is exit 2 before the bundle loads), opened by open_sinks()
+        self.publisher = Publisher(list(options.publish), options.watch_out if options.watch is None and
+                                   options.watch_out is not None else (self._watch_out() if options.watch else
+                                                                       self.state_dir), log)
+        if self.publisher and options.watch is None and options.watch_out is None:
+            log(f"--publish without --out: the outbox lies in {self.state_dir}, which a restart does not keep")
         self.operator = Operator(self.source, self.lock, self.store, self.state_dir, options.models_dir,
                                  on_switch=self._switched, log=log)
         self.health: dict[str, Any] = {"ok": False, "reason": "not checked yet"}
@@ -76,7 +83,8 @@ class Service:
                                  overlays=True, batch=options.max_batch, poll=options.watch_poll,
                                  settle=options.watch_settle)
             self.watcher = Watcher(self.predictor, wopts, emit=self._watched, stop=self.stop,
-                                   source=LockedSource(self.current), limits=options.limits)
+                                   source=LockedSource(self.current), limits=options.limits,
+                                   publisher=self.publisher.shared())
 
     @property
     def predictor(self):
@@ -138,6 +146,7 @@ class Service:
             if o.verdict == "ng":
                 kw["image_bytes"] = j.data
             o.item.image = None
+            self.publisher.publish(rec)  # the watcher's records are published by the watcher, before its commit
             out.append((o, self._add(rec, "api", **kw)))
         return out
 
@@ -187,6 +196,11 @@ class Service:
                 "drift_share": self.metrics.drift_share, **self.store.flags()}
 
     # ------------------------------------------------------------------------ watcher
+    def open_sinks(self) -> None:
+        """Connect the result sinks (exit 2 for one that cannot work), before the server listens."""
+        self.publisher.open()
+        self.metrics.sinks = self.publisher.stats
+
     def start_watch(self) -> None:
         if self.watcher is None:
             return
@@ -205,6 +219,7 @@ class Service:
         self.stop.set()
         if self._watch_thread is not None:
             self._watch_thread.join(timeout=60)
+        self.publisher.close()
         if self._temp_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
