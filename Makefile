@@ -20,7 +20,7 @@ venv: $(PY)
 install: $(VENV)/.installed
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve,docs,openvino]'
+	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve,docs,openvino,genicam]'
 	touch $@
 
 demo: install

@@ -43,6 +43,7 @@ from .records import Item, image_of, record, score_items
 from .reload import BundleSource, reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, output_relpath, resolve_bundle
+from .sources.settings import load_settings
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
@@ -332,7 +333,8 @@ def _reloads(source: BundleSource) -> str:
 # ----------------------------------------------------------------------------------------- camera
 @app.command(epilog=EXIT_CODES_HELP)
 def camera(
-    source: str = typer.Argument(..., help="Camera device index (0), video file, or stream URL (rtsp://...)."),
+    source: str = typer.Argument(..., help="Camera device index (0), video file, stream URL (rtsp://...), or an "
+                                 "industrial camera: genicam://<address or id> (kinds: docs/cameras.md)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name (default as for watch)."),
     out: Path = typer.Option(Path("anomalies"), "--out", "-o", help="Folder for anomalous frames and their overlays."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after scoring this many frames."),
@@ -340,6 +342,11 @@ def camera(
     realtime: bool = typer.Option(False, "--realtime", help="Video files: read at the file's frame rate and drop "
                                   "frames the model cannot keep up with, like a live camera."),
     batch: int = typer.Option(4, "--batch-size", min=1, help="Frames per model call for files (live sources: 1)."),
+    settings: Optional[Path] = typer.Option(None, "--settings", help="Industrial cameras: settings file (YAML or "
+                                            "JSON: exposure, gain, pixel format, region, trigger, frame rate), "
+                                            "applied at open and recorded in each record."),
+    fire_every: Optional[float] = typer.Option(None, "--fire-trigger-every", help="Industrial cameras set to "
+                                               "software trigger: fire it every this many seconds."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -354,14 +361,16 @@ def camera(
     bundle folder or SIGHUP switches bundles between batches, as for watch.
     """
     with known_errors():
-        opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
+        opts = CameraOptions(source, out, max_frames, stride, realtime, batch,
+                             settings=load_settings(settings) if settings is not None else None, fire_every=fire_every)
         stop = threading.Event()
         status = StatusLine("frames")
         bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True)
         runner = CameraRunner(bundles.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=bundles)
         with stop_on_signals(stop, status.log), reload_on_sighup(bundles), status:
             summary = runner.run()
-        info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
+        camera_faults = "" if summary.missed is None else f", {summary.missed} missed, {summary.errors} incomplete"
+        info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped{camera_faults}, "
              f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}")
 
 

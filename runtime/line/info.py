@@ -1,5 +1,5 @@
-"""``info``: what a bundle is, what it was built with, its history of updates, which devices it
-can use here, and whether its files still match their checksums. Never loads the model."""
+"""``info``: what a bundle is, what it was built with, its history of updates, which devices and
+camera sources it can use here, and whether its files still match their checksums. Never loads the model."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..bundle import MANIFEST, Bundle, read_bundle
 from ..fileio import sha256_file
 from ..update import UpdateResult
 from .console import info, warn
+from .sources import describe as camera_sources
 
 
 def checksums(bundle: Bundle) -> dict[str, str]:
@@ -87,6 +88,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "variants": runnable_variants(set(m.get("graphs", {})), dev),
         "manifest": str(b.root / MANIFEST),
         "reduced_precision": m.get("reduced_precision", {}),
+        "camera_sources": camera_sources(),
     }
 
 
@@ -170,6 +172,8 @@ def render(info: dict[str, Any]):
                                            for v in info["variants"]) or "none"),
         ("reduced precision", "; ".join(_reduced_line(k, f) for k, f in info["reduced_precision"].items())
          or "none measured"),
+        ("camera sources", "; ".join(f"{c['kind']} ({c['example']})" + ("" if c["available"] else ": not installed")
+                                     for c in info["camera_sources"])),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
