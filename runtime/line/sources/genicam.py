@@ -24,6 +24,7 @@ BUFFERS = 8  # frames Aravis may hold for us; more arrive only if we keep up (el
 POP_US = 100_000  # one wait for a frame, so read() returns often enough to notice stops
 PROBE_AFTER_S = 1.0  # silence after which the camera is asked whether it is still there
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # waits between reconnection attempts (the last repeats)
+MAX_GAP = 1000  # larger jumps in frame ids are restarts, not losses
 CLOSE_S = 3.0  # longest close() waits for a camera to stop acquisition
 
 
@@ -184,6 +185,15 @@ def read_back(f: Features, settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def id_gap(last: int, now: int) -> int:
+    """Frames the camera numbered between two arrivals (none arrived). GigE Vision 1.x ids are 16 bits
+    and skip 0 (1..65535, then 1); a jump of over MAX_GAP is a camera restart, not a loss."""
+    delta = now - last
+    if delta < 0 and last <= 0xFFFF:
+        delta += 0xFFFF
+    return delta - 1 if 1 <= delta <= MAX_GAP else 0
+
+
 def _release(cam, stream, GLib) -> None:
     """Stop and drop a camera; on one that no longer answers this takes the device's timeouts."""
     try:
@@ -211,8 +221,10 @@ class GenicamSource(FrameSource):
         self._lost_at = 0.0
         self._tries = 0
         self._next_try = 0.0
-        self._quiet_since = 0.0
-        self._last_id: int | None = None
+        self._quiet_since = 0.0  # last frame or last answer to a probe
+        self._last_frame_at = 0.0
+        self._last_id: int | None = None  # the last whole frame's id
+        self._broken_since = 0  # incomplete frames since it
         self._fired_lost = 0  # software triggers fired while the camera was away
 
     @property
@@ -242,8 +254,8 @@ class GenicamSource(FrameSource):
         cam.get_device().connect("control-lost", lambda *_: self._lost.set())
         self._cam, self._stream = cam, stream
         self.fps = None if self.triggered else self.camera.get("frame_rate")
-        self._quiet_since = time.monotonic()
-        self._last_id = None
+        self._quiet_since = self._last_frame_at = time.monotonic()
+        self._last_id, self._broken_since = None, 0
         self.state = "streaming"
 
     # -------------------------------------------------------------------------------- frames
@@ -261,19 +273,20 @@ class GenicamSource(FrameSource):
         try:
             return True, self._frame(buf)
         finally:
-            self._quiet_since = time.monotonic()
+            self._quiet_since = self._last_frame_at = time.monotonic()
             self._stream.push_buffer(buf)
 
     def _frame(self, buf):
         frame_id = buf.get_frame_id()
         info = {"frame_id": frame_id, "timestamp_ns": buf.get_timestamp()}
-        if self._last_id is not None and frame_id > self._last_id + 1:
-            self.missed += frame_id - self._last_id - 1  # ids the camera sent that never arrived whole
-        self._last_id = frame_id
         index, self.index = self.index, self.index + 1
         status = buf.get_status()
-        if status != self.Aravis.BufferStatus.SUCCESS:
+        if status != self.Aravis.BufferStatus.SUCCESS:  # its id may be lost too: only whole frames count ids
+            self._broken_since += 1
             return stamp_frame(index, None, camera=info, error=f"incomplete frame from the camera ({status.value_nick})")
+        if self._last_id is not None:  # ids between two whole frames that arrived neither whole nor broken
+            self.missed += max(0, id_gap(self._last_id, frame_id) - self._broken_since)
+        self._last_id, self._broken_since = frame_id, 0
         try:
             bgr = to_bgr(buf.get_image_data(), self.camera["pixel_format"], buf.get_image_width(),
                          buf.get_image_height())
@@ -298,9 +311,9 @@ class GenicamSource(FrameSource):
         self.log(f"{self.where}: camera lost ({why}); reconnecting")
         cam, stream, self._cam, self._stream = self._cam, self._stream, None, None
         threading.Thread(target=_release, args=(cam, stream, self.GLib), name="camera-release", daemon=True).start()
-        self._lost_at = time.monotonic()
+        self._lost_at = self._last_frame_at  # frames stopped coming then, not when it was noticed
         self._tries = 0
-        self._next_try = self._lost_at + BACKOFF_S[0]
+        self._next_try = time.monotonic() + BACKOFF_S[0]
 
     def _reconnect(self) -> None:
         wait = self._next_try - time.monotonic()
@@ -314,7 +327,7 @@ class GenicamSource(FrameSource):
             self._next_try = time.monotonic() + BACKOFF_S[min(self._tries, len(BACKOFF_S) - 1)]
             return
         away = time.monotonic() - self._lost_at
-        missed = (round(away * self.fps) if self.fps else 0) + self._fired_lost
+        missed = (max(0, round(away * self.fps) - 1) if self.fps else 0) + self._fired_lost
         self.missed += missed
         self._fired_lost = 0
         self.log(f"{self.where}: camera back after {away:.1f} s ({self._tries + 1} attempts); "
