@@ -8,6 +8,8 @@ to the site without writing them to ``docs/``, so they cannot drift from the cod
 - ``reference/exit-codes.md``: the exit-code table of :mod:`runtime.errors`;
 - ``reference/manifest.md``: the bundle manifest's fields and what each must be, from the checks
   that :func:`runtime.manifest.validate_manifest` runs;
+- ``reference/camera-sources.md``: the kinds of frame source ``camera`` reads, from the table of
+  :mod:`runtime.line.sources.table`;
 - ``benchmark-figures.md``: ``BENCHMARKS.md`` as written by the last benchmark run.
 """
 
@@ -26,6 +28,7 @@ PAGES = {
     "reference/cli.md": "cli_reference",
     "reference/exit-codes.md": "exit_codes_page",
     "reference/manifest.md": "manifest_reference",
+    "reference/camera-sources.md": "camera_sources_page",
     "benchmark-figures.md": "benchmarks_page",
 }
 
@@ -141,6 +144,30 @@ def manifest_reference() -> str:
     doc = "\n".join(line.strip() for line in (PreprocessSpec.__doc__ or "").splitlines())
     lines += ["", "```text", doc.strip(), "```", ""]
     return "\n".join(lines)
+
+
+def camera_sources_page() -> str:
+    from runtime.line.sources.table import KINDS
+
+    rows = ["| kind | source | what it reads | needs |", "|---|---|---|---|"]
+    for k in KINDS:
+        schemes = ", ".join(f"`{s}://`" for s in k.schemes if s not in ("", "*"))
+        source = "device index, file path, any other URL" if "*" in k.schemes else schemes
+        rows.append(f"| {k.name} | {source} (e.g. `{k.example.split(', ')[0]}`) | {k.what} | "
+                    f"{k.needs or 'the base runtime'} |")
+    return "\n".join([
+        "# Camera sources",
+        "",
+        "The kinds of frame source `patchcore-rt camera SOURCE` reads, generated from the table in",
+        "`runtime/line/sources/table.py` (the URL scheme picks the row; `info` lists the same rows and",
+        "whether each runs on that machine). Industrial cameras: [Industrial cameras](../cameras.md).",
+        "",
+        *rows,
+        "",
+        "Adding a kind is one module in `runtime/line/sources/` (a `FrameSource`: open, read frames with",
+        "their ids and timestamps, trigger, close) and one row in the table.",
+        "",
+    ])
 
 
 def benchmarks_page() -> str:
