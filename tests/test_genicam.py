@@ -310,3 +310,16 @@ def test_camera_killed_and_restarted_reconnects_and_counts_missed(tmp_path, rt_b
     frames = [rec["frame"] for rec in records]
     assert frames == sorted(set(frames))
     assert f"{missed} missed" in stderr.splitlines()[-1]
+
+
+def test_without_pygobject_genicam_is_exit_2_and_info_says_so(tmp_path, rt_bundle, monkeypatch):
+    """The base install (no genicam extra): the runtime runs, the kind is listed as not installed,
+    and a genicam:// source is one line and exit 2 saying what to install."""
+    from runtime.line.sources import describe
+
+    monkeypatch.setitem(sys.modules, "gi", None)  # import gi fails, as without PyGObject
+    row = next(k for k in describe() if k["kind"] == "genicam")
+    assert row["available"] is False and "pip install 'patchcore-rt[genicam]'" in row["missing"]
+    r, records = _run("camera", URL, "--bundle", str(rt_bundle), "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert r.exit_code == 2 and records == []
+    assert "genicam:// sources need PyGObject and Aravis 0.8" in r.stderr and "Traceback" not in r.stderr
