@@ -24,7 +24,7 @@ venv: $(PY)
 install: $(VENV)/.installed
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve,docs,openvino,line]'
+	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve,docs,openvino,line,genicam]'
 	touch $@
 
 demo: install

@@ -10,6 +10,8 @@ to the site without writing them to ``docs/``, so they cannot drift from the cod
   that :func:`runtime.manifest.validate_manifest` runs;
 - ``reference/result-sinks.md``: the ``--publish`` kinds, from the sinks table
   (:mod:`runtime.line.sinks.table`);
+- ``reference/camera-sources.md``: the kinds of frame source ``camera`` reads, from the table of
+  :mod:`runtime.line.sources.table`;
 - ``benchmark-figures.md``: ``BENCHMARKS.md`` as written by the last benchmark run.
 """
 
@@ -29,6 +31,7 @@ PAGES = {
     "reference/exit-codes.md": "exit_codes_page",
     "reference/manifest.md": "manifest_reference",
     "reference/result-sinks.md": "result_sinks_page",
+    "reference/camera-sources.md": "camera_sources_page",
     "benchmark-figures.md": "benchmarks_page",
 }
 
@@ -155,6 +158,30 @@ def result_sinks_page() -> str:
             "What `--publish URL` (on `watch`, `camera` and `serve`) can send results to; the packages come with "
             "`pip install 'patchcore-rt[line]'`. How delivery works and an example per kind: "
             "[Connecting to the line](../line-systems.md).\n\n" + "\n".join(rows) + "\n")
+
+
+def camera_sources_page() -> str:
+    from runtime.line.sources.table import KINDS
+
+    rows = ["| kind | source | what it reads | needs |", "|---|---|---|---|"]
+    for k in KINDS:
+        schemes = ", ".join(f"`{s}://`" for s in k.schemes if s not in ("", "*"))
+        source = "device index, file path, any other URL" if "*" in k.schemes else schemes
+        rows.append(f"| {k.name} | {source} (e.g. `{k.example.split(', ')[0]}`) | {k.what} | "
+                    f"{k.needs or 'the base runtime'} |")
+    return "\n".join([
+        "# Camera sources",
+        "",
+        "The kinds of frame source `patchcore-rt camera SOURCE` reads, generated from the table in",
+        "`runtime/line/sources/table.py` (the URL scheme picks the row; `info` lists the same rows and",
+        "whether each runs on that machine). Industrial cameras: [Industrial cameras](../cameras.md).",
+        "",
+        *rows,
+        "",
+        "Adding a kind is one module in `runtime/line/sources/` (a `FrameSource`: open, read frames with",
+        "their ids and timestamps, trigger, close) and one row in the table.",
+        "",
+    ])
 
 
 def benchmarks_page() -> str:

@@ -1,7 +1,8 @@
 """Score frames from a camera, a video file or a stream, at the rate the model sustains.
 
-Sources (anything ``cv2.VideoCapture`` opens): a device index (``0``), a video file, or a URL
-(``rtsp://``, ``http://``...).
+Sources come from the frame-source table (:mod:`runtime.line.sources`): anything
+``cv2.VideoCapture`` opens (a device index ``0``, a video file, a URL ``rtsp://``, ``http://``...)
+and industrial GigE Vision / USB3 Vision cameras (``genicam://``) with their settings file.
 
 * **Live sources** (device index, URL) are read by a grabber thread that keeps only the newest
   frame: when the model is slower than the camera, the frames in between are *dropped* (and
@@ -12,14 +13,15 @@ Sources (anything ``cv2.VideoCapture`` opens): a device index (``0``), a video f
 
 One JSON record per scored frame (``source``, ``frame`` index, ``time`` of capture, ``pos_ms``
 for files, ``score``, ``normalised``, ``verdict``, ``latency_ms``, ``lag_ms`` from capture to
-result, ``dropped`` so far, ``bundle``). Frames judged anomalous are saved to the output folder
+result, ``dropped`` so far, ``bundle``; for industrial cameras a ``camera`` block: the settings read
+back from the camera, its frame id and timestamp, frames ``missed`` so far). A frame the camera
+delivered broken is an error record (``error``, no score). Frames judged anomalous are saved to the output folder
 as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them. A replaced bundle
 folder or SIGHUP switches bundles between batches (:mod:`runtime.line.reload`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,53 +29,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import cv2
-import numpy as np
 
 from ..errors import OutputError, UsageError
 from .outputs import encode_png, outcome_overlay, write_new
 from .records import Item, explanation, location, score_items
-
-
-class SourceError(UsageError):
-    """A camera source that cannot be opened or read (exit code 2)."""
-
-
-@dataclass
-class Frame:
-    index: int  # position in the source (counts dropped and skipped frames)
-    bgr: np.ndarray
-    captured: _dt.datetime
-    captured_mono: float
-    pos_ms: float | None = None
-
-
-def parse_source(source: str) -> tuple[int | str, bool]:
-    """``"0"`` -> (0, live); a URL -> (url, live); anything else -> (file path, not live)."""
-    s = source.strip()
-    if s.isdigit():
-        return int(s), True
-    if "://" in s:
-        return s, True
-    if not Path(s).exists():
-        raise SourceError(f"camera source not found: {s} (give a device index, a video file or an rtsp:// URL)")
-    return s, False
-
-
-def open_capture(source: int | str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        cap.release()
-        raise SourceError(f"cannot open camera source {source!r} with OpenCV")
-    return cap
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+from .sources import Frame, FrameSource, SourceError, open_source
+from .sources.base import stamp_frame
 
 
 class LatestFrameGrabber:
-    """Reads ``cap`` in a thread as fast as it delivers (or at ``pace_fps``) and keeps only the
-    newest frame; a frame replaced before anyone took it counts as dropped."""
+    """Reads ``cap`` (a :class:`FrameSource` or anything with ``read()`` like ``cv2.VideoCapture``)
+    in a thread as fast as it delivers (or at ``pace_fps``) and keeps only the newest frame; a
+    frame replaced before anyone took it counts as dropped."""
 
     def __init__(self, cap, pace_fps: float | None = None):
         self.cap = cap
@@ -99,10 +66,12 @@ class LatestFrameGrabber:
                     delay = t0 + index / self.pace_fps - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                ok, bgr = self.cap.read()
-                if not ok or bgr is None:
+                ok, got = self.cap.read()
+                if not ok:
                     break
-                frame = Frame(index, bgr, _now(), time.monotonic())
+                if got is None:  # nothing yet (an industrial camera waiting for its trigger)
+                    continue
+                frame = got if isinstance(got, Frame) else stamp_frame(index, got)
                 with self._cond:
                     if self._latest is not None:
                         self.dropped += 1
@@ -140,7 +109,7 @@ def sequential_frames(cap, stride: int = 1, fps: float | None = None) -> Iterato
             if not ok or bgr is None:
                 return
             pos = 1000.0 * index / fps if fps else None
-            yield Frame(index, bgr, _now(), time.monotonic(), pos)
+            yield stamp_frame(index, bgr, pos_ms=pos)
         elif not cap.grab():
             return
         index += 1
@@ -155,6 +124,8 @@ class CameraOptions:
     realtime: bool = False
     batch: int = 4  # frames per model call for files read sequentially (live sources use 1)
     save_overlays: bool = True
+    settings: dict[str, Any] | None = None  # an industrial camera's settings file (runtime.line.sources.settings)
+    fire_every: float | None = None  # seconds between software triggers the runtime fires
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -163,6 +134,8 @@ class CameraOptions:
             raise UsageError("--batch-size must be >= 1")
         if self.max_frames is not None and self.max_frames < 1:
             raise UsageError("--max-frames must be >= 1")
+        if self.fire_every is not None and self.fire_every <= 0:
+            raise UsageError("--fire-trigger-every must be > 0 seconds")
 
 
 @dataclass
@@ -171,6 +144,8 @@ class CameraSummary:
     dropped: int = 0
     saved: list[int] = field(default_factory=list)  # frame indices saved as anomalous
     live: bool = False
+    missed: int | None = None  # frames an industrial camera sent (or was triggered for) that never arrived
+    errors: int = 0  # frames that arrived broken (error records)
 
 
 class CameraRunner:
@@ -185,28 +160,35 @@ class CameraRunner:
         self.status = status
         self.stop = stop or threading.Event()
         self.summary = CameraSummary()
-        self.src, self.live = parse_source(options.source)
+        self.cam: FrameSource | None = None  # the open source, for a trigger to fire (trigger())
 
     def run(self) -> CameraSummary:
         """Score until the source ends, ``max_frames`` or a stop request. A source that delivers
         no frame at all is a SourceError (exit 2), not a run that scored nothing."""
-        cap = open_capture(self.src)
-        fps = cap.get(cv2.CAP_PROP_FPS) or None
+        log = self.status.log if self.status else None
+        cap = self.cam = open_source(self.opt.source, self.opt.settings, log)
+        fps = cap.fps
+        if self.opt.fire_every is not None and not getattr(cap, "triggered", False):
+            cap.close()
+            raise UsageError("--fire-trigger-every needs a camera set to trigger_mode On, trigger_source Software "
+                             "(--settings)")
         try:
             self.opt.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            cap.release()
+            cap.close()
             raise OutputError(f"--out {self.opt.out}: cannot create the folder ({e.strerror or e})") from None
         release = True
         try:
-            if self.live or self.opt.realtime:
+            if cap.live or self.opt.realtime:
                 self.summary.live = True
                 release = self._run_live(cap, fps if self.opt.realtime else None)
             else:
                 self._run_file(cap, fps)
         finally:
+            if cap.counts_missed:
+                self.summary.missed = cap.missed
             if release:  # never under a grabber thread still blocked in read(); exit frees it
-                cap.release()
+                cap.close()
         if self.summary.processed == 0 and not self.stop.is_set():
             raise SourceError(f"camera source {self.opt.source!r} delivered no frame (empty or unreadable video, "
                               "or a camera that sends nothing)")
@@ -215,8 +197,19 @@ class CameraRunner:
     def _remaining(self) -> int | None:
         return None if self.opt.max_frames is None else self.opt.max_frames - self.summary.processed
 
+    def trigger(self) -> None:
+        """Fire the camera's software trigger now (one frame per call; see docs/cameras.md)."""
+        if self.cam is not None:
+            self.cam.trigger()
+
+    def _fire_triggers(self) -> None:
+        while not self.stop.wait(self.opt.fire_every):
+            self.trigger()
+
     def _run_live(self, cap, pace_fps: float | None) -> bool:
         grabber = LatestFrameGrabber(cap, pace_fps).start()
+        if self.opt.fire_every is not None:
+            threading.Thread(target=self._fire_triggers, name="software-trigger", daemon=True).start()
         try:
             while not self.stop.is_set() and self._remaining() != 0:
                 frame = grabber.get(timeout=0.5)
@@ -241,7 +234,22 @@ class CameraRunner:
             if self._remaining() == 0:
                 break
 
+    def _record(self, f: Frame) -> dict[str, Any]:
+        rec: dict[str, Any] = {"source": self.opt.source, "frame": f.index,
+                               "time": f.captured.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        if f.pos_ms is not None:
+            rec["pos_ms"] = round(f.pos_ms, 3)
+        if f.camera is not None:
+            rec["camera"] = {**self.cam.camera, **f.camera, "missed": self.cam.missed}
+        return rec
+
     def _score(self, frames: list[Frame], dropped: Callable[[], int]) -> None:
+        for f in [f for f in frames if f.error]:  # arrived broken: an error record, never a score
+            self.summary.errors += 1
+            self.emit({**self._record(f), "error": f.error, "dropped": dropped()})
+        frames = [f for f in frames if not f.error]
+        if not frames:
+            return
         items = [Item(f"{self.opt.source}#{f.index}", image=cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)) for f in frames]
         if self.source is not None:
             self.predictor = self.source.current()
@@ -249,10 +257,7 @@ class CameraRunner:
         p = self.predictor
         for f, o in zip(frames, outcomes):
             stamp = f.captured.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-            rec: dict[str, Any] = {"source": self.opt.source, "frame": f.index,
-                                   "time": f.captured.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
-            if f.pos_ms is not None:
-                rec["pos_ms"] = round(f.pos_ms, 3)
+            rec = self._record(f)
             rec.update({"score": o.score, "normalised": o.normalised, "verdict": o.verdict,
                         "latency_ms": round(o.latency_ms, 3),
                         "lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),

@@ -47,6 +47,7 @@ from .selection import collect_inputs, output_relpath, resolve_bundle
 from .sinks.delivery import Publisher
 from .sinks.table import SINKS
 from .trigger import TriggeredCamera, make_trigger
+from .sources.settings import load_settings
 from .status import StatusLine
 from .watch import Watcher, WatchOptions
 
@@ -370,7 +371,8 @@ def _reloads(source: BundleSource) -> str:
 # ----------------------------------------------------------------------------------------- camera
 @app.command(epilog=EXIT_CODES_HELP)
 def camera(
-    source: str = typer.Argument(..., help="Camera device index (0), video file, or stream URL (rtsp://...)."),
+    source: str = typer.Argument(..., help="Camera device index (0), video file, stream URL (rtsp://...), or an "
+                                 "industrial camera: genicam://<address or id> (kinds: docs/cameras.md)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name (default as for watch)."),
     out: Path = typer.Option(Path("anomalies"), "--out", "-o", help="Folder for anomalous frames and their overlays."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after scoring this many frames."),
@@ -383,6 +385,11 @@ def camera(
                                           "opc.tcp://plc:4840?map=nodes.json#<trigger node>; the newest frame is "
                                           "scored, the result written, \"result ready\" raised and the trigger "
                                           "cleared (see the docs' \"Connecting to the line\")."),
+    settings: Optional[Path] = typer.Option(None, "--settings", help="Industrial cameras: settings file (YAML or "
+                                            "JSON: exposure, gain, pixel format, region, trigger, frame rate), "
+                                            "applied at open and recorded in each record."),
+    fire_every: Optional[float] = typer.Option(None, "--fire-trigger-every", help="Industrial cameras set to "
+                                               "software trigger: fire it every this many seconds."),
     device: Device = DeviceOpt,
     search: Search = SearchOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -399,7 +406,8 @@ def camera(
     bundle folder or SIGHUP switches bundles between batches, as for watch.
     """
     with known_errors():
-        opts = CameraOptions(source, out, max_frames, stride, realtime, batch)
+        opts = CameraOptions(source, out, max_frames, stride, realtime, batch,
+                             settings=load_settings(settings) if settings is not None else None, fire_every=fire_every)
         rule = LineRule.parse(mm_per_px, min_area)
         stop = threading.Event()
         status = StatusLine("frames")
@@ -414,7 +422,8 @@ def camera(
         with publisher, plc or contextlib.nullcontext(), stop_on_signals(stop, status.log), \
                 reload_on_sighup(bundles), status:
             summary = runner.run()
-        info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped, "
+        camera_faults = "" if summary.missed is None else f", {summary.missed} missed, {summary.errors} incomplete"
+        info(f"stopped: {summary.processed} frames scored, {summary.dropped} dropped{camera_faults}, "
              f"{len(summary.saved)} anomalous saved to {out}{_reloads(bundles)}"
              + (f"; {runner.round_trip_text()}" if plc is not None else ""))
 

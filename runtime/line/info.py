@@ -1,5 +1,5 @@
-"""``info``: what a bundle is, what it was built with, its history of updates, which devices it
-can use here, and whether its files still match their checksums. Never loads the model."""
+"""``info``: what a bundle is, what it was built with, its history of updates, which devices and
+camera sources it can use here, and whether its files still match their checksums. Never loads the model."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..calibration import pixel_level
 from ..fileio import sha256_file
 from ..update import UpdateResult
 from .console import info, warn
+from .sources import describe as camera_sources
 
 
 def checksums(bundle: Bundle) -> dict[str, str]:
@@ -91,6 +92,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "manifest": str(b.root / MANIFEST),
         "reduced_precision": m.get("reduced_precision", {}),
         "result_sinks": result_sinks(),
+        "camera_sources": camera_sources(),
     }
 
 
@@ -200,6 +202,8 @@ def render(info: dict[str, Any]):
          or "none measured"),
         ("--publish here", ", ".join(f"{k['scheme']}://" + ("" if k["installed"] else f" (needs {k['needs']})")
                                      for k in info.get("result_sinks", []))),
+        ("camera sources", "; ".join(f"{c['kind']} ({c['example']})" + ("" if c["available"] else ": not installed")
+                                     for c in info["camera_sources"])),
     ]
     for k, v in rows:
         t.add_row(k, str(v))

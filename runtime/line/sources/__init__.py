@@ -1,0 +1,7 @@
+"""Frame sources for ``patchcore-rt camera``: one module per kind behind one interface
+(:class:`~.base.FrameSource`), one table keyed by URL scheme (:mod:`.table`)."""
+
+from .base import Frame, FrameSource, SourceError
+from .table import KINDS, describe, kind_for, open_source
+
+__all__ = ["Frame", "FrameSource", "SourceError", "KINDS", "describe", "kind_for", "open_source"]
