@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
+from . import exact_maps
 from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_for_device, openvino_cache_dir, resolve
 from .geometry import TileLayout
 from .postprocess import Prediction, finish
@@ -124,6 +125,25 @@ class Predictor:
                                   device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
                                   components=measured.get("components"))
 
+    @property
+    def map_level(self) -> float | None:
+        """The anomaly-map value from which a reduced-precision search makes every pixel exact: the
+        overlays' floor, threshold - scale (normalised score 0, the median held-out good image
+        score), below which an overlay shows no colour. Everything read off a map at or above it
+        (the outline at the threshold, the overlay's colours, the peak of a map that reaches it) is
+        then the exact search's. None for a bundle without a threshold: every patch is settled."""
+        if self.threshold is None or self.scale is None:
+            return None
+        return float(self.threshold) - float(self.scale)
+
+    def map_patches(self, bounds: np.ndarray) -> np.ndarray:
+        """(B, P) upper bounds of the patch scores -> (B, P) bool: the patches to settle exactly for
+        the maps to be exact at and above :attr:`map_level` (:mod:`runtime.exact_maps`)."""
+        level = self.map_level
+        if level is None:
+            return np.ones(bounds.shape, bool)
+        return exact_maps.patches_to_settle(bounds, self.layout, self.blur_sigma, level)
+
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
         return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
@@ -173,7 +193,9 @@ class Predictor:
         else:
             emb = self.engine.run(x)
             t2 = time.perf_counter()
-            s = self.scorer.score(emb.reshape(n, -1, emb.shape[-1]))
+            emb = emb.reshape(n, -1, emb.shape[-1])
+            # a reduced candidate step settles first, exactly, the patches the maps show (map_patches)
+            s = self.scorer.score(emb, settle=self.map_patches)
         t3 = time.perf_counter()
         pred = finish(s, self.layout, self.blur_sigma, self.threshold, self.scale, [p.plan for p in prepared])
         t4 = time.perf_counter()
