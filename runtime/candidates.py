@@ -248,4 +248,42 @@ class OnnxExactIndex:
         return self._session.run(["candidates"], feed)[0]
 
 
+# --search auto on a CPU takes the int8 step where its bank product runs at least this many times
+# faster than the exact float32 one: the rest of the int8 path (rescoring, settling) costs about the
+# same again on the bottle bundles of BENCHMARKS.md
+AUTO_MIN_SPEEDUP = 2.0
+_AUTO_QUERIES = 256
+
+
+def choose_cpu_index(bank: np.ndarray, candidates: int, components: int | None, threads: int | None = None):
+    """``--search auto`` on a CPU: times the int8 candidate product and the exact float32 product on
+    the same queries (bank rows, best of three runs each, at load) and returns ``(index, facts)``:
+    the :class:`Int8Index` where it was at least :data:`AUTO_MIN_SPEEDUP` times faster, else the exact
+    :class:`OnnxExactIndex` (the exact search in onnxruntime, whose threads do not spin after a
+    call). Either way image scores and maps at and above the overlay floor are the exact search's;
+    the measurement only decides which is faster on this CPU (VNNI, AMX or neither)."""
+    import time
+
+    fast = Int8Index(bank, candidates, threads=threads, components=components)
+    exact = OnnxExactIndex(bank, threads=threads)
+    rows = np.linspace(0, len(bank) - 1, min(_AUTO_QUERIES, len(bank))).astype(int)
+    queries = np.asarray(bank, np.float32)[rows]
+
+    def best(index, k):
+        index.search(queries, k)  # warm up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            index.search(queries, k)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    t_fast, t_exact = best(fast, fast.candidates), best(exact, 2)
+    speedup = t_exact / max(t_fast, 1e-9)
+    facts = {"int8_ms": round(1000 * t_fast, 3), "exact_ms": round(1000 * t_exact, 3), "queries": len(rows),
+             "speedup": round(speedup, 2), "min_speedup": AUTO_MIN_SPEEDUP,
+             "chose": "int8" if speedup >= AUTO_MIN_SPEEDUP else "exact"}
+    return (fast if facts["chose"] == "int8" else exact), facts
+
+
 INDEXES = {"bf16": Bf16Index, "int8": Int8Index}

@@ -113,11 +113,13 @@ class Predictor:
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
         # what the export measured for this bundle: candidates per patch (and int8's principal components)
-        measured = (m.get("reduced_precision", {}).get(f"{search}_search") or {}) if search in ("bf16", "int8") else {}
+        # (--search auto may choose the int8 step: it reads the int8 facts too)
+        kind = "int8" if search == "auto" else search
+        measured = (m.get("reduced_precision", {}).get(f"{kind}_search") or {}) if kind in ("bf16", "int8") else {}
         for key in ("candidates", "components"):
             value = measured.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise BundleError(f"manifest reduced_precision.{search}_search.{key} must be a positive integer, "
+                raise BundleError(f"manifest reduced_precision.{kind}_search.{key} must be a positive integer, "
                                   f"got {value!r}: re-export the bundle")
         if candidates is None:
             candidates = measured.get("candidates")
@@ -146,8 +148,11 @@ class Predictor:
 
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
-        return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
-                "precision": self.precision}
+        out = {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
+               "precision": self.precision}
+        if self.scorer.choice:
+            out["search_choice"] = dict(self.scorer.choice)
+        return out
 
     @property
     def precision(self) -> str:

@@ -117,12 +117,14 @@ def _faiss_gpus() -> int:
 
 
 def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
-               candidates: int | None = None, components: int | None = None) -> NeighbourIndex:
+               candidates: int | None = None, components: int | None = None, choice: dict | None = None
+               ) -> NeighbourIndex:
     """``backend``: ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate step of
     :mod:`runtime.candidates`, ``candidates`` per query; int8 on ``components`` principal components
     when given) or ``auto``: faiss on a GPU when this faiss build sees one (and ``device`` allows it),
-    else numpy's BLAS search, which is the faster on CPUs."""
-    from .candidates import DEFAULT_CANDIDATES, INDEXES
+    else on a CPU the int8 step where this CPU runs it fast, measured at load, or the exact search in
+    onnxruntime (:func:`runtime.candidates.choose_cpu_index`; its measurement goes into ``choice``)."""
+    from .candidates import DEFAULT_CANDIDATES, INDEXES, choose_cpu_index
 
     if backend not in ("auto", "faiss", "numpy", *INDEXES):
         raise ValueError(f"unknown search backend {backend!r}; choose auto, faiss, numpy, {', '.join(INDEXES)}")
@@ -135,6 +137,11 @@ def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
             return FaissIndex(bank, device=device)
         except ImportError:
             raise RuntimeError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from None
+    if backend == "auto":
+        index, facts = choose_cpu_index(bank, candidates or DEFAULT_CANDIDATES, components)
+        if choice is not None:
+            choice.update(facts)
+        return index
     return NumpyIndex(bank)
 
 
@@ -227,8 +234,9 @@ class PatchScorer:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         b = min(n_reweight, len(self.bank))
         self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
+        self.choice: dict = {}  # --search auto: what it measured on this CPU and chose
         self.index = make_index(self.bank, backend=backend, device=device, candidates=candidates,
-                                components=components)
+                                components=components, choice=self.choice)
         # a reduced-precision candidate step: the worst patches and the reweighting then use an exact
         # float32 search beside it, so image scores stay the exact search's
         self.approximate = hasattr(self.index, "candidates")

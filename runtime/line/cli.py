@@ -102,6 +102,10 @@ def load_predictor(bundle: str | Path, device: Device, search: Search, threads: 
     d = p.info()
     info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
          f"search {d['search']}")
+    if "search_choice" in d:
+        c = d["search_choice"]
+        info(f"search auto: int8 candidate product {c['int8_ms']} ms, exact {c['exact_ms']} ms on {c['queries']} "
+             f"queries ({c['speedup']}x, int8 from {c['min_speedup']}x): {c['chose']}")
     return p
 
 
