@@ -77,7 +77,9 @@ class Search(str, enum.Enum):
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
                          "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
-                         "else numpy BLAS), faiss, numpy, int8 (candidates found by an integer product in "
+                         "else int8 where this CPU runs it fast, measured at load, or the exact search in onnxruntime; "
+                         "image scores and maps above the overlay floor exact either way), faiss, numpy (the exact numpy "
+                         "search of earlier releases), int8 (candidates found by an integer product in "
                          "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored exactly in "
                          "float32, image scores those of the exact search.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
