@@ -91,9 +91,14 @@ GRAPHS = Path(__file__).resolve().parent / "graphs"
 GRAPH_INT8 = GRAPHS / "bank_candidates_int8.onnx"
 GRAPH_INT8_PROJECTED = GRAPHS / "bank_candidates_int8_projected.onnx"
 GRAPH_EXACT = GRAPHS / "bank_nearest_fp32.onnx"
+GRAPH_BOUND = GRAPHS / "bank_bound_fp32.onnx"
 _BLOCK = 32  # bank rows per block of the int8 graph's two-stage top k
 _CHUNK_VALUES = 1 << 24  # queries per int8 graph run: (queries x bank rows) closeness values <= 64 MB
 _PAD = np.float32(-3e38)  # closeness of padding rows: never among the candidates
+# Float32 slack of the lower bound, relative to |q|^2 + the largest |m|^2: its terms are formed from
+# float32 norms and products (the Gemm expansion, |q|^2 - |P q|^2), each within a few 1e-7 of those
+_BOUND_SLACK = 1e-3
+_BOUND_FACTOR = 2
 
 
 def _session(graph: Path, threads: int | None):
@@ -147,8 +152,12 @@ class Int8Index:
         feed: dict[str, np.ndarray] = {}
         stored = centred
         if self.components:
-            feed["components"] = principal_components(centred, self.components)
-            stored = centred @ feed["components"]
+            turn = principal_components(centred, self.components)
+            stored = centred @ turn
+            step = np.abs(turn).max(axis=0) / 127.0
+            feed["components8"] = np.clip(np.rint(turn / step), -127, 127).astype(np.int8)
+            feed["components_scale"] = step.astype(np.float32)
+            stored = centred @ (feed["components8"] * feed["components_scale"])  # what the graph projects on
         peak = np.abs(stored).max(axis=1)
         scale = np.where(peak > 0, peak / self.levels, 1.0).astype(np.float32)
         padded = -(-self.rows // _BLOCK) * _BLOCK  # padding rows: zero bank, closeness -3e38
@@ -165,6 +174,44 @@ class Int8Index:
         self.name = f"int8-onnxruntime+exact(c={self.candidates}{kept})"
         self.chunk = max(16, min(chunk, _CHUNK_VALUES // padded))  # a large bank: fewer queries per run
         self._session = _session(GRAPH_INT8_PROJECTED if self.components else GRAPH_INT8, threads)
+        self._bound = None
+        if self.components:
+            # the bound on twice the components (at most all): pruning 7x more rows than on the
+            # product's own (wide_resnet50_2 and effnet-lite0 bottle) for twice its small product
+            basis = principal_components(centred, min(self.dim, _BOUND_FACTOR * self.components))
+            kept = (centred @ basis).astype(np.float32)
+            sq = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+            perp = np.sqrt(np.maximum(sq - np.einsum("ij,ij->i", kept, kept, dtype=np.float64), 0.0))
+            self._bound_feed = {"components": basis, "bank_sq": sq.astype(np.float32),
+                                "bank_aug": np.ascontiguousarray(np.hstack([kept, perp[:, None].astype(np.float32)]))}
+            self._max_sq = float(sq.max())
+            self._bound = _session(GRAPH_BOUND, threads)
+            self._bound_chunk = max(16, _CHUNK_VALUES // self.rows)
+
+    @property
+    def bounds(self) -> bool:
+        """Whether :meth:`within` can prune the exact search (an index on principal components)."""
+        return self._bound is not None
+
+    def within(self, queries: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bank rows that may lie within ``upper`` (Q,) of each query: pairs (query, row), sorted by
+        query then row. Every row nearer than ``upper`` is among them: its lower bound
+        ``|P q - P m|^2 + (|q - P q| - |m - P m|)^2`` (P: the projection on the components) is at
+        most its squared distance, and the bound is compared with a float32 slack. With ``upper`` a
+        distance to a real bank row, each query keeps at least that row, and the nearest of the pairs
+        (by exact distance) is the nearest of the whole bank."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - self.mean)
+        upper = np.asarray(upper, np.float64)
+        q_sq = np.einsum("ij,ij->i", q, q, dtype=np.float64)
+        limit = (upper * upper + _BOUND_SLACK * (q_sq + self._max_sq)).astype(np.float32)[:, None]
+        qi, mi = [], []
+        for s in range(0, len(q), self._bound_chunk):
+            inside = self._bound.run(["inside"], {**self._bound_feed, "queries": q[s : s + self._bound_chunk],
+                                                  "upper": limit[s : s + self._bound_chunk]})[0]
+            a, b = np.nonzero(inside)
+            qi.append(a + s)
+            mi.append(b)
+        return np.concatenate(qi).astype(np.int64), np.concatenate(mi).astype(np.int64)
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         k = min(max(k, self.candidates), self.rows)
@@ -199,6 +246,44 @@ class OnnxExactIndex:
             return np.empty((0, k), np.int64)
         feed = {"queries": q, "bank": self.bank, "neg_half_sq": self._neg_half_sq, "k": np.array([k], np.int64)}
         return self._session.run(["candidates"], feed)[0]
+
+
+# --search auto on a CPU takes the int8 step where its bank product runs at least this many times
+# faster than the exact float32 one: the rest of the int8 path (rescoring, settling) costs about the
+# same again on the bottle bundles of BENCHMARKS.md
+AUTO_MIN_SPEEDUP = 2.0
+_AUTO_QUERIES = 256
+
+
+def choose_cpu_index(bank: np.ndarray, candidates: int, components: int | None, threads: int | None = None):
+    """``--search auto`` on a CPU: times the int8 candidate product and the exact float32 product on
+    the same queries (bank rows, best of three runs each, at load) and returns ``(index, facts)``:
+    the :class:`Int8Index` where it was at least :data:`AUTO_MIN_SPEEDUP` times faster, else the exact
+    :class:`OnnxExactIndex` (the exact search in onnxruntime, whose threads do not spin after a
+    call). Either way image scores and maps at and above the overlay floor are the exact search's;
+    the measurement only decides which is faster on this CPU (VNNI, AMX or neither)."""
+    import time
+
+    fast = Int8Index(bank, candidates, threads=threads, components=components)
+    exact = OnnxExactIndex(bank, threads=threads)
+    rows = np.linspace(0, len(bank) - 1, min(_AUTO_QUERIES, len(bank))).astype(int)
+    queries = np.asarray(bank, np.float32)[rows]
+
+    def best(index, k):
+        index.search(queries, k)  # warm up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            index.search(queries, k)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    t_fast, t_exact = best(fast, fast.candidates), best(exact, 2)
+    speedup = t_exact / max(t_fast, 1e-9)
+    facts = {"int8_ms": round(1000 * t_fast, 3), "exact_ms": round(1000 * t_exact, 3), "queries": len(rows),
+             "speedup": round(speedup, 2), "min_speedup": AUTO_MIN_SPEEDUP,
+             "chose": "int8" if speedup >= AUTO_MIN_SPEEDUP else "exact"}
+    return (fast if facts["chose"] == "int8" else exact), facts
 
 
 INDEXES = {"bf16": Bf16Index, "int8": Int8Index}

@@ -17,9 +17,10 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
+from . import exact_maps
 from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_for_device, openvino_cache_dir, resolve
 from .geometry import TileLayout
-from .postprocess import Prediction, finish
+from .postprocess import SCALE_FLOOR, Prediction, finish
 from .preprocess import Prepared, prepare, stack_inputs
 from .search import PatchScorer
 
@@ -112,11 +113,13 @@ class Predictor:
         self.engine = engine
         bank = self.bundle.memory_bank().astype(np.float32)
         # what the export measured for this bundle: candidates per patch (and int8's principal components)
-        measured = (m.get("reduced_precision", {}).get(f"{search}_search") or {}) if search in ("bf16", "int8") else {}
+        # (--search auto may choose the int8 step: it reads the int8 facts too)
+        kind = "int8" if search == "auto" else search
+        measured = (m.get("reduced_precision", {}).get(f"{kind}_search") or {}) if kind in ("bf16", "int8") else {}
         for key in ("candidates", "components"):
             value = measured.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise BundleError(f"manifest reduced_precision.{search}_search.{key} must be a positive integer, "
+                raise BundleError(f"manifest reduced_precision.{kind}_search.{key} must be a positive integer, "
                                   f"got {value!r}: re-export the bundle")
         if candidates is None:
             candidates = measured.get("candidates")
@@ -124,10 +127,38 @@ class Predictor:
                                   device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
                                   components=measured.get("components"))
 
+    @property
+    def map_level(self) -> float | None:
+        """The anomaly-map value from which a reduced-precision search makes every pixel exact: the
+        overlays' floor, threshold - scale (normalised score 0, the median held-out good image
+        score), below which an overlay shows no colour; with a pixel threshold, the lower of that
+        and the pixel threshold's own floor (overlays are centred on it, regions cut at it). Everything read off a map at or above it
+        (the outline at the threshold, the overlay's colours, the peak of a map that reaches it) is
+        then the exact search's. None for a bundle without a threshold: every patch is settled."""
+        if self.threshold is None or self.scale is None:
+            return None
+        level = float(self.threshold) - float(self.scale)
+        pixel = self.bundle.manifest["threshold"].get("pixel_value")
+        if pixel is not None:  # regions are cut at the pixel threshold; overlays are centred on it
+            pixel = float(pixel)
+            level = min(level, pixel - max(float(self.scale), SCALE_FLOOR * abs(pixel)))
+        return level
+
+    def map_patches(self, bounds: np.ndarray) -> np.ndarray:
+        """(B, P) upper bounds of the patch scores -> (B, P) bool: the patches to settle exactly for
+        the maps to be exact at and above :attr:`map_level` (:mod:`runtime.exact_maps`)."""
+        level = self.map_level
+        if level is None:
+            return np.ones(bounds.shape, bool)
+        return exact_maps.patches_to_settle(bounds, self.layout, self.blur_sigma, level)
+
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
-        return {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
-                "precision": self.precision}
+        out = {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
+               "precision": self.precision}
+        if self.scorer.choice:
+            out["search_choice"] = dict(self.scorer.choice)
+        return out
 
     @property
     def precision(self) -> str:
@@ -173,7 +204,9 @@ class Predictor:
         else:
             emb = self.engine.run(x)
             t2 = time.perf_counter()
-            s = self.scorer.score(emb.reshape(n, -1, emb.shape[-1]))
+            emb = emb.reshape(n, -1, emb.shape[-1])
+            # a reduced candidate step settles first, exactly, the patches the maps show (map_patches)
+            s = self.scorer.score(emb, settle=self.map_patches)
         t3 = time.perf_counter()
         pred = finish(s, self.layout, self.blur_sigma, self.threshold, self.scale, [p.plan for p in prepared])
         t4 = time.perf_counter()

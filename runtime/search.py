@@ -19,6 +19,9 @@ import numpy as np
 _SEARCH_MARGIN = 2
 # Patches searched exactly at a time while settling an image's worst patch (see PatchScorer._settle_worst).
 _SETTLE_BLOCK = 4
+# Relative margin of float32 squared distances (sums of 1,024 float32 squares agree with the float64 sum
+# to ~1e-5) within which a pair may still be the nearest and is recomputed exactly
+_PAIR_MARGIN = 1e-3
 
 
 class NeighbourIndex(Protocol):
@@ -114,12 +117,14 @@ def _faiss_gpus() -> int:
 
 
 def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
-               candidates: int | None = None, components: int | None = None) -> NeighbourIndex:
+               candidates: int | None = None, components: int | None = None, choice: dict | None = None
+               ) -> NeighbourIndex:
     """``backend``: ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate step of
     :mod:`runtime.candidates`, ``candidates`` per query; int8 on ``components`` principal components
     when given) or ``auto``: faiss on a GPU when this faiss build sees one (and ``device`` allows it),
-    else numpy's BLAS search, which is the faster on CPUs."""
-    from .candidates import DEFAULT_CANDIDATES, INDEXES
+    else on a CPU the int8 step where this CPU runs it fast, measured at load, or the exact search in
+    onnxruntime (:func:`runtime.candidates.choose_cpu_index`; its measurement goes into ``choice``)."""
+    from .candidates import DEFAULT_CANDIDATES, INDEXES, choose_cpu_index
 
     if backend not in ("auto", "faiss", "numpy", *INDEXES):
         raise ValueError(f"unknown search backend {backend!r}; choose auto, faiss, numpy, {', '.join(INDEXES)}")
@@ -132,6 +137,11 @@ def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
             return FaissIndex(bank, device=device)
         except ImportError:
             raise RuntimeError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from None
+    if backend == "auto":
+        index, facts = choose_cpu_index(bank, candidates or DEFAULT_CANDIDATES, components)
+        if choice is not None:
+            choice.update(facts)
+        return index
     return NumpyIndex(bank)
 
 
@@ -170,11 +180,39 @@ def nearest_candidate(queries: np.ndarray, bank: np.ndarray, idx: np.ndarray,
     return dist, nn
 
 
+def nearest_of_pairs(queries: np.ndarray, bank: np.ndarray, qi: np.ndarray, mi: np.ndarray,
+                     chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest bank row of each query among pairs (query ``qi``, bank row ``mi``), sorted by query,
+    every query present: its distance (Q,) float64, as :func:`exact_distances` gives it, and its row
+    (Q,); of equal distances the lowest row. The pairs are compared in float32 first; those within
+    :data:`_PAIR_MARGIN` of their query's smallest are recomputed as :func:`exact_distances` does."""
+    q = np.asarray(queries, dtype=np.float32)
+    sq = np.empty(len(qi), np.float32)
+    for s in range(0, len(qi), chunk):
+        diff = bank[mi[s : s + chunk]] - q[qi[s : s + chunk]]
+        sq[s : s + chunk] = np.einsum("ij,ij->i", diff, diff)
+    starts = np.r_[0, np.flatnonzero(np.diff(qi)) + 1]
+    if len(starts) != len(q) or (len(qi) and qi[-1] != len(q) - 1):
+        raise ValueError("every query needs at least one pair")
+    least = np.minimum.reduceat(sq, starts)
+    keep = np.flatnonzero(sq <= np.repeat(least, np.diff(np.r_[starts, len(qi)])) * (1 + _PAIR_MARGIN))
+    qi, mi = qi[keep], mi[keep]
+    diff = bank[mi] - q[qi]  # float32 difference, as exact_distances
+    np.square(diff, out=diff)
+    dist = np.sqrt(diff.sum(axis=1, dtype=np.float64))
+    order = np.lexsort((mi, dist, qi))
+    first = order[np.r_[0, np.flatnonzero(np.diff(qi[order])) + 1]]
+    return dist[first], mi[first]
+
+
 @dataclass
 class Scores:
     patch_scores: np.ndarray  # (B, P) float32: distance of each patch to its nearest bank patch
     image_scores: np.ndarray  # (B,) float64: max patch score, reweighted when n_reweight > 0
     nearest: np.ndarray  # (B, P) int64: index of each patch's nearest bank patch
+    # (B, P) bool: patches whose score is known to be the exact search's (a reduced candidate step);
+    # None when every patch was searched exactly
+    exact: np.ndarray | None = None
 
 
 class PatchScorer:
@@ -196,8 +234,9 @@ class PatchScorer:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         b = min(n_reweight, len(self.bank))
         self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
+        self.choice: dict = {}  # --search auto: what it measured on this CPU and chose
         self.index = make_index(self.bank, backend=backend, device=device, candidates=candidates,
-                                components=components)
+                                components=components, choice=self.choice)
         # a reduced-precision candidate step: the worst patches and the reweighting then use an exact
         # float32 search beside it, so image scores stay the exact search's
         self.approximate = hasattr(self.index, "candidates")
@@ -230,8 +269,10 @@ class PatchScorer:
         if embeddings.ndim != 3 or embeddings.shape[2] != self.bank.shape[1]:
             raise ValueError(f"embeddings must be (B, P, {self.bank.shape[1]}), got {embeddings.shape}")
 
-    def score(self, embeddings: np.ndarray) -> Scores:
-        """(B, P, D) patch embeddings -> Scores."""
+    def score(self, embeddings: np.ndarray, settle=None) -> Scores:
+        """(B, P, D) patch embeddings -> Scores. With a reduced candidate step, ``settle`` (a function
+        of the (B, P) float64 upper bounds -> (B, P) bool) names patches to search exactly first, in one
+        batch; each image's worst patches are then settled (see :meth:`_settle_worst`)."""
         self._check(embeddings)
         b, p, d = embeddings.shape
         dist, nn = self.nearest(embeddings.reshape(b * p, d))
@@ -239,30 +280,72 @@ class PatchScorer:
         if not self.approximate:
             worst = np.argmax(patch, axis=1)
             return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst])
-        known = self._settle_worst(embeddings, patch, nn)
+        exact = np.zeros((b, p), bool)
+        if settle is not None:
+            self._settle_rows(embeddings, patch, nn, exact, np.asarray(settle(patch), bool))
+        known = self._settle_worst(embeddings, patch, nn, exact)
         worst = np.argmax(patch, axis=1)
-        return self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst], known)
+        scores = self._image_scores(embeddings, patch, nn, worst, patch[np.arange(b), worst], known)
+        scores.exact = exact
+        return scores
 
-    def _settle_worst(self, embeddings: np.ndarray, patch: np.ndarray, nn: np.ndarray) -> dict[int, np.ndarray]:
+    def _exact_nearest(self, queries: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact search's nearest distance (float64) and bank row of each query, ``upper`` (Q,) a
+        distance to a real bank row of each (its candidate bound). On principal components, the rows
+        whose lower bound is below ``upper`` are the only ones searched (:meth:`Int8Index.within`);
+        else one float32 product over the whole bank ranks them."""
+        if getattr(self.index, "bounds", False):
+            qi, mi = self.index.within(queries, upper)
+            return nearest_of_pairs(queries, self.bank, qi, mi)
+        cand = self.exact.search(queries, min(_SEARCH_MARGIN, len(self.bank)))
+        dist = exact_distances(queries, self.bank, cand)
+        pick = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first
+        rows = np.arange(len(queries))
+        return dist[rows, pick], cand[rows, pick]
+
+    def _settle_rows(self, embeddings: np.ndarray, patch: np.ndarray, nn: np.ndarray, exact: np.ndarray,
+                     which: np.ndarray) -> int:
+        """Search the patches ``which`` (B, P) bool exactly in one batch, in place (those already
+        ``exact`` are skipped, the others marked); returns how many were searched."""
+        todo = which & ~exact
+        if not todo.any():
+            return 0
+        patch[todo], nn[todo] = self._exact_nearest(embeddings[todo], patch[todo])
+        exact |= todo
+        return int(todo.sum())
+
+    def _settle_worst(self, embeddings: np.ndarray, patch: np.ndarray, nn: np.ndarray,
+                      exact: np.ndarray | None = None) -> dict[int, np.ndarray]:
         """Make each image's most anomalous patch, its score and its m* those of the exact search (in place).
 
         A candidate distance is the exact distance to a real bank row, so it bounds the patch's true
-        score from above. Patches are searched exactly, most anomalous first and
+        score from above. Patches not yet ``exact`` are searched exactly, most anomalous first and
         :data:`_SETTLE_BLOCK` at a time, until the next bound is below the largest exact score found:
         no patch left can score higher, whatever the candidate step missed.
 
         The first block's search also carries the bank row its leading patch points to (the likely
         m*), whose neighbours eq. 7 needs: one pass over the bank instead of two. Returns them,
-        ``{bank row: its exact-search neighbours}``, for :meth:`reweight`."""
+        ``{bank row: its exact-search neighbours}``, for :meth:`reweight`. ``exact``: (B, P) bool,
+        the settled patches are marked in it."""
         k = self._reweight_k()
         known: dict[int, np.ndarray] = {}
         for i in range(len(patch)):
             order = np.argsort(-patch[i], kind="stable")
             best, j = -np.inf, 0
+            if exact is not None and exact[i].any():  # settled already: the best known, and not searched again
+                best = float(patch[i, exact[i]].max())
+                order = order[~exact[i, order]]
             while j < len(order) and patch[i, order[j]] >= best:
                 block = order[j : j + _SETTLE_BLOCK]
                 queries = embeddings[i, block]
                 guess = int(nn[i, block[0]])
+                if getattr(self.index, "bounds", False):  # a pruned search: m*'s neighbours come apart
+                    patch[i, block], nn[i, block] = self._exact_nearest(queries, patch[i, block])
+                    j += len(block)
+                    best = max(best, float(patch[i, block].max()))
+                    if exact is not None:
+                        exact[i, block] = True
+                    continue
                 if j == 0 and self.n_reweight and guess not in known:
                     found = self.exact.search(np.concatenate([queries, self.bank[guess][None]]), k)
                     known[guess], cand = found[-1], found[:-1, :_SEARCH_MARGIN]
@@ -272,6 +355,8 @@ class PatchScorer:
                 pick = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first
                 rows = np.arange(len(block))
                 patch[i, block], nn[i, block] = dist[rows, pick], cand[rows, pick]
+                if exact is not None:
+                    exact[i, block] = True
                 best = max(best, float(patch[i, block].max()))
                 j += len(block)
         return known

@@ -4,7 +4,10 @@
   ``bank_candidates_int8_projected.onnx`` the same on the bank's leading principal components;
 - ``bank_nearest_fp32.onnx``: the exact float32 bank product that settles each image's worst patches
   beside a reduced candidate step (onnxruntime's threads, which do not spin after a call, where
-  BLAS's would take the cores from the next feature run).
+  BLAS's would take the cores from the next feature run);
+- ``bank_bound_fp32.onnx``: which bank rows may lie within a distance of each query, from a lower
+  bound of the distance on the bank's principal components (the exact settling of the projected
+  int8 search).
 
 The runtime runs them without the ``onnx`` package (which only fitting installs), so the graphs are
 kept in the repository as files; tests/test_search_int8.py checks they equal what this script builds.
@@ -37,7 +40,8 @@ def _model(nodes, name, inputs, outputs, initializers, opsets=_OPSETS) -> onnx.M
 
 
 def build_int8(projected: bool = False) -> onnx.ModelProto:
-    """queries (Q, D) float32 [centred], [projected: components (D, r) float32,] bank8 (D or r, M) int8, bank_scale (M,), neg_half_sq (M,) float32,
+    """queries (Q, D) float32 [centred], [projected: components8 (D, r) int8 and components_scale (r,)
+    float32, the components quantized per column,] bank8 (D or r, M) int8, bank_scale (M,), neg_half_sq (M,) float32,
     k (1,), block (1,) int64 -> candidates (Q, k) int64, nearest first by ``q . m - |m|^2 / 2``.
 
     ``DynamicQuantizeMatMul`` quantizes the queries to u8 per call, multiplies them with the s8 bank
@@ -50,7 +54,10 @@ def build_int8(projected: bool = False) -> onnx.ModelProto:
     ``projected``: the queries are first projected on the bank's r leading principal components (a
     MatMul) and the bank is stored in them, so the integer product is r/D of the full one."""
     n = helper.make_node
-    nodes = [n("MatMul", ["queries", "components"], ["projected"])] if projected else []
+    # the projection in int8 too (per-column scales): a float32 MatMul of the queries on r components
+    # cost as much as the int8 product on them; its rounding only moves candidates, never a score
+    nodes = [n("DynamicQuantizeMatMul", ["queries", "components8", "components_scale"], ["projected"],
+               domain="com.microsoft")] if projected else []
     nodes += [
         n("DynamicQuantizeMatMul", ["projected" if projected else "queries", "bank8", "bank_scale", "", "neg_half_sq"],
           ["closeness"], domain="com.microsoft"),
@@ -74,7 +81,8 @@ def build_int8(projected: bool = False) -> onnx.ModelProto:
     ]
     inputs = [helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["queries", "dim"])]
     if projected:
-        inputs.append(helper.make_tensor_value_info("components", TensorProto.FLOAT, ["dim", "kept"]))
+        inputs += [helper.make_tensor_value_info("components8", TensorProto.INT8, ["dim", "kept"]),
+                   helper.make_tensor_value_info("components_scale", TensorProto.FLOAT, ["kept"])]
     inputs += [helper.make_tensor_value_info("bank8", TensorProto.INT8, ["kept" if projected else "dim", "rows"]),
                helper.make_tensor_value_info("bank_scale", TensorProto.FLOAT, ["rows"]),
                helper.make_tensor_value_info("neg_half_sq", TensorProto.FLOAT, ["rows"]),
@@ -103,9 +111,39 @@ def build_exact() -> onnx.ModelProto:
     return _model(nodes, "bank_nearest_fp32", inputs, outputs, [], [helper.make_opsetid("", 17)])
 
 
+def build_bound() -> onnx.ModelProto:
+    """queries (Q, D) float32 [centred], components (D, r) orthonormal columns, bank_aug (M, r + 1) each
+    row in them and, last, the norm of its rest ``|m - P m|``, bank_sq (M,) ``|m|^2``, upper (Q, 1)
+    squared distances -> inside (Q, M) bool: rows whose lower bound of the squared distance,
+    ``|P q - P m|^2 + (|q - P q| - |m - P m|)^2`` (Pythagoras, then the reverse triangle inequality
+    on the part the components leave out), is below ``upper``. The bound is
+    ``|q|^2 + |m|^2 - 2 [P q, |q - P q|] . [P m, |m - P m|]``: one Gemm and one comparison."""
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["queries", "components"], ["q_r"]),
+        n("ReduceSumSquare", ["queries"], ["q_sq"], axes=[1], keepdims=1),
+        n("ReduceSumSquare", ["q_r"], ["q_r_sq"], axes=[1], keepdims=1),
+        n("Sub", ["q_sq", "q_r_sq"], ["q_perp_sq"]),
+        n("Relu", ["q_perp_sq"], ["q_perp_sq_pos"]),
+        n("Sqrt", ["q_perp_sq_pos"], ["q_perp"]),
+        n("Concat", ["q_r", "q_perp"], ["q_aug"], axis=1),
+        n("Gemm", ["q_aug", "bank_aug", "bank_sq"], ["lower_less_q"], alpha=-2.0, transB=1),
+        n("Sub", ["upper", "q_sq"], ["room"]),
+        n("Less", ["lower_less_q", "room"], ["inside"]),
+    ]
+    inputs = [helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["queries", "dim"]),
+              helper.make_tensor_value_info("components", TensorProto.FLOAT, ["dim", "kept"]),
+              helper.make_tensor_value_info("bank_aug", TensorProto.FLOAT, ["rows", "kept_1"]),
+              helper.make_tensor_value_info("bank_sq", TensorProto.FLOAT, ["rows"]),
+              helper.make_tensor_value_info("upper", TensorProto.FLOAT, ["queries", 1])]
+    outputs = [helper.make_tensor_value_info("inside", TensorProto.BOOL, ["queries", "rows"])]
+    return _model(nodes, "bank_bound_fp32", inputs, outputs, [], [helper.make_opsetid("", 17)])
+
+
 BUILDERS = {"bank_candidates_int8.onnx": build_int8,
             "bank_candidates_int8_projected.onnx": lambda: build_int8(projected=True),
-            "bank_nearest_fp32.onnx": build_exact}
+            "bank_nearest_fp32.onnx": build_exact,
+            "bank_bound_fp32.onnx": build_bound}
 
 
 if __name__ == "__main__":

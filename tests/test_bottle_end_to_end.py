@@ -78,3 +78,48 @@ def test_runtime_predict_equals_patchcore_eval_on_the_bundle(fitted, tmp_path):
     by_path = {s.path.resolve(): i for i, s in enumerate(ds.test)}
     fitted_scores = np.array([fit_pred.image_scores[by_path[f]] for f in sorted(runtime)])
     assert np.abs(b - fitted_scores).max() / np.abs(fitted_scores).max() <= 1e-6
+
+
+def test_fast_default_search_equals_the_exact_search_where_it_shows(fitted):
+    """The int8 search (what ``--search auto`` picks on a CPU that runs it fast) against today's exact
+    numpy search on bottle's test images: image scores to 1e-9 relative, identical verdicts and
+    normalised scores, and every map pixel at or above the overlay floor (threshold - scale) equal,
+    bit for bit, with the peak of every map that reaches it; below it a pixel may keep an
+    over-estimate, but stays below the floor. On all dimensions (the bundle as exported here) and
+    on 128 of 1024 principal components with 2 candidates (an ``export --int8`` bundle of bottle)."""
+    from runtime.geometry import peak_on_original
+    from runtime.images import read_image
+    from runtime.predictor import Predictor
+    from runtime.search import PatchScorer
+
+    data, _, _, _, bundle = fitted
+    paths = sorted((data / "test").rglob("*.png"))[::5]
+    images = [read_image(p) for p in paths]
+    ref = Predictor(bundle, device="cpu", search="numpy")
+    auto = Predictor(bundle, device="cpu")
+    choice = auto.info()["search_choice"]
+    assert choice["chose"] in ("int8", "exact") and choice["int8_ms"] > 0 and choice["exact_ms"] > 0
+    on_all = Predictor(bundle, device="cpu", search="int8")
+    projected = Predictor(bundle, device="cpu", search="int8")
+    projected.scorer = PatchScorer(ref.scorer.bank, ref.scorer.n_reweight, "int8", candidates=2, components=128)
+    assert projected.scorer.index.bounds and not on_all.scorer.index.bounds
+    level = on_all.map_level
+    assert level == ref.threshold - ref.scale
+    for fast in (on_all, projected, auto):
+        reached = below = 0
+        for s in range(0, len(images), 4):
+            batch = images[s : s + 4]
+            a, b = ref.predict(batch), fast.predict(batch)
+            np.testing.assert_allclose(b.image_scores, a.image_scores, rtol=1e-9, atol=0)
+            np.testing.assert_array_equal(b.verdicts, a.verdicts)
+            np.testing.assert_array_equal(b.normalised, a.normalised)
+            for i in range(len(batch)):
+                shown = a.maps[i] >= level
+                np.testing.assert_array_equal(b.maps[i] >= level, shown)
+                np.testing.assert_array_equal(b.maps[i][shown], a.maps[i][shown])
+                assert np.all(b.maps[i] >= a.maps[i] - 1e-3)  # an upper bound below the floor
+                if shown.any():
+                    reached += 1
+                    assert np.argmax(b.maps[i]) == np.argmax(a.maps[i])
+                below += int((~shown).sum())
+        assert reached >= 5 and below > 0  # the defects reach the floor; the rest of the maps does not

@@ -128,11 +128,11 @@ def test_export_records_the_measured_parity_of_each_reduced_variant(int8_bundle,
         from runtime.predictor import Predictor
 
         study = facts["bf16_search"]
-        assert study["recall"][str(study["candidates"])] >= study["recall_target"] == 0.999
+        assert study["recall"][str(study["candidates"])] >= study["recall_target"] == 0.95
         assert Predictor(int8_bundle, device="cpu", search="bf16").scorer.margin == max(2, study["candidates"])
     study = facts["int8_search"]  # the int8 candidate step runs in the base install: always measured
     gh, gw = read_bundle(int8_bundle).manifest["features"]["grid"]
-    assert study["recall"][str(study["candidates"])] >= 0.999 and study["patches"] == 6 * gh * gw
+    assert study["recall"][str(study["candidates"])] >= 0.95 and study["patches"] == 6 * gh * gw
     assert study["image_scores_exact"] is True
     from rich.console import Console
 
@@ -307,8 +307,9 @@ def test_parity_passes_reduced_variants_and_exits_6_for_a_broken_one(int8_bundle
 
 @pytest.mark.parametrize("value", ["abc", -4, 2.5])
 def test_a_corrupt_search_fact_is_a_bundle_error_not_a_traceback(int8_bundle, tmp_path, value):
-    """reduced_precision.int8_search.components from the manifest goes to the int8 index: a value
-    that is not a positive integer is the bundle's error (exit 3, one line naming the field)."""
+    """reduced_precision.int8_search.components from the manifest goes to the int8 index (``--search
+    int8``, and ``auto``, which may choose it): a value that is not a positive integer is the bundle's
+    error (exit 3, one line naming the field)."""
     import shutil
 
     import cv2
@@ -329,5 +330,7 @@ def test_a_corrupt_search_fact_is_a_bundle_error_not_a_traceback(int8_bundle, tm
     assert r.exit_code == 3, r.output
     assert "reduced_precision.int8_search.components must be a positive integer" in r.output
     assert "Traceback" not in r.output
-    ok = CliRunner().invoke(app, ["predict", str(broken), str(src)])  # the exact search does not read it
+    auto = CliRunner().invoke(app, ["predict", str(broken), str(src)])  # --search auto may take the int8 step
+    assert auto.exit_code == 3 and "int8_search.components" in auto.output, auto.output
+    ok = CliRunner().invoke(app, ["predict", str(broken), str(src), "--search", "numpy"])  # the exact search does not read it
     assert ok.exit_code == 0, ok.output

@@ -191,3 +191,34 @@ def test_int8_index_runs_fewer_queries_at_a_time_for_a_large_bank():
     got = big.search(q, 4)
     assert got.shape == (400, 4) and np.all((got == src[:, None]).any(axis=1))  # each query's own row
     # (queries are quantized per run, so the order of far candidates may differ between chunkings)
+
+
+@pytest.mark.parametrize("tiles", [1, 4])
+def test_settling_the_patches_a_visible_pixel_reads_makes_maps_exact_at_and_above_the_level(tiles):
+    """Upper bounds of patch scores (true scores plus over-estimates): once the patches that
+    exact_maps marks are replaced by their true scores, every map pixel whose true value reaches the
+    level is exact (bit for bit) and no other pixel reaches it; on one canvas and on 2 x 2 tiles."""
+    from runtime.exact_maps import patches_to_settle, reach
+    from runtime.geometry import TileLayout
+    from runtime.postprocess import anomaly_maps
+
+    rng = np.random.default_rng(5)
+    if tiles == 1:
+        layout = TileLayout((40, 40), (320, 320), (320, 320), ((0, 0),))
+    else:
+        layout = TileLayout((20, 20), (320, 320), (160, 160), ((0, 0), (0, 160), (160, 0), (160, 160)))
+    assert reach(layout, 4.0) == 3  # 16 px of blur in 8 px cells, and the upsampling's neighbour
+    true = rng.normal(10.0, 1.0, size=(3, 1600)).astype(np.float32)
+    true[0, 50:60] += 8.0  # a defect
+    true[1, :] -= 20.0  # an image far below the level
+    bounds = true + np.where(rng.random(true.shape) < 0.2, rng.exponential(2.0, true.shape), 0.0).astype(np.float32)
+    level = 13.0
+    marked = patches_to_settle(bounds, layout, 4.0, level)
+    assert 0 < marked.sum() < marked.size and not marked[1].any()
+    settled = np.where(marked, true, bounds)
+    exact = anomaly_maps(layout.stitch(true), (320, 320), 4.0)
+    got = anomaly_maps(layout.stitch(settled), (320, 320), 4.0)
+    shown = exact >= level
+    assert shown[0].any()
+    np.testing.assert_array_equal(got >= level, shown)
+    np.testing.assert_array_equal(got[shown], exact[shown])

@@ -82,7 +82,9 @@ class Search(str, enum.Enum):
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
                          "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
-                         "else numpy BLAS), faiss, numpy, int8 (candidates found by an integer product in "
+                         "else int8 where this CPU runs it fast, measured at load, or the exact search in onnxruntime; "
+                         "image scores and maps above the overlay floor exact either way), faiss, numpy (the exact numpy "
+                         "search of earlier releases), int8 (candidates found by an integer product in "
                          "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored exactly in "
                          "float32, image scores those of the exact search.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
@@ -118,6 +120,10 @@ def load_predictor(bundle: str | Path, device: Device, search: Search, threads: 
     d = p.info()
     info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
          f"search {d['search']}")
+    if "search_choice" in d:
+        c = d["search_choice"]
+        info(f"search auto: int8 candidate product {c['int8_ms']} ms, exact {c['exact_ms']} ms on {c['queries']} "
+             f"queries ({c['speedup']}x, int8 from {c['min_speedup']}x): {c['chose']}")
     p.judge = Judge.for_manifest(p.bundle.manifest, *(rule or LineRule()))  # regions and the verdict's rule
     if rule is not None and rule.min_area is not None:
         info(f"rule: {p.judge.rule} ({p.judge.level.source})")

@@ -1,0 +1,146 @@
+"""Fast by default: the default bundle's default path against today's exact path, side by side in one
+run; writes the section "Fast by default" of BENCHMARKS.md.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fast_default.py   # ~10 min on 2 cores
+
+The bundle: ``patchcore export --backbone effnet-lite0 --data bottle --int8`` with the defaults
+(320 x 320, 1% bank), in ``.bench/fast/bundle`` (git-ignored). Before: ``--search numpy --graph
+features_fp32`` (the exact numpy search, what the default was). After: no options (``--search auto``).
+Both are timed by ``runtime.line.bench`` (what ``patchcore-rt bench`` runs) on bottle's test images,
+interleaved round by round so that other jobs on the machine weigh on both alike; medians per
+stage, ratios of medians. Each side then scores the whole test set for image and pixel AUROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import replace_section  # noqa: E402
+from precision import accuracy  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
+BUNDLE = ROOT / ".bench" / "fast" / "bundle"
+STAGES = ("decode", "preprocess", "features", "search", "postprocess", "total")
+
+
+def log(msg: str) -> None:
+    print(f"[fast {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cpu_name() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    has = [f for f in ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{name}, {os.cpu_count()} logical cores ({', '.join(has) or 'no VNNI'})"
+
+
+def export() -> None:
+    cmd = [sys.executable, "-m", "patchcore", "export", "--backbone", "effnet-lite0", "--data", str(DATA), "--int8",
+           "--out", str(BUNDLE)]
+    log("export: " + " ".join(cmd[3:]))
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def interleaved(sides: dict, encoded: list[bytes], batch: int, rounds: int, repeat: int) -> dict:
+    from runtime.line.bench import bench_batch
+
+    runs = {k: {s: [] for s in STAGES} for k in sides}
+    for _ in range(rounds):
+        for name, p in sides.items():
+            r = bench_batch(p, encoded, batch, repeat, warmup=1)
+            for s in STAGES:
+                runs[name][s].append(r["median_ms_per_image"][s])
+    return {k: {s: statistics.median(v) for s, v in st.items()} for k, st in runs.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="keep the exported bundle")
+    args = ap.parse_args()
+    started = dt.datetime.now(dt.timezone.utc)
+    load = os.getloadavg()
+    if not (args.reuse and (BUNDLE / "manifest.json").exists()):
+        export()
+    from runtime.line.bench import load_images
+    from runtime.predictor import Predictor
+
+    sides = {"before": Predictor(BUNDLE, search="numpy", graph="features_fp32"), "after": Predictor(BUNDLE)}
+    info = sides["after"].info()
+    log(f"after: {info['search']}; choice {info.get('search_choice')}")
+    encoded = load_images(DATA / "test", limit=83)
+    good = load_images(DATA / "test" / "good", limit=20)
+    res = {}
+    for batch in (1, 4, 8):
+        log(f"batch {batch}, test images")
+        res[("test", batch)] = interleaved(sides, encoded, batch, args.rounds, args.repeat)
+    log("batch 1, good images")
+    res[("good", 1)] = interleaved(sides, good, 1, args.rounds, args.repeat)
+    acc = {}
+    for name, p in sides.items():
+        log(f"accuracy {name}")
+        acc[name] = accuracy(p, DATA, None)
+    a, b = np.array(acc["before"]["scores"]), np.array(acc["after"]["scores"])
+    score_err = float(np.max(np.abs(b - a) / np.abs(a)))
+    t = sides["before"].threshold
+    same_verdicts = bool(np.array_equal(a >= t, b >= t))
+    finished = dt.datetime.now(dt.timezone.utc)
+    write(args, started, finished, load, os.getloadavg(), info, res, acc, score_err, same_verdicts)
+
+
+def write(args, started, finished, load, load_end, info, res, acc, score_err, same_verdicts) -> None:
+    import onnxruntime
+
+    lines = ["## Fast by default", "",
+             "_Written by `benchmarks/fast_default.py` from one run; every figure below comes from that run._", "",
+             f"- Command: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fast_default.py"
+             f"{' --reuse' if args.reuse else ''}` (the OpenBLAS overrides of these machines unset, as on a user's "
+             f"machine); {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC",
+             f"- Machine: {cpu_name()}, Python {platform.python_version()}, numpy {np.__version__}, onnxruntime "
+             f"{onnxruntime.__version__}; load average {load[0]:.1f} at start, {load_end[0]:.1f} at the end"
+             + (" (shared with other jobs: read the ratios, measured interleaved)" if max(load[0], load_end[0]) > 0.5 else ""),
+             "- Bundle: `patchcore export --backbone effnet-lite0 --data bottle --int8` (defaults: 320 x 320, 1% bank, "
+             "1024 dims)",
+             "- Before: `--search numpy --graph features_fp32` (the exact numpy search, the default until now). After: "
+             f"no options; it ran `{info['search']}` ({info.get('search_choice')})",
+             f"- `runtime.line.bench` on bottle's test images (20 good, 63 defective) and on its good test images, "
+             f"interleaved: {args.rounds} rounds of {args.repeat} timed runs per side, median ms per image per stage",
+             ""]
+    lines += ["| images, batch | side | decode | preprocess | features | search | postprocess | total | before / after (total) | total / features |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for (kind, batch), r in res.items():
+        for side in ("before", "after"):
+            x = r[side]
+            ratio = f"**{r['before']['total'] / r['after']['total']:.2f}x**" if side == "after" else ""
+            lines.append(f"| {kind}, {batch} | {side} | " + " | ".join(f"{x[s]:.2f}" for s in STAGES)
+                         + f" | {ratio} | {x['total'] / x['features']:.2f} |")
+    lines += ["", "| side | image AUROC | pixel AUROC | PRO |", "|---|---|---|---|"]
+    for side in ("before", "after"):
+        m = acc[side]
+        lines.append(f"| {side} | {m['image_auroc']:.4f} | {m['pixel_auroc']:.4f} | {m['pro']:.4f} |")
+    lines += ["", f"- Image scores, after against before, whole test set: largest relative difference {score_err:.1e}; "
+              f"verdicts {'identical' if same_verdicts else 'DIFFER'}",
+              "- The peer (anomalib's export of the same weights) is not in this run: see the section "
+              "\"Precision and engines\" for its last measurement"]
+    replace_section(ROOT / "BENCHMARKS.md", "fast-default", "\n".join(lines))
+    log("wrote BENCHMARKS.md section fast-default")
+
+
+if __name__ == "__main__":
+    main()
