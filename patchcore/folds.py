@@ -93,7 +93,7 @@ def out_of_fold(model: FoldFitter, store: EmbeddingStore, n_images: int, k: int,
         idx = merge_shards([torch.from_numpy(r.projected) for r in rest], n_select, cfg.n_starts, cfg.seed, cfg.device)
         bank = np.concatenate([r.rows for r in rest])[idx]
         bank_rows.append(int(len(bank)))
-        scorer = PatchScorer(bank, n_reweight=n_reweight, backend=search_backend, device=device)
+        scorer = PatchScorer(bank, n_reweight=n_reweight, backend=search_backend, device=device, exact=True)
         for s in range(0, len(held), 8):
             idx = held[s:s + 8]
             emb = next(image_batches(store, rpi, idx, batch=len(idx))).reshape(len(idx), rpi, -1)

@@ -382,7 +382,7 @@ class PatchCore:
     def set_bank(self, bank: np.ndarray) -> None:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.scorer = PatchScorer(self.bank, n_reweight=self.config.n_reweight,
-                                  backend=self.config.search_backend, device=self.config.device)
+                                  backend=self.config.search_backend, device=self.config.device, exact=True)
 
     # ------------------------------------------------------------------ calibration
     def calibrate_holdout(self, paths: Sequence[Path]) -> None:

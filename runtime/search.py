@@ -117,13 +117,15 @@ def _faiss_gpus() -> int:
 
 
 def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
-               candidates: int | None = None, components: int | None = None, choice: dict | None = None
-               ) -> NeighbourIndex:
+               candidates: int | None = None, components: int | None = None, choice: dict | None = None,
+               exact: bool = False) -> NeighbourIndex:
     """``backend``: ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate step of
     :mod:`runtime.candidates`, ``candidates`` per query; int8 on ``components`` principal components
     when given) or ``auto``: faiss on a GPU when this faiss build sees one (and ``device`` allows it),
     else on a CPU the int8 step where this CPU runs it fast, measured at load, or the exact search in
-    onnxruntime (:func:`runtime.candidates.choose_cpu_index`; its measurement goes into ``choice``)."""
+    onnxruntime (:func:`runtime.candidates.choose_cpu_index`; its measurement goes into ``choice``).
+    ``exact``: ``auto`` never picks a reduced candidate step (faiss on a GPU, else numpy): fitting,
+    evaluation and calibration read whole maps, pixel metrics included, and must be the exact search's."""
     from .candidates import DEFAULT_CANDIDATES, INDEXES, choose_cpu_index
 
     if backend not in ("auto", "faiss", "numpy", *INDEXES):
@@ -137,7 +139,7 @@ def make_index(bank: np.ndarray, backend: str = "auto", device: str = "auto",
             return FaissIndex(bank, device=device)
         except ImportError:
             raise RuntimeError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from None
-    if backend == "auto":
+    if backend == "auto" and not exact:
         index, facts = choose_cpu_index(bank, candidates or DEFAULT_CANDIDATES, components)
         if choice is not None:
             choice.update(facts)
@@ -226,7 +228,7 @@ class PatchScorer:
     """
 
     def __init__(self, bank: np.ndarray, n_reweight: int = 3, backend: str = "auto", device: str = "auto",
-                 candidates: int | None = None, components: int | None = None):
+                 candidates: int | None = None, components: int | None = None, exact: bool = False):
         if bank.ndim != 2 or len(bank) == 0:
             raise ValueError(f"memory bank must be a non-empty (M, D) array, got {bank.shape}")
         if n_reweight < 0 or n_reweight == 1:
@@ -236,7 +238,7 @@ class PatchScorer:
         self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
         self.choice: dict = {}  # --search auto: what it measured on this CPU and chose
         self.index = make_index(self.bank, backend=backend, device=device, candidates=candidates,
-                                components=components, choice=self.choice)
+                                components=components, choice=self.choice, exact=exact)
         # a reduced-precision candidate step: the worst patches and the reweighting then use an exact
         # float32 search beside it, so image scores stay the exact search's
         self.approximate = hasattr(self.index, "candidates")
