@@ -50,6 +50,7 @@ def export_cmd(
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
+    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET,
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
@@ -73,7 +74,8 @@ def export_cmd(
         cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                              batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                              bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
+                                 latency_budget_ms=latency_budget_ms)
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
                             tensorrt, calibrate, reuse)
         if int8:

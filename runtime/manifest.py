@@ -184,6 +184,9 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "memory_bank.coverage_radius": non_negative_number,
     "threshold.calibration_scores": finite_list,
     "lineage": array,
+    "selection": obj,
+    "selection.verdict": one_of("switched", "kept default", "uncertain", "not run"),
+    "selection.reason": string,
 }
 
 
@@ -223,6 +226,11 @@ FIELD_DOCS: dict[str, str] = {
     "memory_bank.coverage_radius": "the bank's covering radius in the projection (where `update` stops)",
     "threshold.calibration_scores": "the held-out good images' scores behind the threshold",
     "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",
+    "selection": "how `--preset auto` chose this bundle's recipe: every candidate's figures on synthetic defects "
+                 "of held-out good images, the chosen settings and the tests behind the verdict (docs/selection.md)",
+    "selection.verdict": "`switched` (a candidate beat the fixed default), `kept default`, `uncertain` (the "
+                         "challenger led but failed a test: the default was kept) or `not run` (too few images)",
+    "selection.reason": "the verdict in one line",
 }
 
 

@@ -87,6 +87,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "variants": runnable_variants(set(m.get("graphs", {})), dev),
         "manifest": str(b.root / MANIFEST),
         "reduced_precision": m.get("reduced_precision", {}),
+        "selection": m.get("selection"),
     }
 
 
@@ -156,6 +157,7 @@ def render(info: dict[str, Any]):
         ("threshold", "none (no verdicts)" if thr.get("value") is None else
          f"{thr['value']:.6g} (scale {thr.get('scale') or 0:.6g}, {thr.get('method', '?')})"),
         ("graphs", ", ".join(f"{k}: {v}" for k, v in info["graphs"].items()) or "none (run export)"),
+        ("recipe", _selection_line(info.get("selection"))),
         ("history", "fitted, never updated" if not info["lineage"] else
          "\n".join(f"{i}. {describe_update(e)}" for i, e in enumerate(info["lineage"], 1))),
         ("built with", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
@@ -174,6 +176,19 @@ def render(info: dict[str, Any]):
     for k, v in rows:
         t.add_row(k, str(v))
     return t
+
+
+def _selection_line(sel: dict | None) -> str:
+    """How the recipe was chosen: a fixed preset, or what ``--preset auto`` decided and why."""
+    if not sel:
+        return "fixed (a preset or explicit options)"
+    line = f"--preset auto: {sel.get('verdict')}"
+    if sel.get("chosen"):
+        line += f", {sel['chosen']}"
+    line += f" ({sel.get('reason')})"
+    if sel.get("candidates"):
+        line += f"; {len(sel['candidates'])} candidates on {sel.get('validation', {}).get('good_images')} good images"
+    return line
 
 
 def _reduced_line(key: str, facts: dict) -> str:
