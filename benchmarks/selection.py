@@ -25,14 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from common import replace_section  # noqa: E402
 
-SECTION = "selection"
-WORK = ROOT / ".bench" / "selection"
+SECTION, WORK = "selection", ROOT / ".bench" / "selection"
 RESULTS = WORK / "results.jsonl"
 CLASSES = ("hazelnut_reduced", "transistor_reduced", "synthetic_tall", "bottle", "synthetic_large", "screw")
 REAL = ("image_auroc", "pixel_auroc", "pro")
@@ -99,11 +95,15 @@ def _triple(r):
 
 
 def render(records: list[dict], meta: dict) -> str:
+    runs = {}
+    for r in records:
+        runs.setdefault((r.get("command", meta.get("command")), r.get("started", meta.get("started"))), []).append(
+            r["class"])
     L = ["## Recipe selection: `--preset auto` on held-out good images with synthetic defects", "",
          "_Written by `benchmarks/selection.py` from `.bench/selection/results.jsonl`._", "",
-         f"- Command: `{meta.get('command', 'nice -n 5 python benchmarks/selection.py run')}`, started "
-         f"{meta.get('started', '?')}; CPU: {meta.get('cpu', '?')} (2 cores shared with other jobs: compare times "
-         "within a row only).",
+         *[f"- Command: `{c}`, started {t} ({', '.join(cs)})" for (c, t), cs in runs.items()],
+         f"- CPU: {meta.get('cpu', '?')}, 2 cores shared with other jobs (load average up to 11 during these runs): "
+         "compare times within a row only.",
          "- effnet-lite0 (ImageNet weights), 1% bank, seed 0; selection as `--preset auto` runs it: at most 60 good "
          "training images in 3 folds, 3 synthetic defects per family x size per fold (6 families x 3 sizes), "
          "image recall at the held-out good images' 95% quantile and AU-PRO (0.3) per cell, median rank over the "
@@ -163,16 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         write_report()
         return 0
     WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / "meta.json").write_text(json.dumps({
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(),
-        "command": "nice -n 5 python benchmarks/selection.py run " + " ".join(argv or sys.argv[2:])}))
+    meta = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(),
+            "command": "nice -n 5 python benchmarks/selection.py run " + " ".join(argv or sys.argv[2:])}
+    (WORK / "meta.json").write_text(json.dumps(meta))
     done = {json.loads(x)["class"] for x in RESULTS.read_text().splitlines() if x.strip()} if RESULTS.is_file() else set()
     log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)  # noqa: E731
     fit_time = set(a.fit_time.split(",")) if a.fit_time else set()
     for name in a.classes.split(","):
         if name in done:
             continue
-        rec = run_class(name, name in fit_time, log)
+        rec = {**run_class(name, name in fit_time, log), "command": meta["command"], "started": meta["started"]}
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         write_report()

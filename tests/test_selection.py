@@ -136,9 +136,10 @@ def test_the_larger_input_is_chosen_where_only_it_resolves_the_defects(tmp_path)
     from patchcore.selection import Settings, select_recipe
 
     cls = _smooth_class(tmp_path, 12, 448)
-    settings = Settings(per_cell=2, families=("stain", "missing"), sizes=(0.0002,), real_check=False)
+    settings = Settings(per_cell=2, families=("stain", "missing", "scratch"), sizes=(0.0002,), real_check=False)
     sel = select_recipe(_config(), load_class(cls), settings)
     rec = sel.record
+    assert "448x448" in rec["challenger"], rec
     assert rec["verdict"] == "switched", rec["reason"]
     assert "448x448" in rec["chosen"] and sel.config.max_pixels_in == 448 * 448
 
