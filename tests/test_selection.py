@@ -129,19 +129,33 @@ def test_too_few_good_images_fit_the_fixed_default_with_one_line(tmp_path):
     assert sel.config == default
 
 
-def test_the_larger_input_is_chosen_where_only_it_resolves_the_defects(tmp_path):
-    """Pits a few pixels wide on 448 x 448 parts: the candidates at the images' own size see them,
-    224 x 224 and 320 x 320 blur them into the texture."""
-    from patchcore.data import load_class
-    from patchcore.selection import Settings, select_recipe
+def _figures(lead: float, noise: float, seed: int = 0, n_cand: int = 4, folds: int = 3, cells: int = 18):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.3, 0.7, (1, 1, cells))
+    fig = base + rng.normal(0, noise, (n_cand, folds, cells))
+    fig[2] += lead  # candidate 2 is the clearly right one when lead >> noise
+    return fig
 
-    cls = _smooth_class(tmp_path, 12, 448)
-    settings = Settings(per_cell=2, families=("stain", "missing", "scratch"), sizes=(0.0002,), real_check=False)
-    sel = select_recipe(_config(), load_class(cls), settings)
-    rec = sel.record
-    assert "448x448" in rec["challenger"], rec
-    assert rec["verdict"] == "switched", rec["reason"]
-    assert "448x448" in rec["chosen"] and sel.config.max_pixels_in == 448 * 448
+
+FAMILY_OF_CELL = [f for f in D.FAMILIES for _ in D.SIZE_BUCKETS]
+
+
+def test_a_clearly_better_candidate_is_chosen_and_noise_keeps_the_default():
+    from patchcore.selection.ranking import rank
+
+    fig = _figures(lead=0.2, noise=0.02)
+    r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
+    assert (r.verdict, r.chosen, r.folds_won) == ("switched", 2, 3)
+    assert r.interval[0] > 0 and max(r.top_two_without.values()) <= 2
+    # the same candidates with no real lead: whatever ranks first by chance, the default stays
+    fig = _figures(lead=0.0, noise=0.05, seed=3)
+    r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
+    assert r.chosen == 0 and r.verdict in ("kept default", "uncertain")
+    # a lead that rests on one family only is not taken
+    fig = _figures(lead=0.0, noise=0.0)
+    fig[2, :, :3] += 0.5  # perlin cells only
+    r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
+    assert r.challenger == 2 and r.verdict == "uncertain" and r.chosen == 0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
