@@ -113,7 +113,11 @@ def render(records: list[dict], meta: dict) -> str:
          "images (not all training images), scored on test/. They never enter the choice. Kendall tau: the "
          "candidates' synthetic order against their order by the mean of the three real figures (1 = same order).",
          "- Regret = the best candidate's real mean minus the chosen one's; vs default = the chosen one's minus the "
-         "fixed default's (positive: selection helped).", ""]
+         "fixed default's (positive: selection helped).",
+         "- ms / image: measured during selection, batch 1, in the same process while the machine was loaded by "
+         "other jobs: only the order within one class means anything.",
+         *([f"- Not finished in the time the run had (cut): {', '.join(c for c in CLASSES if c not in seen)}."]
+           if (seen := {r['class'] for r in records}) and set(CLASSES) - seen else []), ""]
     L += ["| class | verdict | chosen | real (chosen) | real (fixed default) | best candidate on real | regret | vs "
           "default | Kendall tau | selection s | default fit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
