@@ -63,7 +63,7 @@ class GroupResult:
     good_scores: list[dict[int, np.ndarray]] = field(default_factory=list)  # per fold: k -> (n_held,)
     synth_scores: list[dict[int, np.ndarray]] = field(default_factory=list)  # per fold: k -> (n_synth,)
     aupro: list[dict[tuple[str, float], float]] = field(default_factory=list)  # per fold: cell -> AU-PRO
-    examples: dict[str, np.ndarray] = field(default_factory=dict)  # family -> eval map of fold 0's first defect
+    examples: dict[str, np.ndarray] = field(default_factory=dict)  # family -> eval map of fold 0's last defect
     real: dict[int, dict] = field(default_factory=dict)  # k -> real figures
     latency_ms: float | None = None
 
@@ -238,7 +238,7 @@ def evaluate_group(base: PatchCoreConfig, cands: Sequence[Candidate], images: Se
                     for size in settings.sizes:
                         pick = [i for i, s in enumerate(mine) if s.family == fam and s.size == size]
                         cells[(fam, size)] = pro_score([masks[i] for i in pick], [maps[i] for i in pick])
-                        if f == 0 and fam not in r.examples:
+                        if f == 0 and size == settings.sizes[-1]:  # the largest: the picture shows it
                             r.examples[fam] = maps[pick[-1]]
                 r.aupro.append(cells)
             advance(1)
