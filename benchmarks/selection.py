@@ -117,7 +117,8 @@ def render(records: list[dict], meta: dict) -> str:
          "- ms / image: measured during selection, batch 1, in the same process while the machine was loaded by "
          "other jobs: only the order within one class means anything.",
          *([f"- Not finished in the time the run had (cut): {', '.join(c for c in CLASSES if c not in seen)}."]
-           if (seen := {r['class'] for r in records}) and set(CLASSES) - seen else []), ""]
+           if (seen := {r['class'] for r in records}) and set(CLASSES) - seen else []),
+         *[f"- {n}" for n in meta.get("notes", [])], ""]
     L += ["| class | verdict | chosen | real (chosen) | real (fixed default) | best candidate on real | regret | vs "
           "default | Kendall tau | selection s | default fit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
@@ -171,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             "command": "nice -n 5 python benchmarks/selection.py run " + " ".join(argv or sys.argv[2:])}
     (WORK / "meta.json").write_text(json.dumps(meta))
     done = {json.loads(x)["class"] for x in RESULTS.read_text().splitlines() if x.strip()} if RESULTS.is_file() else set()
-    log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)  # noqa: E731
+    def log(s: str) -> None:
+        print(time.strftime("%H:%M:%S"), s, flush=True)
+        if ": one default fit " in s:  # kept even if the class's selection does not finish
+            meta.setdefault("notes", []).append(f"{s} (the default fit timed before its selection)")
+            (WORK / "meta.json").write_text(json.dumps(meta))
     fit_time = set(a.fit_time.split(",")) if a.fit_time else set()
     for name in a.classes.split(","):
         if name in done:
