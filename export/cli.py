@@ -55,6 +55,7 @@ def export_cmd(
     calibration: str = opt.CALIBRATION, folds: int = opt.FOLDS,
     mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="millimetres per original image pixel, "
                                               "recorded in the bundle: the runtime then gives region areas in mm²"),
+    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET,
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
@@ -79,7 +80,7 @@ def export_cmd(
                              batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                              bank_size, shards, work_dir, aggregation=aggregation,
                                  max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                             calibration=calibration, folds=folds)
+                             calibration=calibration, folds=folds, latency_budget_ms=latency_budget_ms)
         if mm_per_px is not None and not (mm_per_px > 0 and math.isfinite(mm_per_px)):
             raise UsageError(f"--mm-per-px must be a finite number > 0, got {mm_per_px}")
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,

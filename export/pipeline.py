@@ -17,6 +17,7 @@ import numpy as np
 
 from patchcore.data import load_class, load_test_set
 from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.selection import model_for
 from patchcore.registry import WeightsUnavailableError
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import Bundle, BundleError, read_bundle
@@ -143,7 +144,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
     if reused:
         model = _reload(req.out, req.config.device)
     else:
-        model = PatchCore(req.config).fit(ds.train)
+        model = model_for(req.config, data_dir, log=log).fit(ds.train)
         if req.calibrate is not None:
             if req.data is not None and req.calibrate.resolve() == Path(data_dir).resolve():
                 log("warning: --calibrate uses the same folder's test images that evaluation uses: "

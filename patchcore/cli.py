@@ -51,25 +51,32 @@ def fit(
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
-    ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
+    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET, ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `patchcore export` adds it)."""
     from .evaluation import fit_bundle
 
     with known_errors():
         _check_folders(data)
+        _check_ray(preset, ray or bool(ray_address))
         combos = [(d, bb) for d in data for bb in backbone]
         jobs = []
         for d, bb in combos:
             cfg = opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                                  bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
+                                 latency_budget_ms=latency_budget_ms)
             dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
             check_output_folder(dest, "--out")
             jobs.append((d, cfg, dest))
         for dest in run_jobs(fit_bundle, jobs, ray or bool(ray_address), ray_address, device):
             typer.echo(str(dest))
+
+
+def _check_ray(preset: str, use_ray: bool) -> None:
+    if use_ray and preset == opt.AUTO:
+        raise ValueError("--preset auto selects its recipe in this process; drop --ray or choose a preset")
 
 
 def _check_folders(data: List[Path]) -> None:
@@ -113,7 +120,7 @@ def eval_(
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
-    ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
+    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET, ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
     original_resolution: bool = typer.Option(False, "--original-resolution", help="also compute pixel AUROC and PRO "
                                              "with the maps taken back onto the original images and masks"),
@@ -128,8 +135,10 @@ def eval_(
         configs = [opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
                                   batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                                   bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset)
+                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
+                                 latency_budget_ms=latency_budget_ms)
                    for bb in backbone]  # bad options fail before any data is read
+        _check_ray(preset, ray or bool(ray_address))
         _check_folders(data)
         check_output_folder(out, "--out")
         if bundle is not None:

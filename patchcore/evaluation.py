@@ -15,6 +15,7 @@ from .data import ClassDataset, load_class, load_mask
 from .metrics import evaluate
 from .model import FitExecutor, PatchCore, PatchCoreConfig
 from .report import overlay_image, write_overlays, write_run_metrics
+from .selection import model_for
 
 
 def score_dataset(model: PatchCore, ds: ClassDataset):
@@ -76,7 +77,7 @@ def fit_bundle(data: str | Path, config: PatchCoreConfig, dest: str | Path | Non
     ``models/<class>-<backbone>``); returns the bundle folder."""
     ds = load_class(data)
     dest = Path(dest) if dest is not None else Path("models") / f"{ds.name}-{config.backbone}"
-    return PatchCore(config).fit(ds.train, executor=executor).save(dest)
+    return model_for(config, ds).fit(ds.train, executor=executor).save(dest)
 
 
 def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | Path, n_overlays: int = 12,
@@ -86,8 +87,9 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
     overlays under ``out_dir/<class>/<backbone>/``; return the summary row. ``original`` adds
     pixel metrics at the original resolution."""
     ds = load_class(data)
-    t0 = time.perf_counter()
-    model = PatchCore(config).fit(ds.train, executor=executor)
+    t0 = time.perf_counter()  # with --preset auto, the selection is part of the fit time
+    model = model_for(config, ds, Path(out_dir) / ds.name / config.backbone)
+    model.fit(ds.train, executor=executor)
     t1 = time.perf_counter()
     pred, labels, masks = score_dataset(model, ds)
     t2 = time.perf_counter()
@@ -111,6 +113,8 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
         "eval_seconds": round(t2 - t1, 2),
         "ms_per_image": round(1000 * (t2 - t1) / max(1, len(ds.test)), 1),
         "threshold": model.threshold,
+        **({"selection": model.selection["verdict"], "recipe": model.selection.get("chosen")}
+           if model.selection else {}),
         **(original_resolution_metrics(ds, pred) if original else {}),
     }
     write_run_metrics(out_dir, ds.name, config.backbone, metrics.to_dict(), extra)

@@ -61,8 +61,11 @@ UPSAMPLE = typer.Option(False, "--upsample", help="--geometry auto may enlarge t
 ROI = typer.Option(None, "--roi", help="fixed region of interest x0,y0,x1,y1 in original pixels (end exclusive): "
                    "only it is fitted and scored; maps and locations stay on the original image")
 PRESET = typer.Option("default", "--preset", help="default (chosen by the study in BENCHMARKS.md) | paper (the "
-                      "paper's recipe: --geometry paper --aggregation paper --target-dim 1024 --n-reweight 3); "
-                      "explicit options override it")
+                      "paper's recipe: --geometry paper --aggregation paper --target-dim 1024 --n-reweight 3) | auto "
+                      "(each product's recipe chosen on its good images with synthetic defects, docs/selection.md); "
+                      "explicit options override default and paper")
+LATENCY_BUDGET = typer.Option(None, "--latency-budget-ms", min=0.0, help="--preset auto: drop candidate recipes "
+                              "slower than this per image (measured while selecting)")
 
 # The settings each preset gives options left unset (geometry None: the effective default of
 # patchcore.input_geometry; max_pixels_in applies to --geometry auto only).
@@ -74,19 +77,36 @@ PRESETS = {
     "paper": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 3, "geometry": "paper", "max_pixels_in": None,
               "coreset": 0.1},
 }
+# "auto" chooses these itself among candidates (patchcore.selection); it fits "default"'s bank
+AUTO = "auto"
+CHOSEN_BY_AUTO = {"aggregation": "--aggregation", "target_dim": "--target-dim", "n_reweight": "--n-reweight",
+                  "geometry": "--geometry", "max_pixels_in": "--max-pixels-in", "resize": "--resize", "crop": "--crop",
+                  "input_size": "--input-size", "tile": "--tile"}
 
 
 def preset_values(preset: str, **given):
     """The options ``given`` (None = unset) completed from ``preset``; ValueError for an unknown preset."""
-    if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    out = {k: (PRESETS[preset].get(k) if v is None else v) for k, v in given.items()}
+    if preset not in PRESETS and preset != AUTO:
+        raise ValueError(f"--preset must be one of {', '.join([*PRESETS, AUTO])}, got {preset!r}")
+    values = PRESETS["default" if preset == AUTO else preset]
+    out = {k: (values.get(k) if v is None else v) for k, v in given.items()}
     return out
+
+
+def check_auto(preset: str, **given) -> None:
+    """``--preset auto`` chooses the recipe itself: an explicit option it chooses is a ValueError (exit 2)."""
+    if preset != AUTO:
+        return
+    clash = [CHOSEN_BY_AUTO[k] for k, v in given.items() if k in CHOSEN_BY_AUTO and v is not None]
+    if clash:
+        raise ValueError(f"--preset auto chooses {', '.join(clash)} itself; give either --preset auto or "
+                         f"{' '.join(clash)} (with --preset default or paper)")
 
 
 def _resolve_preset(preset: str, given: dict, tile, input_size, resize, crop) -> dict:
     from . import input_geometry
 
+    check_auto(preset, tile=tile, input_size=input_size, resize=resize, crop=crop, **given)
     v = preset_values(preset, **given)
     if given["aggregation"] is not None and given["target_dim"] is None:
         v["target_dim"] = None  # an aggregation chosen by hand keeps its own dims (local-mean: native)
@@ -107,7 +127,7 @@ def preset_config(preset: str = "default", **options):
     v = _resolve_preset(preset, given, options.get("tile"), options.get("input_size"), options.get("resize"),
                         options.get("crop"))
     v["coreset_ratio"] = v.pop("coreset")
-    return PatchCoreConfig(**v, **options)
+    return PatchCoreConfig(**v, **options, select=preset == AUTO)
 
 
 def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Optional[str], seed: int,
@@ -117,7 +137,8 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                tile_scale: Optional[float] = None, bank_size: Optional[int] = None, shards: int = 1,
                work_dir: Optional[Path] = None, *, aggregation: Optional[str] = None,
                max_pixels_in: Optional[int] = None, upsample: bool = False, roi: Optional[str] = None,
-               preset: str = "default", calibration: str = "oof", folds: int = 5):
+               preset: str = "default", calibration: str = "oof", folds: int = 5,
+               latency_budget_ms: Optional[float] = None):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above, unset ones from
     ``preset`` (a ValueError, exit 2, names a bad value or an impossible combination)."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
@@ -125,6 +146,8 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
     v = _resolve_preset(preset, dict(aggregation=aggregation, target_dim=target_dim, n_reweight=n_reweight,
                                      geometry=geometry, max_pixels_in=max_pixels_in, coreset=coreset), tile,
                         input_size, resize, crop)
+    if latency_budget_ms is not None and preset != AUTO:
+        raise ValueError("--latency-budget-ms belongs to --preset auto (it drops candidate recipes)")
     return PatchCoreConfig(backbone=backbone, coreset_ratio=v["coreset"], weights=weights, aggregation=v["aggregation"],
                            max_pixels_in=v["max_pixels_in"], upsample=upsample, roi=roi,
                            layers=tuple(layers.split(",")) if layers else None, seed=seed,
@@ -133,4 +156,4 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                            input_size=input_size, tile=tile,
                            tile_overlap=tile_overlap, tile_scale=tile_scale, bank_size=bank_size, shards=shards,
                            work_dir=str(work_dir) if work_dir is not None else None, calibration=calibration,
-                           folds=folds)
+                           folds=folds, select=preset == AUTO, select_latency_ms=latency_budget_ms)

@@ -77,6 +77,8 @@ class PatchCoreConfig:
     device: str = "auto"
     search_backend: str = "auto"
     work_dir: str | None = None  # where embeddings are spilled while fitting (None: the system temp folder)
+    select: bool = False  # choose aggregation, input and eq. 7 neighbours first (patchcore.selection)
+    select_latency_ms: float | None = None  # selection drops candidates slower than this (ms per image)
 
     def __post_init__(self) -> None:
         """Refuse impossible settings before any image is read (ValueError names the setting)."""
@@ -173,6 +175,7 @@ class PatchCore:
         self.coverage_radius: float | None = None
         # The fit's greedy radius (patchcore.coreset.Selection): where an update stops by default.
         self.fit_radius: float | None = None
+        self.selection: dict | None = None  # how recipe selection chose this config (the manifest's record)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -491,6 +494,7 @@ class PatchCore:
             "threshold": {"value": self.threshold, "scale": self.scale, **self.fit_info.get("calibration", {})},
             "fit": {k: v for k, v in self.fit_info.items() if k != "calibration"},
             **({"lineage": list(self.lineage)} if self.lineage else {}),
+            **({"selection": self.selection} if self.selection else {}),
             "graphs": {},
             "versions": {
                 "patchcore_rt": runtime.__version__,

@@ -200,6 +200,9 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "units": obj,
     "units.mm_per_px": positive_number,
     "lineage": array,
+    "selection": obj,
+    "selection.verdict": one_of("switched", "kept default", "uncertain", "not run"),
+    "selection.reason": string,
 }
 
 
@@ -255,6 +258,11 @@ FIELD_DOCS: dict[str, str] = {
     "units": "physical units of the images",
     "units.mm_per_px": "millimetres per original image pixel (`export --mm-per-px`): region areas in mm²",
     "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",
+    "selection": "how `--preset auto` chose this bundle's recipe: every candidate's figures on synthetic defects "
+                 "of held-out good images, the chosen settings and the tests behind the verdict (docs/selection.md)",
+    "selection.verdict": "`switched` (a candidate beat the fixed default), `kept default`, `uncertain` (the "
+                         "challenger led but failed a test: the default was kept) or `not run` (too few images)",
+    "selection.reason": "the verdict in one line",
 }
 
 

@@ -93,6 +93,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "reduced_precision": m.get("reduced_precision", {}),
         "result_sinks": result_sinks(),
         "camera_sources": camera_sources(),
+        "selection": m.get("selection"),
     }
 
 
@@ -186,6 +187,7 @@ def render(info: dict[str, Any]):
         ("pixel threshold", "none" if info["pixel_threshold"]["value"] is None else
          f"{info['pixel_threshold']['value']:.6g}: {info['pixel_threshold']['source']}"),
         ("graphs", ", ".join(f"{k}: {v}" for k, v in info["graphs"].items()) or "none (run export)"),
+        ("recipe", _selection_line(info.get("selection"))),
         ("history", "fitted, never updated" if not info["lineage"] else
          "\n".join(f"{i}. {describe_update(e)}" for i, e in enumerate(info["lineage"], 1))),
         ("built with", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
@@ -226,6 +228,19 @@ def _calibration_line(thr: dict[str, Any]) -> str:
     if isinstance(tr, dict):
         parts.append(f"trust {tr.get('level')}: {tr.get('why')}")
     return "; ".join(parts)
+
+
+def _selection_line(sel: dict | None) -> str:
+    """How the recipe was chosen: a fixed preset, or what ``--preset auto`` decided and why."""
+    if not sel:
+        return "fixed (a preset or explicit options)"
+    line = f"--preset auto: {sel.get('verdict')}"
+    if sel.get("chosen"):
+        line += f", {sel['chosen']}"
+    line += f" ({sel.get('reason')})"
+    if sel.get("candidates"):
+        line += f"; {len(sel['candidates'])} candidates on {sel.get('validation', {}).get('good_images')} good images"
+    return line
 
 
 def _reduced_line(key: str, facts: dict) -> str:

@@ -1,0 +1,191 @@
+"""Recipe selection (`--preset auto`): synthetic defects with exact masks, a reproducible choice,
+a built case with one clearly right candidate, the fallback with too few images, and the
+command line's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from patchcore.selection import defects as D
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _part(size: int = 160, seed: int = 0) -> np.ndarray:
+    """A textured disc (the part) on a dark background."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 12, np.uint8)
+    tex = np.clip(rng.normal(150, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    disc = np.zeros((size, size), np.uint8)
+    cv2.circle(disc, (size // 2, size // 2), int(size * 0.38), 1, -1)
+    img[disc.astype(bool)] = tex[disc.astype(bool)]
+    return img
+
+
+@pytest.mark.parametrize("family", D.FAMILIES)
+def test_each_family_changes_only_pixels_inside_its_mask_and_on_the_part(family):
+    img, donor = _part(seed=0), _part(seed=1)
+    fg = D.foreground(img)
+    assert 0.3 < fg.mean() < 0.6  # the disc, not the background
+    for i, share in enumerate(D.SIZE_BUCKETS):
+        rng = np.random.default_rng(i)
+        area = share * fg.sum()
+        out, mask, facts = D.draw(img, family, area, rng, fg, donor)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert mask.any() and not (mask & ~fg).any()  # on the part only
+        assert np.array_equal(out[~mask], img[~mask])  # exact: nothing outside the mask moved
+        assert (out[mask] != img[mask]).any()
+        assert mask.sum() <= 4 * max(area, D.MIN_AREA), (family, share, mask.sum(), area)
+        assert facts["family"] == family and facts["area_px"] == int(mask.sum())
+
+
+def test_a_texture_filling_the_frame_is_all_part():
+    rng = np.random.default_rng(0)
+    tex = np.clip(rng.normal(120, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert D.foreground(tex).all()
+
+
+def _smooth_class(root: Path, n_train: int, size: int, seed: int = 0) -> Path:
+    """Parts on a flat background; a test set with tiny pits (3 px) as real defects."""
+    rng = np.random.default_rng(seed)
+    cls = root / "part"
+    for sub in ("train/good", "test/good", "test/pit", "ground_truth/pit"):
+        (cls / sub).mkdir(parents=True, exist_ok=True)
+
+    def part():
+        img = np.full((size, size, 3), 20, np.uint8)
+        noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 1.0)
+        body = np.clip(160 + 60 * noise, 0, 255).astype(np.uint8)
+        disc = np.zeros((size, size), np.uint8)
+        cv2.circle(disc, (size // 2 + int(rng.integers(-3, 4)), size // 2), int(size * 0.4), 1, -1)
+        img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
+        return img
+
+    for i in range(n_train):
+        cv2.imwrite(str(cls / "train/good" / f"{i:03d}.png"), part())
+    for i in range(3):
+        cv2.imwrite(str(cls / "test/good" / f"{i:03d}.png"), part())
+        img, mask = part(), np.zeros((size, size), np.uint8)
+        c = (int(size / 2 + rng.integers(-size // 5, size // 5)), int(size / 2 + rng.integers(-size // 5, size // 5)))
+        cv2.circle(mask, c, 2, 255, -1)
+        img[mask > 0] = 255
+        cv2.imwrite(str(cls / "test/pit" / f"{i:03d}.png"), img)
+        cv2.imwrite(str(cls / "ground_truth/pit" / f"{i:03d}_mask.png"), mask)
+    return cls
+
+
+@pytest.fixture(scope="module")
+def small_class(tmp_path_factory) -> Path:
+    return _smooth_class(tmp_path_factory.mktemp("sel"), 12, 64)
+
+
+def _config(**kw):
+    from patchcore.fit_options import preset_config
+
+    return preset_config("auto", backbone="effnet-lite0", device="cpu", **kw)
+
+
+def _quiet(record: dict) -> dict:
+    """The record without its timings (which differ run to run)."""
+    out = {k: v for k, v in record.items() if k != "seconds"}
+    out["candidates"] = [{k: v for k, v in c.items() if k != "latency_ms"} for c in record["candidates"]]
+    return out
+
+
+def test_same_seed_same_choice(small_class):
+    from patchcore.data import load_class
+    from patchcore.selection import Settings, select_recipe
+
+    ds = load_class(small_class)
+    settings = Settings(per_cell=1, families=("stain", "scratch", "missing"))
+    a = select_recipe(_config(), ds, settings)
+    b = select_recipe(_config(), ds, settings)
+    assert a.record["candidates"] and _quiet(a.record) == _quiet(b.record)
+    assert a.config == b.config
+    # 64 x 64 images: every budget gives the same input, so only aggregation x eq. 7 remain
+    assert len(a.record["candidates"]) == 4
+    assert a.record["verdict"] in ("switched", "kept default", "uncertain")
+
+
+def test_too_few_good_images_fit_the_fixed_default_with_one_line(tmp_path):
+    from patchcore.data import load_class
+    from patchcore.fit_options import preset_config
+    from patchcore.selection import select_recipe
+
+    cls = _smooth_class(tmp_path, 7, 64)
+    lines = []
+    sel = select_recipe(_config(), load_class(cls), log=lines.append)
+    assert sel.record["verdict"] == "not run"
+    assert len(lines) == 1 and "at least 12 good training images" in lines[0] and "got 7" in lines[0]
+    default = preset_config("default", backbone="effnet-lite0", device="cpu")
+    assert sel.config == default
+
+
+def _figures(lead: float, noise: float, seed: int = 0, n_cand: int = 4, folds: int = 3, cells: int = 18):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.3, 0.7, (1, 1, cells))
+    fig = base + rng.normal(0, noise, (n_cand, folds, cells))
+    fig[2] += lead  # candidate 2 is the clearly right one when lead >> noise
+    return fig
+
+
+FAMILY_OF_CELL = [f for f in D.FAMILIES for _ in D.SIZE_BUCKETS]
+
+
+def test_a_clearly_better_candidate_is_chosen_and_noise_keeps_the_default():
+    from patchcore.selection.ranking import rank
+
+    fig = _figures(lead=0.2, noise=0.02)
+    r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
+    assert (r.verdict, r.chosen, r.folds_won) == ("switched", 2, 3)
+    assert r.interval[0] > 0 and max(r.top_two_without.values()) <= 2
+    # the same candidates with no real lead: whatever ranks first by chance, the default stays
+    fig = _figures(lead=0.0, noise=0.05, seed=3)
+    r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
+    assert r.chosen == 0 and r.verdict in ("kept default", "uncertain")
+    # a lead that rests on one family only is not taken
+    fig = _figures(lead=0.0, noise=0.0)
+    fig[2, :, :3] += 0.5  # perlin cells only
+    r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
+    assert r.challenger == 2 and r.verdict == "uncertain" and r.chosen == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATCHCORE_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATCHCORE_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "patchcore", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.mark.parametrize("command,extra", [("fit", ["--aggregation", "local-mean"]),
+                                           ("eval", ["--max-pixels-in", "50176"]),
+                                           ("export", ["--n-reweight", "3"])])
+def test_auto_with_an_option_it_chooses_is_exit_2_with_one_line(small_class, tmp_path, command, extra):
+    r = _cli(command, "--data", str(small_class), "--out", str(tmp_path / "o"), "--preset", "auto", *extra)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "--preset auto chooses" in lines[0] and extra[0] in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_fit_with_auto_records_the_selection_in_the_manifest_and_info_shows_it(small_class, tmp_path):
+    out = tmp_path / "bundle"
+    r = _cli("fit", "--data", str(small_class), "--out", str(out), "--preset", "auto", "--coreset", "0.05")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    sel = manifest["selection"]
+    assert sel["verdict"] in ("switched", "kept default", "uncertain")
+    assert manifest["features"]["aggregation"] == sel["settings"]["aggregation"]
+    assert manifest["scoring"]["n_reweight"] == sel["settings"]["n_reweight"]
+    assert "| candidate |" in r.stderr  # the selection table
+    info = subprocess.run([sys.executable, "-m", "runtime", "info", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert "--preset auto: " + sel["verdict"] in info.stdout
