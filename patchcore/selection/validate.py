@@ -147,7 +147,7 @@ def _scores(model: PatchCore, bank: np.ndarray, emb: np.ndarray, plans, ks: Sequ
             maps: bool = True):
     """Image scores per eq. 7 count and evaluation maps of ``emb`` against ``bank``: one search."""
     cfg = model.config
-    plain = PatchScorer(bank, n_reweight=0, backend=cfg.search_backend, device=cfg.device)
+    plain = PatchScorer(bank, n_reweight=0, backend=cfg.search_backend, device=cfg.device, exact=True)
     s = plain.score(emb)
     rows = np.arange(len(emb))
     worst = np.argmax(s.patch_scores, axis=1)
@@ -182,7 +182,7 @@ def _bank(model: PatchCore, emb: np.ndarray, projected: torch.Tensor, members: n
 def _latency(group: GroupModels, agg: str, bank: np.ndarray, image: np.ndarray, k: int) -> float:
     """ms for one image, batch 1: features (the exported graph's module) + search + eq. 7 + map."""
     m = group.models[agg]
-    scorer = PatchScorer(bank, n_reweight=k, backend=m.config.search_backend, device=m.config.device)
+    scorer = PatchScorer(bank, n_reweight=k, backend=m.config.search_backend, device=m.config.device, exact=True)
     times = []
     for _ in range(4):
         t0 = time.perf_counter()
