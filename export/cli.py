@@ -52,7 +52,7 @@ def export_cmd(
     bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
-    calibration: str = opt.CALIBRATION, folds: int = opt.FOLDS,
+    calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
     mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="millimetres per original image pixel, "
                                               "recorded in the bundle: the runtime then gives region areas in mm²"),
     latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET,

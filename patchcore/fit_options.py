@@ -21,9 +21,10 @@ N_REWEIGHT = typer.Option(None, "--n-reweight", min=0, help="eq. 7 reweighting n
                           "preset's)")
 HOLDOUT = typer.Option(0.1, "--holdout", help="with --calibration holdout: fraction of good training images kept "
                        "for the threshold; 0: no threshold (no verdicts) with either calibration")
-CALIBRATION = typer.Option("oof", "--calibration", help="how the threshold is calibrated: oof (every good training "
+CALIBRATION = typer.Option(None, "--calibration", help="how the threshold is calibrated: oof (every good training "
                            "image scored against a bank of the other folds; also calibrates the pixel threshold) | "
-                           "holdout (the --holdout share of the images, kept out of the bank)")
+                           "holdout (the --holdout share of the images, kept out of the bank) (default: the preset's: "
+                           "oof; holdout with --preset paper, which keeps its figures bit for bit)")
 FOLDS = typer.Option(5, "--folds", min=2, help="--calibration oof: folds of the good training images")
 RESIZE = typer.Option(None, "--resize", help="override the paper recipe's resize (shorter side; implies --geometry "
                       "paper unless crop is given)")
@@ -77,6 +78,9 @@ PRESETS = {
     "paper": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 3, "geometry": "paper", "max_pixels_in": None,
               "coreset": 0.1},
 }
+# How each preset calibrates its threshold when --calibration is not given: --preset paper keeps the
+# held-out share out of the bank, as it always did, so its figures stay bit for bit.
+PRESET_CALIBRATION = {"default": "oof", "paper": "holdout", "auto": "oof"}
 # "auto" chooses these itself among candidates (patchcore.selection); it fits "default"'s bank
 AUTO = "auto"
 CHOSEN_BY_AUTO = {"aggregation": "--aggregation", "target_dim": "--target-dim", "n_reweight": "--n-reweight",
@@ -127,6 +131,8 @@ def preset_config(preset: str = "default", **options):
     v = _resolve_preset(preset, given, options.get("tile"), options.get("input_size"), options.get("resize"),
                         options.get("crop"))
     v["coreset_ratio"] = v.pop("coreset")
+    if options.get("calibration") is None:
+        options["calibration"] = PRESET_CALIBRATION.get(preset, "oof")
     return PatchCoreConfig(**v, **options, select=preset == AUTO)
 
 
@@ -137,7 +143,7 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                tile_scale: Optional[float] = None, bank_size: Optional[int] = None, shards: int = 1,
                work_dir: Optional[Path] = None, *, aggregation: Optional[str] = None,
                max_pixels_in: Optional[int] = None, upsample: bool = False, roi: Optional[str] = None,
-               preset: str = "default", calibration: str = "oof", folds: int = 5,
+               preset: str = "default", calibration: Optional[str] = None, folds: int = 5,
                latency_budget_ms: Optional[float] = None):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above, unset ones from
     ``preset`` (a ValueError, exit 2, names a bad value or an impossible combination)."""
@@ -155,5 +161,6 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                            batch_size=batch_size, target_dim=v["target_dim"], geometry=v["geometry"],
                            input_size=input_size, tile=tile,
                            tile_overlap=tile_overlap, tile_scale=tile_scale, bank_size=bank_size, shards=shards,
-                           work_dir=str(work_dir) if work_dir is not None else None, calibration=calibration,
+                           work_dir=str(work_dir) if work_dir is not None else None,
+                           calibration=calibration or PRESET_CALIBRATION.get(preset, "oof"),
                            folds=folds, select=preset == AUTO, select_latency_ms=latency_budget_ms)

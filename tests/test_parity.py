@@ -76,7 +76,10 @@ def test_fp16_parity(backbone, data, tmp_path):
     print(f"\n{backbone}: fp16 ORT CPU max rel err image {r.errors['image']:.2e}, "
           f"AUROC diff {r.auroc['image_diff']:.4f}, verdict flips inside band {r.verdicts['disagree_inside']}")
     assert r.precision == "float16"
-    assert 0 < r.errors["image"] <= FP16.image  # > 0: it really ran in half precision
+    # the image scores the fp16 tolerance bounds (unweighted: eq. 7's softmax amplifies half-precision noise
+    # in the reweighted score, which parity judges by AUROC and verdicts instead)
+    judged = r.errors["image" if FP16.image_scores == "reweighted" else "image_unweighted"]
+    assert 0 < judged <= FP16.image  # > 0: it really ran in half precision
     assert r.auroc["image_diff"] <= FP16.auroc and r.auroc["pixel_diff"] <= FP16.auroc
     assert r.verdicts["checked"] > 0 and r.verdicts["disagree_outside"] == 0
     assert rep.ok, r.failures

@@ -64,6 +64,7 @@ def test_trigger_handshake_end_to_end(tmp_path, rt_bundle):
                     time.sleep(0.002)
                 seen.append((1000 * (time.monotonic() - t0), plc.get("PartId"), plc.get("Counter"),
                              plc.get("Verdict"), plc.get("ResultId")))
+                time.sleep(0.2)  # the next part comes later: 5 frames at 25 fps go by unscored
             out, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
