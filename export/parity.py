@@ -327,7 +327,7 @@ class TargetComparison:
                     for k, key in checked.items() if not errors[key] <= getattr(tol, k)]  # NaN fails
         failures += [f"{k} AUROC differs by {auroc[f'{k}_diff']:.2e} > {tol.auroc:.0e}" for k in ("image", "pixel")
                      if auroc[f"{k}_diff"] is not None and not auroc[f"{k}_diff"] <= tol.auroc]
-        verdicts = _verdicts(ref_scores, got, threshold, tol)
+        verdicts = verdict_agreement(ref_scores, got, threshold, tol)
         if verdicts.get("disagree_outside"):
             failures.append(f"{verdicts['disagree_outside']} verdict(s) differ outside the band "
                             f"+-{tol.band:.0e} x threshold")
@@ -341,7 +341,7 @@ def _max_rel(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.max(np.where(np.isfinite(rel), rel, np.inf)))
 
 
-def _verdicts(ref: np.ndarray, got: np.ndarray, threshold: float | None, tol: Tolerance) -> dict[str, Any]:
+def verdict_agreement(ref: np.ndarray, got: np.ndarray, threshold: float | None, tol: Tolerance) -> dict[str, Any]:
     """Verdict agreement outside a band of ``tol.band`` x threshold (inside it a flip is allowed)."""
     out: dict[str, Any] = {"threshold": threshold, "band_rel": tol.band, "checked": None}
     if threshold is None:

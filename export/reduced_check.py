@@ -2,8 +2,9 @@
 recorded in the manifest's ``reduced_precision`` section so that a box running one knows what
 was verified: against the bundle's float32 runtime on the same images, the relative feature
 error (``|a - b| / |a|`` over all features), the largest relative error of the image scores
-before eq. 7 reweighting and after it, and the images used. ``patchcore parity`` judges the
-same variants against PyTorch with the README's criteria.
+before eq. 7 reweighting and after it, the images used, and the parity verdict
+(:mod:`export.reduced_verdict`: ``approved``, by which criterion) that ``--graph auto`` reads.
+``patchcore parity`` judges the same variants against PyTorch with the README's criteria.
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ import numpy as np
 from runtime import bundle as bundle_io
 from runtime.engines import DeviceUnavailableError
 from runtime.engines.table import reduced_variants
+from runtime.graph_choice import verdict_text
 from runtime.images import read_image
 from runtime.predictor import Predictor
 
 from .quantize import calibration_indices, relative_error
+from .reduced_verdict import image_labels, judge_reduced
 
 _DEVICE = {"onnxruntime": "cpu", "openvino": "openvino"}
 SEARCH_CANDIDATES = (2, 4, 8, 16, 32, 64)
 SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runtime.candidates
+# Check images: every test image of the class up to CHECK_IMAGES (spread evenly), so that an image
+# AUROC can be compared to half a point; the search studies read the first SEARCH_IMAGES of them
+# spread evenly (their recall is per patch: 16 images give ~25,000 patches at 320 px)
+CHECK_IMAGES = 64
+SEARCH_IMAGES = 16
 # Share of check patches whose true nearest bank patch must be among the candidates. Image scores and
 # the maps at and above the overlay floor are the exact search's whatever the count (the scorer
 # settles those patches exactly), so it is chosen for speed: a miss costs only a slightly higher bound
@@ -48,6 +56,8 @@ def measure_reduced(root: str | Path, paths: Sequence[Path], source: str, log: C
     that runs on this machine's CPU (onnxruntime, OpenVINO), measured on ``paths``."""
     b = bundle_io.read_bundle(root)
     images = [read_image(p) for p in paths]
+    labels = image_labels(paths)
+    threshold = b.manifest["threshold"]["value"]
     ref_p = Predictor(b, device="cpu", graph="features_fp32", search="numpy")
     ref_emb = ref_p.embed(images)
     ref = ref_p.scorer.score(ref_emb)
@@ -70,11 +80,16 @@ def measure_reduced(root: str | Path, paths: Sequence[Path], source: str, log: C
                  "image_max_rel_error": round(_max_rel(ref.image_scores, got.image_scores), 6),
                  "reference": "features_fp32 on onnxruntime CPU",
                  "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        facts.update(judge_reduced(labels, ref.image_scores, got.image_scores,
+                                   facts["image_unweighted_max_rel_error"], threshold))
         out[name] = facts
         log(f"reduced precision {name}: features {facts['feature_rel_error']:.2%}, image scores before "
-            f"reweighting {facts['image_unweighted_max_rel_error']:.2%} (max, {n} images)")
+            f"reweighting {facts['image_unweighted_max_rel_error']:.2%} (max, {n} images); "
+            + verdict_text(facts))
+    sub = np.unique(np.linspace(0, len(images) - 1, min(SEARCH_IMAGES, len(images))).round().astype(int))
     for kind in SEARCH_KINDS:
-        search = search_study(kind, ref_p.scorer.bank, ref_emb, ref, ref_p.scorer.n_reweight)
+        search = search_study(kind, ref_p.scorer.bank, ref_emb[sub], ref_p.scorer.score(ref_emb[sub]),
+                              ref_p.scorer.n_reweight)
         if search is not None:
             out[f"{kind}_search"] = search
             on = f" on {search['components']} of {search['dims']} principal components" if search.get("components") else ""
@@ -132,13 +147,15 @@ def record_reduced(root: str | Path, facts: dict[str, Any]) -> bundle_io.Bundle:
     return bundle_io.finalize_manifest(root, manifest, b.files)
 
 
-def check_images(data: Path, train: Sequence[Path], calibration_count: int, n: int = 16) -> tuple[list[Path], str]:
+def check_images(data: Path, train: Sequence[Path], calibration_count: int, n: int = CHECK_IMAGES
+                 ) -> tuple[list[Path], str]:
     """The images the export measures on: up to ``n`` test images of ``data`` (good and defective,
-    spread evenly) when it has a test folder, else good training images past the calibration ones."""
+    spread evenly over the sorted paths) when it has a test folder, else good training images past
+    the int8 calibration ones (held out from the quantizer)."""
     test = sorted(p for p in (Path(data) / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     if test:
         pick = np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).round().astype(int))
-        return [test[i] for i in pick], f"{len(pick)} test images of {Path(data).name}"
+        return [test[i] for i in pick], f"{len(pick)} of {len(test)} test images of {Path(data).name}, spread evenly"
     used = set(calibration_indices(len(train), calibration_count)) if calibration_count else set()
     rest = [p for i, p in enumerate(train) if i not in used] or list(train)
-    return rest[:n], f"{min(n, len(rest))} good training images"
+    return rest[:n], f"{min(n, len(rest))} good training images not used to calibrate int8"

@@ -184,6 +184,27 @@ def unit_open(v: Any) -> str | None:
     return None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)"
 
 
+# How an export judged a reduced-precision variant (``reduced_precision.<engine>:<graph>.criterion``):
+# on labelled test images, image AUROC and verdicts; on good images only, image-score error and verdicts
+REDUCED_CRITERIA = ("auroc+verdicts", "image-error+verdicts")
+
+
+def reduced_verdicts(v: Any) -> str | None:
+    """The ``reduced_precision`` section: an object; each ``<engine>:<graph>`` entry that carries a
+    verdict has ``approved`` true/false and one of :data:`REDUCED_CRITERIA` (what ``--graph auto``
+    reads to pick a variant)."""
+    if not isinstance(v, dict):
+        return "an object"
+    for key, facts in v.items():
+        if ":" not in key or not isinstance(facts, dict) or "approved" not in facts:
+            continue
+        if not isinstance(facts["approved"], bool):
+            return f"an object whose '{key}.approved' is true or false"
+        if facts.get("criterion") not in REDUCED_CRITERIA:
+            return f"an object whose '{key}.criterion' is one of {list(REDUCED_CRITERIA)}"
+    return None
+
+
 # fields a manifest may carry (bank updates, calibration facts): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "features.aggregation": one_of("paper", "local-mean"),
@@ -203,6 +224,7 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "selection": obj,
     "selection.verdict": one_of("switched", "kept default", "uncertain", "not run"),
     "selection.reason": string,
+    "reduced_precision": reduced_verdicts,
 }
 
 
@@ -263,6 +285,13 @@ FIELD_DOCS: dict[str, str] = {
     "selection.verdict": "`switched` (a candidate beat the fixed default), `kept default`, `uncertain` (the "
                          "challenger led but failed a test: the default was kept) or `not run` (too few images)",
     "selection.reason": "the verdict in one line",
+    "reduced_precision": "what `export --int8` measured of each reduced-precision variant it ran, against the "
+                         "float32 runtime on the same check images (docs/precision.md): per `<engine>:<graph>` the "
+                         "feature and image-score errors and the parity verdict, `approved` true/false with its "
+                         "`criterion` (`auroc+verdicts` on labelled test images, `image-error+verdicts` on good "
+                         "images only), its figures, `verdicts` and the `reasons` of a refusal; `--graph auto` "
+                         "chooses only among approved variants. `<kind>_search`: the candidate count `--search "
+                         "<kind>` uses",
 }
 
 

@@ -20,6 +20,7 @@ from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
 from . import exact_maps
 from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_for_device, openvino_cache_dir, resolve
 from .geometry import TileLayout
+from .graph_choice import AUTO, GraphChoice, choose as choose_graph
 from .postprocess import SCALE_FLOOR, Prediction, finish
 from .preprocess import Prepared, prepare, stack_inputs
 from .search import PatchScorer
@@ -79,7 +80,9 @@ def _check_graph_shapes(engine, manifest: dict, path: Path) -> None:
 
 class Predictor:
     """Scores images with a bundle. ``graph`` picks the bundle's feature graph (``features_fp32``
-    by default, ``features_fp16``, ``features_int8``, and ``features_bf16`` with ``device`` openvino);
+    by default, ``features_fp16``, ``features_int8``, and ``features_bf16`` with ``device`` openvino),
+    or ``auto``: the fastest here of float32 and the variants the export's parity approved
+    (:mod:`runtime.graph_choice`; :attr:`graph` is then the one chosen);
     ``search`` is ``auto``, ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate
     step, ``candidates`` per patch, rescored exactly in float32; :mod:`runtime.candidates`).
 
@@ -99,12 +102,18 @@ class Predictor:
         self.blur_sigma = float(m["scoring"]["blur_sigma"])
         self.threshold = m["threshold"]["value"]
         self.scale = m["threshold"]["scale"]
-        self.graph = graph
-        if engine is None:
+        self.graph_choice: GraphChoice | None = None
+        if engine is None and graph == AUTO:
+            engine, variant, self.graph_choice = choose_graph(
+                lambda v: open_graph(self.bundle, v.key, "openvino" if v.engine == "openvino" else device, threads,
+                                     log=log), m, device, log=log)
+            graph, source = variant.key, variant.graph
+        elif engine is None:
             engine = open_graph(self.bundle, graph, device, threads, log=log)
             source = resolve(engine_for_device(device), graph).graph
         else:
             source = graph
+        self.graph = graph
         info = self.bundle.graph_info(source)  # BundleError naming the graphs present when absent
         self.in_graph_search = info.get("kind") == "scores"
         if self.in_graph_search and not hasattr(engine, "run_outputs"):
@@ -158,6 +167,8 @@ class Predictor:
                "precision": self.precision}
         if self.scorer.choice:
             out["search_choice"] = dict(self.scorer.choice)
+        if self.graph_choice is not None:
+            out["graph_choice"] = self.graph_choice.as_dict()
         return out
 
     @property

@@ -103,8 +103,10 @@ PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each
                           "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
                           "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
                           "back, also after a restart.")
-GraphOpt = typer.Option("features_fp32", "--graph", help="Which of the bundle's graphs to run (see info), e.g. "
-                        "features_fp32, features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
+GraphOpt = typer.Option("auto", "--graph", help="Which of the bundle's graphs to run (see info): auto (the "
+                        "fastest here, timed at load, of features_fp32 and the reduced-precision variants whose parity "
+                        "the export approved; features_fp32 when none was), features_fp32 (the exact path), "
+                        "features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 
 
 @app.callback()

@@ -16,6 +16,7 @@ from ..engines.table import variants
 from ..bundle import MANIFEST, Bundle, read_bundle
 from ..calibration import pixel_level
 from ..fileio import sha256_file
+from ..graph_choice import verdict_text
 from ..update import UpdateResult
 from .console import info, warn
 from .sources import describe as camera_sources
@@ -252,5 +253,5 @@ def _reduced_line(key: str, facts: dict) -> str:
                 f"(recall {facts.get('recall', {}).get(str(c))})")
     if facts.get("measured"):
         return (f"{key}: features {facts['feature_rel_error']:.2%}, image scores "
-                f"{facts['image_unweighted_max_rel_error']:.2%} ({facts['images']} images)")
+                f"{facts['image_unweighted_max_rel_error']:.2%} ({facts['images']} images); {verdict_text(facts)}")
     return f"{key}: not measured ({facts.get('reason')})"

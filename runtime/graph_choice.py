@@ -1,0 +1,143 @@
+"""``--graph auto``: run the fastest feature graph this machine offers among ``features_fp32`` and
+the reduced-precision variants whose parity the export approved.
+
+The export judges each reduced variant (int8, bf16) it ran against the float32 runtime on its check
+images and records ``reduced_precision.<engine>:<graph>.approved`` with the criterion that judged
+it. At load, ``auto`` opens ``features_fp32`` on the requested device and every approved variant
+that device may run here, times one input through each (:data:`RUNS` timed runs after a warm-up,
+median) and keeps the fastest; a reduced variant must beat float32 by :data:`MIN_SPEEDUP` (a
+reduced precision is accepted for speed, not for noise). Which engines a device may use:
+
+- ``auto``: onnxruntime's variants and, where OpenVINO is installed, OpenVINO's (the engine may
+  change); when onnxruntime runs on a GPU, float32 only (the variants were judged on CPU engines);
+- ``cpu``: onnxruntime's variants only; ``openvino``: OpenVINO's (its float32 the base);
+- ``cuda``, ``tensorrt``: float32 only.
+
+With nothing approved (no ``--int8`` export, or every variant refused) ``auto`` is
+``features_fp32`` as before, and nothing is timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .engines import DeviceUnavailableError, FeatureEngine, engine_for_device
+from .engines.table import Variant, reduced_variants, resolve
+
+AUTO = "auto"
+EXACT = "features_fp32"
+RUNS = 5  # timed runs of one input per candidate, after one warm-up
+MIN_SPEEDUP = 1.1  # a reduced variant must be this much faster than float32 to be chosen
+_DEVICE_ENGINES = {"auto": ("onnxruntime", "openvino"), "cpu": ("onnxruntime",), "openvino": ("openvino",)}
+
+
+def variant_name(v: Variant) -> str:
+    """``<engine>:<graph key>``: the name of a variant in the manifest's ``reduced_precision``."""
+    return f"{v.engine}:{v.key}"
+
+
+def approvals(manifest: dict) -> dict[str, dict[str, Any]]:
+    """``{variant name: facts}`` of the reduced variants the export judged (approved or refused)."""
+    section = manifest.get("reduced_precision") or {}
+    return {k: f for k, f in section.items() if ":" in k and isinstance(f, dict) and "approved" in f}
+
+
+def verdict_text(facts: dict[str, Any]) -> str:
+    """One variant's parity verdict in words (``info``, the export's log)."""
+    if "approved" not in facts:
+        return "not judged (exported before parity verdicts: export again with --int8)"
+    crit = facts.get("criterion")
+    if crit == "auroc+verdicts":
+        a = facts.get("image_auroc") or {}
+        figures = f"image AUROC {a.get('variant', float('nan')):.4f} vs fp32 {a.get('fp32', float('nan')):.4f}"
+    else:
+        figures = f"image scores within {facts.get('image_unweighted_max_rel_error', float('nan')):.2%}"
+    v = facts.get("verdicts") or {}
+    flips = ("verdicts not checked (no threshold)" if v.get("checked") is None else
+             f"{v.get('disagree_outside', 0)} flips outside the band, {v.get('disagree_inside', 0)} inside")
+    head = "approved" if facts["approved"] else "refused: " + "; ".join(facts.get("reasons") or ["?"])
+    return f"{head} ({crit}: {figures}, {flips})"
+
+
+@dataclass
+class GraphChoice:
+    """What ``--graph auto`` ran and why: the candidates' median ms per input, those skipped."""
+
+    chose: str
+    ms: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    load_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"chose": self.chose, "ms": self.ms, "runs": RUNS, "min_speedup": MIN_SPEEDUP,
+                               "load_s": round(self.load_s, 3)}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        if self.refused:
+            out["refused"] = self.refused
+        return out
+
+    def line(self) -> str:
+        timed = ", ".join(f"{k} {v} ms" for k, v in self.ms.items())
+        extra = "".join(f"; {k} skipped ({why})" for k, why in self.skipped.items())
+        return (f"graph auto: {timed} per input (median of {RUNS}, {self.load_s:.2f} s to measure){extra}: "
+                f"{self.chose}")
+
+
+def candidates(manifest: dict, device: str) -> tuple[Variant, list[Variant], list[str]]:
+    """The float32 base for ``device``, the approved reduced variants it may run, and the refused ones."""
+    base = resolve(engine_for_device(device), EXACT)
+    judged = approvals(manifest)
+    allowed = _DEVICE_ENGINES.get(device, ())
+    offered = [v for v in reduced_variants(set(manifest.get("graphs", {})), engines=allowed)
+               if variant_name(v) in judged]
+    return (base, [v for v in offered if judged[variant_name(v)]["approved"]],
+            [variant_name(v) for v in offered if not judged[variant_name(v)]["approved"]])
+
+
+def median_ms(engine: FeatureEngine, x: np.ndarray) -> float:
+    """Median wall time of ``engine.run(x)`` over :data:`RUNS` runs after one warm-up, in ms."""
+    engine.run(x)
+    times = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        engine.run(x)
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, device: str,
+           log: Callable[[str], None] = lambda s: None) -> tuple[FeatureEngine, Variant, GraphChoice | None]:
+    """The engine ``--graph auto`` runs, its variant, and the choice's record (None: nothing to choose
+    from, ``features_fp32`` as before). ``open_variant`` opens (and checks) one variant's engine;
+    a variant this machine cannot run (e.g. no bf16 here) is skipped with its reason."""
+    base, approved, refused = candidates(manifest, device)
+    engine = open_variant(base)
+    if not approved or getattr(engine, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
+        return engine, base, None
+    t0 = time.perf_counter()
+    h, w = manifest["features"]["input_size"]
+    x = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
+    choice = GraphChoice(chose=variant_name(base), refused=refused)
+    timed: list[tuple[float, Variant, FeatureEngine]] = [(median_ms(engine, x), base, engine)]
+    for v in approved:
+        try:
+            eng = open_variant(v)
+        except DeviceUnavailableError as e:
+            choice.skipped[variant_name(v)] = str(e)
+            continue
+        timed.append((median_ms(eng, x), v, eng))
+    choice.ms = {variant_name(v): ms for ms, v, _ in timed}
+    ms, best, engine = min(timed, key=lambda t: t[0])
+    if best is not base and ms * MIN_SPEEDUP > timed[0][0]:  # faster, but not by enough
+        ms, best, engine = timed[0]
+    choice.chose = variant_name(best)
+    choice.load_s = time.perf_counter() - t0
+    log(choice.line())
+    return engine, best, choice
