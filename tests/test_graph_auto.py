@@ -181,6 +181,12 @@ def test_auto_picks_the_fastest_approved_and_says_so_in_info_log_and_records(jud
     assert any(s.startswith("graph auto: onnxruntime:features_fp32 ") and s.endswith(c["chose"]) for s in logs)
     recs = _records(b, image)
     assert recs[0]["precision"] in ("onnxruntime int8", "onnxruntime fp32")
+    r = runner.invoke(app, ["bench", str(b), "--device", "cpu", "--search", "numpy", "--batch-sizes", "1",
+                            "--repeat", "1", "--warmup", "0"])
+    assert r.exit_code == 0, r.output
+    env = json.loads(r.stdout.splitlines()[-1])["environment"]
+    assert set(env["graph_choice"]["ms"]) == set(c["ms"]) and env["precision"] == recs[0]["precision"]
+    assert "by auto: onnxruntime:features_fp32 " in " ".join(r.stderr.split())
     monkeypatch.setattr(graph_choice, "MIN_SPEEDUP", 1e9)  # no reduced variant is ever that much faster
     slow = Predictor(b, device="cpu", graph="auto", search="numpy")
     assert slow.graph == "features_fp32" and slow.info()["graph_choice"]["chose"] == "onnxruntime:features_fp32"

@@ -122,7 +122,11 @@ def environment(predictor) -> dict[str, Any]:
 def table(report: dict[str, Any]):
     """A rich table: per-image median ms per stage, batch total and throughput."""
     env = report["environment"]
-    t = Table(title=f"{report['bundle']}  ({env['engine']}, search {env['search']}, {env['cpu_count']} CPUs)",
+    chosen = env.get("graph_choice")
+    graph = f"graph {env.get('graph')} ({env.get('precision')})"
+    if chosen:  # --graph auto timed the candidates at load
+        graph += " by auto: " + ", ".join(f"{k} {v} ms" for k, v in chosen["ms"].items())
+    t = Table(title=f"{report['bundle']}  ({env['engine']}, {graph}, search {env['search']}, {env['cpu_count']} CPUs)",
               caption="median ms per image over the timed runs; total is per batch")
     t.add_column("batch", justify="right")
     for s in STAGES:
