@@ -4,8 +4,8 @@ the reduced-precision variants whose parity the export approved.
 The export judges each reduced variant (int8, bf16) it ran against the float32 runtime on its check
 images and records ``reduced_precision.<engine>:<graph>.approved`` with the criterion that judged
 it. At load, ``auto`` opens ``features_fp32`` on the requested device and every approved variant
-that device may run here, times one input through each (:data:`RUNS` timed runs after a warm-up,
-median) and keeps the fastest; a reduced variant must beat float32 by :data:`MIN_SPEEDUP` (a
+that device may run here, times one input through each (a warm-up, then :data:`RUNS` rounds
+running each in turn; medians) and keeps the fastest; a reduced variant must beat float32 by :data:`MIN_SPEEDUP` (a
 reduced precision is accepted for speed, not for noise). Which engines a device may use:
 
 - ``auto``: onnxruntime's variants and, where OpenVINO is installed, OpenVINO's (the engine may
@@ -101,15 +101,19 @@ def candidates(manifest: dict, device: str) -> tuple[Variant, list[Variant], lis
             [variant_name(v) for v in offered if not judged[variant_name(v)]["approved"]])
 
 
-def median_ms(engine: FeatureEngine, x: np.ndarray) -> float:
-    """Median wall time of ``engine.run(x)`` over :data:`RUNS` runs after one warm-up, in ms."""
-    engine.run(x)
-    times = []
-    for _ in range(RUNS):
-        t0 = time.perf_counter()
+def median_ms(engines: list[FeatureEngine], x: np.ndarray) -> list[float]:
+    """Median wall time of ``engine.run(x)`` for each engine, in ms: one warm-up each, then
+    :data:`RUNS` rounds that run every engine in turn (a load that comes and goes on the machine
+    weighs on all candidates alike, not on whichever ran at that moment)."""
+    times: list[list[float]] = [[] for _ in engines]
+    for engine in engines:
         engine.run(x)
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times) * 1e3, 3)
+    for _ in range(RUNS):
+        for engine, t in zip(engines, times):
+            t0 = time.perf_counter()
+            engine.run(x)
+            t.append(time.perf_counter() - t0)
+    return [round(statistics.median(t) * 1e3, 3) for t in times]
 
 
 def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, device: str,
@@ -122,22 +126,22 @@ def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, dev
     if not approved or getattr(engine, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
         return engine, base, None
     t0 = time.perf_counter()
-    h, w = manifest["features"]["input_size"]
-    x = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
     choice = GraphChoice(chose=variant_name(base), refused=refused)
-    timed: list[tuple[float, Variant, FeatureEngine]] = [(median_ms(engine, x), base, engine)]
+    opened: list[tuple[Variant, FeatureEngine]] = [(base, engine)]
     for v in approved:
         try:
-            eng = open_variant(v)
+            opened.append((v, open_variant(v)))
         except DeviceUnavailableError as e:
             choice.skipped[variant_name(v)] = str(e)
-            continue
-        timed.append((median_ms(eng, x), v, eng))
-    choice.ms = {variant_name(v): ms for ms, v, _ in timed}
-    ms, best, engine = min(timed, key=lambda t: t[0])
-    if best is not base and ms * MIN_SPEEDUP > timed[0][0]:  # faster, but not by enough
-        ms, best, engine = timed[0]
-    choice.chose = variant_name(best)
+    h, w = manifest["features"]["input_size"]
+    x = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
+    ms = median_ms([e for _, e in opened], x)
+    choice.ms = {variant_name(v): m for (v, _), m in zip(opened, ms)}
+    best = min(range(len(opened)), key=ms.__getitem__)
+    if best and ms[best] * MIN_SPEEDUP > ms[0]:  # faster than float32, but not by enough
+        best = 0
+    variant, engine = opened[best]
+    choice.chose = variant_name(variant)
     choice.load_s = time.perf_counter() - t0
     log(choice.line())
-    return engine, best, choice
+    return engine, variant, choice
