@@ -185,7 +185,9 @@ def test_auto_picks_the_fastest_approved_and_says_so_in_info_log_and_records(jud
                             "--repeat", "1", "--warmup", "0"])
     assert r.exit_code == 0, r.output
     env = json.loads(r.stdout.splitlines()[-1])["environment"]
-    assert set(env["graph_choice"]["ms"]) == set(c["ms"]) and env["precision"] == recs[0]["precision"]
+    chose = env["graph_choice"]  # timed again at this load: it may choose otherwise than the one above
+    assert set(chose["ms"]) == set(c["ms"]) and chose["chose"] == f"onnxruntime:{env['graph']}"
+    assert env["precision"] == ("onnxruntime int8" if env["graph"] == "features_int8" else "onnxruntime fp32")
     assert "by auto: onnxruntime:features_fp32 " in " ".join(r.stderr.split())
     monkeypatch.setattr(graph_choice, "MIN_SPEEDUP", 1e9)  # no reduced variant is ever that much faster
     slow = Predictor(b, device="cpu", graph="auto", search="numpy")
