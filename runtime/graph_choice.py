@@ -14,25 +14,39 @@ reduced precision is accepted for speed, not for noise). Which engines a device 
 - ``cuda``, ``tensorrt``: float32 only.
 
 With nothing approved (no ``--int8`` export, or every variant refused) ``auto`` is
-``features_fp32`` as before, and nothing is timed.
+``features_fp32`` as before, and nothing is timed. The measurement is kept in the bundle's engine
+cache (``<bundle>/engines/cache/graph_choice.json``, beside OpenVINO's compiled models, not part of
+the sealed bundle), keyed by the bundle, its verdicts, the device, threads, CPU model and count and
+the engines' versions: a later load on the same machine opens only the chosen variant. Deleting the
+file measures again.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .engines import DeviceUnavailableError, FeatureEngine, engine_for_device
 from .engines.table import Variant, reduced_variants, resolve
+from .fileio import atomic_write
 
 AUTO = "auto"
 EXACT = "features_fp32"
 RUNS = 5  # timed runs of one input per candidate, after one warm-up
 MIN_SPEEDUP = 1.1  # a reduced variant must be this much faster than float32 to be chosen
+# the measurement kept for the next load, in the bundle's engine cache (<bundle>/engines/cache, not
+# part of the sealed bundle, beside OpenVINO's compiled models), keyed by machine_key
+GRAPH_CHOICE_CACHE = "graph_choice.json"
 _DEVICE_ENGINES = {"auto": ("onnxruntime", "openvino"), "cpu": ("onnxruntime",), "openvino": ("openvino",)}
 
 
@@ -73,10 +87,12 @@ class GraphChoice:
     skipped: dict[str, str] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     load_s: float = 0.0
+    measured_at: str = ""
+    cached: bool = False  # read from the bundle's cache (measured at an earlier load on this machine)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"chose": self.chose, "ms": self.ms, "runs": RUNS, "min_speedup": MIN_SPEEDUP,
-                               "load_s": round(self.load_s, 3)}
+                               "load_s": round(self.load_s, 3), "measured_at": self.measured_at, "cached": self.cached}
         if self.skipped:
             out["skipped"] = self.skipped
         if self.refused:
@@ -86,8 +102,9 @@ class GraphChoice:
     def line(self) -> str:
         timed = ", ".join(f"{k} {v} ms" for k, v in self.ms.items())
         extra = "".join(f"; {k} skipped ({why})" for k, why in self.skipped.items())
-        return (f"graph auto: {timed} per input (median of {RUNS}, {self.load_s:.2f} s to measure){extra}: "
-                f"{self.chose}")
+        how = (f"measured {self.measured_at}, cached" if self.cached else
+               f"median of {RUNS}, {self.load_s:.2f} s to measure")
+        return f"graph auto: {timed} per input ({how}){extra}: {self.chose}"
 
 
 def candidates(manifest: dict, device: str) -> tuple[Variant, list[Variant], list[str]]:
@@ -116,16 +133,83 @@ def median_ms(engines: list[FeatureEngine], x: np.ndarray) -> list[float]:
     return [round(statistics.median(t) * 1e3, 3) for t in times]
 
 
+def machine_key(manifest: dict, bundle_id: str, device: str, threads: int | None) -> dict[str, Any]:
+    """What a cached choice holds for: the bundle, its verdicts, the device and threads asked for,
+    this CPU (model, count) and the engines' versions. Any change measures again."""
+    from importlib import metadata
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    verdicts = {k: f["approved"] for k, f in approvals(manifest).items()}
+    return {"bundle": bundle_id, "verdicts": verdicts, "device": device, "threads": threads, "cpu": cpu,
+            "cpus": os.cpu_count(), "runs": RUNS, "min_speedup": MIN_SPEEDUP, "onnxruntime": version("onnxruntime"), "openvino": version("openvino")}
+
+
+def _cache_entry(path: Path, key: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    try:
+        cache = json.loads(path.read_text())
+        entry = cache.get(digest) if isinstance(cache, dict) else None
+    except (OSError, ValueError):
+        entry = None
+    return digest, entry if isinstance(entry, dict) and entry.get("key") == key else {}
+
+
+def _remember(path: Path, digest: str, key: dict[str, Any], choice: GraphChoice) -> None:
+    """Keep the measurement for the next load (best effort: a read-only bundle measures each time)."""
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    cache[digest] = {"key": key, "choice": choice.as_dict()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+    except OSError:
+        pass
+
+
 def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, device: str,
-           log: Callable[[str], None] = lambda s: None) -> tuple[FeatureEngine, Variant, GraphChoice | None]:
+           log: Callable[[str], None] = lambda s: None, cache: Path | None = None, key: dict[str, Any] | None = None
+           ) -> tuple[FeatureEngine, Variant, GraphChoice | None]:
     """The engine ``--graph auto`` runs, its variant, and the choice's record (None: nothing to choose
     from, ``features_fp32`` as before). ``open_variant`` opens (and checks) one variant's engine;
-    a variant this machine cannot run (e.g. no bf16 here) is skipped with its reason."""
+    a variant this machine cannot run (e.g. no bf16 here) is skipped with its reason. With ``cache``
+    (a JSON file) and ``key`` (:func:`machine_key`), a choice measured at an earlier load of the same
+    bundle on the same machine and engines is reused: only the chosen variant is opened."""
     base, approved, refused = candidates(manifest, device)
     engine = open_variant(base)
     if not approved or getattr(engine, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
         return engine, base, None
     t0 = time.perf_counter()
+    digest, entry = _cache_entry(cache, key) if cache is not None and key is not None else ("", {})
+    by_name = {variant_name(v): v for v in [base, *approved]}
+    kept = entry.get("choice") or {}
+    if kept.get("chose") in by_name:
+        chosen = by_name[kept["chose"]]
+        try:
+            engine = engine if chosen is base else open_variant(chosen)
+        except DeviceUnavailableError:
+            kept = {}
+        if kept:
+            choice = GraphChoice(chose=kept["chose"], ms=dict(kept.get("ms", {})), skipped=dict(kept.get("skipped", {})),
+                                 refused=refused, measured_at=str(kept.get("measured_at", "")), cached=True,
+                                 load_s=time.perf_counter() - t0)
+            log(choice.line())
+            return engine, chosen, choice
     choice = GraphChoice(chose=variant_name(base), refused=refused)
     opened: list[tuple[Variant, FeatureEngine]] = [(base, engine)]
     for v in approved:
@@ -143,5 +227,8 @@ def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, dev
     variant, engine = opened[best]
     choice.chose = variant_name(variant)
     choice.load_s = time.perf_counter() - t0
+    choice.measured_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if cache is not None and key is not None:
+        _remember(cache, digest, key, choice)
     log(choice.line())
     return engine, variant, choice

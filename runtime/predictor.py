@@ -18,9 +18,10 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
 from . import exact_maps
-from .engines import DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_for_device, openvino_cache_dir, resolve
+from .engines import (DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_cache_dir, engine_for_device,
+                      openvino_cache_dir, resolve)
 from .geometry import TileLayout
-from .graph_choice import AUTO, GraphChoice, choose as choose_graph
+from .graph_choice import AUTO, GRAPH_CHOICE_CACHE, GraphChoice, choose as choose_graph, machine_key
 from .postprocess import SCALE_FLOOR, Prediction, finish
 from .preprocess import Prepared, prepare, stack_inputs
 from .search import PatchScorer
@@ -106,7 +107,9 @@ class Predictor:
         if engine is None and graph == AUTO:
             engine, variant, self.graph_choice = choose_graph(
                 lambda v: open_graph(self.bundle, v.key, "openvino" if v.engine == "openvino" else device, threads,
-                                     log=log), m, device, log=log)
+                                     log=log), m, device, log=log,
+                cache=engine_cache_dir(self.bundle.root) / GRAPH_CHOICE_CACHE,
+                key=machine_key(m, self.bundle.bundle_id, device, threads))
             graph, source = variant.key, variant.graph
         elif engine is None:
             engine = open_graph(self.bundle, graph, device, threads, log=log)

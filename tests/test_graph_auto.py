@@ -245,3 +245,22 @@ def test_a_bad_verdict_in_the_manifest_is_a_bundle_error(judged, image, tmp_path
     lines = [s for s in r.output.splitlines() if s.strip()]
     assert len(lines) == 1 and "field 'reduced_precision' must be" in lines[0] and says in lines[0]
     assert "Traceback" not in r.output
+
+
+def test_the_measurement_is_kept_for_the_next_load_on_the_same_machine(judged, tmp_path, monkeypatch):
+    b = _reseal(judged["root"], tmp_path / "b", _set_all(True))
+    monkeypatch.setattr(graph_choice, "MIN_SPEEDUP", 0.0)
+    first = Predictor(b, device="cpu", graph="auto", search="numpy").info()["graph_choice"]
+    cache = b / "engines" / "cache" / "graph_choice.json"
+    assert first["cached"] is False and cache.is_file()
+    assert not any(k.startswith("engines") for k in json.loads((b / "manifest.json").read_text())["files"])
+    logs: list[str] = []
+    again = Predictor(b, device="cpu", graph="auto", search="numpy", log=logs.append)
+    c = again.info()["graph_choice"]
+    assert c["cached"] is True and c["chose"] == first["chose"] and c["ms"] == first["ms"]
+    assert c["measured_at"] == first["measured_at"] and again.graph == first["chose"].split(":")[1]
+    assert any(f"(measured {first['measured_at']}, cached)" in s for s in logs)
+    other = Predictor(b, device="cpu", graph="auto", search="numpy", threads=1).info()["graph_choice"]
+    assert other["cached"] is False  # another setting: measured again
+    cache.write_text("not json")  # a damaged cache is measured again, never an error
+    assert Predictor(b, device="cpu", graph="auto", search="numpy").info()["graph_choice"]["cached"] is False
