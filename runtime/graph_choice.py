@@ -67,15 +67,20 @@ def verdict_text(facts: dict[str, Any]) -> str:
         return "not judged (exported before parity verdicts: export again with --int8)"
     crit = facts.get("criterion")
     if crit == "auroc+verdicts":
-        a = facts.get("image_auroc") or {}
-        figures = f"image AUROC {a.get('variant', float('nan')):.4f} vs fp32 {a.get('fp32', float('nan')):.4f}"
+        a = facts.get("image_auroc") if isinstance(facts.get("image_auroc"), dict) else {}
+        figures = f"image AUROC {_fmt(a.get('variant'), '.4f')} vs fp32 {_fmt(a.get('fp32'), '.4f')}"
     else:
-        figures = f"image scores within {facts.get('image_unweighted_max_rel_error', float('nan')):.2%}"
-    v = facts.get("verdicts") or {}
+        figures = f"image scores within {_fmt(facts.get('image_unweighted_max_rel_error'), '.2%')}"
+    v = facts.get("verdicts") if isinstance(facts.get("verdicts"), dict) else {}
     flips = ("verdicts not checked (no threshold)" if v.get("checked") is None else
              f"{v.get('disagree_outside', 0)} flips outside the band, {v.get('disagree_inside', 0)} inside")
-    head = "approved" if facts["approved"] else "refused: " + "; ".join(facts.get("reasons") or ["?"])
+    reasons = facts.get("reasons") if isinstance(facts.get("reasons"), list) else []
+    head = "approved" if facts["approved"] else "refused: " + ("; ".join(map(str, reasons)) or "?")
     return f"{head} ({crit}: {figures}, {flips})"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 @dataclass
@@ -164,7 +169,10 @@ def _cache_entry(path: Path, key: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         entry = cache.get(digest) if isinstance(cache, dict) else None
     except (OSError, ValueError):
         entry = None
-    return digest, entry if isinstance(entry, dict) and entry.get("key") == key else {}
+    choice = entry.get("choice") if isinstance(entry, dict) and entry.get("key") == key else None
+    ok = (isinstance(choice, dict) and isinstance(choice.get("chose"), str) and isinstance(choice.get("ms"), dict)
+          and isinstance(choice.get("skipped", {}), dict))
+    return digest, entry if ok else {}
 
 
 def _remember(path: Path, digest: str, key: dict[str, Any], choice: GraphChoice) -> None:
