@@ -149,17 +149,20 @@ def machine_key(manifest: dict, bundle_id: str, device: str, threads: int | None
         except metadata.PackageNotFoundError:
             return None
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     verdicts = {k: f["approved"] for k, f in approvals(manifest).items()}
-    return {"bundle": bundle_id, "verdicts": verdicts, "device": device, "threads": threads, "cpu": cpu,
-            "cpus": os.cpu_count(), "runs": RUNS, "min_speedup": MIN_SPEEDUP, "onnxruntime": version("onnxruntime"), "openvino": version("openvino")}
+    return {"bundle": bundle_id, "verdicts": verdicts, "device": device, "threads": threads, "cpu": cpu_model(),
+            "cpus": os.cpu_count(), "runs": RUNS, "min_speedup": MIN_SPEEDUP, "onnxruntime": version("onnxruntime"),
+            "openvino": version("openvino")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform module says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    names = [row.split(":", 1)[1].strip() for row in text.splitlines() if row.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _cache_entry(path: Path, key: dict[str, Any]) -> tuple[str, dict[str, Any]]:
