@@ -242,3 +242,38 @@ def test_the_pixels_that_read_a_cell_are_its_window_and_no_more(n_src, n_out, si
         ys, xs = np.nonzero(changed)
         assert ys.min() >= start[c] and ys.max() < stop[c] and xs.min() >= start[c] and xs.max() < stop[c]
         assert ys.min() == start[c] and ys.max() == stop[c] - 1  # tight along each axis
+
+
+def test_nearest_of_pairs_with_a_known_row_is_the_exact_nearest_among_them():
+    """The settling's last step: each query's nearest among its pairs and its candidate row (measured
+    already, not measured again), as exact_distances gives it, the lowest row of equal distances; on
+    random pairs (queries whose known row is not the nearest, is not among the pairs, or is all they
+    have, duplicate bank rows for ties) against brute force over the same rows."""
+    from runtime.search import exact_distances, nearest_of_pairs
+
+    rng = np.random.default_rng(21)
+    bank = rng.normal(size=(400, 64)).astype(np.float32)
+    bank[200:220] = bank[180:200]  # exact duplicates: ties broken by the lower row
+    q = (bank[rng.integers(0, 400, 300)] + rng.normal(scale=0.5, size=(300, 64))).astype(np.float32)
+    known_row = rng.integers(0, 400, 300)
+    known_dist = exact_distances(q, bank, known_row[:, None])[:, 0]
+    counts = rng.integers(0, 12, 300)
+    counts[:20] = 1
+    counts[20:40] = np.maximum(counts[20:40], 1)
+    qi = np.repeat(np.arange(300), counts)
+    mi = rng.integers(0, 400, len(qi))
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    mi[starts[20:40]] = known_row[20:40]  # the known row among the pairs too (it is not measured again)
+    # ties: the first 20 queries sit on a duplicated row; the known row is the higher copy, a pair the lower
+    q[:20] = bank[200 + np.arange(20)]
+    known_row[:20] = 200 + np.arange(20)
+    known_dist[:20] = exact_distances(q[:20], bank, known_row[:20, None])[:, 0]
+    mi[starts[:20]] = 180 + np.arange(20)
+    dist, row = nearest_of_pairs(q, bank, qi, mi, known=(known_dist, known_row))
+    for i in range(300):
+        rows = np.unique(np.r_[known_row[i], mi[qi == i]])
+        d = exact_distances(q[i : i + 1], bank, rows[None])[0]
+        assert dist[i] == d.min() and row[i] == rows[np.flatnonzero(d == d.min())[0]]
+    assert np.mean(row != known_row) > 0.5  # the pairs did change most answers: the test can fail
+    np.testing.assert_array_equal(row[:20], 180 + np.arange(20))  # of equal distances the lowest row
+    assert np.all(dist[:20] == 0.0)
