@@ -53,16 +53,8 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------ the old path
 def _old_within(index, queries, upper):
     """Int8Index.within as it was: the mask's pairs from a 2-D np.nonzero."""
-    from runtime.candidates import _BOUND_SLACK
-
-    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - index.mean)
-    upper = np.asarray(upper, np.float64)
-    q_sq = np.einsum("ij,ij->i", q, q, dtype=np.float64)
-    limit = (upper * upper + _BOUND_SLACK * (q_sq + index._max_sq)).astype(np.float32)[:, None]
     qi, mi = [], []
-    for s in range(0, len(q), index._bound_chunk):
-        inside = index._bound.run(["inside"], {**index._bound_feed, "queries": q[s : s + index._bound_chunk],
-                                               "upper": limit[s : s + index._bound_chunk]})[0]
+    for s, inside in index.inside(queries, upper):
         a, b = np.nonzero(inside)
         qi.append(a + s)
         mi.append(b)
