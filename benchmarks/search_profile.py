@@ -272,9 +272,11 @@ def floor_notes(fl: dict, step_res: dict) -> list[str]:
             f"the bound's Gemm, {fl['rows']:,} x {fl['bound_components'] + 1} plus a {fl['dim']} x "
             f"{fl['bound_components']} projection, ~1 M float32 multiply-accumulates, against ~0.5 M int8 for the "
             "candidate step. With the settled count fixed by the level, the search's floor is those two products at "
-            f"the rates above, {cand_ms + bound_ms:.1f} ms on this image, against {d['search']:.1f} ms per defective "
-            f"image for the whole search (after): the rest is rescoring ({d['rescoring']:.1f}), the pairs "
-            f"({d['pairs']:.1f}), the cells to settle ({d['cells to settle']:.1f}) and eq. 7 ({d['eq. 7']:.1f}).",
+            f"the rates above, {cand_ms + bound_ms:.1f} ms on this image. The steps' table puts the whole search "
+            f"(after) at {d['search']:.1f} ms per defective image: candidates and bound {d['candidates'] + d['bound']:.1f} "
+            f"of it (the graphs' runs with onnxruntime's and Python's own costs, at another moment of the run: on a "
+            f"shared machine the load moves), rescoring {d['rescoring']:.1f}, pairs {d['pairs']:.1f}, cells to settle "
+            f"{d['cells to settle']:.1f}, eq. 7 {d['eq. 7']:.1f}.",
             "- Measured and not kept: the bound on 160 or 192 components instead of 256 (a cheaper Gemm, 2-3x the "
             "pairs; within the noise of this machine), a tighter float32 slack (3% fewer pairs at most), the banks "
             "as graph constants (no faster)."]
