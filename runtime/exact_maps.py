@@ -17,9 +17,6 @@ over-estimate, but it stays below the level. One pass suffices.
 
 from __future__ import annotations
 
-import math
-
-import cv2
 import numpy as np
 
 from .geometry import TileLayout
@@ -30,40 +27,46 @@ from .postprocess import anomaly_maps
 _LEVEL_SLACK = 1e-5
 
 
-def reach(layout: TileLayout, blur_sigma: float) -> int:
-    """Patch-grid cells, either way, that one map pixel reads: the blur's radius (scipy's truncate 4,
-    as :func:`runtime.postprocess.gaussian_blur`) in cells, one more for the bilinear upsampling's
-    neighbour and one more for a canvas that is not a whole number of cells."""
-    (ch, cw), (gh, gw) = layout.canvas_hw, layout.map_grid
-    cell = min(ch / gh, cw / gw)
-    radius = int(4.0 * blur_sigma + 0.5) if blur_sigma > 0 else 0
-    return math.ceil(radius / cell) + 1 + (1 if ch % gh or cw % gw else 0)
+def _windows(n_src: int, n_out: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis of a map upsampled from ``n_src`` cells to ``n_out`` pixels and blurred with a
+    kernel of ``radius`` pixels: for each cell, the range ``[start, stop)`` of map pixels whose value
+    reads it. The upsampling (half-pixel centres, as ``cv2.resize`` and torch) computes pixel x from
+    the cells either side of ``(x + 0.5) n_src / n_out - 0.5`` (clamped; both neighbours of a centre
+    within a rounding of a cell boundary), and the blur reads the pixels within ``radius`` of x (its
+    reflected border reads pixels nearer than that). Both are non-decreasing in x, so the pixels that
+    read a cell are contiguous."""
+    pos = (np.arange(n_out) + 0.5) * n_src / n_out - 0.5
+    lo = np.clip(np.floor(pos - 1e-4), 0, n_src - 1).astype(np.int64)
+    hi = np.clip(np.floor(pos + 1e-4) + 1, 0, n_src - 1).astype(np.int64)
+    cells = np.arange(n_src)
+    first = np.searchsorted(hi, cells, side="left")  # the first pixel whose upper cell reaches it
+    last = np.searchsorted(lo, cells, side="right")  # one past the last pixel whose lower cell is at most it
+    start = np.clip(first - radius, 0, n_out)
+    return start, np.maximum(np.clip(last + radius, 0, n_out), start)
 
 
 def patches_to_settle(bounds: np.ndarray, layout: TileLayout, blur_sigma: float, level: float) -> np.ndarray:
     """(B, n_tiles * h * w) upper bounds of the patch scores -> (B, n_tiles * h * w) bool: the patches
     read by a pixel whose bound map is >= ``level`` (see the module docstring), and those whose own
     bound is (so that, once they are settled, an image whose largest exact score reaches the level
-    needs no further search for its worst patch)."""
+    needs no further search for its worst patch). A cell is read by the pixels of one rectangle of
+    the map (:func:`_windows` on each axis): it is marked when that rectangle holds a pixel at or above
+    the level, counted on the map's integral image."""
     b = len(bounds)
     floor = level - _LEVEL_SLACK * abs(level)
     out = np.asarray(bounds) >= floor
     stitched = layout.stitch(np.asarray(bounds, np.float32).reshape(b, -1))
     gh, gw = stitched.shape[1:]
     ch, cw = layout.canvas_hw
-    spread = 2 * reach(layout, blur_sigma) + 1
-    kernel = np.ones((spread, spread), np.uint8)
-    for i in range(b):
-        if stitched[i].max() < floor:  # a map never exceeds its largest cell
-            continue
+    radius = int(4.0 * blur_sigma + 0.5) if blur_sigma > 0 else 0  # runtime.postprocess.gaussian_blur's kernel
+    y0, y1 = _windows(gh, ch, radius)
+    x0, x1 = _windows(gw, cw, radius)
+    for i in np.flatnonzero(stitched.reshape(b, -1).max(axis=1) >= floor):  # a map never exceeds its largest cell
         hot = anomaly_maps(stitched[i : i + 1], (ch, cw), blur_sigma)[0] >= floor
-        ys, xs = np.nonzero(hot)
-        if len(ys) == 0:
-            continue
-        cells = np.zeros((gh, gw), np.uint8)
-        cells[ys * gh // ch, xs * gw // cw] = 1
-        read = cv2.dilate(cells, kernel).astype(bool)
-        out[i] |= _tiles(read, layout)
+        area = np.zeros((ch + 1, cw + 1), np.int32)  # area[y, x]: hot pixels above and left of (y, x)
+        np.cumsum(np.cumsum(hot, axis=0, dtype=np.int32), axis=1, out=area[1:, 1:])
+        count = (area[y1[:, None], x1] - area[y0[:, None], x1] - area[y1[:, None], x0] + area[y0[:, None], x0])
+        out[i] |= _tiles(count > 0, layout)
     return out
 
 

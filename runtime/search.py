@@ -183,27 +183,32 @@ def nearest_candidate(queries: np.ndarray, bank: np.ndarray, idx: np.ndarray,
 
 
 def nearest_of_pairs(queries: np.ndarray, bank: np.ndarray, qi: np.ndarray, mi: np.ndarray,
-                     chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The nearest bank row of each query among pairs (query ``qi``, bank row ``mi``), sorted by query,
-    every query present: its distance (Q,) float64, as :func:`exact_distances` gives it, and its row
-    (Q,); of equal distances the lowest row. The pairs are compared in float32 first; those within
-    :data:`_PAIR_MARGIN` of their query's smallest are recomputed as :func:`exact_distances` does."""
+                     known: tuple[np.ndarray, np.ndarray], chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest bank row of each query among pairs (query ``qi``, bank row ``mi``) and one row already
+    measured per query, ``known`` = (distance (Q,) float64 as :func:`exact_distances` gives it, row (Q,)):
+    its distance (Q,) float64, as :func:`exact_distances` gives it, and its row (Q,); of equal distances
+    the lowest row. The pairs are compared in float32 first; those within :data:`_PAIR_MARGIN` of their
+    query's smallest are recomputed as :func:`exact_distances` does. A pair of a query's known row is
+    not measured again: a query whose pairs hold only that row costs nothing (most of them, when the
+    known row is a candidate and the pairs come from a tight lower bound)."""
     q = np.asarray(queries, dtype=np.float32)
+    known_dist, known_row = np.asarray(known[0], np.float64), np.asarray(known[1], np.int64)
+    other = mi != known_row[qi]
+    qi, mi = qi[other], mi[other]
     sq = np.empty(len(qi), np.float32)
     for s in range(0, len(qi), chunk):
         diff = bank[mi[s : s + chunk]] - q[qi[s : s + chunk]]
         sq[s : s + chunk] = np.einsum("ij,ij->i", diff, diff)
-    starts = np.r_[0, np.flatnonzero(np.diff(qi)) + 1]
-    if len(starts) != len(q) or (len(qi) and qi[-1] != len(q) - 1):
-        raise ValueError("every query needs at least one pair")
-    least = np.minimum.reduceat(sq, starts)
-    keep = np.flatnonzero(sq <= np.repeat(least, np.diff(np.r_[starts, len(qi)])) * (1 + _PAIR_MARGIN))
+    least = np.square(known_dist)  # each query's smallest squared distance so far
+    np.minimum.at(least, qi, sq)
+    keep = np.flatnonzero(sq <= least[qi] * (1 + _PAIR_MARGIN))
     qi, mi = qi[keep], mi[keep]
     diff = bank[mi] - q[qi]  # float32 difference, as exact_distances
     np.square(diff, out=diff)
-    dist = np.sqrt(diff.sum(axis=1, dtype=np.float64))
+    dist = np.r_[known_dist, np.sqrt(diff.sum(axis=1, dtype=np.float64))]
+    qi, mi = np.r_[np.arange(len(q)), qi], np.r_[known_row, mi]
     order = np.lexsort((mi, dist, qi))
-    first = order[np.r_[0, np.flatnonzero(np.diff(qi[order])) + 1]]
+    first = order[np.r_[0, np.flatnonzero(np.diff(qi[order])) + 1]] if len(q) else order
     return dist[first], mi[first]
 
 
@@ -291,14 +296,14 @@ class PatchScorer:
         scores.exact = exact
         return scores
 
-    def _exact_nearest(self, queries: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The exact search's nearest distance (float64) and bank row of each query, ``upper`` (Q,) a
-        distance to a real bank row of each (its candidate bound). On principal components, the rows
-        whose lower bound is below ``upper`` are the only ones searched (:meth:`Int8Index.within`);
+    def _exact_nearest(self, queries: np.ndarray, upper: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact search's nearest distance (float64) and bank row of each query, ``upper`` (Q,) the
+        exact distance to the bank row ``row`` (Q,) of each (its candidate). On principal components, the
+        rows whose lower bound is below ``upper`` are the only ones searched (:meth:`Int8Index.within`);
         else one float32 product over the whole bank ranks them."""
         if getattr(self.index, "bounds", False):
             qi, mi = self.index.within(queries, upper)
-            return nearest_of_pairs(queries, self.bank, qi, mi)
+            return nearest_of_pairs(queries, self.bank, qi, mi, known=(upper, row))
         cand = self.exact.search(queries, min(_SEARCH_MARGIN, len(self.bank)))
         dist = exact_distances(queries, self.bank, cand)
         pick = np.argmin(dist, axis=1)  # first of equal distances: candidates are nearest-first
@@ -312,7 +317,7 @@ class PatchScorer:
         todo = which & ~exact
         if not todo.any():
             return 0
-        patch[todo], nn[todo] = self._exact_nearest(embeddings[todo], patch[todo])
+        patch[todo], nn[todo] = self._exact_nearest(embeddings[todo], patch[todo], nn[todo])
         exact |= todo
         return int(todo.sum())
 
@@ -342,7 +347,7 @@ class PatchScorer:
                 queries = embeddings[i, block]
                 guess = int(nn[i, block[0]])
                 if getattr(self.index, "bounds", False):  # a pruned search: m*'s neighbours come apart
-                    patch[i, block], nn[i, block] = self._exact_nearest(queries, patch[i, block])
+                    patch[i, block], nn[i, block] = self._exact_nearest(queries, patch[i, block], nn[i, block])
                     j += len(block)
                     best = max(best, float(patch[i, block].max()))
                     if exact is not None:
