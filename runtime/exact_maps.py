@@ -12,11 +12,14 @@ the bounds. Once those are settled, every pixel whose map value is >= ``level`` 
 whose true value is >= level had a bound >= level, so all it reads was settled; and a pixel that
 still reads an unsettled patch has a value below ``level`` (settling only lowers values, so the
 set of pixels at or above the level can only shrink). Below the level a pixel may keep an
-over-estimate, but it stays below the level. One pass suffices.
+over-estimate, but it stays below the level. One pass suffices. The neighbours of those pixels are
+settled too, so that the map resized onto the original image (each pixel a convex combination of
+2 x 2 canvas pixels) is exact wherever it reaches the level as well: regions are cut there.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .geometry import TileLayout
@@ -25,6 +28,7 @@ from .postprocess import anomaly_maps
 # Pixels within a rounding of the level count as reaching it: the blur's float32 sums may put a pixel
 # whose exact value sits on the level a hair below it.
 _LEVEL_SLACK = 1e-5
+_NEIGHBOURS = np.ones((3, 3), np.uint8)
 
 
 def _windows(n_src: int, n_out: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +67,9 @@ def patches_to_settle(bounds: np.ndarray, layout: TileLayout, blur_sigma: float,
     x0, x1 = _windows(gw, cw, radius)
     for i in np.flatnonzero(stitched.reshape(b, -1).max(axis=1) >= floor):  # a map never exceeds its largest cell
         hot = anomaly_maps(stitched[i : i + 1], (ch, cw), blur_sigma)[0] >= floor
+        # and their neighbours: the map on the original image (bilinear, runtime.geometry.map_to_original)
+        # reads 2 x 2 canvas pixels, so an original pixel at or above the level reads only exact ones
+        hot = cv2.dilate(hot.view(np.uint8), _NEIGHBOURS).view(bool)
         area = np.zeros((ch + 1, cw + 1), np.int32)  # area[y, x]: hot pixels above and left of (y, x)
         np.cumsum(np.cumsum(hot, axis=0, dtype=np.int32), axis=1, out=area[1:, 1:])
         count = (area[y1[:, None], x1] - area[y0[:, None], x1] - area[y1[:, None], x0] + area[y0[:, None], x0])

@@ -83,31 +83,36 @@ def test_runtime_predict_equals_patchcore_eval_on_the_bundle(fitted, tmp_path):
 def test_fast_default_search_equals_the_exact_search_where_it_shows(fitted):
     """The int8 search (what ``--search auto`` picks on a CPU that runs it fast) against today's exact
     numpy search on bottle's test images: image scores to 1e-9 relative, identical verdicts and
-    normalised scores, and every map pixel at or above the overlay floor (threshold - scale) equal,
-    bit for bit, with the peak of every map that reaches it; below it a pixel may keep an
-    over-estimate, but stays below the floor. On all dimensions (the bundle as exported here) and
+    normalised scores, and every map pixel at or above the map level equal, bit for bit, with the
+    peak of every map that reaches it; below it a pixel may keep an over-estimate, but stays below
+    the level. The level: where overlays are drawn, the overlay floor (the lower of threshold -
+    scale and the pixel threshold's floor); for records alone, the pixel threshold (regions are cut
+    there, so they are the exact search's too). On all dimensions (the bundle as exported here) and
     on 128 of 1024 principal components with 2 candidates (an ``export --int8`` bundle of bottle)."""
-    from runtime.geometry import peak_on_original
     from runtime.images import read_image
     from runtime.predictor import Predictor
+    from runtime.regions import Judge
     from runtime.search import PatchScorer
 
     data, _, _, _, bundle = fitted
     paths = sorted((data / "test").rglob("*.png"))[::5]
     images = [read_image(p) for p in paths]
     ref = Predictor(bundle, device="cpu", search="numpy")
-    auto = Predictor(bundle, device="cpu")
+    auto = Predictor(bundle, device="cpu")  # records only: the pixel threshold
     choice = auto.info()["search_choice"]
     assert choice["chose"] in ("int8", "exact") and choice["int8_ms"] > 0 and choice["exact_ms"] > 0
-    on_all = Predictor(bundle, device="cpu", search="int8")
-    projected = Predictor(bundle, device="cpu", search="int8")
+    on_all = Predictor(bundle, device="cpu", search="int8", overlays=True)
+    projected = Predictor(bundle, device="cpu", search="int8", overlays=True)
     projected.scorer = PatchScorer(ref.scorer.bank, ref.scorer.n_reweight, "int8", candidates=2, components=128)
+    records = Predictor(bundle, device="cpu", search="int8")
+    records.scorer = projected.scorer
     assert projected.scorer.index.bounds and not on_all.scorer.index.bounds
-    level = on_all.map_level
-    pixel = ref.bundle.manifest["threshold"].get("pixel_value")  # overlays are centred on the pixel threshold
-    floors = [ref.threshold - ref.scale] + ([] if pixel is None else [pixel - max(ref.scale, 0.05 * abs(pixel))])
-    assert level == min(floors)
-    for fast in (on_all, projected, auto):
+    pixel = ref.bundle.manifest["threshold"]["pixel_value"]  # overlays are centred on the pixel threshold
+    floors = [ref.threshold - ref.scale, pixel - max(ref.scale, 0.05 * abs(pixel))]
+    assert on_all.map_level == min(floors) and records.map_level == auto.map_level == pixel
+    judge = Judge.for_manifest(ref.bundle.manifest)
+    for fast in (on_all, projected, records, auto):
+        level = fast.map_level
         reached = below = 0
         for s in range(0, len(images), 4):
             batch = images[s : s + 4]
@@ -119,9 +124,12 @@ def test_fast_default_search_equals_the_exact_search_where_it_shows(fitted):
                 shown = a.maps[i] >= level
                 np.testing.assert_array_equal(b.maps[i] >= level, shown)
                 np.testing.assert_array_equal(b.maps[i][shown], a.maps[i][shown])
-                assert np.all(b.maps[i] >= a.maps[i] - 1e-3)  # an upper bound below the floor
+                assert np.all(b.maps[i] >= a.maps[i] - 1e-3)  # an upper bound below the level
                 if shown.any():
                     reached += 1
                     assert np.argmax(b.maps[i]) == np.argmax(a.maps[i])
+                    plan = a.plans[i] if getattr(a, "plans", None) else None
+                    if plan is not None:  # the regions a record shows
+                        assert judge.regions(b.maps[i], plan)[:2] == judge.regions(a.maps[i], plan)[:2]
                 below += int((~shown).sum())
-        assert reached >= 5 and below > 0  # the defects reach the floor; the rest of the maps does not
+        assert reached >= 5 and below > 0  # the defects reach the level; the rest of the maps does not

@@ -221,6 +221,14 @@ def test_settling_the_patches_a_visible_pixel_reads_makes_maps_exact_at_and_abov
     assert shown[0].any()
     np.testing.assert_array_equal(got >= level, shown)
     np.testing.assert_array_equal(got[shown], exact[shown])
+    # and on an original image the map is resized to (bilinear, 2 x 2 canvas pixels per pixel)
+    import cv2
+
+    for i in range(3):
+        on_exact, on_got = (cv2.resize(m[i], (900, 700), interpolation=cv2.INTER_LINEAR) for m in (exact, got))
+        seen = on_exact >= level
+        np.testing.assert_array_equal(on_got >= level, seen)
+        np.testing.assert_array_equal(on_got[seen], on_exact[seen])
 
 
 @pytest.mark.parametrize("n_src, n_out, sigma", [(40, 320, 4.0), (37, 300, 4.0), (40, 320, 0.0), (20, 330, 2.5)])

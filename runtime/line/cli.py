@@ -83,7 +83,8 @@ DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, e
                          "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
 SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
                          "else int8 where this CPU runs it fast, measured at load, or the exact search in onnxruntime; "
-                         "image scores and maps above the overlay floor exact either way), faiss, numpy (the exact numpy "
+                         "image scores, regions and maps at and above the pixel threshold (the overlay floor where "
+                         "overlays are drawn) exact either way), faiss, numpy (the exact numpy "
                          "search of earlier releases), int8 (candidates found by an integer product in "
                          "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored exactly in "
                          "float32, image scores those of the exact search.")
@@ -117,8 +118,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
-                   graph: str = "features_fp32", rule: LineRule | None = None) -> Predictor:
-    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads, log=info)
+                   graph: str = "features_fp32", rule: LineRule | None = None, overlays: bool = False) -> Predictor:
+    """The bundle's predictor, its choices logged. ``overlays``: the command draws overlays, so a
+    reduced search settles the maps down to the overlays' floor (:attr:`Predictor.map_level`)."""
+    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads, log=info,
+                  overlays=overlays)
     d = p.info()
     info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
          f"search {d['search']}")
@@ -196,7 +200,7 @@ def predict(
         limits = _limits(max_pixels)
         rule = LineRule.parse(mm_per_px, min_area)
         inputs = collect_inputs(paths, recursive)
-        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph, rule)
+        p = load_predictor(resolve_bundle(bundle), device, search, threads, graph, rule, overlays=overlays is not None)
         out = JsonLines()
         failed = 0
         used: set[Path] = set()
@@ -352,7 +356,8 @@ def watch(
         status = StatusLine("files")
         publisher = Publisher(publish or [], opts.out, status.log)  # a bad URL: exit 2 before the bundle loads
         status.notes = publisher.status_text
-        source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move, rule=rule)
+        source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move, rule=rule,
+                                overlays=overlays)
         watcher = Watcher(source.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=source,
                           limits=limits, publisher=publisher)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
@@ -364,9 +369,11 @@ def watch(
 
 
 def _bundle_source(bundle: Optional[str], device: Device, search: Search, threads: Optional[int], graph: str,
-                   status: StatusLine, require_threshold: bool, rule: LineRule | None = None) -> BundleSource:
+                   status: StatusLine, require_threshold: bool, rule: LineRule | None = None,
+                   overlays: bool = False) -> BundleSource:
     """The bundle of a long-running command, reopened with the same settings when replaced."""
-    return BundleSource(resolve_bundle(bundle), lambda path: load_predictor(path, device, search, threads, graph, rule),
+    return BundleSource(resolve_bundle(bundle),
+                        lambda path: load_predictor(path, device, search, threads, graph, rule, overlays),
                         require_threshold=require_threshold, log=status.log)
 
 
@@ -422,7 +429,9 @@ def camera(
         publisher = Publisher(publish or [], out, status.log)
         status.notes = publisher.status_text
         plc = make_trigger(trigger) if trigger else None
-        bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True, rule=rule)
+        # anomalous frames are saved with overlays
+        bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True, rule=rule,
+                                 overlays=True)
         lines = JsonLines()
         kind, extra = (CameraRunner, {}) if plc is None else (TriggeredCamera, {"trigger": plc, "log": status.log})
         runner = kind(bundles.predictor, opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
@@ -585,7 +594,8 @@ def serve(
                             watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle,
                             publish=tuple(publish or ()))
         rule = LineRule.parse(mm_per_px, min_area)
-        run_server(opts, lambda path: load_predictor(path, device, search, threads, graph, rule), info)
+        # any request may ask for an overlay
+        run_server(opts, lambda path: load_predictor(path, device, search, threads, graph, rule, overlays=True), info)
 
 
 def main(argv: list[str] | None = None) -> None:
