@@ -184,7 +184,7 @@ def render(res: dict, ours_acc: dict) -> list[str]:
         else:
             kind, pct = name.split("-")
             label = f"anomalib {'ONNX (onnxruntime)' if kind == 'onnx' else 'OpenVINO fp32'} {pct}%" + (
-                " (its default)" if pct == "10" else "")
+                " (its default bank)" if pct == "10" else "")
             bank = f"{pct}%: {models[name]['bank'][0]:,} x {models[name]['bank'][1]}"
             stages, acc = "- | - | - | -", res["accuracy"][name]
         ratio = f"{ref / x['total']:.2f}x"
