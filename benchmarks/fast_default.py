@@ -9,6 +9,12 @@ features_fp32`` (the exact numpy search, what the default was). After: no option
 Both are timed by ``runtime.line.bench`` (what ``patchcore-rt bench`` runs) on bottle's test images,
 interleaved round by round so that other jobs on the machine weigh on both alike; medians per
 stage, ratios of medians. Each side then scores the whole test set for image and pixel AUROC.
+
+The peer (``fast_peer.py``): anomalib's default exports of the same weights (ONNX in onnxruntime, OpenVINO
+float32; its default 10% bank and 224 crop, and 1%) timed in the same run, interleaved round by round with
+both of our paths, each side's image and pixel AUROC on bottle. anomalib is installed into
+``.bench/anomalib-venv`` and fitted once into ``.bench/peer`` (~25 minutes on 2 cores the first time);
+``--reuse`` keeps the bundle, and the anomalib models are always reused once fitted. ``--no-peer`` leaves it out.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fast_peer  # noqa: E402
 from common import replace_section  # noqa: E402
 from precision import accuracy  # noqa: E402
 
@@ -73,6 +80,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--reuse", action="store_true", help="keep the exported bundle")
+    ap.add_argument("--peer-rounds", type=int, default=9, help="interleaved rounds with anomalib's exports")
+    ap.add_argument("--no-peer", action="store_true", help="leave anomalib's exports out")
     args = ap.parse_args()
     started = dt.datetime.now(dt.timezone.utc)
     load = os.getloadavg()
@@ -92,25 +101,28 @@ def main() -> None:
         res[("test", batch)] = interleaved(sides, encoded, batch, args.rounds, args.repeat)
     log("batch 1, good images")
     res[("good", 1)] = interleaved(sides, good, 1, args.rounds, args.repeat)
+    peer = None if args.no_peer else fast_peer.measure(sides, DATA, args.peer_rounds)
     acc = {}
     for name, p in sides.items():
         log(f"accuracy {name}")
         acc[name] = accuracy(p, DATA, None)
+        acc[name]["bank"] = "{:g}%: {:,} x {}".format(100 * p.bundle.manifest["memory_bank"]["coreset_ratio"],
+                                                      *p.scorer.bank.shape)
     a, b = np.array(acc["before"]["scores"]), np.array(acc["after"]["scores"])
     score_err = float(np.max(np.abs(b - a) / np.abs(a)))
     t = sides["before"].threshold
     same_verdicts = bool(np.array_equal(a >= t, b >= t))
     finished = dt.datetime.now(dt.timezone.utc)
-    write(args, started, finished, load, os.getloadavg(), info, res, acc, score_err, same_verdicts)
+    write(args, started, finished, load, os.getloadavg(), info, res, acc, score_err, same_verdicts, peer)
 
 
-def write(args, started, finished, load, load_end, info, res, acc, score_err, same_verdicts) -> None:
+def write(args, started, finished, load, load_end, info, res, acc, score_err, same_verdicts, peer) -> None:
     import onnxruntime
 
     lines = ["## Fast by default", "",
              "_Written by `benchmarks/fast_default.py` from one run; every figure below comes from that run._", "",
              f"- Command: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fast_default.py"
-             f"{' --reuse' if args.reuse else ''}` (the OpenBLAS overrides of these machines unset, as on a user's "
+             f"{' --reuse' if args.reuse else ''}{' --no-peer' if args.no_peer else ''}` (the OpenBLAS overrides of these machines unset, as on a user's "
              f"machine); {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC",
              f"- Machine: {cpu_name()}, Python {platform.python_version()}, numpy {np.__version__}, onnxruntime "
              f"{onnxruntime.__version__}; load average {load[0]:.1f} at start, {load_end[0]:.1f} at the end"
@@ -135,9 +147,11 @@ def write(args, started, finished, load, load_end, info, res, acc, score_err, sa
         m = acc[side]
         lines.append(f"| {side} | {m['image_auroc']:.4f} | {m['pixel_auroc']:.4f} | {m['pro']:.4f} |")
     lines += ["", f"- Image scores, after against before, whole test set: largest relative difference {score_err:.1e}; "
-              f"verdicts {'identical' if same_verdicts else 'DIFFER'}",
-              "- The peer (anomalib's export of the same weights) is not in this run: see the section "
-              "\"Precision and engines\" for its last measurement"]
+              f"verdicts {'identical' if same_verdicts else 'DIFFER'}"]
+    if peer:
+        lines += ["", *fast_peer.render(peer, acc)]
+    else:
+        lines.append("- The peer (anomalib's export of the same weights) is not in this run (`--no-peer`)")
     replace_section(ROOT / "BENCHMARKS.md", "fast-default", "\n".join(lines))
     log("wrote BENCHMARKS.md section fast-default")
 

@@ -48,7 +48,8 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------- setup
 def ensure_anomalib_venv() -> None:
-    """Create .bench/anomalib-venv with anomalib (and onnx export deps) unless it already imports."""
+    """Create .bench/anomalib-venv with anomalib (and onnx export deps) unless it already imports; the venv
+    sees this one's packages, so torch (pinned to this venv's version) is not downloaded a second time."""
     if VPY.exists() and subprocess.run([str(VPY), "-c", "import anomalib, onnxscript, onnxruntime"],
                                        capture_output=True).returncode == 0:
         return
@@ -56,7 +57,15 @@ def ensure_anomalib_venv() -> None:
 
     log(f"installing anomalib into {VENV} (one-off, a few minutes)")
     if not VPY.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        import sysconfig
+
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(VENV)], check=True)
+        # layered on this venv (a .pth line): its torch, onnxruntime and openvino are reused, not downloaded
+        # again; what anomalib needs in other versions goes into the anomalib venv, which comes first
+        site = Path(subprocess.run([str(VPY), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+        (site / "project-venv.pth").write_text(sysconfig.get_path("purelib") + "\n")
     pins = ANOMALIB_PINS + [f"onnxruntime=={onnxruntime.__version__}"]
     subprocess.run([str(VPY), "-m", "pip", "install", "--quiet", *pins], check=True)
 
