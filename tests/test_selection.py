@@ -189,3 +189,19 @@ def test_fit_with_auto_records_the_selection_in_the_manifest_and_info_shows_it(s
                           text=True, timeout=300)
     assert info.returncode == 0, info.stderr
     assert "--preset auto: " + sel["verdict"] in info.stdout
+
+
+def test_a_latency_budget_times_the_exported_graph_in_onnxruntime_and_drops_what_is_over(small_class):
+    from patchcore.data import load_class
+    from patchcore.selection import Settings, fixed_default, select_recipe
+
+    ds = load_class(small_class)
+    fast = dict(per_cell=1, families=("stain", "missing"), real_check=False)
+    sel = select_recipe(_config(), ds, Settings(latency_budget_ms=1e6, **fast))
+    rows = sel.record["candidates"]
+    assert rows and all(r["latency_on"] == "onnxruntime:CPUExecutionProvider" for r in rows)
+    assert all(r["latency_ms"] > 0 and "dropped" not in r for r in rows)
+    lines = []
+    sel = select_recipe(_config(), ds, Settings(latency_budget_ms=1e-3, **fast), log=lines.append)
+    assert sel.record["verdict"] == "not run" and "over the latency budget of 0.001 ms" in sel.record["reason"]
+    assert sel.config == fixed_default(_config())
