@@ -158,6 +158,52 @@ def test_a_clearly_better_candidate_is_chosen_and_noise_keeps_the_default():
     assert r.challenger == 2 and r.verdict == "uncertain" and r.chosen == 0
 
 
+def _fine_grain_class(root: Path, n_train: int = 15, size: int = 448, seed: int = 1) -> Path:
+    """448 x 448 parts whose surface is a fine grain (noise blurred by 0.7 px): a defect of 0.05%
+    of the part (about 7 px across) is resolved at the images' own size and blurred into the grain
+    when they are shrunk to the default's 320² or to 224²."""
+    rng = np.random.default_rng(seed)
+    cls = root / "grain"
+    for sub in ("train/good", "test/good"):
+        (cls / sub).mkdir(parents=True, exist_ok=True)
+
+    def part():
+        img = np.full((size, size, 3), 20, np.uint8)
+        noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 0.7)
+        body = np.clip(150 + 120 * noise, 0, 255).astype(np.uint8)
+        disc = np.zeros((size, size), np.uint8)
+        cv2.circle(disc, (size // 2, size // 2), int(size * 0.45), 1, -1)
+        img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
+        return img
+
+    for i in range(n_train):
+        cv2.imwrite(str(cls / "train/good" / f"{i:03d}.png"), part())
+    cv2.imwrite(str(cls / "test/good" / "000.png"), part())
+    return cls
+
+
+@pytest.mark.slow
+def test_the_larger_input_that_alone_resolves_small_defects_is_chosen(tmp_path):
+    """Through the whole selection (trunk per input size, folds, banks, synthetic defects, the
+    rule): the validation is narrowed to the smallest size bucket, where the input size decides,
+    with 3 defects per cell so that 4 families x 3 folds give the rule 12 pairs."""
+    from patchcore.data import load_class
+    from patchcore.selection import Settings, select_recipe
+
+    settings = Settings(per_cell=3, families=("stain", "missing", "scratch", "perlin"), sizes=(0.0005,),
+                        real_check=False)
+    sel = select_recipe(_config(), load_class(_fine_grain_class(tmp_path)), settings)
+    cands, r = sel.candidates, sel.ranking
+    assert cands[0].input_hw == (320, 320)  # the fixed default
+    assert sorted({c.input_hw for c in cands}) == [(224, 224), (320, 320), (448, 448)]
+    mean = {hw: [r.mean[i] for i, c in enumerate(cands) if c.input_hw == hw] for hw in ((224, 224), (320, 320),
+                                                                                         (448, 448))}
+    assert min(mean[(448, 448)]) > max(mean[(320, 320)]) > max(mean[(224, 224)])
+    assert sel.record["verdict"] == "switched", sel.record["reason"]
+    assert cands[r.chosen].input_hw == (448, 448) and r.folds_won == 3 and r.interval[0] > 0
+    assert sel.config.max_pixels_in == cands[r.chosen].budget and sel.config.max_pixels_in > 320 * 320
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATCHCORE_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATCHCORE_PROGRESS": "0"}
     return subprocess.run([sys.executable, "-m", "patchcore", *args], cwd=REPO, capture_output=True, text=True,
