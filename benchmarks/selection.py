@@ -161,7 +161,7 @@ def render(records: list[dict], meta: dict) -> str:
     L = ["## Recipe selection: `--preset auto` on held-out good images with synthetic defects", "",
          "_Written by `benchmarks/selection.py` from `.bench/selection/results.jsonl`._", "",
          *[f"- Command: `{c}`, started {t} ({', '.join(cs)})" for (c, t), cs in runs.items()],
-         f"- CPU: {meta.get('cpu', '?')}, 2 cores shared with other jobs (load average up to 11 during these runs): "
+         f"- CPU: {meta.get('cpu', '?')}, 2 cores shared with other jobs (load average 10 to 18 during these runs): "
          "compare times within a row only.",
          "- effnet-lite0 (ImageNet weights), 1% bank, seed 0; selection as `--preset auto` runs it: at most 60 good "
          "training images in 3 folds, 3 synthetic defects per family x size per fold (6 families x 3 sizes), "
