@@ -53,6 +53,20 @@ def test_a_texture_filling_the_frame_is_all_part():
     assert D.foreground(tex).all()
 
 
+def _disc_part(rng: np.random.Generator, size: int, sigma: float, mean: float, amplitude: float, radius: float,
+               jitter: int = 0) -> np.ndarray:
+    """A grey disc of blurred noise (the part) on a dark background, shifted sideways by up to
+    ``jitter`` pixels."""
+    img = np.full((size, size, 3), 20, np.uint8)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), sigma)
+    body = np.clip(mean + amplitude * noise, 0, 255).astype(np.uint8)
+    disc = np.zeros((size, size), np.uint8)
+    dx = int(rng.integers(-jitter, jitter + 1)) if jitter else 0
+    cv2.circle(disc, (size // 2 + dx, size // 2), int(size * radius), 1, -1)
+    img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
+    return img
+
+
 def _smooth_class(root: Path, n_train: int, size: int, seed: int = 0) -> Path:
     """Parts on a flat background; a test set with tiny pits (3 px) as real defects."""
     rng = np.random.default_rng(seed)
@@ -61,13 +75,7 @@ def _smooth_class(root: Path, n_train: int, size: int, seed: int = 0) -> Path:
         (cls / sub).mkdir(parents=True, exist_ok=True)
 
     def part():
-        img = np.full((size, size, 3), 20, np.uint8)
-        noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 1.0)
-        body = np.clip(160 + 60 * noise, 0, 255).astype(np.uint8)
-        disc = np.zeros((size, size), np.uint8)
-        cv2.circle(disc, (size // 2 + int(rng.integers(-3, 4)), size // 2), int(size * 0.4), 1, -1)
-        img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
-        return img
+        return _disc_part(rng, size, sigma=1.0, mean=160, amplitude=60, radius=0.4, jitter=3)
 
     for i in range(n_train):
         cv2.imwrite(str(cls / "train/good" / f"{i:03d}.png"), part())
@@ -168,13 +176,7 @@ def _fine_grain_class(root: Path, n_train: int = 15, size: int = 448, seed: int 
         (cls / sub).mkdir(parents=True, exist_ok=True)
 
     def part():
-        img = np.full((size, size, 3), 20, np.uint8)
-        noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 0.7)
-        body = np.clip(150 + 120 * noise, 0, 255).astype(np.uint8)
-        disc = np.zeros((size, size), np.uint8)
-        cv2.circle(disc, (size // 2, size // 2), int(size * 0.45), 1, -1)
-        img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
-        return img
+        return _disc_part(rng, size, sigma=0.7, mean=150, amplitude=120, radius=0.45)
 
     for i in range(n_train):
         cv2.imwrite(str(cls / "train/good" / f"{i:03d}.png"), part())
