@@ -11,7 +11,9 @@ synthetic ranking is set beside the real one (Kendall tau over the candidates), 
 recipe's real figures beside the best candidate's and the fixed default's (the regret). For the
 classes in ``--fit-time``, one default fit (``patchcore fit``'s path, all training images) is
 timed in the same process, for the cost ratio. Each class is appended to
-.bench/selection/results.jsonl as it ends, and the section is rewritten after every class.
+.bench/selection/results.jsonl as it ends, and the section is rewritten after every class. A
+class already in the section but not in results.jsonl (an earlier run whose .bench is gone) is
+read back from the section and kept, so runs of different classes add up.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from common import replace_section  # noqa: E402
+from common import _markers, replace_section  # noqa: E402
 
 SECTION, WORK = "selection", ROOT / ".bench" / "selection"
 RESULTS = WORK / "results.jsonl"
@@ -86,6 +89,62 @@ def run_class(name: str, fit_time: bool, log) -> dict:
             "default_real": (by.get(rec.get("default")) or {}).get("real")}
 
 
+def _triple_back(text: str) -> dict | None:
+    vals = [None if v.strip() == "–" else float(v) for v in text.split(" / ")]
+    return None if text.strip() == "–" else dict(zip(REAL, vals))
+
+
+def _num(text: str) -> float | None:
+    return None if text.strip() == "–" else float(text)
+
+
+def records_from_section(text: str) -> list[dict]:
+    """The records a rendered section shows (what :func:`render` needs to write it again)."""
+    lines = text.splitlines()
+    runs = {}
+    for ln in lines:
+        if m := re.match(r"- Command: `(.*)`, started (.*) \((.*)\)$", ln):
+            for c in m.group(3).split(", "):
+                runs[c] = (m.group(1), m.group(2))
+    notes = {}
+    for ln in lines:
+        if m := re.match(r"- ([a-z_]+): (one default fit .*)$", ln):
+            notes[m.group(1)] = m.group(2)
+    out, by = [], {}
+    rows = [ln for ln in lines if ln.startswith("| ") and ln.count(" | ") == 10 and not ln.startswith("| class ")]
+    for ln in rows:
+        c = [x.strip() for x in ln.strip("| ").split(" | ")]
+        best, best_t = re.match(r"(.*) \((.*)\)$", c[5]).groups()
+        rec = {"class": c[0], "verdict": c[1], "chosen": c[2], "chosen_real": _triple_back(c[3]),
+               "default_real": _triple_back(c[4]), "best_real": best, "regret": _num(c[6]),
+               "gain": _num(c[7]), "kendall_tau": _num(c[8]), "selection_seconds": float(c[9]),
+               "default_fit_seconds": _num(c[10]), "real": {}, "place": {}, "figure": {}, "latency_ms": {}}
+        rec["command"], rec["started"] = runs.get(c[0], (None, None))
+        if c[0] in notes:
+            rec["note"] = notes[c[0]]
+        by[c[0]] = rec
+        out.append(rec)
+    cur = None
+    for i, ln in enumerate(lines):
+        if m := re.match(r"### (\S+) \((\d+) good training images, (\d+) test images\)$", ln):
+            cur = by.get(m.group(1))
+            if cur is not None:
+                cur["n_train"], cur["n_test"] = int(m.group(2)), int(m.group(3))
+                reason = lines[i + 2]
+                cur["reason"] = reason[len(cur["verdict"]) + 2:].rstrip(".")
+        elif cur is not None and ln.startswith("| ") and ln.count(" | ") == 4 and not ln.startswith("| candidate "):
+            lab, place, fig, real, ms = (x.strip() for x in ln.strip("| ").split(" | "))
+            cur["place"][lab], cur["figure"][lab] = int(place), _num(fig)
+            cur["real"][lab], cur["latency_ms"][lab] = _triple_back(real), _num(ms)
+    return out
+
+
+def _section(path: Path) -> str:
+    text = path.read_text() if path.is_file() else ""
+    begin, end = _markers(SECTION)
+    return text.split(begin, 1)[1].split(end, 1)[0] if begin in text and end in text else ""
+
+
 def _f(v, d=3):
     return "–" if v is None else f"{v:.{d}f}"
 
@@ -102,7 +161,7 @@ def render(records: list[dict], meta: dict) -> str:
     L = ["## Recipe selection: `--preset auto` on held-out good images with synthetic defects", "",
          "_Written by `benchmarks/selection.py` from `.bench/selection/results.jsonl`._", "",
          *[f"- Command: `{c}`, started {t} ({', '.join(cs)})" for (c, t), cs in runs.items()],
-         f"- CPU: {meta.get('cpu', '?')}, 2 cores shared with other jobs (load average up to 11 during these runs): "
+         f"- CPU: {meta.get('cpu', '?')}, 2 cores shared with other jobs (load average 10 to 18 during these runs): "
          "compare times within a row only.",
          "- effnet-lite0 (ImageNet weights), 1% bank, seed 0; selection as `--preset auto` runs it: at most 60 good "
          "training images in 3 folds, 3 synthetic defects per family x size per fold (6 families x 3 sizes), "
@@ -118,14 +177,15 @@ def render(records: list[dict], meta: dict) -> str:
          "other jobs: only the order within one class means anything.",
          *([f"- Not finished in the time the run had (cut): {', '.join(c for c in CLASSES if c not in seen)}."]
            if (seen := {r['class'] for r in records}) and set(CLASSES) - seen else []),
-         *[f"- {n}" for n in meta.get("notes", [])], ""]
+         *[f"- {n}" for n in meta.get("notes", [])],
+         *[f"- {r['class']}: {r['note']}" for r in records if r.get("note")], ""]
     L += ["| class | verdict | chosen | real (chosen) | real (fixed default) | best candidate on real | regret | vs "
           "default | Kendall tau | selection s | default fit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         best = r["real"].get(r["best_real"]) if r.get("best_real") else None
         ch, de = real_mean(r.get("chosen_real")), real_mean(r.get("default_real"))
-        regret = None if best is None or ch is None else real_mean(best) - ch
-        gain = None if ch is None or de is None else ch - de
+        regret = r["regret"] if "regret" in r else None if best is None or ch is None else real_mean(best) - ch
+        gain = r["gain"] if "gain" in r else None if ch is None or de is None else ch - de
         L.append(f"| {r['class']} | {r['verdict']} | {r.get('chosen') or '–'} | {_triple(r.get('chosen_real'))} | "
                  f"{_triple(r.get('default_real'))} | {r.get('best_real') or '–'} ({_triple(best)}) | {_f(regret)} | "
                  f"{_f(gain, 3) if gain is None else f'{gain:+.3f}'} | {_f(r.get('kendall_tau'), 2)} | "
@@ -145,6 +205,8 @@ def render(records: list[dict], meta: dict) -> str:
 
 def write_report() -> None:
     records = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()] if RESULTS.is_file() else []
+    have = {r["class"] for r in records}
+    records = [r for r in records_from_section(_section(ROOT / "BENCHMARKS.md")) if r["class"] not in have] + records
     meta_p = WORK / "meta.json"
     meta = json.loads(meta_p.read_text()) if meta_p.is_file() else {}
     replace_section(ROOT / "BENCHMARKS.md", SECTION, render(records, meta))

@@ -17,7 +17,6 @@ weights would pass protobuf's 2 GB limit are written with ONNX external data bes
 from __future__ import annotations
 
 import heapq
-import io
 import json
 import warnings
 from pathlib import Path
@@ -27,16 +26,13 @@ import cv2
 import numpy as np
 import onnx
 import onnxruntime
-import torch
 
+from patchcore.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, trace_feature_graph
 from runtime import bundle as bundle_io
 from runtime import errors
 
 from .search_graph import DEFAULT_CHUNK, append_search, search_outputs
 
-OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
 # protobuf refuses to serialise a message of 2 GiB or more; keep a margin for the graph itself
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
@@ -107,22 +103,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- graphs
-def trace_feature_graph(model, opset: int = OPSET):
-    """``model.feature_model`` -> an ONNX ModelProto (float32, dynamic batch)."""
-    h, w = model.input_size
-    example = torch.zeros(2, 3, h, w, device=model.device)
-    fm = model.feature_model.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            fm, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset, dynamo=False,
-        )
-    return onnx.load_from_string(buf.getvalue())
-
-
 def topological_sort(graph) -> None:
     """Reorder ``graph.node`` so every node follows the producers of its inputs (the ONNX checker
     requires it; the float16 converter appends its input casts at the end). Stable: nodes that are

@@ -53,6 +53,20 @@ def test_a_texture_filling_the_frame_is_all_part():
     assert D.foreground(tex).all()
 
 
+def _disc_part(rng: np.random.Generator, size: int, sigma: float, mean: float, amplitude: float, radius: float,
+               jitter: int = 0) -> np.ndarray:
+    """A grey disc of blurred noise (the part) on a dark background, shifted sideways by up to
+    ``jitter`` pixels."""
+    img = np.full((size, size, 3), 20, np.uint8)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), sigma)
+    body = np.clip(mean + amplitude * noise, 0, 255).astype(np.uint8)
+    disc = np.zeros((size, size), np.uint8)
+    dx = int(rng.integers(-jitter, jitter + 1)) if jitter else 0
+    cv2.circle(disc, (size // 2 + dx, size // 2), int(size * radius), 1, -1)
+    img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
+    return img
+
+
 def _smooth_class(root: Path, n_train: int, size: int, seed: int = 0) -> Path:
     """Parts on a flat background; a test set with tiny pits (3 px) as real defects."""
     rng = np.random.default_rng(seed)
@@ -61,13 +75,7 @@ def _smooth_class(root: Path, n_train: int, size: int, seed: int = 0) -> Path:
         (cls / sub).mkdir(parents=True, exist_ok=True)
 
     def part():
-        img = np.full((size, size, 3), 20, np.uint8)
-        noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 1.0)
-        body = np.clip(160 + 60 * noise, 0, 255).astype(np.uint8)
-        disc = np.zeros((size, size), np.uint8)
-        cv2.circle(disc, (size // 2 + int(rng.integers(-3, 4)), size // 2), int(size * 0.4), 1, -1)
-        img[disc.astype(bool)] = body[disc.astype(bool)][:, None]
-        return img
+        return _disc_part(rng, size, sigma=1.0, mean=160, amplitude=60, radius=0.4, jitter=3)
 
     for i in range(n_train):
         cv2.imwrite(str(cls / "train/good" / f"{i:03d}.png"), part())
@@ -158,6 +166,46 @@ def test_a_clearly_better_candidate_is_chosen_and_noise_keeps_the_default():
     assert r.challenger == 2 and r.verdict == "uncertain" and r.chosen == 0
 
 
+def _fine_grain_class(root: Path, n_train: int = 15, size: int = 448, seed: int = 1) -> Path:
+    """448 x 448 parts whose surface is a fine grain (noise blurred by 0.7 px): a defect of 0.05%
+    of the part (about 7 px across) is resolved at the images' own size and blurred into the grain
+    when they are shrunk to the default's 320² or to 224²."""
+    rng = np.random.default_rng(seed)
+    cls = root / "grain"
+    for sub in ("train/good", "test/good"):
+        (cls / sub).mkdir(parents=True, exist_ok=True)
+
+    def part():
+        return _disc_part(rng, size, sigma=0.7, mean=150, amplitude=120, radius=0.45)
+
+    for i in range(n_train):
+        cv2.imwrite(str(cls / "train/good" / f"{i:03d}.png"), part())
+    cv2.imwrite(str(cls / "test/good" / "000.png"), part())
+    return cls
+
+
+@pytest.mark.slow
+def test_the_larger_input_that_alone_resolves_small_defects_is_chosen(tmp_path):
+    """Through the whole selection (trunk per input size, folds, banks, synthetic defects, the
+    rule): the validation is narrowed to the smallest size bucket, where the input size decides,
+    with 3 defects per cell so that 4 families x 3 folds give the rule 12 pairs."""
+    from patchcore.data import load_class
+    from patchcore.selection import Settings, select_recipe
+
+    settings = Settings(per_cell=3, families=("stain", "missing", "scratch", "perlin"), sizes=(0.0005,),
+                        real_check=False)
+    sel = select_recipe(_config(), load_class(_fine_grain_class(tmp_path)), settings)
+    cands, r = sel.candidates, sel.ranking
+    assert cands[0].input_hw == (320, 320)  # the fixed default
+    assert sorted({c.input_hw for c in cands}) == [(224, 224), (320, 320), (448, 448)]
+    mean = {hw: [r.mean[i] for i, c in enumerate(cands) if c.input_hw == hw] for hw in ((224, 224), (320, 320),
+                                                                                         (448, 448))}
+    assert min(mean[(448, 448)]) > max(mean[(320, 320)]) > max(mean[(224, 224)])
+    assert sel.record["verdict"] == "switched", sel.record["reason"]
+    assert cands[r.chosen].input_hw == (448, 448) and r.folds_won == 3 and r.interval[0] > 0
+    assert sel.config.max_pixels_in == cands[r.chosen].budget and sel.config.max_pixels_in > 320 * 320
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATCHCORE_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATCHCORE_PROGRESS": "0"}
     return subprocess.run([sys.executable, "-m", "patchcore", *args], cwd=REPO, capture_output=True, text=True,
@@ -189,3 +237,19 @@ def test_fit_with_auto_records_the_selection_in_the_manifest_and_info_shows_it(s
                           text=True, timeout=300)
     assert info.returncode == 0, info.stderr
     assert "--preset auto: " + sel["verdict"] in info.stdout
+
+
+def test_a_latency_budget_times_the_exported_graph_in_onnxruntime_and_drops_what_is_over(small_class):
+    from patchcore.data import load_class
+    from patchcore.selection import Settings, fixed_default, select_recipe
+
+    ds = load_class(small_class)
+    fast = dict(per_cell=1, families=("stain", "missing"), real_check=False)
+    sel = select_recipe(_config(), ds, Settings(latency_budget_ms=1e6, **fast))
+    rows = sel.record["candidates"]
+    assert rows and all(r["latency_on"] == "onnxruntime:CPUExecutionProvider" for r in rows)
+    assert all(r["latency_ms"] > 0 and "dropped" not in r for r in rows)
+    lines = []
+    sel = select_recipe(_config(), ds, Settings(latency_budget_ms=1e-3, **fast), log=lines.append)
+    assert sel.record["verdict"] == "not run" and "over the latency budget of 0.001 ms" in sel.record["reason"]
+    assert sel.config == fixed_default(_config())

@@ -24,6 +24,8 @@ def record(cands: Sequence[Candidate], live: Sequence[Candidate], dropped: Seque
     rows = []
     for c in cands:
         row = {"label": c.label, **c.settings(), "latency_ms": _r(results[c.group].latency_ms, 1),
+               # the exported graph in onnxruntime where a budget is set (what it is checked on), else torch
+               "latency_on": results[c.group].latency_on if settings.latency_budget_ms is not None else "torch",
                "real": {k: _r(v) for k, v in results[c.group].real[c.n_reweight].items()}
                if c.n_reweight in results[c.group].real else None}
         if c in live:

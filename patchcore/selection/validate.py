@@ -10,6 +10,7 @@ same pixels and a defect a few pixels wide stays in the mask.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,7 @@ class GroupResult:
     examples: dict[str, np.ndarray] = field(default_factory=dict)  # family -> eval map of fold 0's last defect
     real: dict[int, dict] = field(default_factory=dict)  # k -> real figures
     latency_ms: float | None = None
+    latency_on: str = "torch"  # what ran the features when timed: torch, or onnxruntime:<provider>
 
 
 def eval_hw(hw: tuple[int, int], side: int) -> tuple[int, int]:
@@ -179,20 +181,42 @@ def _bank(model: PatchCore, emb: np.ndarray, projected: torch.Tensor, members: n
     return np.ascontiguousarray(emb[chosen // p, chosen % p])
 
 
-def _latency(group: GroupModels, agg: str, bank: np.ndarray, image: np.ndarray, k: int) -> float:
-    """ms for one image, batch 1: features (the exported graph's module) + search + eq. 7 + map."""
+def _onnx_features(model: PatchCore, folder: Path):
+    """The candidate's feature graph as ``export`` writes it (float32), run by the runtime's
+    onnxruntime engine on the fit's device: ``(run, engine name)``."""
+    from runtime.engines.onnxruntime_engine import OnnxEngine
+
+    from ..onnx_graph import trace_feature_graph
+
+    path = folder / "features_fp32.onnx"
+    path.write_bytes(trace_feature_graph(model).SerializeToString())
+    engine = OnnxEngine(path, device="cpu" if model.config.device == "cpu" else "auto")
+    return engine.run, engine.name
+
+
+def _latency(group: GroupModels, agg: str, bank: np.ndarray, image: np.ndarray, k: int,
+             graph: bool = False) -> tuple[float, str]:
+    """ms for one image, batch 1: features + search + eq. 7 + map, and what ran the features:
+    the torch module the graph is exported from, or (``graph``) the exported graph itself in the
+    runtime's onnxruntime engine."""
     m = group.models[agg]
     scorer = PatchScorer(bank, n_reweight=k, backend=m.config.search_backend, device=m.config.device, exact=True)
-    times = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        pre = prepare(image, group.preprocess)
-        with torch.no_grad():
-            e = m.feature_model(torch.from_numpy(stack_inputs([pre])).to(group.device)).float().cpu().numpy()
-        s = scorer.score(e)
-        finish(s, m.layout, m.config.blur_sigma, None, None, [pre.plan])
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times[1:]))
+    with tempfile.TemporaryDirectory() as tmp:
+        if graph:
+            features, where = _onnx_features(m, Path(tmp))
+        else:
+            def features(x: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return m.feature_model(torch.from_numpy(x).to(group.device)).float().cpu().numpy()
+            where = "torch"
+        times = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            pre = prepare(image, group.preprocess)
+            s = scorer.score(features(stack_inputs([pre])))
+            finish(s, m.layout, m.config.blur_sigma, None, None, [pre.plan])
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times[1:])), where
 
 
 def evaluate_group(base: PatchCoreConfig, cands: Sequence[Candidate], images: Sequence[np.ndarray],
@@ -245,7 +269,8 @@ def evaluate_group(base: PatchCoreConfig, cands: Sequence[Candidate], images: Se
     pool_banks = {a: _bank(group.models[a], emb[a], projected[a], np.arange(n), n_train) for a in aggs}
     del emb, projected
     for a in aggs:
-        out[a].latency_ms = _latency(group, a, pool_banks[a], images[0], max(ks))
+        out[a].latency_ms, out[a].latency_on = _latency(group, a, pool_banks[a], images[0], max(ks),
+                                                        graph=settings.latency_budget_ms is not None)
     if test is not None and settings.real_check:
         _real_check(group, pool_banks, test, ks, side, out, tag)
     return out
