@@ -178,7 +178,8 @@ def render(res: dict, ours_acc: dict) -> list[str]:
     for name, x in t.items():
         if name in ours_acc:
             label = {"before": "ours before (`--search numpy --graph features_fp32`)",
-                     "after": "ours after (no options)"}.get(name, f"ours {name}")
+                     "after": "ours after (no options)",
+                     "after-fp32": "ours after, `--graph features_fp32`"}.get(name, f"ours {name}")
             bank, acc = ours_acc[name].get("bank", ""), ours_acc[name]
             stages = " | ".join(f"{x[s]:.2f}" for s in ("preprocess", "features", "search", "postprocess"))
         else:

@@ -60,9 +60,14 @@ def _median_ms(values: Sequence[float]) -> float:
 
 
 def bench_batch(predictor, encoded: Sequence[bytes], batch: int, repeat: int, warmup: int) -> dict[str, Any]:
-    data = [encoded[i % len(encoded)] for i in range(batch)]
+    """Median ms per batch and per image of ``repeat`` timed runs (after ``warmup``); the runs take the
+    images in turn (run r the next ``batch`` of them, round the list), so a folder of images is timed
+    as a whole, not its first few again and again (scoring time depends on the image: a defect's
+    exact settling costs more than a good part's)."""
     runs: list[dict[str, float]] = []
     for r in range(warmup + repeat):
+        start = max(r - warmup, 0) * batch
+        data = [encoded[(start + i) % len(encoded)] for i in range(batch)]
         t0 = time.perf_counter()
         images = [decode_image(b, f"bench image {i}") for i, b in enumerate(data)]
         t1 = time.perf_counter()
