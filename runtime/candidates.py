@@ -114,16 +114,22 @@ def _session(graph: Path, threads: int | None):
     return ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
 
 
-def principal_components(centred: np.ndarray, count: int) -> np.ndarray:
+def principal_axes(centred: np.ndarray) -> np.ndarray:
+    """(D, D) float64 eigenvectors of a centred bank's D x D scatter matrix, leading first (one
+    ``eigh``: the slow part of loading an int8 search, shared by its product and its bound)."""
+    _, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))  # ascending eigenvalues
+    return vectors[:, ::-1]
+
+
+def principal_components(centred: np.ndarray, count: int, axes: np.ndarray | None = None) -> np.ndarray:
     """(D, count) float32 orthonormal columns spanning the ``count`` leading principal directions of a
     centred bank (eigenvectors of its D x D scatter matrix), turned by a fixed random rotation.
 
     The rotation spreads each row's energy over the kept coordinates: in the principal axes
     themselves the first component dwarfs the rest, and a per-row int8 scale set by it quantizes
-    the others to a few levels (recall 0.993 against 0.9997 unrotated on wide_resnet50_2 bottle)."""
-    scatter = (centred.T @ centred).astype(np.float64)
-    _, vectors = np.linalg.eigh(scatter)  # ascending eigenvalues
-    leading = vectors[:, ::-1][:, :count]
+    the others to a few levels (recall 0.993 against 0.9997 unrotated on wide_resnet50_2 bottle).
+    ``axes``: :func:`principal_axes` of the bank, when already computed."""
+    leading = (principal_axes(centred) if axes is None else axes)[:, :count]
     turn, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((count, count)))
     return np.ascontiguousarray(leading @ turn, dtype=np.float32)
 
@@ -151,8 +157,9 @@ class Int8Index:
         self.levels = 63 if u8s8_saturates() else 127
         feed: dict[str, np.ndarray] = {}
         stored = centred
+        axes = principal_axes(centred) if self.components else None
         if self.components:
-            turn = principal_components(centred, self.components)
+            turn = principal_components(centred, self.components, axes)
             stored = centred @ turn
             step = np.abs(turn).max(axis=0) / 127.0
             feed["components8"] = np.clip(np.rint(turn / step), -127, 127).astype(np.int8)
@@ -178,7 +185,7 @@ class Int8Index:
         if self.components:
             # the bound on twice the components (at most all): pruning 7x more rows than on the
             # product's own (wide_resnet50_2 and effnet-lite0 bottle) for twice its small product
-            basis = principal_components(centred, min(self.dim, _BOUND_FACTOR * self.components))
+            basis = principal_components(centred, min(self.dim, _BOUND_FACTOR * self.components), axes)
             kept = (centred @ basis).astype(np.float32)
             sq = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
             perp = np.sqrt(np.maximum(sq - np.einsum("ij,ij->i", kept, kept, dtype=np.float64), 0.0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.search import PatchScorer
+from runtime.search import PatchScorer, bound_slack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,12 @@ def test_int8_candidates_hold_the_true_neighbour_and_scores_are_exact():
     assert recall == 1.0
     got = fast.score(emb)
     np.testing.assert_array_equal(got.nearest, exact.nearest)
-    np.testing.assert_array_equal(got.patch_scores, exact.patch_scores)
+    # settled patches (each image's worst) are the exact search's; the others are float32 bounds of
+    # their candidate's exact distance: never below it, within bound_slack above it
+    assert got.exact.any(axis=1).all()
+    np.testing.assert_array_equal(got.patch_scores[got.exact], exact.patch_scores[got.exact])
+    assert (got.patch_scores >= exact.patch_scores).all()
+    assert (got.patch_scores <= exact.patch_scores * (1 + bound_slack(256))).all()
     np.testing.assert_allclose(got.image_scores, exact.image_scores, rtol=1e-12)
     assert fast.index.search(emb[0, :3], 1).shape == (3, 8)  # never fewer than its candidate count
 
@@ -146,6 +151,26 @@ def test_exact_index_beside_reduced_steps_matches_numpy():
     full = exact_distances(q, bank, cand)
     np.testing.assert_array_equal(nn, cand[np.arange(600), full.argmin(axis=1)])
     np.testing.assert_array_equal(dist, full.min(axis=1))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_candidate_bounds_never_fall_below_the_exact_distance(scale):
+    """The float32 bound of each patch's nearest candidate: at or above exact_distances' value of the
+    row it names (whatever the norms: a sum of 256 float32 squares), within bound_slack of it, and
+    that row the nearest candidate wherever the candidates' distances are not within the slack."""
+    from runtime.search import candidate_bounds, exact_distances
+
+    bank, emb = _bank_and_patches(seed=3)
+    bank, q = bank * scale, emb.reshape(-1, 256) * scale
+    cand = np.random.default_rng(1).integers(0, len(bank), size=(600, 3))
+    bound, row = candidate_bounds(q, bank, cand, chunk=64)
+    full = exact_distances(q, bank, cand)
+    mine = exact_distances(q, bank, row[:, None])[:, 0]
+    assert (bound >= mine).all() and (bound <= mine * (1 + bound_slack(256))).all()
+    assert (row[:, None] == cand).any(axis=1).all()
+    assert (mine <= full.min(axis=1) * (1 + bound_slack(256))).all()
+    clear = np.sort(full, axis=1)[:, 1] > full.min(axis=1) * (1 + 1e-4)
+    np.testing.assert_array_equal(row[clear], cand[np.arange(600), full.argmin(axis=1)][clear])
 
 
 def test_int8_on_principal_components_keeps_recall_and_exact_scores():
