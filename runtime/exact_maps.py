@@ -70,8 +70,7 @@ def patches_to_settle(bounds: np.ndarray, layout: TileLayout, blur_sigma: float,
         # and their neighbours: the map on the original image (bilinear, runtime.geometry.map_to_original)
         # reads 2 x 2 canvas pixels, so an original pixel at or above the level reads only exact ones
         hot = cv2.dilate(hot.view(np.uint8), _NEIGHBOURS).view(bool)
-        area = np.zeros((ch + 1, cw + 1), np.int32)  # area[y, x]: hot pixels above and left of (y, x)
-        np.cumsum(np.cumsum(hot, axis=0, dtype=np.int32), axis=1, out=area[1:, 1:])
+        area = cv2.integral(hot.view(np.uint8), sdepth=cv2.CV_32S)  # area[y, x]: hot pixels above and left of (y, x)
         count = (area[y1[:, None], x1] - area[y0[:, None], x1] - area[y1[:, None], x0] + area[y0[:, None], x0])
         out[i] |= _tiles(count > 0, layout)
     return out

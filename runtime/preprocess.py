@@ -251,11 +251,14 @@ def _check_image(image: np.ndarray) -> None:
 
 
 def _normalise(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    if spec.channel_order == "BGR":
-        x = x[:, :, ::-1]
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """uint8 HxWx3 -> float32 3xHxW, ``(x / 255 - mean) / std`` per channel. The channels are moved
+    first, on the uint8 pixels, and the arithmetic then runs in place: the same float32 operations
+    on each value as the broadcast expression, so the same bits, at half the time (fewer passes)."""
+    x = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    x *= np.float32(1.0 / 255.0)
+    x -= np.asarray(spec.mean, np.float32)[:, None, None]  # mean and std in the image's channel order
+    x /= np.asarray(spec.std, np.float32)[:, None, None]
+    return np.ascontiguousarray(x[::-1]) if spec.channel_order == "BGR" else x
 
 
 def _canvas(image: np.ndarray, spec: PreprocessSpec, p: Plan) -> np.ndarray:

@@ -293,9 +293,9 @@ class PatchScorer:
             self.exact = OnnxExactIndex(self.bank)
         else:
             self.exact = self.index
-        # rows fetched per query and rescored exactly: a margin for float32 near-ties, or the
-        # reduced-precision search's candidate count
-        self.margin = max(_SEARCH_MARGIN, getattr(self.index, "candidates", 0))
+        # rows fetched per query and rescored: a margin for float32 near-ties, or the reduced-precision
+        # search's candidate count (its bounds need no margin: the settling makes shown values exact)
+        self.margin = self.index.candidates if self.approximate else _SEARCH_MARGIN
 
     @property
     def backend(self) -> str:

@@ -128,11 +128,11 @@ def test_export_records_the_measured_parity_of_each_reduced_variant(int8_bundle,
         from runtime.predictor import Predictor
 
         study = facts["bf16_search"]
-        assert study["recall"][str(study["candidates"])] >= study["recall_target"] == 0.95
-        assert Predictor(int8_bundle, device="cpu", search="bf16").scorer.margin == max(2, study["candidates"])
+        assert study["recall"][str(study["candidates"])] >= study["recall_target"] == 0.85
+        assert Predictor(int8_bundle, device="cpu", search="bf16").scorer.margin == study["candidates"]
     study = facts["int8_search"]  # the int8 candidate step runs in the base install: always measured
     gh, gw = read_bundle(int8_bundle).manifest["features"]["grid"]
-    assert study["recall"][str(study["candidates"])] >= 0.95 and study["patches"] == 6 * gh * gw
+    assert study["recall"][str(study["candidates"])] >= 0.85 and study["patches"] == 6 * gh * gw
     assert study["image_scores_exact"] is True
     from rich.console import Console
 
@@ -153,7 +153,7 @@ def test_export_records_the_measured_parity_of_each_reduced_variant(int8_bundle,
     from runtime.predictor import Predictor
 
     scorer = Predictor(int8_bundle, device="cpu", search="int8").scorer
-    assert scorer.margin == max(2, study["candidates"]) and scorer.index.components == study["components"]
+    assert scorer.margin == study["candidates"] and scorer.index.components == study["components"]
 
 
 # ------------------------------------------------------------------------------------------ OpenVINO

@@ -288,3 +288,20 @@ def test_mask_equals_pil_nearest(hw):
     ref = T.CenterCrop(224)(T.Resize(256, interpolation=T.InterpolationMode.NEAREST)(
         Image.fromarray(mask.astype(np.uint8) * 255)))
     np.testing.assert_array_equal(preprocess_mask(mask, spec), np.array(ref) > 0)
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize("hw", [(320, 320), (77, 131)])
+def test_normalisation_keeps_the_bits_of_the_broadcast_expression(order, hw):
+    """The in-place normalisation gives, bit for bit, ``(x / 255 - mean) / std`` broadcast over HxWx3 and
+    then moved to 3xHxW (what fitted banks were computed with): a bundle's exact path stays bit for bit."""
+    from runtime.preprocess import PreprocessSpec, _normalise
+
+    spec = PreprocessSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), channel_order=order)
+    image = np.random.default_rng(hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    ref = np.ascontiguousarray((x[:, :, ::-1] if order == "BGR" else x).transpose(2, 0, 1))
+    got = _normalise(image, spec)
+    assert got.dtype == np.float32 and got.shape == (3, *hw) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
