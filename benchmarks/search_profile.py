@@ -7,9 +7,10 @@ The bundle is ``benchmarks/fast_default.py``'s (``patchcore export --backbone ef
 --int8``, defaults), in ``.bench/fast/bundle`` (git-ignored; exported when absent). Three sides score the
 same images in one run, interleaved round by round:
 
-- ``before``: the default path as it was (the settling's pairs from a 2-D ``np.nonzero``, every pair
-  measured, the candidate row too; the cells to settle from a 7 x 7 dilation around each hot pixel's
-  cell), kept here as overrides of one predictor's methods;
+- ``before``: the default path as it was (every candidate rescored with float64 sums where a float32
+  bound now serves; the settling's pairs from a 2-D ``np.nonzero``, every pair measured, the candidate
+  row too; the cells to settle from a 7 x 7 dilation around each hot pixel's cell), at the bundle's
+  candidate count, kept here as overrides of one predictor's methods;
 - ``after``: the default path (no options);
 - ``numpy``: ``--search numpy``, the exact search.
 
@@ -113,11 +114,17 @@ def _old_patches_to_settle(bounds, layout, blur_sigma, level):
 
 def old_path(predictor):
     """Turns one predictor's default path back into the old one (its instance only)."""
+    from runtime.search import nearest_candidate
+
     def exact_nearest(self, queries, upper, row):
         qi, mi = _old_within(self.index, queries, upper)
         return _old_nearest_of_pairs(queries, self.bank, qi, mi)
 
+    def nearest(self, queries):  # every candidate rescored with float64 sums
+        return nearest_candidate(queries, self.bank, self.index.search(queries, self.margin))
+
     predictor.scorer._exact_nearest = types.MethodType(exact_nearest, predictor.scorer)
+    predictor.scorer.nearest = types.MethodType(nearest, predictor.scorer)
     predictor.map_patches = lambda bounds: _old_patches_to_settle(bounds, predictor.layout, predictor.blur_sigma,
                                                                   predictor.map_level)
     predictor.old = True
@@ -127,7 +134,7 @@ def old_path(predictor):
 # -------------------------------------------------------------------------------------- step by step
 def steps(predictor, emb: np.ndarray) -> dict:
     """PatchScorer.score's steps on (B, P, D) embeddings, each timed (ms for the batch), with counts."""
-    from runtime.search import nearest_candidate, nearest_of_pairs
+    from runtime.search import candidate_bounds, exact_distances, nearest_candidate, nearest_of_pairs
 
     sc = predictor.scorer
     b, p, d = emb.shape
@@ -135,7 +142,7 @@ def steps(predictor, emb: np.ndarray) -> dict:
     t = [time.perf_counter()]
     cand = sc.index.search(emb.reshape(-1, d), sc.margin)
     t.append(time.perf_counter())
-    dist, nn = nearest_candidate(emb.reshape(-1, d), sc.bank, cand)
+    dist, nn = (nearest_candidate if old else candidate_bounds)(emb.reshape(-1, d), sc.bank, cand)
     patch, nn = dist.reshape(b, p), nn.reshape(b, p)
     t.append(time.perf_counter())
     todo = predictor.map_patches(patch)
@@ -144,6 +151,8 @@ def steps(predictor, emb: np.ndarray) -> dict:
     pairs = 0
     if todo.any():
         within = _old_within if old else type(sc.index).within
+        if not old:  # the settled patches' candidate bounds measured exactly first (PatchScorer._exact_nearest)
+            patch[todo] = exact_distances(emb[todo], sc.bank, nn[todo][:, None])[:, 0]
         qi, mi = within(sc.index, emb[todo], patch[todo])
         pairs = len(qi)
         t.append(time.perf_counter())
@@ -263,9 +272,9 @@ def floor_notes(fl: dict, step_res: dict) -> list[str]:
             "runs well below the projection's rate (K = 1024); making the bank a constant (packed once) measured no "
             "faster. The bound's products are float32 at the rate in the table.",
             f"- What sets the floor is how many patches must be settled: {d['settled']:.0f} of 1600 on a defective image, "
-            f"{g['settled']:.0f} on a good one, because the map level is the pixel threshold's floor (pixel threshold - "
-            "scale, where an overlay's colours start), below most of a good bottle map (the maps must be exact at and "
-            "above it). Patches the cells-to-settle step marks, per image, by level: "
+            f"{g['settled']:.0f} on a good one: every patch that a pixel at or above the map level (for records the "
+            "pixel threshold, where regions are cut), or a neighbour of one, reads, so a defect's region and the "
+            "blur's reach around it (2-3 cells of 8 pixels). Patches the cells-to-settle step marks, per image, by level: "
             + "; ".join(f"{name} {lv:.1f}: {fl['at_levels'][('defective', name)]:.0f} defective, "
                         f"{fl['at_levels'][('good', name)]:.0f} good" for name, lv in fl["levels"].items())
             + ". Each settled patch costs one row of "
@@ -278,8 +287,13 @@ def floor_notes(fl: dict, step_res: dict) -> list[str]:
             f"shared machine the load moves), rescoring {d['rescoring']:.1f}, pairs {d['pairs']:.1f}, cells to settle "
             f"{d['cells to settle']:.1f}, eq. 7 {d['eq. 7']:.1f}.",
             "- Measured and not kept: the bound on 160 or 192 components instead of 256 (a cheaper Gemm, 2-3x the "
-            "pairs; within the noise of this machine), a tighter float32 slack (3% fewer pairs at most), the banks "
-            "as graph constants (no faster)."]
+            "pairs; within the noise of this machine), on 255 (a Gemm K of 256: 2% faster, within the noise), a "
+            "tighter float32 slack (3% fewer pairs at most), the banks as graph constants (5-15% faster graphs, which "
+            "needs the onnx package at runtime or graphs per bundle), a bound in two stages (128 components over the "
+            "bank, then 256 on the survivors in numpy: slower, the survivors' rows gathered), the rescoring from a "
+            "float16 copy of the bank (numpy's float16 cast cost more than the reads it saved), a triangle-inequality "
+            "prune around each candidate (the balls of radius 2 x the candidate distance hold most of the bank: "
+            "neighbour distances are large against the bank's spread in 1,024 dimensions)."]
 
 
 # -------------------------------------------------------------------------------------- main
@@ -364,8 +378,9 @@ def write(args, started, finished, load, load_end, after, step_res, e2e, bench, 
              f"bank of {fl['rows']:,} x {fl['dim']}); search `{info['search']}`; map level (exact at and above) "
              f"{after.map_level:.1f} (records without overlays: the pixel threshold; where overlays are drawn, the overlay "
              "floor below, docs/precision.md)",
-             "- Sides: **before** = the default path as it was (pairs from a 2-D `np.nonzero` of the bound's mask, "
-             "every pair measured, the settled cells from a 7 x 7 dilation); **after** = the default path now; "
+             "- Sides: **before** = the default path as it was (every candidate rescored with float64 sums, pairs "
+             "from a 2-D `np.nonzero` of the bound's mask, every pair measured, the settled cells from a 7 x 7 "
+             "dilation), at the bundle's candidate count; **after** = the default path now; "
              "**numpy** = `--search numpy` (exact)", ""]
     lines += ["### Step by step (ms per image, mean over the group, median of rounds)", "",
               "| images | side | " + " | ".join(STEPS) + " | patches settled | pairs |",
