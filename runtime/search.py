@@ -282,6 +282,9 @@ class PatchScorer:
         b = min(n_reweight, len(self.bank))
         self.n_reweight = b if b >= 2 else 0  # a one-row bank cannot reweight (the weight would be 0)
         self.choice: dict = {}  # --search auto: what it measured on this CPU and chose
+        # bank row -> its exact-search neighbours (eq. 7's N_b(m*)): a fact of the bank alone, which a
+        # scorer never changes, so each m* is searched once (~1 ms of the bank product per image)
+        self._neighbours: dict[int, np.ndarray] = {}
         self.index = make_index(self.bank, backend=backend, device=device, candidates=candidates,
                                 components=components, choice=self.choice, exact=exact)
         # a reduced-precision candidate step: the worst patches and the reweighting then use an exact
@@ -395,7 +398,7 @@ class PatchScorer:
                     if exact is not None:
                         exact[i, block] = True
                     continue
-                if j == 0 and self.n_reweight and guess not in known:
+                if j == 0 and self.n_reweight and guess not in known and guess not in self._neighbours:
                     found = self.exact.search(np.concatenate([queries, self.bank[guess][None]]), k)
                     known[guess], cand = found[-1], found[:-1, :_SEARCH_MARGIN]
                 else:
@@ -442,15 +445,17 @@ class PatchScorer:
     def reweight(self, worst_patches: np.ndarray, m_star: np.ndarray,
                  known: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """1 - softmax weight of m* among N_b(m*), computed stably (max subtracted). ``known``: bank
-        rows whose exact-search neighbours were already found (by :meth:`_settle_worst`)."""
-        known = known or {}
+        rows whose exact-search neighbours were already found (by :meth:`_settle_worst`); they and every
+        m* searched here are kept for the scorer's later calls."""
+        self._neighbours.update(known or {})
         m_star = np.asarray(m_star, np.int64)
         found = np.empty((len(m_star), self._reweight_k()), np.int64)
-        todo = np.array([int(m) not in known for m in m_star], bool)
+        todo = np.array([int(m) not in self._neighbours for m in m_star], bool)
         if todo.any():
             found[todo] = self.exact.search(self.bank[m_star[todo]], found.shape[1])
+            self._neighbours.update(zip(m_star[todo].tolist(), found[todo]))
         for i in np.flatnonzero(~todo):
-            found[i] = known[int(m_star[i])]
+            found[i] = self._neighbours[int(m_star[i])]
         # N_b(m*) = m* itself first, then its nearest other bank patches (float32 search may have
         # placed an exact duplicate of m* first, so m* is put in front explicitly)
         support = np.empty((len(m_star), self.n_reweight), np.int64)

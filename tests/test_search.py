@@ -124,6 +124,26 @@ def test_reweighting_equals_direct_eq7(data, backend, b):
     assert np.all(s.image_scores < s.patch_scores.max(1)) and np.all(s.image_scores > 0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "int8"])
+def test_m_star_neighbours_are_searched_once_per_scorer(data, backend):
+    """eq. 7's neighbours of m* depend on the bank alone: a scorer keeps them, so the same images scored
+    again search no m* again, and give the same image scores as the first time and as a fresh scorer
+    (which still equal eq. 7 computed directly)."""
+    bank, emb = data
+    scorer = PatchScorer(bank, n_reweight=3, backend=backend)
+    first = scorer.score(emb)
+    k, asked = scorer._reweight_k(), []
+    search = scorer.exact.search
+    scorer.exact.search = lambda q, n: (asked.append(n), search(q, n))[1]
+    again = scorer.score(emb)
+    assert k not in asked  # no m* searched the second time
+    np.testing.assert_array_equal(again.image_scores, first.image_scores)
+    np.testing.assert_array_equal(PatchScorer(bank, n_reweight=3, backend=backend).score(emb).image_scores,
+                                  first.image_scores)
+    np.testing.assert_allclose(first.image_scores, direct_image_scores(emb, bank, 3), rtol=1e-6)
+    assert set(scorer._neighbours) >= set(first.nearest[np.arange(3), first.patch_scores.argmax(axis=1)].tolist())
+
+
 def test_reweighting_changes_with_b(data):
     bank, emb = data
     s3 = PatchScorer(bank, n_reweight=3, backend="numpy").score(emb).image_scores
