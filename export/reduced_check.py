@@ -37,9 +37,9 @@ SEARCH_IMAGES = 16
 # the maps at and above the map level are the exact search's whatever the count (the scorer settles
 # those patches exactly), so it is chosen for speed: a miss costs only a higher bound below the level,
 # or a little more settling near it, and each candidate is a bank row read per patch. effnet-lite0
-# bottle: 1 candidate (recall 0.884 on its check patches) searched 6.5% faster than 2 (0.972) over
-# the test set and 18% faster over its good images, settling 1.7% more patches (A/B in alternating
-# rounds; docs/precision.md); 2 had been a 25% faster search than 8 (0.9999).
+# bottle: 1 candidate (recall 0.884 on its check patches) against 2 (0.972): 2 took 1.10x the search
+# time over the test set and 1.20x over its good images, settling 1.7% fewer patches
+# (benchmarks/candidate_count.py); 2 had been a 25% faster search than 8 (0.9999).
 SEARCH_RECALL = 0.85
 # int8 on fewer principal components only while this many candidates reach SEARCH_RECALL: the exact
 # rescoring of each candidate reads a bank row from memory (~1.6 ms per candidate per image, 784
