@@ -263,14 +263,15 @@ def floor_notes(fl: dict, step_res: dict) -> list[str]:
     products = {k: v for k, v in fl["cand"].items() if k.startswith("DynamicQuantizeMatMul")}
     prod_ms = max(products.values()) / 1000 if products else 0.0
     gemm_ms = sum(v for k, v in fl["bound"].items() if k.startswith(("Gemm", "MatMul"))) / 1000
+    topk_ms = sum(v for k, v in fl["cand"].items() if k.startswith(("ReduceMax", "TopK", "GatherElements"))) / 1000
     d, g = step_res[("defective", "after")], step_res[("good", "after")]
     outputs_mb = fl["queries"] * fl["rows"] * 4 / 1e6
     return ["", f"- The two graphs on this image: candidates {cand_ms:.1f} ms (the int8 product {prod_ms:.1f} of it), "
             f"bound {bound_ms:.1f} ms on its {fl['settled']} settled patches (projection and Gemm {gemm_ms:.1f} of it). "
-            f"The int8 product has K = {fl['components']}: {fl['queries']} x {fl['rows']:,} float32 closeness values "
-            f"({outputs_mb:.0f} MB) written and read back by the top k cost more than its multiply-accumulates, so it "
-            "runs well below the projection's rate (K = 1024); making the bank a constant (packed once) measured no "
-            "faster. The bound's products are float32 at the rate in the table.",
+            f"The int8 product (K = {fl['components']}) writes {fl['queries']} x {fl['rows']:,} float32 closeness values "
+            f"({outputs_mb:.0f} MB), which the top k reads back (ReduceMax, TopK, GatherElements: {topk_ms:.1f} ms); "
+            "the bound's products are float32, at the rates in the table. On this shared machine the rates move "
+            "from run to run by up to 2x (the load of other jobs), the ratios between the steps much less.",
             f"- What sets the floor is how many patches must be settled: {d['settled']:.0f} of 1600 on a defective image, "
             f"{g['settled']:.0f} on a good one: every patch that a pixel at or above the map level (for records the "
             "pixel threshold, where regions are cut), or a neighbour of one, reads, so a defect's region and the "
@@ -285,7 +286,8 @@ def floor_notes(fl: dict, step_res: dict) -> list[str]:
             f"(after) at {d['search']:.1f} ms per defective image: candidates and bound {d['candidates'] + d['bound']:.1f} "
             f"of it (the graphs' runs with onnxruntime's and Python's own costs, at another moment of the run: on a "
             f"shared machine the load moves), rescoring {d['rescoring']:.1f}, pairs {d['pairs']:.1f}, cells to settle "
-            f"{d['cells to settle']:.1f}, eq. 7 {d['eq. 7']:.1f}.",
+            f"{d['cells to settle']:.1f}, eq. 7 {d['eq. 7']:.1f} (m*'s neighbours are kept per scorer, and the rounds score the "
+            "same images again: a first pass searches each m* once, ~1 ms).",
             "- Measured and not kept: the bound on 160 or 192 components instead of 256 (a cheaper Gemm, 2-3x the "
             "pairs; within the noise of this machine), on 255 (a Gemm K of 256: 2% faster, within the noise), a "
             "tighter float32 slack (3% fewer pairs at most), the banks as graph constants (5-15% faster graphs, which "
