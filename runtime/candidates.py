@@ -1,9 +1,10 @@
 """Reduced-precision candidate steps of the bank search (``--search bf16`` / ``--search int8``).
 
 Each index here returns ``candidates`` bank rows per query, found with a cheaper bank product than
-float32; :class:`runtime.search.PatchScorer` recomputes their distances exactly from ``q - m`` and
-settles every image's most anomalous patches with an exact search, so image scores, the patch that
-decides them and the eq. 7 reweighting are the exact search's whatever the candidate step misses.
+float32; :class:`runtime.search.PatchScorer` bounds their distances from ``q - m`` (float32 sums with a
+proven slack: :func:`runtime.search.candidate_bounds`) and settles exactly every image's most anomalous
+patches and the patches its shown maps read, so image scores, the patch that decides them, the eq. 7
+reweighting and the maps at the map level are the exact search's whatever the candidate step misses.
 The candidate count only decides how often a pixel of the anomaly map keeps an over-estimate (the
 recall BENCHMARKS.md measures; each export measures the count its bundle needs).
 

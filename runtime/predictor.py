@@ -85,7 +85,8 @@ class Predictor:
     or ``auto``: the fastest here of float32 and the variants the export's parity approved
     (:mod:`runtime.graph_choice`; :attr:`graph` is then the one chosen);
     ``search`` is ``auto``, ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate
-    step, ``candidates`` per patch, rescored exactly in float32; :mod:`runtime.candidates`).
+    step, ``candidates`` per patch, rescored in float32 as bounds, the patches that decide scores and
+    shown maps settled exactly; :mod:`runtime.candidates`).
 
     :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
     geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded

@@ -86,8 +86,8 @@ SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search
                          "image scores, regions and maps at and above the pixel threshold (the overlay floor where "
                          "overlays are drawn) exact either way), faiss, numpy (the exact numpy "
                          "search of earlier releases), int8 (candidates found by an integer product in "
-                         "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored exactly in "
-                         "float32, image scores those of the exact search.")
+                         "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored in float32 as "
+                         "bounds, the patches that decide scores and shown maps settled exactly.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
 BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
