@@ -7,7 +7,12 @@ concatenation again to ``target_dim``. Every step is linear, and the pooling act
 while the resize acts on space, so the whole chain equals, per layer, one fixed-weight 3x3
 convolution (both poolings folded into its weights) followed by the resize, summed over layers.
 That form exports to ONNX cleanly (``adaptive_avg_pool1d`` with a non-dividing size does not)
-and computes far less than unfold + pooling (BENCHMARKS.md).
+and computes far less than unfold + pooling (BENCHMARKS.md). Its weights are sparse: where they
+are block-diagonal the convolution is grouped (wide_resnet50_2, resnet), and where they are not,
+each output still reads only a few taps of its 3x3 neighbourhood, so the layer is unfolded (a
+one-hot depthwise convolution, which copies) and each output sums its few weighted taps
+(effnet-lite0: 2 and 3 taps per output instead of 360 and 1,008; the feature graph 1.5x faster in
+onnxruntime float32, BENCHMARKS.md "The feature graph's aggregation").
 """
 
 from __future__ import annotations
@@ -40,6 +45,39 @@ def aggregation_weights(channels: Sequence[int], pretrain_dim: int, target_dim: 
         w = stacked[:, i * pretrain_dim : (i + 1) * pretrain_dim] @ first  # (target_dim, C*9)
         out.append(w.reshape(target_dim, c, patch, patch))
     return out
+
+
+def _taps(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same linear map as a few weighted taps per output: (n, n_out) tap indices and weights into
+    the layer's unfolded 3x3 neighbourhoods (channel-major, as the weight's C x 3 x 3), n the most taps
+    any output reads; an output reading fewer repeats its first tap with weight 0.
+
+    Where the map has no block structure (:func:`_grouped`), each output still reads only a few taps:
+    with the paper's dims and a layer of fewer taps than ``pretrain_dim`` (effnet-lite0: 40 x 9 = 360
+    and 112 x 9 = 1,008 taps against 1,024) both poolings average 1-2 neighbours, so an output reads 2
+    or 3 taps where the dense convolution multiplies all of them (BENCHMARKS.md)."""
+    flat = w.reshape(len(w), -1)
+    nonzero = flat != 0
+    n = max(1, int(nonzero.sum(1).max()))
+    index = np.zeros((n, len(w)), np.int64)
+    weight = np.zeros((n, len(w)), np.float32)
+    for j in range(len(w)):
+        t = np.flatnonzero(nonzero[j])
+        if len(t) == 0:
+            continue
+        index[:, j] = t[0]
+        index[: len(t), j] = t
+        weight[: len(t), j] = flat[j, t]
+    return index, weight
+
+
+def _taps_cheaper(w: np.ndarray, groups: int) -> bool:
+    """Whether the taps form computes less than the convolution: it copies each of the C x 9 taps once
+    (a one-hot depthwise convolution) and multiplies-adds n per output, against C x 9 / groups per output."""
+    n_out, c = w.shape[:2]
+    k2 = w.shape[2] * w.shape[3]
+    n = int((w.reshape(n_out, -1) != 0).sum(1).max())
+    return c * k2 + n * n_out < n_out * c * k2 // groups // 2
 
 
 def _grouped(w: np.ndarray) -> tuple[np.ndarray, int]:
@@ -78,13 +116,27 @@ class PatchAggregator(nn.Module):
         # so each conv computes only its own rows and the results are concatenated.
         self.row_ranges: list[tuple[int, int]] = []
         self.groups: list[int] = []
+        self.taps: list[int] = []  # per layer: taps read per output (the taps form), 0 (a convolution)
         for i, w in enumerate(weights):
             rows = np.flatnonzero(np.abs(w).reshape(target_dim, -1).sum(1))
             lo, hi = int(rows.min()), int(rows.max()) + 1
             self.row_ranges.append((lo, hi))
-            w, groups = _grouped(w[lo:hi])
+            dense = w[lo:hi]
+            w, groups = _grouped(dense)
             self.groups.append(groups)
-            self.register_buffer(f"weight{i}", torch.from_numpy(w.astype(np.float32)))
+            if _taps_cheaper(dense, groups):
+                index, weight = _taps(dense)
+                self.taps.append(len(index))
+                c, k = dense.shape[1], dense.shape[2]
+                unfold = np.zeros((c * k * k, 1, k, k), np.float32)  # output channel c*k*k + tap: one 1 per kernel
+                unfold[np.arange(c * k * k), 0, np.tile(np.repeat(np.arange(k), k), c), np.tile(np.arange(k), c * k)] = 1.0
+                self.register_buffer(f"unfold{i}", torch.from_numpy(unfold))
+                for t in range(len(index)):
+                    self.register_buffer(f"tap{i}_{t}", torch.from_numpy(index[t]))
+                    self.register_buffer(f"tap_weight{i}_{t}", torch.from_numpy(weight[t])[None, :, None, None])
+            else:
+                self.taps.append(0)
+                self.register_buffer(f"weight{i}", torch.from_numpy(w.astype(np.float32)))
         spans = sorted(self.row_ranges)
         self.concat = spans[0][0] == 0 and spans[-1][1] == target_dim and all(
             a[1] == b[0] for a, b in zip(spans, spans[1:])
@@ -94,7 +146,7 @@ class PatchAggregator(nn.Module):
         ref = feats[0].shape[-2:]
         parts = []
         for i, f in enumerate(feats):
-            y = F.conv2d(f, getattr(self, f"weight{i}"), padding=self.patch // 2, groups=self.groups[i])
+            y = self._layer(i, f)
             if y.shape[-2:] != ref:
                 y = F.interpolate(y, size=ref, mode="bilinear", align_corners=False)
             parts.append(y)
@@ -106,6 +158,18 @@ class PatchAggregator(nn.Module):
                 y = F.pad(y, (0, 0, 0, 0, lo, self.target_dim - hi))
                 out = y if out is None else out + y
         return out.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major over the grid
+
+    def _layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s rows of the folded aggregation, on its own grid."""
+        pad = self.patch // 2
+        if not self.taps[i]:
+            return F.conv2d(f, getattr(self, f"weight{i}"), padding=pad, groups=self.groups[i])
+        unfolded = F.conv2d(f, getattr(self, f"unfold{i}"), padding=pad, groups=f.shape[1])  # (B, C*9, h, w)
+        y = None
+        for t in range(self.taps[i]):
+            part = unfolded.index_select(1, getattr(self, f"tap{i}_{t}")) * getattr(self, f"tap_weight{i}_{t}")
+            y = part if y is None else y + part
+        return y
 
 
 AGGREGATIONS = ("paper", "local-mean")

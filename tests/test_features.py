@@ -126,3 +126,24 @@ def test_patch_feature_model_shapes():
     model = PatchFeatureModel(Trunk(), PatchAggregator([12, 24], 1024, 384)).eval()
     out = model(torch.randn(3, 3, 64, 96))
     assert out.shape == (3, 8 * 12, 384) and out.dtype == torch.float32
+
+
+def test_taps_form_where_weights_are_sparse_but_not_grouped(monkeypatch):
+    """effnet-lite0's layers (fewer taps than pretrain_dim) read 2 and 3 taps per output and take the
+    taps form; wide_resnet50_2's block-diagonal weights keep the grouped convolution. The taps form
+    gives the dense convolution's sums, in another order."""
+    from patchcore import features
+
+    lite = PatchAggregator([40, 112], 1024, 1024)
+    assert lite.taps == [2, 3] and lite.groups == [1, 1]
+    wrn = PatchAggregator([512, 1024], 1024, 1024)
+    assert wrn.taps == [0, 0] and wrn.groups == [512, 512]
+    monkeypatch.setattr(features, "_taps_cheaper", lambda w, groups: False)
+    dense = PatchAggregator([40, 112], 1024, 1024)
+    assert dense.taps == [0, 0]
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(2, 40, 10, 12, generator=g) * 4, torch.randn(2, 112, 5, 6, generator=g) * 4]
+    with torch.no_grad():
+        a, b = lite(feats), dense(feats)
+    assert a.shape == b.shape == (2, 120, 1024)
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-6
