@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import replace_section  # noqa: E402
-from fast_default import BUNDLE, DATA, cpu_name, export  # noqa: E402
+from fast_default import DATA, cpu_name, ensure_bundle  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -81,9 +81,7 @@ def main() -> None:
 
     from runtime.bundle import read_bundle
 
-    if not (BUNDLE / "manifest.json").exists():
-        export()
-    spec = read_bundle(BUNDLE).preprocess
+    spec = read_bundle(ensure_bundle()).preprocess
     models = {"convolution": build(False, spec), "taps": build(True, spec)}
     assert models["taps"].feature_model.aggregator.taps and not any(models["convolution"].feature_model.aggregator.taps)
     tmp = Path(tempfile.mkdtemp())

@@ -63,6 +63,13 @@ def export() -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
+def ensure_bundle() -> Path:
+    """The default bundle the benchmarks share, exported first when absent."""
+    if not (BUNDLE / "manifest.json").exists():
+        export()
+    return BUNDLE
+
+
 def interleaved(sides: dict, encoded: list[bytes], batch: int, rounds: int, repeat: int) -> dict:
     from runtime.line.bench import bench_batch
 

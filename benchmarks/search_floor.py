@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import replace_section  # noqa: E402
-from fast_default import BUNDLE, DATA, cpu_name, export  # noqa: E402
+from fast_default import DATA, cpu_name, ensure_bundle  # noqa: E402
 
 STAGES = ("decode", "preprocess", "features", "search", "postprocess", "total")
 RATIO = 2.5  # the issue's target: end to end within this many times the features stage
@@ -62,6 +62,22 @@ def median_ms(fn, runs: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
+
+
+def _graph_session(nodes: list, inputs: dict, outputs: dict):
+    """An onnxruntime CPU session (threads that sleep after a run, as the runtime's) of one small graph;
+    ``inputs``/``outputs``: name -> (ONNX element type, shape)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info(k, *v) for k, v in inputs.items()],
+                              [helper.make_tensor_value_info(k, *v) for k, v in outputs.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def budget(predictor, files: list[Path], rounds: int) -> dict:
@@ -103,7 +119,6 @@ def floor(predictor, embs: dict, settled: dict, runs: int) -> dict:
 
 def rates(predictor, emb: np.ndarray, mask: np.ndarray, runs: int) -> dict:
     """The bound's Gemm in onnxruntime and in numpy at the same shape, and the int8 product's rate."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     idx = predictor.scorer.index
@@ -111,18 +126,9 @@ def rates(predictor, emb: np.ndarray, mask: np.ndarray, runs: int) -> dict:
                                                      ).astype(np.float32)
     bank_aug = idx._bound_feed["bank_aug"]
     bank_sq = idx._bound_feed["bank_sq"]
-    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=-2.0, transB=1)
-    graph = helper.make_graph([node], "gemm", [
-        helper.make_tensor_value_info("a", TensorProto.FLOAT, ["q", "k"]),
-        helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m", "k"]),
-        helper.make_tensor_value_info("c", TensorProto.FLOAT, ["m"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["q", "m"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = _graph_session([helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=-2.0, transB=1)],
+                          {"a": (TensorProto.FLOAT, ["q", "k"]), "b": (TensorProto.FLOAT, ["m", "k"]),
+                           "c": (TensorProto.FLOAT, ["m"])}, {"y": (TensorProto.FLOAT, ["q", "m"])})
     bank_t = np.ascontiguousarray(bank_aug.T)
     feed = {"a": q_aug, "b": bank_aug, "c": bank_sq}
     macs = q_aug.shape[0] * q_aug.shape[1] * bank_aug.shape[0]
@@ -214,7 +220,6 @@ def slack_study(predictor, embs: dict, files: list[Path]) -> dict:
 def rescoring_study(predictor, emb: np.ndarray, runs: int) -> dict:
     """The candidates' float32 bounds in numpy (the default) against the same sums in an onnxruntime graph
     (Gather, Sub, ReduceSumSquare on both cores), on one image's patches: ms each."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     from runtime.search import candidate_bounds
@@ -224,18 +229,9 @@ def rescoring_study(predictor, emb: np.ndarray, runs: int) -> dict:
     make = helper.make_node
     nodes = [make("Gather", ["queries", "qi"], ["qg"], axis=0), make("Gather", ["bank", "mi"], ["mg"], axis=0),
              make("Sub", ["qg", "mg"], ["diff"]), make("ReduceSumSquare", ["diff"], ["sq"], axes=[1], keepdims=0)]
-    graph = helper.make_graph(nodes, "pair_sq", [
-        helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["q", "d"]),
-        helper.make_tensor_value_info("bank", TensorProto.FLOAT, ["m", "d"]),
-        helper.make_tensor_value_info("qi", TensorProto.INT64, ["n"]),
-        helper.make_tensor_value_info("mi", TensorProto.INT64, ["n"])],
-        [helper.make_tensor_value_info("sq", TensorProto.FLOAT, ["n"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = _graph_session(nodes, {"queries": (TensorProto.FLOAT, ["q", "d"]), "bank": (TensorProto.FLOAT, ["m", "d"]),
+                                  "qi": (TensorProto.INT64, ["n"]), "mi": (TensorProto.INT64, ["n"])},
+                          {"sq": (TensorProto.FLOAT, ["n"])})
     feed = {"queries": np.ascontiguousarray(emb, np.float32), "bank": sc.bank,
             "qi": np.arange(len(emb), dtype=np.int64), "mi": np.ascontiguousarray(cand[:, 0], np.int64)}
     return {"numpy_ms": median_ms(lambda: candidate_bounds(emb, sc.bank, cand), runs),
@@ -258,18 +254,15 @@ def neighbour_gap(predictor, embs: dict, files: list[Path], settled: dict) -> fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of every image per measurement")
     ap.add_argument("--every", type=int, default=1, help="every n-th test image only (a quick check of the script)")
     args = ap.parse_args()
-    started = dt.datetime.now(dt.timezone.utc)
-    load = os.getloadavg()
-    if not (BUNDLE / "manifest.json").exists():
-        export()
+    started, load = dt.datetime.now(dt.timezone.utc), os.getloadavg()
     from runtime.images import read_image
     from runtime.predictor import Predictor
 
-    predictor = Predictor(BUNDLE, graph="auto")
+    predictor = Predictor(ensure_bundle(), graph="auto")
     info = predictor.info()
     log(f"default path: {predictor.precision}, {info['search']}; map level {predictor.map_level:.2f}")
     if not predictor.scorer.approximate or not getattr(predictor.scorer.index, "bounds", False):
