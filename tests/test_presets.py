@@ -1,5 +1,6 @@
-"""The presets on real data: ``--preset paper`` keeps the figures of the code before issue 21 bit
-for bit on MVTec AD bottle, and on MVTec AD screw (the hardest class of the study) both presets
+"""The presets on real data: ``--preset paper`` keeps the figures of the code before issue 21 on MVTec
+AD bottle (to 1e-9: the aggregation now sums each output's few taps in another order than the folded
+convolution did, which moves these figures by ~1e-10; bit for bit until then), and on MVTec AD screw (the hardest class of the study) both presets
 give their measured figures within a measured margin.
 
 Sized for 2 CPU cores (about 3 minutes on idle cores): effnet-lite0 (ImageNet weights), a 1% bank; screw fits
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.slow
 # Bottle, effnet-lite0, 1% bank, the paper's geometry: measured with the code before issue 21
 # (commit d42b604, PatchCoreConfig(geometry="paper", coreset_ratio=0.01)).
 BOTTLE_PAPER = {"image_auroc": 1.0, "pixel_auroc": 0.9840460241145194, "pro": 0.9485345002539879}
+# The same sums in another order (patchcore.features: the taps form) give 0.9840460240850858 and
+# 0.9485345001463249; a change to the recipe itself moves them by 1e-4 or more.
+BOTTLE_PAPER_TOLERANCE = 1e-9
 
 # Screw (every second training image, 1% bank, seed 0), measured with this code. SCREW_MARGIN, per
 # figure: the largest change a coreset seed made to it on screw with the paper's aggregation in
@@ -44,10 +48,12 @@ def _fit_eval(data, preset: str, train_step: int = 1):
     return evaluate(labels, pred.image_scores, masks, pred.maps)
 
 
-def test_paper_preset_reproduces_the_bottle_figures_bit_for_bit():
+def test_paper_preset_reproduces_the_bottle_figures():
     m = _fit_eval(shared_class("bottle"), "paper")
     print(f"\nbottle, --preset paper, 1%: {m.image_auroc} / {m.pixel_auroc} / {m.pro}")
-    assert {"image_auroc": m.image_auroc, "pixel_auroc": m.pixel_auroc, "pro": m.pro} == BOTTLE_PAPER
+    got = {"image_auroc": m.image_auroc, "pixel_auroc": m.pixel_auroc, "pro": m.pro}
+    for k, want in BOTTLE_PAPER.items():
+        assert abs(got[k] - want) <= BOTTLE_PAPER_TOLERANCE, (k, got[k], want)
 
 
 @pytest.fixture(scope="module")
