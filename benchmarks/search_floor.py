@@ -144,8 +144,7 @@ def rates(predictor, emb: np.ndarray, mask: np.ndarray, runs: int) -> dict:
             if r:
                 times[k].append(time.perf_counter() - t0)
     ms_ort, ms_np = (1000 * statistics.median(times[k]) for k in ("ort", "numpy"))
-    q = np.ascontiguousarray(emb - idx.mean)
-    int8_macs = len(q) * idx.rows * idx.components + len(q) * idx.dim * idx.components
+    int8_macs = len(emb) * (idx.rows + idx.dim) * idx.components  # the product and the projection
     ms_int8 = median_ms(lambda: idx.search(emb, idx.candidates), runs)
     return {"shape": (q_aug.shape[0], q_aug.shape[1], bank_aug.shape[0]), "ort_ms": ms_ort, "numpy_ms": ms_np,
             "ort_g": macs / ms_ort / 1e6, "numpy_g": macs / ms_np / 1e6, "int8_ms": ms_int8,
@@ -159,13 +158,16 @@ def components_study(predictor, embs: dict, groups: dict, rounds: int) -> dict:
 
     sc = predictor.scorer
     saved = (sc.index, sc.margin, candidates._BOUND_FACTOR)
-    configs = [(128, 1), (64, 1), (64, 2)]
-    bound_basis = 2 * sc.index.components
+    now = (sc.index.components, sc.index.candidates)  # the bundle's: first, the ratios' reference
+    configs = [now, (now[0] // 2, 1), (now[0] // 2, 2)]
+    bound_basis = candidates._BOUND_FACTOR * now[0]
     indexes = {}
-    for comps, cands in configs:
-        candidates._BOUND_FACTOR = bound_basis // comps
-        indexes[(comps, cands)] = candidates.Int8Index(sc.bank, cands, components=comps)
-    candidates._BOUND_FACTOR = saved[2]
+    try:
+        for comps, cands in configs:
+            candidates._BOUND_FACTOR = bound_basis // comps
+            indexes[(comps, cands)] = candidates.Int8Index(sc.bank, cands, components=comps)
+    finally:
+        candidates._BOUND_FACTOR = saved[2]
     res = {(c, g): [] for c in configs for g in groups}
     settled = {}
     try:
@@ -380,7 +382,8 @@ def write(args, started, finished, load, load_end, predictor, groups, stages, fl
                      f"({gd['low']:.2f}-{gd['high']:.2f}) | {df['ratio']:.2f}x ({df['low']:.2f}-{df['high']:.2f}) | "
                      f"{gd['settled']:.0f} | {df['settled']:.0f} |")
     base = candidates._BOUND_SLACK
-    lines += ["", "- \"/ now\": the median of the rounds' ratios to the default (128 components, 1 candidate), the "
+    lines += ["", f"- \"/ now\": the median of the rounds' ratios to the bundle's own ({idx.components} components, "
+              f"{idx.candidates} candidate(s)), the "
               "rounds' lowest and highest in brackets. Fewer components make the candidate product cheaper and its "
               "bounds looser: more patches cross the level, each a row of the bound. "
               + _components_verdict(comp),

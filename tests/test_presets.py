@@ -1,7 +1,7 @@
 """The presets on real data: ``--preset paper`` keeps the figures of the code before issue 21 on MVTec
 AD bottle (to 1e-9: the aggregation now sums each output's few taps in another order than the folded
-convolution did, which moves these figures by ~1e-10; bit for bit until then), and on MVTec AD screw (the hardest class of the study) both presets
-give their measured figures within a measured margin.
+convolution did, which moves these figures by ~1e-10; bit for bit until then), and on MVTec AD screw
+(the hardest class of the study) both presets give their measured figures within a measured margin.
 
 Sized for 2 CPU cores (about 3 minutes on idle cores): effnet-lite0 (ImageNet weights), a 1% bank; screw fits
 on every second good training image (160: 144 fitted, 16 held out) and scores all 160 test images.
