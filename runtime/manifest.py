@@ -205,6 +205,48 @@ def reduced_verdicts(v: Any) -> str | None:
     return None
 
 
+def _scores_and_regions(v: Any, what: str, need_scores: bool) -> str | None:
+    if not isinstance(v, dict):
+        return f"an object whose 'evidence.{what}' is an object"
+    scores, regions = v.get("scores"), v.get("region_px")
+    if finite_list(scores) or (need_scores and not scores):
+        return f"an object whose 'evidence.{what}.scores' is a{' non-empty' if need_scores else ''} list of finite numbers"
+    if regions is not None and (finite_list(regions) or len(regions) != len(scores)
+                                or any(x < 0 for x in regions)):
+        return (f"an object whose 'evidence.{what}.region_px' lists one finite area >= 0 per score "
+                f"({len(scores)})")
+    return None
+
+
+def operating_point(v: Any) -> str | None:
+    """``threshold.operating_point`` (:mod:`runtime.operating_point`): the policy (parsed as the
+    command line parses it), the rule (image-score, or either with ``min_area_px`` > 0), the
+    threshold, ``expected`` an object, and the evidence: good scores (at least one) and defect
+    scores, finite, each with one region size per score when sizes are given."""
+    from .operating_point import RULES, parse_policy  # numpy and errors only: no cycle
+
+    if not isinstance(v, dict):
+        return "an object"
+    try:
+        parse_policy(v.get("policy") if isinstance(v.get("policy"), str) else "")
+    except ValueError:
+        return "an object whose 'policy' is false-calls=R, recall=R, f1@D or value=X"
+    rule = v.get("rule", {"kind": "image-score"})
+    if not isinstance(rule, dict) or rule.get("kind") not in RULES:
+        return f"an object whose 'rule.kind' is one of {list(RULES)}"
+    if rule["kind"] == "either" and positive_number(rule.get("min_area_px")):
+        return "an object whose 'rule.min_area_px' is a finite number > 0 (the either rule)"
+    if finite_number(v.get("value")):
+        return "an object whose 'value' is a finite number"
+    if not isinstance(v.get("expected"), dict):
+        return "an object whose 'expected' is an object"
+    ev = v.get("evidence")
+    if not isinstance(ev, dict):
+        return "an object whose 'evidence' is an object"
+    return _scores_and_regions(ev.get("good"), "good", True) or \
+        _scores_and_regions(ev.get("defects", {"scores": []}), "defects", False)
+
+
 # fields a manifest may carry (bank updates, calibration facts): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "features.aggregation": one_of("paper", "local-mean"),
@@ -218,6 +260,7 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "threshold.pixel_quantile": unit_open,
     "threshold.pixel_base": finite_number,
     "threshold.trust": obj,
+    "threshold.operating_point": operating_point,
     "units": obj,
     "units.mm_per_px": positive_number,
     "lineage": array,
@@ -277,6 +320,14 @@ FIELD_DOCS: dict[str, str] = {
                             "above half its peak's height over this level",
     "threshold.trust": "how far the threshold can be trusted given `n_images` (`level` low / moderate / good, "
                        "and why)",
+    "threshold.operating_point": "where the bundle calls a part NG and why (docs/calibration.md): the `policy` "
+                                 "(false-calls=R, recall=R, f1@D or value=X), the verdict `rule` (`image-score`, or "
+                                 "`either` with `min_area_px`: NG when the score reaches the threshold or the largest "
+                                 "region is that large), the threshold `value` it picks, who chose it (`chosen_by`), "
+                                 "the `expected` false calls and catch rate with 95% intervals, a display `curve` and "
+                                 "the `evidence` (good and defect images' scores and largest regions) that `patchcore-rt "
+                                 "threshold` moves it on; absent in bundles exported before operating points (the rule "
+                                 "is then image-score)",
     "units": "physical units of the images",
     "units.mm_per_px": "millimetres per original image pixel (`export --mm-per-px`): region areas in mm²",
     "lineage": "the bundle's updates, oldest first (`patchcore-rt info` shows them)",

@@ -7,10 +7,14 @@ bundle's pixel threshold (:mod:`runtime.calibration`). Its box and area are in o
 its area also in mm² when a scale is known (``--mm-per-px``, or ``units.mm_per_px`` recorded at
 export); its peak and mean are anomaly-map values (the pixel threshold's units).
 
-The rule: by default a part is NG when its image score is at or above the image threshold. With
-``--min-area A``, a part is NG when its image score is at or above the image threshold AND its
-largest region is at least ``A`` large: small regions turn NG parts into OK ones, and nothing
-turns an OK part NG. Each record says which test decided (``decided_by``).
+The rule: by default, the bundle's (``threshold.operating_point.rule``, :mod:`runtime.operating_point`):
+``image-score``, a part is NG when its image score is at or above the image threshold (also the
+rule of bundles exported before operating points existed); or ``either``, a part is NG when its
+image score is at or above the threshold OR its largest region is at least ``min_area_px``
+original pixels (a region alone turns a part NG). With ``--min-area A`` the line overrides it: a
+part is NG when its image score is at or above the image threshold AND its largest region is at
+least ``A`` large: small regions turn NG parts into OK ones, and nothing turns an OK part NG.
+Each record says which test decided (``decided_by``: ``image-score``, ``region`` or ``min-area``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from .calibration import PixelLevel, pixel_level
 from .errors import UsageError
 from .geometry import Plan, map_to_original
+from .operating_point import Rule
 
 MAX_REGIONS = 5  # the largest regions a record carries
 _AREA = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|mm2|mm²)?\s*$")
@@ -99,12 +104,14 @@ def check_scale(mm_per_px: float | None, where: str = "--mm-per-px") -> None:
 @dataclass(frozen=True)
 class Judge:
     """How a scored image becomes regions and a verdict: the bundle's pixel level, the scale in
-    mm per pixel (the command's, else the bundle's), and the line's ``--min-area`` (None: off)."""
+    mm per pixel (the command's, else the bundle's), the line's ``--min-area`` (None: off) and
+    the bundle's rule (``threshold.operating_point.rule``; image-score when it has none)."""
 
     level: PixelLevel
     mm_per_px: float | None = None
     min_area: MinArea | None = None
     trust: str | None = None  # said in every verdict's record when the threshold rests on too few images
+    bundle_rule: Rule = Rule()
 
     @classmethod
     def for_manifest(cls, manifest: Mapping[str, Any], mm_per_px: float | None = None,
@@ -118,14 +125,16 @@ class Judge:
         thr = manifest["threshold"]
         low = isinstance(thr.get("trust"), Mapping) and thr["trust"].get("level") == "low"
         trust = f"low: the threshold rests on {thr.get('n_images')} good images (patchcore-rt info)" if low else None
-        return cls(pixel_level(thr), scale, min_area, trust)
+        return cls(pixel_level(thr), scale, min_area, trust, bundle_rule(manifest))
 
     @property
     def rule(self) -> str:
         """The rule in words (each record carries it)."""
-        if self.min_area is None:
-            return "image-score"
-        return f"image-score and min-area {self.min_area}"
+        if self.min_area is not None:
+            return f"image-score and min-area {self.min_area}"
+        if self.bundle_rule.kind == "either":
+            return str(self.bundle_rule)
+        return "image-score"
 
     def regions(self, amap: np.ndarray, plan: Plan) -> tuple[list[dict[str, Any]], int, str | None]:
         """The canvas map's regions on the original image, their count, and why there are none."""
@@ -136,9 +145,23 @@ class Judge:
         why = None if found else f"no pixel reaches the pixel threshold {self.level.value:.6g}"
         return found, total, why
 
-    def decide(self, score_ng: bool, regions: list[dict[str, Any]]) -> tuple[bool, str]:
-        """The verdict (True = NG) and which test decided it: ``image-score`` or ``min-area``."""
-        if not score_ng or self.min_area is None:
-            return score_ng, "image-score"
-        need = self.min_area.in_px(self.mm_per_px)
-        return bool(regions and regions[0]["area_px"] >= need), "min-area"
+    def decide(self, score_ng: bool, regions: list[dict[str, Any]] | None) -> tuple[bool, str]:
+        """The verdict (True = NG) and which test decided it: ``image-score``, ``region`` (the
+        either rule: the score did not reach the threshold, the largest region is large enough)
+        or ``min-area`` (the line's AND rule, which replaces the bundle's)."""
+        largest = regions[0]["area_px"] if regions else 0
+        if self.min_area is not None:
+            if not score_ng:
+                return False, "image-score"
+            return bool(largest >= self.min_area.in_px(self.mm_per_px)), "min-area"
+        if not score_ng and self.bundle_rule.kind == "either" and largest >= self.bundle_rule.min_area_px:
+            return True, "region"
+        return score_ng, "image-score"
+
+
+def bundle_rule(manifest: Mapping[str, Any]) -> Rule:
+    """The verdict rule a bundle states (``threshold.operating_point.rule``); image-score for a
+    bundle without an operating point (exported before they existed). The manifest's validator
+    has checked the section's shape."""
+    op = (manifest.get("threshold") or {}).get("operating_point")
+    return Rule.from_dict(op.get("rule")) if isinstance(op, Mapping) else Rule()

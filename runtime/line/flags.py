@@ -1,0 +1,104 @@
+"""What several ``patchcore-rt`` commands share: the device and search choices, the options that
+mean the same everywhere, opening a bundle's predictor with the line's rule, and the scoring
+progress bar (split out of :mod:`runtime.line.cli` so command modules such as
+:mod:`runtime.line.threshold` can use them without importing the command line)."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..predictor import Predictor
+from ..regions import Judge, MinArea, check_scale, parse_min_area
+from .console import err, info
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+class Search(str, enum.Enum):
+    auto = "auto"
+    faiss = "faiss"
+    numpy = "numpy"
+    bf16 = "bf16"
+    int8 = "int8"
+
+
+# Options shared by several commands, so a flag means the same everywhere.
+DeviceOpt = typer.Option(Device.auto, "--device", help="auto (GPU when usable, else CPU), cpu, cuda, tensorrt, or "
+                         "openvino (x86 CPUs; the [openvino] extra; runs features_fp32, features_bf16, features_int8).")
+SearchOpt = typer.Option(Search.auto, "--search", help="Nearest-neighbour search: auto (faiss on a GPU when present, "
+                         "else int8 where this CPU runs it fast, measured at load, or the exact search in onnxruntime; "
+                         "image scores, regions and maps at and above the pixel threshold (the overlay floor where "
+                         "overlays are drawn) exact either way), faiss, numpy (the exact numpy "
+                         "search of earlier releases), int8 (candidates found by an integer product in "
+                         "onnxruntime) or bf16 (by OpenVINO; the [openvino] extra): candidates rescored in float32 as "
+                         "bounds, the patches that decide scores and shown maps settled exactly.")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for the feature graph (default: all).")
+BatchOpt = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
+MaxPixelsOpt = typer.Option(None, "--max-pixels", min=1, help="Refuse images over this many pixels (width x "
+                            "height, read from the file header before decoding; default 100000000 or "
+                            "$PATCHCORE_RT_MAX_PIXELS). Such an image gets an error record.")
+MinAreaOpt = typer.Option(None, "--min-area", help="A part is NG only when its image score reaches the threshold AND "
+                          "its largest defect region is at least this large: pixels of the original image (50, 50px) "
+                          "or mm² (1.5mm2, needs a scale). Smaller regions turn NG parts OK; this replaces the bundle's "
+                          "rule (default: off, the bundle's rule decides: the image score, or the image score or a "
+                          "large enough region; see info).")
+MmPerPxOpt = typer.Option(None, "--mm-per-px", help="Millimetres per original image pixel: region areas in mm² "
+                          "(default: the scale recorded at export, if any).")
+GraphOpt = typer.Option("auto", "--graph", help="Which of the bundle's graphs to run (see info): auto (the "
+                        "fastest here, timed at load, of features_fp32 and the reduced-precision variants whose parity "
+                        "the export approved; features_fp32 when none was), features_fp32 (the exact path), "
+                        "features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
+
+
+def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
+                   graph: str = "features_fp32", rule: LineRule | None = None, overlays: bool = False) -> Predictor:
+    """The bundle's predictor, its choices logged. ``overlays``: the command draws overlays, so a
+    reduced search settles the maps down to the overlays' floor (:attr:`Predictor.map_level`)."""
+    p = Predictor(bundle, device=device.value, graph=graph, search=search.value, threads=threads, log=info,
+                  overlays=overlays)
+    d = p.info()
+    info(f"bundle {d['bundle']}: {d['engine']}, graph {d.get('graph', graph)}, precision {d['precision']}, "
+         f"search {d['search']}")
+    if "search_choice" in d:
+        c = d["search_choice"]
+        info(f"search auto: int8 candidate product {c['int8_ms']} ms, exact {c['exact_ms']} ms on {c['queries']} "
+             f"queries ({c['speedup']}x, int8 from {c['min_speedup']}x): {c['chose']}")
+    p.judge = Judge.for_manifest(p.bundle.manifest, *(rule or LineRule()))  # regions and the verdict's rule
+    if (rule is not None and rule.min_area is not None) or p.judge.bundle_rule.kind != "image-score":
+        info(f"rule: {p.judge.rule} ({p.judge.level.source})")
+    return p
+
+
+class LineRule(NamedTuple):
+    """``--mm-per-px`` and ``--min-area``, checked (exit 2) before any bundle is opened."""
+
+    mm_per_px: float | None = None
+    min_area: MinArea | None = None
+
+    @classmethod
+    def parse(cls, mm_per_px: float | None, min_area: str | None) -> "LineRule":
+        check_scale(mm_per_px)
+        return cls(mm_per_px, parse_min_area(min_area))
+
+
+@contextlib.contextmanager
+def scoring_progress(total: int) -> Iterator[Callable[[int], None]]:
+    if not err.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as prog:
+        task = prog.add_task("scoring", total=total)
+        yield lambda n: prog.advance(task, n)
