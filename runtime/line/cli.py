@@ -1,12 +1,13 @@
 """``patchcore-rt``: the torch-free runtime command line (predict, score, watch, camera, bench, info,
-update).
+threshold, update).
 
 stdout carries results as JSON lines; stderr carries progress, the status line and errors. Exit
 codes are the table of :mod:`runtime.errors`, shared with ``patchcore`` and ``python -m export``.
 
 The command functions are thin: they parse options, call the library (:mod:`runtime.line.watch`,
 :mod:`runtime.line.camera`, :mod:`runtime.line.bench`, :mod:`runtime.line.info`,
-:mod:`runtime.line.records`, :mod:`runtime.line.score`, :mod:`runtime.update`) and print.
+:mod:`runtime.line.records`, :mod:`runtime.line.score`, :mod:`runtime.update`) and print;
+``threshold`` lives in :mod:`runtime.line.threshold`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from .sinks.table import SINKS
 from .trigger import TriggeredCamera, make_trigger
 from .sources.settings import load_settings
 from .status import StatusLine
+from .threshold import threshold as threshold_cmd
 from .watch import Watcher, WatchOptions
 
 PROG = "patchcore-rt"
@@ -417,6 +419,9 @@ def info_cmd(
         if not data["checksums_ok"]:
             bad = ", ".join(k for k, v in data["checksums"].items() if v != "ok")
             raise BundleError(f"{data['path']}: sha256 of {bad} does not match the manifest (file edited or corrupt)")
+
+
+app.command("threshold", epilog=EXIT_CODES_HELP)(threshold_cmd)
 
 
 # ----------------------------------------------------------------------------------------- update

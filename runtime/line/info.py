@@ -17,6 +17,7 @@ from ..bundle import MANIFEST, Bundle, read_bundle
 from ..calibration import pixel_level
 from ..fileio import sha256_file
 from ..graph_choice import verdict_text
+from ..operating_point import describe as describe_operating_point
 from ..update import UpdateResult
 from .console import info, warn
 from .sources import describe as camera_sources
@@ -80,7 +81,8 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "memory_bank": {"rows": bank["rows"], "dim": bank["dim"], "dtype": bank["dtype"],
                         "coreset_ratio": bank.get("coreset_ratio")},
         "scoring": m["scoring"],
-        "threshold": {k: v for k, v in m["threshold"].items() if k != "calibration_scores"},
+        "threshold": {k: v for k, v in m["threshold"].items() if k not in ("calibration_scores", "operating_point")},
+        "operating_point": operating_point(m["threshold"]),
         "pixel_threshold": {"value": pixel_level(m["threshold"]).value, "source": pixel_level(m["threshold"]).source},
         "units": m.get("units", {}),
         "lineage": b.lineage,
@@ -96,6 +98,20 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "camera_sources": camera_sources(),
         "selection": m.get("selection"),
     }
+
+
+def operating_point(threshold: dict[str, Any]) -> dict[str, Any] | None:
+    """The operating point without its evidence and curve (``threshold`` shows them in full), and
+    in words (:func:`runtime.operating_point.describe`); None for a bundle exported before
+    operating points existed."""
+    op = threshold.get("operating_point")
+    if not isinstance(op, dict):
+        return None
+    ev = op.get("evidence", {})
+    sets = {k: {"images": len(ev.get(k, {}).get("scores", [])), "source": ev.get(k, {}).get("source")}
+            for k in ("good", "defects")}
+    return {**{k: v for k, v in op.items() if k not in ("evidence", "curve")}, "evidence": sets,
+            "words": describe_operating_point(op)}
 
 
 def result_sinks() -> list[dict[str, Any]]:
@@ -120,6 +136,10 @@ def _fmt(value) -> str:
 
 def describe_update(entry: dict[str, Any]) -> str:
     """One line for one lineage entry (``info``'s history, and what ``update`` reports)."""
+    if entry.get("kind") == "threshold":  # a version written by patchcore-rt threshold
+        from ..threshold import describe_version
+
+        return describe_version(entry)
     rows = entry.get("rows", {})
     cal = entry.get("calibration", {})
     before, after = cal.get("before", {}), cal.get("after", {})
@@ -185,6 +205,7 @@ def render(info: dict[str, Any]):
         ("threshold", "none (no verdicts)" if thr.get("value") is None else
          f"{thr['value']:.6g} (scale {thr.get('scale') or 0:.6g}, {thr.get('method', '?')})"),
         ("calibration", _calibration_line(thr)),
+        ("operating point", _operating_point_text(info.get("operating_point"), thr)),
         ("pixel threshold", "none" if info["pixel_threshold"]["value"] is None else
          f"{info['pixel_threshold']['value']:.6g}: {info['pixel_threshold']['source']}"),
         ("graphs", ", ".join(f"{k}: {v}" for k, v in info["graphs"].items()) or "none (run export)"),
@@ -229,6 +250,22 @@ def _calibration_line(thr: dict[str, Any]) -> str:
     if isinstance(tr, dict):
         parts.append(f"trust {tr.get('level')}: {tr.get('why')}")
     return "; ".join(parts)
+
+
+def _operating_point_text(op: dict | None, thr: dict[str, Any]) -> str:
+    """The operating point in words, with how far to trust it (its intervals rest on the
+    evidence's image counts), or what a bundle without one has."""
+    if op is None:
+        return ("none recorded (exported before operating points): rule image-score; `patchcore-rt threshold` "
+                "shows the false calls its calibration scores allow" if thr.get("value") is not None else "none")
+    lines = [line.strip().removeprefix("operating point: ") for line in op["words"]]
+    ev = op["evidence"]
+    lines.append(f"evidence: {ev['good']['images']} good ({ev['good']['source']}), {ev['defects']['images']} "
+                 f"defects ({ev['defects']['source']}); chosen by {op.get('chosen_by')}")
+    n = min(ev["good"]["images"], ev["defects"]["images"] or ev["good"]["images"])
+    lines.append("trust: " + ("low: fewer than 100 images behind a rate, its interval is wide" if n < 100 else
+                              "the intervals above are 95% intervals on the evidence's counts"))
+    return "\n".join(lines)
 
 
 def _selection_line(sel: dict | None) -> str:
