@@ -14,7 +14,12 @@
    bank and all calibrate, where a held-out share would be one image or none. The scale
    likewise. A threshold that rises means the new images, held out, still score above the old
    good ones: more images of their kind bring it back down. Bundles calibrated otherwise (F1 on
-   a labelled folder) keep their threshold; the lineage entry says which happened.
+   a labelled folder) keep their threshold; the lineage entry says which happened. A bundle with
+   an operating point (``threshold.operating_point``) instead re-applies its policy (false-calls=R,
+   recall=R, f1@D, value=X) under its rule to the extended good evidence: the parent's good
+   evidence plus the new images' held-out scores (their regions are not measured: 0), with the
+   defect evidence as the parent's bank scored it; the section is written anew (policy, value,
+   expected rates, curve, evidence) and the scale follows the new value.
 3. The new bundle is written beside the parent, which is never modified: the parent's graphs,
    engines and projection copied, the extended bank, and a manifest with one more ``lineage``
    entry (parent id, the images and their sha256, patches and rows, covering radius,
@@ -45,7 +50,8 @@ from .errors import OutputError, UsageError
 from .fileio import check_output_folder, sha256_file
 from .images import read_image
 from .calibration import spread, trust
-from .postprocess import quantile_threshold
+from .operating_point import Evidence, read as read_operating_point, section
+from .postprocess import quantile_threshold, robust_scale
 
 QUANTILE_METHODS = ("holdout-quantile", "oof-quantile")  # thresholds an update recalibrates
 from .search import PatchScorer
@@ -186,6 +192,25 @@ def recalibrate(threshold: dict[str, Any], new_scores: Sequence[float]) -> tuple
     return out, True
 
 
+OP_KEYS = ("policy", "rule", "value", "chosen_by", "expected", "curve", "evidence")
+
+
+def reapply_operating_point(threshold: dict[str, Any], new_scores: Sequence[float], tool: str) -> dict[str, Any]:
+    """``threshold`` with its operating point's policy re-applied to the good evidence extended by
+    ``new_scores`` (the new images' held-out scores), its value, scale and section written anew."""
+    ev, rule, policy = read_operating_point(threshold)
+    n = len(new_scores)
+    facts = {**ev.facts, "taught": ev.facts.get("taught", 0) + n}
+    grown = Evidence(np.concatenate([ev.good_scores, np.asarray(new_scores, np.float64)]), ev.defect_scores,
+                     np.concatenate([ev.good_region_px, np.zeros(n)]), ev.defect_region_px,
+                     f"{ev.good_source} + {n} taught images (held out; regions not measured)", ev.defect_source, facts)
+    old = threshold["operating_point"]
+    op = section(grown, rule, policy, f"{tool} (policy re-applied)",
+                 extra={k: v for k, v in old.items() if k not in OP_KEYS})
+    value = float(op["value"])
+    return {**threshold, "value": value, "scale": robust_scale(value, grown.good_scores), "operating_point": op}
+
+
 def _calibration_view(threshold: dict[str, Any]) -> dict[str, Any]:
     return {k: threshold.get(k) for k in ("value", "scale", "method", "n_images")}
 
@@ -250,10 +275,13 @@ def update_bundle(parent: Bundle | str | Path, images: Sequence[tuple[Path, str]
     new_bank = np.concatenate([old_bank, patches[ext.selected].astype(old_bank.dtype)])
     t2 = time.perf_counter()
     new_scores: list[float] = []
-    if recalibrates(m["threshold"]):
+    has_op = read_operating_point(m["threshold"]) is not None
+    if recalibrates(m["threshold"]) or has_op:
         new_scores = held_out_scores(old_bank.astype(np.float32), projected_old, emb, projected, start, budget, radius,
                                      m["scoring"]["n_reweight"], search, progress)
     threshold, recalibrated = recalibrate(m["threshold"], new_scores)
+    if has_op:
+        threshold, recalibrated = reapply_operating_point(threshold, new_scores, tool), True
     seconds = {"embed": t1 - t0, "select": t2 - t1, "calibrate": time.perf_counter() - t2}
     entry = lineage_entry(parent, images, emb.shape[1], ext, stop, coverage, threshold, recalibrated, new_scores,
                           tool, embedder, seconds)
@@ -275,6 +303,10 @@ def lineage_entry(parent: Bundle, images: Sequence[tuple[Path, str]], patches_pe
     n_old = m["memory_bank"]["rows"]
     how = (f"parent's calibration scores + the new images' held-out scores ({min(len(images), FOLDS)}-fold)"
            if recalibrated else "kept (the parent's threshold is not a quantile of good scores)")
+    op = threshold.get("operating_point")
+    if op is not None:
+        how = (f"operating point {op['policy']} re-applied to the parent's good evidence + the new images' held-out "
+               f"scores ({min(len(images), FOLDS)}-fold)")
     return {
         "parent": parent.bundle_id,
         "parent_manifest_sha256": m.get(DIGEST_FIELD),
@@ -294,7 +326,10 @@ def lineage_entry(parent: Bundle, images: Sequence[tuple[Path, str]], patches_pe
         "coverage_radius": {"before": coverage, "after": max(coverage, ext.radius_after)},
         "new_patch_distance": {"max_before": ext.radius_before, "max_after": ext.radius_after},
         "calibration": {"before": _calibration_view(m["threshold"]), "after": _calibration_view(threshold),
-                        "recalibrated": recalibrated, "method": how},
+                        "recalibrated": recalibrated, "method": how,
+                        **({"operating_point": {"policy": op["policy"],
+                                                "before": m["threshold"]["operating_point"]["expected"],
+                                                "after": op["expected"]}} if op is not None else {})},
         "graphs_dropped": dropped_graphs(m),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }

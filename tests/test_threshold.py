@@ -356,3 +356,23 @@ def test_trade_off_under_the_either_rule_counts_regions(evidence):
     (top,) = [r for r in trade_off(b) if r.current]
     assert top.rates.false_calls == pytest.approx(1 / len(ev.good_scores))
     assert top.rates.catch_rate == pytest.approx(float((evidence.defect_region_px >= 50).mean()))
+
+
+def test_update_re_applies_the_policy_on_the_extended_good_evidence(rt_bundle, op_bundle, evidence, tmp_path):
+    """Teaching good parts to a bundle with an operating point: the new version's good evidence
+    is the parent's plus each new image's held-out score, its threshold the policy's pick on it."""
+    good = rt_bundle.parent / "data" / "brick" / "test" / "good"
+    r = _run("update", op_bundle, "--good", good, "--out", tmp_path / "taught", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    new = read_bundle(tmp_path / "taught")
+    op = new.manifest["threshold"]["operating_point"]
+    entry = new.lineage[-1]
+    held_out = [im["score"] for im in entry["images"]]
+    assert len(held_out) == len(_images(rt_bundle, "good"))
+    assert op["policy"] == "false-calls=10%" and "re-applied" in op["chosen_by"]
+    grown = Evidence(np.r_[evidence.good_scores, held_out], evidence.defect_scores, None, evidence.defect_region_px)
+    assert op["evidence"]["good"]["scores"] == pytest.approx(list(grown.good_scores))
+    assert new.manifest["threshold"]["value"] == pytest.approx(choose(grown, Rule(), Policy("false-calls", 0.10)))
+    assert op["value"] == new.manifest["threshold"]["value"] and op["expected"]["n_good"] == len(grown.good_scores)
+    assert entry["calibration"]["operating_point"]["policy"] == "false-calls=10%"
+    assert "operating point false-calls=10% re-applied" in entry["calibration"]["method"]
