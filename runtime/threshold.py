@@ -220,16 +220,17 @@ def render_table(b: Basis, rows: Sequence[Row], good_label: str | None = None, n
 
 
 # ------------------------------------------------------------------------------------ new version
-def default_out(parent_root: Path, policy: Policy) -> Path:
-    """``<parent folder>-op-<policy>`` beside the parent (a previous ``-op-...`` suffix replaced;
-    ``-2``, ``-3``... when taken)."""
+def default_out(parent_root: Path, policy: Policy, where: Path | None = None) -> Path:
+    """``<parent folder>-op-<policy>`` beside the parent, or in ``where`` (a previous ``-op-...``
+    suffix replaced; ``-2``, ``-3``... when taken)."""
     real = Path(os.path.realpath(parent_root))
+    folder = real.parent if where is None else Path(where)
     base = re.sub(r"-op-[A-Za-z0-9.+\-]+$", "", real.name)
     slug = re.sub(r"[^A-Za-z0-9.+\-]+", "-", str(policy).replace("%", "pct").replace("@", "-")).strip("-")
-    out = real.parent / f"{base}-op-{slug}"
+    out = folder / f"{base}-op-{slug}"
     n = 2
     while os.path.lexists(out):
-        out, n = real.parent / f"{base}-op-{slug}-{n}", n + 1
+        out, n = folder / f"{base}-op-{slug}-{n}", n + 1
     return out
 
 
@@ -308,6 +309,36 @@ def write_copy(parent: Bundle, manifest: dict[str, Any], out: Path) -> Bundle:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return read_bundle(out)
+
+
+def preview(b: Basis, policy: Policy | None, recent: Sequence[tuple[str, float, float]],
+            current: float | None) -> dict[str, Any]:
+    """What ``policy`` would do, for serve's page: its threshold and expected rates on ``b``, and
+    how it would have called ``recent`` parts ((result id, score, largest region px)) against how
+    the current threshold calls them, both under the bundle's rule."""
+    scores = np.array([s for _, s, _ in recent], np.float64)
+    regions = np.array([a for _, _, a in recent], np.float64)
+
+    def calls(t: float | None) -> np.ndarray:
+        return np.zeros(len(scores), bool) if t is None else b.rule.called_ng(scores, regions, t)
+
+    now = calls(current)
+    out: dict[str, Any] = {"threshold": current, "policy": None if b.policy is None else str(b.policy),
+                           "rule": b.rule.to_dict(), "rule_text": str(b.rule), "notes": b.notes,
+                           "recent": {"parts": len(scores), "ng": int(now.sum())}}
+    if b.evidence is not None and current is not None:
+        out["expected"] = rates(b.evidence, b.rule, current).to_dict()
+    if policy is None:
+        return out
+    check(policy, b)
+    t = choose(b.evidence, b.rule, policy)
+    then = calls(t)
+    out["proposed"] = {"policy": str(policy), "threshold": t, "expected": rates(b.evidence, b.rule, t).to_dict(),
+                       "recent": {"parts": len(scores), "ng": int(then.sum()),
+                                  "changed": [{"id": rid, "score": s, "now": "ng" if a else "ok",
+                                               "proposed": "ng" if c else "ok"}
+                                              for (rid, s, _), a, c in zip(recent, now, then) if a != c]}}
+    return out
 
 
 def describe_version(entry: dict[str, Any]) -> str:

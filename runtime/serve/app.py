@@ -3,7 +3,7 @@
 
 Safety: uploads are bounded before they are read (Content-Length, then counted while streaming);
 a request names results by the ids the server issued and never a file; the page's assets are
-served from memory by exact name; mark, teach and switch need the bearer token and are off (403)
+served from memory by exact name; mark, teach, switch and moving the threshold need the bearer token and are off (403)
 without one; a server on a loopback address answers only Host headers naming that address (a web
 page elsewhere cannot reach it through DNS rebinding).
 """
@@ -233,6 +233,26 @@ def build_app(service: Service) -> Starlette:
         return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.root.name,
                              "lineage": service.status()["lineage"]})
 
+    async def threshold(request: Request) -> Response:
+        if request.method == "GET":
+            try:
+                view = await run_in_threadpool(service.threshold_view, request.query_params.get("policy"))
+            except ValueError as e:  # a bad policy, or one the evidence cannot apply (UsageError)
+                raise HTTPError(400, str(e)) from None
+            return JSONResponse(view)
+        authorise(request)
+        try:
+            policy = (await request.json()).get("policy")
+        except (ValueError, AttributeError):
+            policy = None
+        if not isinstance(policy, str):
+            raise HTTPError(400, 'the body must be JSON like {"policy": "false-calls=2%"}')
+        before = bundle_id()
+        made, new = await run_in_threadpool(service.operator.move_threshold, policy)
+        return JSONResponse({"bundle": new.bundle.bundle_id, "previous": before, "path": new.bundle.root.name,
+                             "threshold": made.entry["threshold"], "expected": made.summary()["expected"],
+                             "lineage": service.status()["lineage"]})
+
     async def bundle(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.bundle_info))
 
@@ -273,6 +293,7 @@ def build_app(service: Service) -> Starlette:
         Route("/v1/teach", teach, methods=["GET", "POST"]),
         Route("/v1/switch", switch, methods=["POST"]),
         Route("/v1/rollback", roll_back, methods=["POST"]),
+        Route("/v1/threshold", threshold, methods=["GET", "POST"]),
         Route("/v1/bundle", bundle),
         Route("/v1/status", status),
         Route("/healthz", healthz),

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..bundle import BundleError
+from ..errors import OutputError, UsageError
 from ..line.info import describe_update
+from ..operating_point import parse_policy
+from ..threshold import basis, default_out, new_version
 from ..update import update_bundle
 from .results import Result, ResultStore
 
@@ -144,6 +147,28 @@ class Operator:
         job.candidate = None
         job.state = "switched"
         return new
+
+    # -------------------------------------------------------------------------------- threshold
+    def move_threshold(self, text: str):
+        """Write the served bundle at the operating point ``text`` (a policy) as a new version
+        under ``--models`` (:func:`runtime.threshold.new_version`) and serve it (a switch: checked,
+        the link flipped, rolled back like any other). A bad policy is refused with status 400."""
+        with self._job_lock:
+            if self.job.state == "running":
+                raise ActionRefused("a teach is running: move the threshold when it is done")
+            parent = self.source.predictor.bundle
+            try:
+                policy = parse_policy(text)
+                made = new_version(parent, basis(parent.manifest), policy,
+                                   default_out(parent.root, policy, self.models_dir), chosen_by="patchcore-rt serve")
+            except UsageError as e:
+                raise ActionRefused(str(e), status=400) from None
+            except OutputError as e:
+                raise ActionRefused(str(e), status=500) from None
+        self.log(f"threshold moved: {made.bundle.root} ({made.bundle.bundle_id}), {describe_update(made.entry)}")
+        new = self._switch_to(made.bundle.root)
+        self.switched_in = []
+        return made, new
 
     def roll_back(self):
         """Serve again the bundle that was served before the last switch (checked like any switch)."""

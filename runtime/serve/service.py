@@ -22,6 +22,8 @@ from ..line.records import Item, Outcome, record, score_items
 from ..line.reload import BundleSource
 from ..line.sinks.delivery import Publisher
 from ..line.watch import Watcher, WatchOptions
+from ..operating_point import parse_policy
+from ..threshold import basis, preview
 from .metrics import ServeMetrics
 from .operator import Operator
 from .options import ServeOptions
@@ -194,6 +196,17 @@ class Service:
                 "teach": self.operator.job.view(),
                 "previous": self.operator.previous.name if self.operator.previous else None, "watch": str(self.opts.watch) if self.opts.watch else None,
                 "drift_share": self.metrics.drift_share, **self.store.flags()}
+
+    def threshold_view(self, text: str | None) -> dict[str, Any]:
+        """The served bundle's operating point and, for a proposed policy ``text``, how it would
+        have called the recent parts this bundle scored (:func:`runtime.threshold.preview`)."""
+        p = self.predictor
+        bid = p.bundle.bundle_id
+        recent = [(r.id, float(r.record["score"]), float((r.record.get("regions") or [{}])[0].get("area_px", 0)))
+                  for r in self.store.since(0, limit=self.store.keep)
+                  if r.record.get("bundle") == bid and r.record.get("score") is not None]
+        view = preview(basis(p.bundle.manifest), parse_policy(text) if text else None, recent, p.threshold)
+        return {"bundle": bid, **view}
 
     # ------------------------------------------------------------------------ watcher
     def open_sinks(self) -> None:

@@ -2,7 +2,7 @@
 // operator's bearer token (kept in this tab's sessionStorage only). No framework, no build step.
 "use strict";
 const LATEST = 24, QUEUE = 48;
-const state = { last: 0, results: new Map(), status: null, busy: false };
+const state = { last: 0, results: new Map(), status: null, busy: false, proposal: null, opBundle: null };
 const $ = (id) => document.getElementById(id);
 const token = () => sessionStorage.getItem("patchcore-token") || "";
 
@@ -74,13 +74,14 @@ async function mark(r) {
   } catch (e) { say("mark: " + e.message, true); }
 }
 
-function drawHistogram(scores, threshold) {
+function drawHistogram(scores, threshold, proposed = null) {
   const c = $("histogram"), g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
   g.fillStyle = "#888"; g.font = "11px sans-serif";
   if (!scores.length) { g.fillText("no scores yet", 10, 60); return; }
   let lo = Math.min(...scores), hi = Math.max(...scores);
   if (threshold !== null) { lo = Math.min(lo, threshold); hi = Math.max(hi, threshold); }
+  if (proposed !== null) { lo = Math.min(lo, proposed); hi = Math.max(hi, proposed); }
   const pad = (hi - lo) * 0.05 || 1e-3; lo -= pad; hi += pad;
   const bins = 24, counts = new Array(bins).fill(0);
   for (const s of scores) counts[Math.min(bins - 1, Math.floor((s - lo) / (hi - lo) * bins))]++;
@@ -100,6 +101,61 @@ function drawHistogram(scores, threshold) {
     g.strokeStyle = "#c62828"; g.lineWidth = 2; g.setLineDash([4, 3]);
     g.beginPath(); g.moveTo(x, 0); g.lineTo(x, h); g.stroke(); g.setLineDash([]);
   }
+  if (proposed !== null) {  // the previewed operating point, in blue
+    const x = (proposed - lo) / (hi - lo) * c.width;
+    g.strokeStyle = "#1565c0"; g.lineWidth = 2; g.setLineDash([2, 2]);
+    g.beginPath(); g.moveTo(x, 0); g.lineTo(x, h); g.stroke(); g.setLineDash([]);
+  }
+}
+
+function pct(v) { return v === null || v === undefined ? "?" : (100 * v).toPrecision(3) + "%"; }
+
+function expectedText(e) {
+  if (!e) return "";
+  const fc = `false calls ${pct(e.false_calls)} (95% ${pct(e.false_calls_interval[0])}–${pct(e.false_calls_interval[1])}, ${e.n_good} good)`;
+  const cr = e.catch_rate === null ? "catch rate unknown" :
+    `catch rate ${pct(e.catch_rate)} (95% ${pct(e.catch_rate_interval[0])}–${pct(e.catch_rate_interval[1])}, ${e.n_defects} defects)`;
+  return fc + ", " + cr;
+}
+
+async function refreshOperatingPoint() {
+  try {
+    const v = await api("/v1/threshold");
+    state.opBundle = v.bundle;
+    $("op-now").textContent = `now: threshold ${fmt(v.threshold, 4)}` + (v.policy ? ` (${v.policy})` : " (no policy recorded)") +
+      `, rule ${v.rule_text}; ` + (expectedText(v.expected) || (v.notes || []).join("; ")) +
+      `; recent parts: ${v.recent.ng} of ${v.recent.parts} called defective`;
+  } catch (e) { $("op-now").textContent = "operating point: " + e.message; }
+}
+
+async function previewPolicy(ev) {
+  if (ev) ev.preventDefault();
+  const policy = $("op-policy").value.trim();
+  if (!policy) { state.proposal = null; $("op-preview").textContent = ""; $("op-apply").disabled = true; return; }
+  try {
+    const v = await api("/v1/threshold?policy=" + encodeURIComponent(policy));
+    const p = v.proposed, r = p.recent;
+    state.proposal = p;
+    $("op-preview").textContent = `${p.policy}: threshold ${fmt(p.threshold, 4)}; expected ${expectedText(p.expected)}; ` +
+      `the last ${r.parts} parts: ${v.recent.ng} defective now, ${r.ng} with it (${r.changed.length} would change)`;
+    $("op-preview").className = "mono";
+    $("op-apply").disabled = !(state.status && state.status.actions);
+  } catch (e) {
+    state.proposal = null;
+    $("op-preview").textContent = e.message; $("op-preview").className = "mono error"; $("op-apply").disabled = true;
+  }
+  if (state.status) renderStatus(state.status);
+}
+
+async function applyPolicy() {
+  if (!state.proposal) return;
+  try {
+    const got = await api("/v1/threshold", { method: "POST", headers: { "Content-Type": "application/json" },
+                                             body: JSON.stringify({ policy: state.proposal.policy }) });
+    say(`now serving ${got.bundle} at ${got.threshold.after.policy}: threshold ${fmt(got.threshold.before.value, 4)} → ${fmt(got.threshold.after.value, 4)} (was ${got.previous})`);
+    state.proposal = null; $("op-preview").textContent = ""; $("op-apply").disabled = true;
+    refreshStatus();
+  } catch (e) { say("apply: " + e.message, true); }
 }
 
 function render() {
@@ -133,7 +189,11 @@ function renderStatus(s) {
   for (const k of ["ok", "ng", "error"]) $("n-" + k).textContent = s.counts[k];
   $("drift").textContent = s.drift_share === null ? "–" : (100 * s.drift_share).toFixed(0) + "%";
   $("threshold").textContent = fmt(s.threshold, 4);
-  drawHistogram(s.recent_scores, s.threshold);
+  const proposed = state.proposal ? state.proposal.threshold : null;
+  drawHistogram(s.recent_scores, s.threshold, proposed);
+  $("proposed-key").hidden = proposed === null;
+  $("proposed").textContent = fmt(proposed, 4);
+  if (state.opBundle !== s.bundle) refreshOperatingPoint();
   $("actions-off").hidden = s.actions;
   $("n-marked").textContent = s.marked;
   const t = s.teach, p = $("teach-progress");
@@ -205,6 +265,8 @@ window.addEventListener("DOMContentLoaded", () => {
   $("teach").onclick = teach;
   $("switch").onclick = switchBundle;
   $("rollback").onclick = rollBack;
+  $("op-form").addEventListener("submit", previewPolicy);
+  $("op-apply").onclick = applyPolicy;
   render();
   tick();
   setInterval(tick, 1000);
