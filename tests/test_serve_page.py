@@ -122,6 +122,24 @@ def test_defective_part_marked_good_taught_and_switched_in_the_browser(rt_bundle
                 assert page.locator("#queue .card", has_text="part-0413.png").count() == 0  # taught: out of the queue
                 page.wait_for_function("[...document.querySelectorAll('#latest img')].every(i => i.complete)")
                 page.screenshot(path=str(artefacts / "3-switched.png"), full_page=True)
+                # the operating point: preview a proposed threshold on the recent parts, then apply it
+                # the 4 parts the taught bundle scored, all ok
+                page.wait_for_function("document.querySelector('#op-now').textContent.includes('0 of 4 called defective')")
+                page.fill("#op-policy", "value=1e6")
+                page.click("#op-preview-button")
+                page.wait_for_function("document.querySelector('#op-preview').textContent.includes('would change')")
+                assert page.locator("#op-preview").inner_text().startswith("value=1000000: threshold")
+                assert not page.locator("#proposed-key").is_hidden()
+                page.screenshot(path=str(artefacts / "4-threshold-preview.png"), full_page=True)
+                served = page.locator("#bundle").inner_text()
+                page.locator("#op-apply:not([disabled])").click()
+                page.wait_for_function("document.querySelector('#message').textContent.includes('at value=1000000')")
+                page.wait_for_function(f"document.querySelector('#bundle').textContent !== {served!r}")
+                assert os.readlink(models / "line").endswith("-op-value-1000000")
+                shutil.copy(defect, incoming / "part-0413-third.png")  # nothing reaches 1e6: ok
+                third = page.locator("#latest .card", has_text="part-0413-third.png")
+                third.wait_for()
+                assert third.locator(".verdict").inner_text().lower() == "ok"
             finally:
                 browser.close()
     finally:

@@ -376,3 +376,17 @@ def test_update_re_applies_the_policy_on_the_extended_good_evidence(rt_bundle, o
     assert op["value"] == new.manifest["threshold"]["value"] and op["expected"]["n_good"] == len(grown.good_scores)
     assert entry["calibration"]["operating_point"]["policy"] == "false-calls=10%"
     assert "operating point false-calls=10% re-applied" in entry["calibration"]["method"]
+
+
+def test_a_bundle_without_any_good_scores_says_what_to_give(rt_bundle, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(rt_bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    for k in ("calibration_scores", "manifest_sha256"):
+        m["threshold"].pop(k, None)
+    m.pop("manifest_sha256")
+    finalize_manifest(old, m, sorted(m["files"]))
+    for args in ([], ["--set", "false-calls=2%"]):
+        r = _run("threshold", old, *args)
+        assert r.exit_code == 2, r.output
+        _one_error(r, "give --good DIR")

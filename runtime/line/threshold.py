@@ -128,6 +128,8 @@ def _as_if(b, with_defects: bool):
 
 
 def _show(parent, b, real_good, real_ng, good, ng, as_json: bool) -> None:
+    if b.evidence is None:  # no good scores at all: nothing to count on
+        raise UsageError(b.notes[0])
     rows = trade_off(b, real_good, real_ng)
     if as_json:
         ev = b.evidence

@@ -121,7 +121,6 @@ function expectedText(e) {
 async function refreshOperatingPoint() {
   try {
     const v = await api("/v1/threshold");
-    state.opBundle = v.bundle;
     $("op-now").textContent = `now: threshold ${fmt(v.threshold, 4)}` + (v.policy ? ` (${v.policy})` : " (no policy recorded)") +
       `, rule ${v.rule_text}; ` + (expectedText(v.expected) || (v.notes || []).join("; ")) +
       `; recent parts: ${v.recent.ng} of ${v.recent.parts} called defective`;
@@ -193,7 +192,8 @@ function renderStatus(s) {
   drawHistogram(s.recent_scores, s.threshold, proposed);
   $("proposed-key").hidden = proposed === null;
   $("proposed").textContent = fmt(proposed, 4);
-  if (state.opBundle !== s.bundle) refreshOperatingPoint();
+  const opKey = s.bundle + ":" + (s.counts.ok + s.counts.ng + s.counts.error);  // a new bundle or new parts
+  if (state.opBundle !== opKey) { state.opBundle = opKey; refreshOperatingPoint(); }
   $("actions-off").hidden = s.actions;
   $("n-marked").textContent = s.marked;
   const t = s.teach, p = $("teach-progress");
