@@ -238,13 +238,41 @@ def operating_point(v: Any) -> str | None:
         return "an object whose 'rule.min_area_px' is a finite number > 0 (the either rule)"
     if finite_number(v.get("value")):
         return "an object whose 'value' is a finite number"
-    if not isinstance(v.get("expected"), dict):
-        return "an object whose 'expected' is an object"
+    wrong = _expected(v.get("expected"))
+    if wrong:
+        return f"an object whose 'expected' {wrong}"
     ev = v.get("evidence")
     if not isinstance(ev, dict):
         return "an object whose 'evidence' is an object"
+    if ev.get("facts") is not None and not isinstance(ev["facts"], dict):
+        return "an object whose 'evidence.facts' is an object"
     return _scores_and_regions(ev.get("good"), "good", True) or \
-        _scores_and_regions(ev.get("defects", {"scores": []}), "defects", False)
+        _scores_and_regions(ev.get("defects") or {"scores": []}, "defects", False)
+
+
+def _rate(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 1
+
+
+def _interval(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_rate(x) for x in v)
+
+
+def _expected(e: Any) -> str | None:
+    """What is wrong with ``operating_point.expected`` (what ``info`` and ``threshold`` read), or None."""
+    if not isinstance(e, dict):
+        return "is an object"
+    if not (_rate(e.get("false_calls")) and _interval(e.get("false_calls_interval"))):
+        return "has 'false_calls' in [0, 1] and a 'false_calls_interval' [lo, hi]"
+    if not (_is_int(e.get("n_good")) and e["n_good"] > 0 and _is_int(e.get("n_defects")) and e["n_defects"] >= 0):
+        return "counts 'n_good' (> 0) and 'n_defects' (>= 0) images"
+    if e.get("catch_rate") is not None and not (_rate(e["catch_rate"]) and _interval(e.get("catch_rate_interval"))):
+        return "has 'catch_rate' null, or in [0, 1] with a 'catch_rate_interval' [lo, hi]"
+    if "defect_rate" in e and not (_is_number(e["defect_rate"]) and 0 < e["defect_rate"] < 1):
+        return "has 'defect_rate' in (0, 1)"
+    if e.get("f1") is not None and not _rate(e["f1"]):
+        return "has 'f1' null or in [0, 1]"
+    return None
 
 
 # fields a manifest may carry (bank updates, calibration facts): checked when present

@@ -156,6 +156,14 @@ def test_a_bundle_without_the_section_keeps_the_image_score_rule(rt_bundle):
     (lambda op: op["evidence"]["good"].update(scores=[]), "evidence.good.scores"),
     (lambda op: op["evidence"]["defects"].update(region_px=[1.0]), "evidence.defects.region_px"),
     (lambda op: op.pop("evidence"), "'evidence'"),
+    (lambda op: op["expected"].pop("n_good"), "'n_good'"),
+    (lambda op: op["expected"].update(false_calls_interval=[0.1]), "false_calls_interval"),
+    (lambda op: op["expected"].update(catch_rate=1.5), "catch_rate"),
+    (lambda op: op["expected"].update(defect_rate=None), "defect_rate"),
+    (lambda op: op.update(expected=[]), "'expected' is an object"),
+    (lambda op: op["evidence"].update(good=[1, 2]), "evidence.good"),
+    (lambda op: op["evidence"]["good"].update(scores=["a"]), "evidence.good.scores"),
+    (lambda op: op["evidence"].update(facts="x"), "evidence.facts"),
 ])
 def test_a_bad_operating_point_section_is_a_bad_bundle_in_one_line(op_bundle, tmp_path, edit, says):
     bad = tmp_path / "bad"
@@ -390,3 +398,40 @@ def test_a_bundle_without_any_good_scores_says_what_to_give(rt_bundle, tmp_path)
         r = _run("threshold", old, *args)
         assert r.exit_code == 2, r.output
         _one_error(r, "give --good DIR")
+
+
+def test_any_mangled_operating_point_is_refused_or_readable(op_bundle):
+    """Random junk at random places of the section: the validator refuses it (a BundleError), or
+    everything that reads the section (Judge, threshold's table, info's words) works."""
+    from runtime.line.info import operating_point as info_words
+    from runtime.manifest import validate_manifest
+    from runtime.threshold import render_table
+
+    base = read_bundle(op_bundle).manifest
+    base["threshold"]["operating_point"]["evidence"]["facts"] = {"seed": 0}
+    junk = [None, "x", -1, 0, 1.5, [], {}, [1, "a"], {"kind": "either"}, True, 1e300, [0.5, 0.2]]
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(300):
+        m = copy.deepcopy(base)
+        node = m["threshold"]["operating_point"]
+        for _ in range(int(rng.integers(1, 4))):  # walk down a random path, then replace its end
+            if not isinstance(node, dict) or not node:
+                break
+            key = list(node)[int(rng.integers(len(node)))]
+            if isinstance(node[key], dict) and rng.random() < 0.6:
+                node = node[key]
+                continue
+            node[key] = junk[int(rng.integers(len(junk)))]
+            break
+        try:
+            validate_manifest(m)
+        except BundleError as e:
+            assert "threshold.operating_point" in str(e) and "\n" not in str(e)
+            refused += 1
+            continue
+        Judge.for_manifest(m)
+        info_words(m["threshold"])
+        b = basis(m)
+        render_table(b, trade_off(b))
+    assert 0 < refused < 300
