@@ -156,6 +156,8 @@ def test_an_output_folder_that_cannot_be_written_is_exit_9_before_any_work(tmp_p
         "watch": _run("patchcore-rt", "watch", str(data), "--out", str(blocker), "--once", "--bundle", str(rt_bundle)),
         "update": _run("patchcore-rt", "update", str(rt_bundle), "--good", str(data / "train" / "good"),
                        "--out", str(blocker / "v2")),
+        "threshold": _run("patchcore-rt", "threshold", str(rt_bundle), "--set", "false-calls=5%",
+                          "--out", str(blocker / "v2")),
     }
     for command, r in runs.items():
         assert r.returncode == errors.OUTPUT, (command, r.stderr)

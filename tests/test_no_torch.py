@@ -83,7 +83,8 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     assert out["attempts"] == []  # not even a guarded ``try: import torch``
     for needed in ("line.cli", "line.watch", "line.journal", "line.camera", "line.bench", "line.outputs",
                    "line.reload", "predictor", "engines", "search", "errors", "update", "coreset_update",
-                   "line.score", "line.score_ray", "line.ray_cluster"):
+                   "line.score", "line.score_ray", "line.ray_cluster", "threshold", "line.threshold",
+                   "operating_point", "line.flags"):
         assert f"runtime.{needed}" in out["modules"]
 
 
@@ -114,6 +115,8 @@ def test_every_command_runs_without_torch(tmp_path, rt_bundle):
             "bench": cli("bench", {b!r}, "--batch-sizes", "1", "--repeat", "1", "--warmup", "0"),
             "update": cli("update", {b!r}, "--good", {str(good_dir)!r}, "--out", {new!r}, "--device", "cpu"),
             "info-updated": cli("info", {new!r}, "--json"),
+            "threshold": cli("threshold", {b!r}, "--good", {str(good_dir)!r}, "--device", "cpu"),
+            "threshold-set": cli("threshold", {b!r}, "--set", "false-calls=5%", "--out", {str(tmp_path / "moved")!r}),
             "score": cli("score", {b!r}, {d!r}, "--out", {str(tmp_path / "score.jsonl")!r}),
         }}
         ray_code = cli("score", {b!r}, {d!r}, "--out", {str(tmp_path / "ray.jsonl")!r}, "--ray")
