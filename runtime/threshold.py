@@ -42,6 +42,7 @@ from .postprocess import robust_scale
 CHOSEN_BY = "patchcore-rt threshold"
 FALSE_CALL_POINTS = (0.005, 0.01, 0.02, 0.05, 0.10)  # the table's rows, besides the current point
 RECALL_POINTS = (0.80, 0.90, 0.95, 0.99)
+KEPT_OP_KEYS = ("rule_choice",)
 NEEDS_DEFECTS = "give --ng DIR (images of real defective parts) or re-export the bundle with an operating point"
 
 
@@ -266,7 +267,11 @@ def new_version(parent: Bundle, b: Basis, policy: Policy, out: Path | None = Non
     out = Path(out) if out is not None else default_out(parent.root, policy)
     check_target(parent, out)
     m = parent.manifest
-    op = section(b.evidence, b.rule, policy, chosen_by, extra=extra)
+    old = m["threshold"].get("operating_point") or {}
+    # export's facts that stay true (why the rule was chosen; the rule is kept); a check of real NG
+    # images at the old threshold, timings and the like do not
+    kept = {k: old[k] for k in KEPT_OP_KEYS if k in old}
+    op = section(b.evidence, b.rule, policy, chosen_by, extra={**kept, **(extra or {})})
     value = float(op["value"])
     before = m["threshold"]
     manifest = copy.deepcopy(m)

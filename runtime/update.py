@@ -52,6 +52,7 @@ from .images import read_image
 from .calibration import spread, trust
 from .operating_point import Evidence, read as read_operating_point, section
 from .postprocess import quantile_threshold, robust_scale
+from .threshold import KEPT_OP_KEYS  # export's facts that stay true when the threshold moves (rule_choice)
 
 QUANTILE_METHODS = ("holdout-quantile", "oof-quantile")  # thresholds an update recalibrates
 from .search import PatchScorer
@@ -192,7 +193,6 @@ def recalibrate(threshold: dict[str, Any], new_scores: Sequence[float]) -> tuple
     return out, True
 
 
-OP_KEYS = ("policy", "rule", "value", "chosen_by", "expected", "curve", "evidence")
 
 
 def reapply_operating_point(threshold: dict[str, Any], new_scores: Sequence[float], tool: str) -> dict[str, Any]:
@@ -206,7 +206,7 @@ def reapply_operating_point(threshold: dict[str, Any], new_scores: Sequence[floa
                      f"{ev.good_source} + {n} taught images (held out; regions not measured)", ev.defect_source, facts)
     old = threshold["operating_point"]
     op = section(grown, rule, policy, f"{tool} (policy re-applied)",
-                 extra={k: v for k, v in old.items() if k not in OP_KEYS})
+                 extra={k: old[k] for k in KEPT_OP_KEYS if k in old})
     value = float(op["value"])
     return {**threshold, "value": value, "scale": robust_scale(value, grown.good_scores), "operating_point": op}
 

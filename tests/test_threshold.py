@@ -435,3 +435,16 @@ def test_any_mangled_operating_point_is_refused_or_readable(op_bundle):
         b = basis(m)
         render_table(b, trade_off(b))
     assert 0 < refused < 300
+
+
+def test_a_new_version_keeps_the_rule_choice_and_drops_facts_of_the_old_point(rt_bundle, evidence, tmp_path):
+    """export's section may carry why the rule was chosen (still true: the rule is kept) and a
+    check of real NG images at its threshold (no longer true once it moves)."""
+    b = with_operating_point(rt_bundle, tmp_path / "b", evidence, Rule(), Policy("false-calls", 0.1))
+    m = json.loads((b / "manifest.json").read_text())
+    m["threshold"]["operating_point"].update(rule_choice={"chosen_by": "test"}, check={"caught": 3, "n": 4})
+    m.pop("manifest_sha256")
+    finalize_manifest(b, m, sorted(m["files"]))
+    assert _run("threshold", b, "--set", "false-calls=5%", "--out", tmp_path / "v2").exit_code == 0
+    op = read_bundle(tmp_path / "v2").manifest["threshold"]["operating_point"]
+    assert op["rule_choice"] == {"chosen_by": "test"} and "check" not in op

@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import List, Optional
 
 import cv2
 import typer
@@ -28,19 +27,20 @@ from rich.console import Console
 from .. import __version__
 from ..bundle import BundleError, read_bundle
 from ..errors import InputsFailed, OutputError, UsageError
-from ..images import ImageLimits
 from ..update import update_bundle
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
 from .console import JsonLines, err, info, known_errors, stage_progress
 from .flags import (BatchOpt, Device, DeviceOpt, GraphOpt, LineRule, MaxPixelsOpt, MinAreaOpt, MmPerPxOpt,
-                    Search, SearchOpt, ThreadsOpt, load_predictor, scoring_progress as _progress)
+                    Search, SearchOpt, ThreadsOpt, bundle_source as _bundle_source, image_limits as _limits,
+                    load_predictor, reloads_text as _reloads, scoring_progress as _progress, stop_on_signals,
+                    unique_in_run as _unique_in_run)
 from .info import bundle_info, print_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
-from .outputs import encode_png, numbered, outcome_overlay, write_replace
+from .outputs import encode_png, outcome_overlay, write_replace
 from .records import Item, image_of, record, score_items
-from .reload import BundleSource, reload_on_sighup
+from .reload import reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, output_relpath, resolve_bundle
 from .sinks.delivery import Publisher
@@ -53,7 +53,7 @@ from .watch import Watcher, WatchOptions
 
 PROG = "patchcore-rt"
 app = make_app(PROG, "Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, "
-               "teach new good images.")
+               "move the operating point, teach new good images.")
 
 # Old spellings that still work for one release (runtime.line.options.rewrite_deprecated).
 DEPRECATED = {
@@ -70,30 +70,8 @@ PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=version_callback(PROG, __version__),
                                        is_eager=True, help="Print the version and exit.")) -> None:
-    """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, teach new good
-    images."""
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, log: Callable[[str], None]) -> Iterator[None]:
-    """First SIGINT/SIGTERM: set ``stop`` (the current batch finishes, results are flushed, exit 0).
-    A second one aborts at once (exit 130)."""
-    count = {"n": 0}
-
-    def handler(signum, frame):
-        count["n"] += 1
-        if count["n"] > 1:
-            raise KeyboardInterrupt
-        stop.set()
-        log(f"{signal.Signals(signum).name}: finishing the current batch, then stopping (send again to abort)")
-
-    sigs = [signal.SIGINT, signal.SIGTERM]
-    old = {s: signal.signal(s, handler) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, move the operating
+    point, teach new good images."""
 
 
 # ---------------------------------------------------------------------------------------- predict
@@ -152,20 +130,6 @@ def predict(
             info(f"{failed} of {len(inputs)} inputs could not be scored (see the records with \"error\")")
         if strict and failed:
             raise InputsFailed(f"--strict: {failed} of {len(inputs)} inputs could not be scored")
-
-
-def _limits(max_pixels: int | None) -> ImageLimits:
-    """The image limits: $PATCHCORE_RT_MAX_PIXELS / $PATCHCORE_RT_MAX_BYTES, then the option."""
-    limits = ImageLimits.from_env()
-    return replace(limits, max_pixels=max_pixels) if max_pixels else limits
-
-
-def _unique_in_run(path: Path, used: set[Path]) -> Path:
-    n = 0
-    while numbered(path, n) in used:
-        n += 1
-    used.add(numbered(path, n))
-    return numbered(path, n)
 
 
 # ------------------------------------------------------------------------------------------ score
@@ -281,21 +245,6 @@ def watch(
         c = summary.counts
         info(f"stopped: {summary.scored} files scored in this run ({c['ok']} ok, {c['ng']} ng, {c['error']} error); "
              f"{summary.already_recorded} were already recorded{_reloads(source)}")
-
-
-def _bundle_source(bundle: Optional[str], device: Device, search: Search, threads: Optional[int], graph: str,
-                   status: StatusLine, require_threshold: bool, rule: LineRule | None = None,
-                   overlays: bool = False) -> BundleSource:
-    """The bundle of a long-running command, reopened with the same settings when replaced."""
-    return BundleSource(resolve_bundle(bundle),
-                        lambda path: load_predictor(path, device, search, threads, graph, rule, overlays),
-                        require_threshold=require_threshold, log=status.log)
-
-
-def _reloads(source: BundleSource) -> str:
-    if not source.reloads + source.refused:
-        return ""
-    return f"; bundle reloaded {source.reloads} time(s), {source.refused} refused"
 
 
 # ----------------------------------------------------------------------------------------- camera

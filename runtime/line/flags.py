@@ -1,21 +1,29 @@
 """What several ``patchcore-rt`` commands share: the device and search choices, the options that
-mean the same everywhere, opening a bundle's predictor with the line's rule, and the scoring
-progress bar (split out of :mod:`runtime.line.cli` so command modules such as
+mean the same everywhere, opening a bundle's predictor with the line's rule (and a long-running
+command's reloadable bundle), the scoring progress bar, the image limits and stopping on signals (split out of :mod:`runtime.line.cli` so command modules such as
 :mod:`runtime.line.threshold` can use them without importing the command line)."""
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import signal
+import threading
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..images import ImageLimits
 from ..predictor import Predictor
 from ..regions import Judge, MinArea, check_scale, parse_min_area
 from .console import err, info
+from .outputs import numbered
+from .reload import BundleSource
+from .selection import resolve_bundle
+from .status import StatusLine
 
 
 class Device(str, enum.Enum):
@@ -102,3 +110,56 @@ def scoring_progress(total: int) -> Iterator[Callable[[int], None]]:
                   console=err, transient=True) as prog:
         task = prog.add_task("scoring", total=total)
         yield lambda n: prog.advance(task, n)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, log: Callable[[str], None]) -> Iterator[None]:
+    """First SIGINT/SIGTERM: set ``stop`` (the current batch finishes, results are flushed, exit 0).
+    A second one aborts at once (exit 130)."""
+    count = {"n": 0}
+
+    def handler(signum, frame):
+        count["n"] += 1
+        if count["n"] > 1:
+            raise KeyboardInterrupt
+        stop.set()
+        log(f"{signal.Signals(signum).name}: finishing the current batch, then stopping (send again to abort)")
+
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def image_limits(max_pixels: int | None) -> ImageLimits:
+    """The image limits: $PATCHCORE_RT_MAX_PIXELS / $PATCHCORE_RT_MAX_BYTES, then the option."""
+    limits = ImageLimits.from_env()
+    return replace(limits, max_pixels=max_pixels) if max_pixels else limits
+
+
+def unique_in_run(path: Path, used: set[Path]) -> Path:
+    """``path``, numbered (``name-1.png`` ...) when this run wrote that name already."""
+    n = 0
+    while numbered(path, n) in used:
+        n += 1
+    used.add(numbered(path, n))
+    return numbered(path, n)
+
+
+def bundle_source(bundle: Optional[str], device: Device, search: Search, threads: Optional[int], graph: str,
+                   status: StatusLine, require_threshold: bool, rule: LineRule | None = None,
+                   overlays: bool = False) -> BundleSource:
+    """The bundle of a long-running command, reopened with the same settings when replaced."""
+    return BundleSource(resolve_bundle(bundle),
+                        lambda path: load_predictor(path, device, search, threads, graph, rule, overlays),
+                        require_threshold=require_threshold, log=status.log)
+
+
+def reloads_text(source: BundleSource) -> str:
+    """How often a long-running command's bundle was reloaded or refused (for its last line)."""
+    if not source.reloads + source.refused:
+        return ""
+    return f"; bundle reloaded {source.reloads} time(s), {source.refused} refused"

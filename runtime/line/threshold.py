@@ -22,8 +22,8 @@ from ..images import ImageLimits
 from ..operating_point import POLICY_HELP, Evidence, describe, parse_policy
 from ..threshold import basis, check, check_target, new_version, render_table, trade_off, with_real
 from .console import info, known_errors, warn
-from .flags import (BatchOpt, Device, DeviceOpt, GraphOpt, MaxPixelsOpt, Search, ThreadsOpt, load_predictor,
-                    scoring_progress)
+from .flags import (BatchOpt, Device, DeviceOpt, GraphOpt, MaxPixelsOpt, Search, ThreadsOpt, image_limits,
+                    load_predictor, scoring_progress)
 from .records import Item, score_items
 from .selection import collect_inputs, resolve_bundle
 
@@ -90,8 +90,7 @@ def threshold(
         policy = parse_policy(set_) if set_ is not None else None
         if out is not None and policy is None:
             raise UsageError("--out needs --set POLICY (without --set nothing is written)")
-        limits = ImageLimits.from_env()
-        limits = replace(limits, max_pixels=max_pixels) if max_pixels else limits
+        limits = image_limits(max_pixels)
         good_in = collect_inputs(good, recursive) if good else []
         ng_in = collect_inputs(ng, recursive) if ng else []
         root = resolve_bundle(bundle)
