@@ -448,3 +448,13 @@ def test_a_new_version_keeps_the_rule_choice_and_drops_facts_of_the_old_point(rt
     assert _run("threshold", b, "--set", "false-calls=5%", "--out", tmp_path / "v2").exit_code == 0
     op = read_bundle(tmp_path / "v2").manifest["threshold"]["operating_point"]
     assert op["rule_choice"] == {"chosen_by": "test"} and "check" not in op
+
+
+def test_ng_images_none_of_which_score_keep_the_bundles_defect_evidence(op_bundle, evidence, tmp_path):
+    ng = tmp_path / "ng"
+    ng.mkdir()
+    (ng / "a.png").write_bytes(b"not an image")
+    r = _run("threshold", op_bundle, "--ng", ng, "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "no image could be scored" in r.stderr
+    assert json.loads(r.stdout)["evidence"]["defects"] == len(evidence.defect_scores)

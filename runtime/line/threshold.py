@@ -107,10 +107,15 @@ def threshold(
                 real_good = score_set(p, good_in, batch, limits, "--good")
             if ng_in:
                 real_ng = score_set(p, ng_in, batch, limits, "--ng")
+            for what, real in (("--good", real_good), ("--ng", real_ng)):
+                if real is not None and not len(real[0]):
+                    warn(f"{what}: no image could be scored; the bundle's own evidence is used")
+            real_good = real_good if real_good is not None and len(real_good[0]) else None
+            real_ng = real_ng if real_ng is not None and len(real_ng[0]) else None
         b = with_real(b, good=None if real_good is None else (*real_good, f"real good images ({_label(good)})"),
                       ng=None if real_ng is None else (*real_ng, f"real NG images ({_label(ng)})"))
         if policy is None:
-            _show(parent, b, real_good, real_ng, good, ng, as_json)
+            _show(parent, b, real_good, real_ng, as_json)
             return
         made = new_version(parent, b, policy, out)
         op = made.bundle.manifest["threshold"]["operating_point"]
@@ -126,7 +131,7 @@ def _as_if(b, with_defects: bool):
     return replace(b, evidence=Evidence(ev.good_scores, [1.0] if with_defects else ev.defect_scores), notes=[])
 
 
-def _show(parent, b, real_good, real_ng, good, ng, as_json: bool) -> None:
+def _show(parent, b, real_good, real_ng, as_json: bool) -> None:
     if b.evidence is None:  # no good scores at all: nothing to count on
         raise UsageError(b.notes[0])
     rows = trade_off(b, real_good, real_ng)
