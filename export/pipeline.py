@@ -21,6 +21,7 @@ from patchcore.selection import model_for
 from patchcore.registry import WeightsUnavailableError
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import Bundle, BundleError, read_bundle
+from runtime.calibration import threshold_words
 from runtime.engines.table import variants
 from runtime.fileio import sha256_file
 
@@ -61,7 +62,7 @@ class ExportResult:
         out = {"bundle": str(self.bundle.root), "id": self.bundle.bundle_id, "reused": self.reused,
                "graphs": sorted(m["graphs"]), "engines": sorted(m.get("engines", {})),
                "files": {k: v["bytes"] for k, v in m["files"].items()}, "threshold": m["threshold"]["value"],
-               "data": str(self.data)}
+               "threshold_trust": m["threshold"].get("trust"), "data": str(self.data)}
         if self.tensorrt_skipped:
             out["tensorrt_skipped"] = self.tensorrt_skipped
         return out
@@ -135,7 +136,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
     if data_dir is None:
         data_dir = make_synthetic_class(SYNTHETIC_DEST)
         log(f"no --data: using the embedded synthetic class {data_dir}")
-    ds = load_class(data_dir, image_level_only=True)
+    ds = load_class(data_dir, image_level_only=True, need_test=False)  # train/good is enough
     settings = fit_settings(req.config, Path(data_dir), ds.train, req.calibrate)
     reused = False
     if req.reuse:
@@ -178,5 +179,5 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
             skipped = str(e)
             log(f"skipped: {e}")
     m = bundle.manifest
-    log(f"bundle written: {req.out} ({', '.join(sorted(m['graphs']))}; threshold {m['threshold']['value']})")
+    log(f"bundle written: {req.out} ({', '.join(sorted(m['graphs']))}); {threshold_words(m['threshold'])}")
     return ExportResult(bundle, Path(data_dir), reused, skipped)
