@@ -53,7 +53,7 @@ demo: install
 	@echo; cat results/demo/summary.md; echo; echo "runtime scores: results/demo/runtime.jsonl, overlays: results/demo/brick/$(BACKBONE)/overlays"
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -rs -p no:cacheprovider
 
 # the documentation site (docs/, mkdocs.yml) -> build/site; --strict: a broken link or a page left out fails
 docs: install
