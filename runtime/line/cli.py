@@ -117,6 +117,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
     images."""
 
 
+def _check_source_kind(source: str) -> None:
+    """SourceError (exit 2) naming what to install when ``source``'s kind cannot run here."""
+    from .sources import SourceError, kind_for
+
+    ok, why = kind_for(source).available()
+    if not ok:
+        raise SourceError(why)
+
+
 def load_predictor(bundle: str | Path, device: Device, search: Search, threads: int | None,
                    graph: str = "features_fp32", rule: LineRule | None = None, overlays: bool = False) -> Predictor:
     """The bundle's predictor, its choices logged. ``overlays``: the command draws overlays, so a
@@ -421,6 +430,7 @@ def camera(
     bundle folder or SIGHUP switches bundles between batches, as for watch.
     """
     with known_errors():
+        _check_source_kind(source)  # a kind not installed here (genicam without PyGObject): before the bundle loads
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch,
                              settings=load_settings(settings) if settings is not None else None, fire_every=fire_every)
         rule = LineRule.parse(mm_per_px, min_area)
