@@ -2,7 +2,8 @@
 # The README's two commands as on a bare machine, timed: a clean clone of this checkout's HEAD in a
 # temporary folder, `pkg-config` shadowed by a stub that fails (as if absent), PIP_ONLY_BINARY=:all:
 # (pip may build nothing from source), no PyGObject (so no Aravis through GObject introspection),
-# then `make demo` and `make test`. Writes its log and timings under DEST (default /tmp/patchcore-bare).
+# then `make demo` and `make test`. Writes its log and timings under DEST (default /tmp/patchcore-bare)
+# and the section "Bare machine" of BENCHMARKS.md.
 #
 #   scripts/bare_machine.sh [DEST]        # SKIP_TEST=1: make demo only
 set -euo pipefail
@@ -30,3 +31,4 @@ if [ -z "${SKIP_TEST:-}" ]; then
 fi
 status=$(git status --porcelain)
 echo "git status after the run: ${status:-clean}" | tee -a "$DEST/timings.txt"
+python3 "$REPO/scripts/bare_machine_report.py" "$DEST"   # the section "Bare machine" of BENCHMARKS.md
