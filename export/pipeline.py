@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from patchcore.data import load_class, load_test_set
+from patchcore.data import NoTestImages, load_class, load_test_set
 from patchcore.model import PatchCore, PatchCoreConfig
 from patchcore.selection import model_for
 from patchcore.registry import WeightsUnavailableError
@@ -109,7 +109,10 @@ def reusable(out: Path, settings: dict) -> tuple[bool, str]:
 
 def calibrate_f1(model: PatchCore, folder: Path) -> None:
     """Set the F1-optimal threshold of ``folder``'s labelled test images."""
-    ds = load_test_set(folder)
+    ds = load_test_set(folder, need_test=False)
+    if not ds.test:
+        raise NoTestImages(f"--calibrate {folder}: no test images (test/good, test/<defect>) to calibrate on; "
+                           "without --calibrate the threshold is the out-of-fold quantile of train/good")
     labels = np.array([s.label for s in ds.test])
     if len(set(labels.tolist())) < 2:
         raise ValueError(f"{folder}: --calibrate needs good and defective test images (test/good and test/<defect>)")

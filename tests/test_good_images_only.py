@@ -109,3 +109,12 @@ def test_a_parity_record_of_another_bundle_content_is_stale(bundle, tmp_path):
     record = read_parity_record(copy, read_bundle(copy).bundle_id)
     assert record["current"] is False and "run patchcore parity again" in parity_line(record)
     assert read_parity_record(tmp_path, "x") is None and "not measured" in parity_line(None)
+
+
+def test_calibrate_on_a_folder_without_test_images_says_what_to_do(good_only, tmp_path):
+    res = CliRunner().invoke(patchcore_app, ["export", "--data", str(good_only), "--out", str(tmp_path / "b"),
+                                             "--calibrate", str(good_only), *SMALL])
+    assert res.exit_code == 2, res.output
+    line = _lines(res.stderr)[-1]
+    assert "Traceback" not in res.output
+    assert line.startswith("error: --calibrate") and "no test images" in line and "out-of-fold" in line
