@@ -134,7 +134,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "bundle": self.bundle, "data": self.data, "n_images": self.n_images,
-                "images": self.images, "reference": self.reference, "results": [{**asdict(r), "ok": r.ok} for r in self.results],
+                "images": self.images, "reference": self.reference,
+                "results": [{**asdict(r), "ok": r.ok} for r in self.results],
                 "skipped": self.skipped, "broken": self.broken}
 
     def format(self) -> str:
