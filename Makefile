@@ -13,7 +13,7 @@ PRESET ?=
 FIT_ARGS = $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(CORESET),--coreset $(CORESET)) $(if $(PRESET),--preset $(PRESET))
 OUT ?= models/$(BACKBONE)
 
-.PHONY: venv install demo test docs test-gpu gpu-pack eval export parity bench bench-quick clean
+.PHONY: venv install install-genicam check-bare-install demo test docs test-gpu gpu-pack eval export parity bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,29 @@ $(PY):
 
 venv: $(PY)
 
+# What installs from wheels alone on a bare machine (python3 and git, no system packages): every extra
+# but genicam. scripts/check_bare_install.py (run by .ci/run) proves it with pip's resolver.
+EXTRAS ?= fit,test,scale,serve,docs,openvino,line
+
 install: $(VENV)/.installed
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[fit,test,scale,serve,docs,openvino,line,genicam]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
+
+# Industrial cameras (genicam:// sources): PyGObject has no wheel and builds from source against
+# Debian/Ubuntu's libgirepository1.0-dev libcairo2-dev pkg-config gcc; Aravis itself is
+# gir1.2-aravis-0.8 (and aravis-tools for the tests' fake camera). Install those first (docs/cameras.md).
+install-genicam: install
+	@command -v pkg-config >/dev/null 2>&1 && pkg-config --exists cairo gobject-introspection-1.0 || { \
+	  echo "make install-genicam: PyGObject builds against system packages that are missing here; first:" >&2; \
+	  echo "  apt-get install --no-install-recommends gir1.2-aravis-0.8 aravis-tools libgirepository1.0-dev libcairo2-dev pkg-config gcc" >&2; \
+	  exit 2; }
+	$(PY) -m pip install --quiet -e '.[genicam]'
+
+# Proves the bare-machine path without installing: pip resolves `make install`'s extras to wheels only.
+check-bare-install: $(PY)
+	$(PY) scripts/check_bare_install.py
 
 demo: install
 	$(PY) -m patchcore synth --dest datasets/synthetic
@@ -35,7 +53,7 @@ demo: install
 	@echo; cat results/demo/summary.md; echo; echo "runtime scores: results/demo/runtime.jsonl, overlays: results/demo/brick/$(BACKBONE)/overlays"
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -rs -p no:cacheprovider
 
 # the documentation site (docs/, mkdocs.yml) -> build/site; --strict: a broken link or a page left out fails
 docs: install

@@ -95,7 +95,8 @@ def export_cmd(
 
 def parity_cmd(
     bundle: Path = typer.Argument(..., help="bundle folder"),
-    data: Path = typer.Argument(..., help="class folder in MVTec AD layout (its test images are used)"),
+    data: Path = typer.Argument(..., help="class folder in MVTec AD layout (its test images are used; without "
+                                "test images, its train/good images)"),
     report: Optional[Path] = typer.Option(None, "--report", help="write the full report as JSON here"),
     engines: str = typer.Option("ort-cpu,ort-cuda,openvino,tensorrt", "--engines",
                                 help="comma-separated: ort-cpu, ort-cuda, openvino, tensorrt (missing ones are "
@@ -105,10 +106,12 @@ def parity_cmd(
     device: str = typer.Option("cpu", "--device", help="torch device of the PyTorch reference"),
     batch_size: int = opt.BATCH_SIZE,
 ):
-    """Compare PyTorch with every runtime engine and graph of BUNDLE on DATA's test images.
+    """Compare PyTorch with every runtime engine and graph of BUNDLE on DATA's test images (or, with
+    only train/good, its training images).
 
-    Features, patch and image scores, anomaly maps, AUROC and verdicts; exit 6 when a tolerance
-    breaks, 4 when no runtime target can run here."""
+    Features, patch and image scores, anomaly maps, AUROC and verdicts; the result is kept as
+    BUNDLE/parity.json, which `patchcore-rt info` shows. Exit 6 when a tolerance breaks, 4 when no
+    runtime target can run here."""
     from .parity import ParityBroken, run_parity
 
     with known_errors():
@@ -118,6 +121,7 @@ def parity_cmd(
                          graphs=[g.strip() for g in graphs.split(",")] if graphs else None, max_images=max_images,
                          batch_size=batch_size, torch_device=device, log=_err)
         _err(rep.format())
+        _record(bundle, rep)
         if report:
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
@@ -130,6 +134,22 @@ def parity_cmd(
             raise DeviceUnavailableError("no runtime target could run on this machine")
         if not rep.ok:
             raise ParityBroken("parity broken (see the table above)")
+
+
+def _record(bundle: Path, rep) -> None:
+    """Keep the result beside the bundle's manifest, for ``info`` (a read-only bundle: a warning)."""
+    from datetime import datetime, timezone
+
+    from runtime.bundle import read_bundle
+    from runtime.parity_record import write_parity_record
+
+    from .parity import parity_record
+
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        write_parity_record(bundle, parity_record(rep, read_bundle(bundle, verify=False).bundle_id, created))
+    except OSError as e:
+        _err(f"warning: parity result not recorded in {bundle} ({e.strerror or e}); `info` will not show it")
 
 
 def engine_cmd(

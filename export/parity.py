@@ -3,7 +3,8 @@
 The reference is ``PatchCore.load(bundle)`` in PyTorch. Each target is the runtime
 :class:`~runtime.predictor.Predictor` on one graph with one engine: onnxruntime CPU, onnxruntime
 CUDA and TensorRT, for every graph of the bundle (float32, float16, in-graph search). All see the
-same test images of a class folder; the report gives, per target:
+same test images of a class folder (a folder with only ``train/good``: its training images, see
+:func:`run_parity`); the report gives, per target:
 
 - max relative errors: features, patch scores, anomaly maps and in-graph distances relative to
   the reference's largest magnitude (``max|a - b| / max|a|``; elementwise ratios explode near 0),
@@ -37,7 +38,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from patchcore.data import load_mask, load_test_set
+from patchcore.data import GOOD, Sample, load_mask, load_test_set
 from patchcore.metrics import image_auroc, pixel_auroc
 from patchcore.model import PatchCore
 from runtime import errors
@@ -125,6 +126,7 @@ class ParityReport:
     results: list[TargetResult]
     skipped: list[dict[str, str]]  # targets this machine lacks (no GPU, no TensorRT): not failures
     broken: list[dict[str, str]] = field(default_factory=list)  # targets that failed to load or run
+    images: str = "test"  # which images: "test", or "training" for a folder without test images
 
     @property
     def ok(self) -> bool:
@@ -132,13 +134,14 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "bundle": self.bundle, "data": self.data, "n_images": self.n_images,
-                "reference": self.reference, "results": [{**asdict(r), "ok": r.ok} for r in self.results],
+                "images": self.images, "reference": self.reference,
+                "results": [{**asdict(r), "ok": r.ok} for r in self.results],
                 "skipped": self.skipped, "broken": self.broken}
 
     def format(self) -> str:
         """A fixed-width table, one line per target, then failures and skips."""
         ref = self.reference
-        lines = [f"parity of {self.bundle} on {self.n_images} images of {self.data}",
+        lines = [f"parity of {self.bundle} on {self.n_images} {self.images} images of {self.data}",
                  f"reference {ref['engine']}: image AUROC {_pct(ref['image_auroc'])}, pixel AUROC {_pct(ref['pixel_auroc'])}",
                  f"{'target':34} {'features':>9} {'patch':>9} {'image':>9} {'maps':>9} {'img AUROC':>10} "
                  f"{'pix AUROC':>10} {'verdicts':>9}  result"]
@@ -148,6 +151,8 @@ class ParityReport:
             lines.append(f"{r.name:34} {e['features']:9.1e} {e['patch']:9.1e} {e['image']:9.1e} {e['maps']:9.1e} "
                          f"{_pct(r.auroc['image']):>10} {_pct(r.auroc['pixel']):>10} {flips:>9}  "
                          f"{'ok' if r.ok else 'FAIL'}")
+        if self.results:
+            lines.append(VERDICTS_LEGEND)
         for r in self.results:
             for f in r.failures:
                 lines.append(f"FAIL {r.name}: {f}")
@@ -167,6 +172,19 @@ class ParityReport:
             lines.append(f"skipped {', '.join(names)}: {reason}")
         lines.append("PARITY OK" if self.ok else "PARITY FAILED")
         return "\n".join(lines)
+
+
+VERDICTS_LEGEND = ("verdicts N/M: of the M images whose reference score lies outside the band around the threshold "
+                   "(2 x the target's image tolerance), N got another ok/ng verdict from the target (must be 0; "
+                   "inside the band a flip is allowed); - : the bundle has no threshold")
+
+
+def parity_record(report: "ParityReport", bundle_id: str, created: str) -> dict[str, Any]:
+    """What ``patchcore parity`` keeps beside the manifest (:mod:`runtime.parity_record`)."""
+    return {"bundle_id": bundle_id, "created": created, "ok": report.ok, "data": report.data,
+            "images": report.images, "n_images": report.n_images,
+            "targets": {r.name: {"ok": r.ok, "precision": r.precision, **r.errors} for r in report.results},
+            "skipped": [s["name"] for s in report.skipped], "broken": [b["name"] for b in report.broken]}
 
 
 def _pct(v: float | None) -> str:
@@ -360,12 +378,20 @@ def run_parity(bundle_root: str | Path, data: str | Path,
                log: Callable[[str], None] = lambda s: None) -> ParityReport:
     """Compare PyTorch with every available runtime target on the test images of ``data``.
 
+    A folder without test images (only ``train/good``) is compared on its training images: the
+    runtime must score every image as PyTorch does, so they prove parity as well; the AUROCs are
+    then not measured (one class of images) and the verdicts are compared as on any images.
+
     ``reference``: the fitted PatchCore the bundle was exported from, when it is in memory
     (saves rebuilding it); by default ``PatchCore.load(bundle)``, which also proves that the
     bundle alone reconstructs the PyTorch model."""
     bundle = read_bundle(bundle_root)
-    ds = load_test_set(Path(data))
-    samples = [ds.test[i] for i in _subset(len(ds.test), max_images)]
+    ds = load_test_set(Path(data), need_test=False)
+    pool, image_set = ds.test, "test"
+    if not pool:
+        pool, image_set = [Sample(p, 0, GOOD) for p in ds.train], "training"
+        log(f"parity: {data} has no test images: comparing on its training images (train/good)")
+    samples = [pool[i] for i in _subset(len(pool), max_images)]
     labels = np.array([s.label for s in samples])
     model = reference if reference is not None else PatchCore.load(bundle.root, device=torch_device)
     if model.device.type == "cuda":  # TF32 would cost the reference its float32 precision
@@ -403,4 +429,4 @@ def run_parity(bundle_root: str | Path, data: str | Path,
     results = [c.judge(labels, ref_s, (ref_img, ref_pix), mask_arr, model.threshold) for c in comparisons.values()]
     reference = {"engine": f"torch:{model.device}", "image_auroc": ref_img, "pixel_auroc": ref_pix,
                  "threshold": model.threshold}
-    return ParityReport(str(bundle.root), str(data), len(samples), reference, results, skipped, broken)
+    return ParityReport(str(bundle.root), str(data), len(samples), reference, results, skipped, broken, image_set)

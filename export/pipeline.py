@@ -15,12 +15,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from patchcore.data import load_class, load_test_set
+from patchcore.data import NoTestImages, load_class, load_test_set
 from patchcore.model import PatchCore, PatchCoreConfig
 from patchcore.selection import model_for
 from patchcore.registry import WeightsUnavailableError
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import Bundle, BundleError, read_bundle
+from runtime.calibration import threshold_words
 from runtime.engines.table import variants
 from runtime.fileio import sha256_file
 
@@ -61,7 +62,7 @@ class ExportResult:
         out = {"bundle": str(self.bundle.root), "id": self.bundle.bundle_id, "reused": self.reused,
                "graphs": sorted(m["graphs"]), "engines": sorted(m.get("engines", {})),
                "files": {k: v["bytes"] for k, v in m["files"].items()}, "threshold": m["threshold"]["value"],
-               "data": str(self.data)}
+               "threshold_trust": m["threshold"].get("trust"), "data": str(self.data)}
         if self.tensorrt_skipped:
             out["tensorrt_skipped"] = self.tensorrt_skipped
         return out
@@ -108,7 +109,10 @@ def reusable(out: Path, settings: dict) -> tuple[bool, str]:
 
 def calibrate_f1(model: PatchCore, folder: Path) -> None:
     """Set the F1-optimal threshold of ``folder``'s labelled test images."""
-    ds = load_test_set(folder)
+    ds = load_test_set(folder, need_test=False)
+    if not ds.test:
+        raise NoTestImages(f"--calibrate {folder}: no test images (test/good, test/<defect>) to calibrate on; "
+                           "without --calibrate the threshold is the out-of-fold quantile of train/good")
     labels = np.array([s.label for s in ds.test])
     if len(set(labels.tolist())) < 2:
         raise ValueError(f"{folder}: --calibrate needs good and defective test images (test/good and test/<defect>)")
@@ -135,7 +139,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
     if data_dir is None:
         data_dir = make_synthetic_class(SYNTHETIC_DEST)
         log(f"no --data: using the embedded synthetic class {data_dir}")
-    ds = load_class(data_dir, image_level_only=True)
+    ds = load_class(data_dir, image_level_only=True, need_test=False)  # train/good is enough
     settings = fit_settings(req.config, Path(data_dir), ds.train, req.calibrate)
     reused = False
     if req.reuse:
@@ -178,5 +182,5 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
             skipped = str(e)
             log(f"skipped: {e}")
     m = bundle.manifest
-    log(f"bundle written: {req.out} ({', '.join(sorted(m['graphs']))}; threshold {m['threshold']['value']})")
+    log(f"bundle written: {req.out} ({', '.join(sorted(m['graphs']))}); {threshold_words(m['threshold'])}")
     return ExportResult(bundle, Path(data_dir), reused, skipped)

@@ -7,6 +7,10 @@
     <class>/test/<defect_type>/*.png
     <class>/ground_truth/<defect_type>/<stem>_mask.png
 
+Fitting and export need only ``train/good`` (``need_test=False``: a line without labelled test
+images still gets a bundle, its threshold from the out-of-fold scores of the good images);
+evaluation needs ``test/`` and says so with :class:`NoTestImages`.
+
 Only file lists are built here; pixels are decoded lazily by callers with
 :func:`runtime.images.read_image` and :func:`load_mask`, so listing a large class is instant.
 """
@@ -25,6 +29,10 @@ GOOD = "good"
 
 class DatasetError(ValueError):
     """A dataset folder that does not match the MVTec AD layout; the message names the path."""
+
+
+class NoTestImages(DatasetError):
+    """A class folder with good training images but no test images: nothing to measure (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -68,30 +76,33 @@ def _find_mask(gt_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def load_class(root: str | Path, image_level_only: bool = False) -> ClassDataset:
+def load_class(root: str | Path, image_level_only: bool = False, need_test: bool = True) -> ClassDataset:
     """List the train and test images (and defect masks) of the class folder ``root``.
 
     With ``image_level_only=True`` masks are not looked up (every ``mask_path`` is None), so a
     dataset without ``ground_truth`` loads; callers then compute image-level metrics only.
-    Masks without a matching test image are ignored.
+    Masks without a matching test image are ignored. With ``need_test=False`` a folder with only
+    ``train/good`` loads with an empty ``test`` (what fitting and export need); otherwise it is
+    :class:`NoTestImages`.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
     train_dir, test_dir = root / "train" / GOOD, root / "test"
-    for needed in (train_dir, test_dir):
-        if not needed.is_dir():
-            raise DatasetError(
-                f"{root}: not an MVTec AD class folder (missing {needed.relative_to(root)}/); expected "
-                "<class>/train/good/*.png, <class>/test/<type>/*.png, "
-                "<class>/ground_truth/<type>/<stem>_mask.png"
-            )
+    if not train_dir.is_dir():
+        plain = any(p.is_file() and is_image_file(p) for p in root.iterdir())
+        raise DatasetError(
+            f"{root}: not an MVTec AD class folder (missing train/good/); expected "
+            "<class>/train/good/*.png, and for measuring <class>/test/<type>/*.png, "
+            "<class>/ground_truth/<type>/<stem>_mask.png"
+            + (f" (the images directly in {root} belong in {train_dir})" if plain else "")
+        )
     train = _images(train_dir)
     if not train:
         raise DatasetError(f"{train_dir}: no training images (suffixes {' '.join(IMAGE_SUFFIXES)})")
 
     type_dirs = sorted((d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                       key=lambda d: (d.name != GOOD, d.name))
+                       key=lambda d: (d.name != GOOD, d.name)) if test_dir.is_dir() else []
     test: list[Sample] = []
     unmasked: list[Path] = []
     for type_dir in type_dirs:
@@ -103,8 +114,10 @@ def load_class(root: str | Path, image_level_only: bool = False) -> ClassDataset
                 if mask is None:
                     unmasked.append(img)
             test.append(Sample(img, label, type_dir.name, mask))
-    if not test:
-        raise DatasetError(f"{test_dir}: no test images")
+    if not test and need_test:
+        raise NoTestImages(
+            f"{root}: no test images under test/ (test/good/*.png, test/<defect>/*.png): nothing to measure; "
+            f"`patchcore export --data {root}` makes a bundle from train/good alone")
     if unmasked:
         first = unmasked[0]
         raise DatasetError(
@@ -139,12 +152,12 @@ def load_mask(sample: Sample, shape: tuple[int, ...]) -> np.ndarray:
 
 
 
-def load_test_set(root: str | Path) -> ClassDataset:
+def load_test_set(root: str | Path, need_test: bool = True) -> ClassDataset:
     """A class folder for scoring its test images: with masks when every defective image has one,
     image-level only otherwise (parity and calibration need labels, not necessarily masks)."""
     try:
-        return load_class(root)
+        return load_class(root, need_test=need_test)
     except DatasetError as e:
         if "no mask" not in str(e):
             raise
-        return load_class(root, image_level_only=True)
+        return load_class(root, image_level_only=True, need_test=need_test)

@@ -74,8 +74,8 @@ def _overlays(model: PatchCore, ds: ClassDataset, pred, masks, n: int, threshold
 def fit_bundle(data: str | Path, config: PatchCoreConfig, dest: str | Path | None = None,
                executor: FitExecutor | None = None) -> Path:
     """Fit on ``data``'s train/good and save the bundle at ``dest`` (default
-    ``models/<class>-<backbone>``); returns the bundle folder."""
-    ds = load_class(data)
+    ``models/<class>-<backbone>``); returns the bundle folder. Needs no test images."""
+    ds = load_class(data, need_test=False)
     dest = Path(dest) if dest is not None else Path("models") / f"{ds.name}-{config.backbone}"
     return model_for(config, ds).fit(ds.train, executor=executor).save(dest)
 

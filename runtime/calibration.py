@@ -42,6 +42,17 @@ def trust(n_images: int, quantile: float) -> dict[str, Any]:
     return {"level": level, "why": why}
 
 
+def threshold_words(thr: dict[str, Any]) -> str:
+    """The manifest's threshold and how far to trust it, in one line (``export`` prints it)."""
+    if thr.get("value") is None:
+        return "no threshold (no verdicts)"
+    line = f"threshold {thr['value']:.6g} ({thr.get('method', '?')}, {thr.get('n_images', '?')} good images)"
+    tr = thr.get("trust")
+    if isinstance(tr, dict):
+        line += f"; trust {tr.get('level')}: {tr.get('why')}"
+    return line
+
+
 def spread(scores) -> dict[str, float]:
     """Summary of the calibration scores: median, MAD, interquartile range, max."""
     s = np.asarray(scores, np.float64)

@@ -35,7 +35,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(OK, "ok", "success (watch/camera: also after SIGINT/SIGTERM once the batch is saved)"),
     ExitCode(INTERNAL, "internal error", "internal error (a bug: a traceback is printed)"),
     ExitCode(USAGE, "usage or bad input", "usage or bad input: wrong option, missing file or folder, no images, "
-             "corrupt data set, unknown backbone, failed download, camera source that cannot be opened or yields "
+             "no test images to measure (eval on a folder with only train/good), corrupt data set, unknown backbone, failed download, camera source that cannot be opened or yields "
              "no frame, another watcher running"),
     ExitCode(BAD_BUNDLE, "bad bundle", "bad bundle: missing, corrupt, edited, inconsistent or a newer schema version"),
     ExitCode(DEVICE, "device unavailable", "device unavailable: a GPU, provider or TensorRT that was asked for "

@@ -1,4 +1,7 @@
-"""Shared fixtures: the real MVTec AD data beside the checkout (read-only, never copied in)."""
+"""Shared fixtures: the real MVTec AD data beside the checkout (read-only, never copied in), and a
+guard that fails any test that writes into the checkout (tests write only under their temporary
+folders, so `make test` leaves `git status` and the ignored folders models/, results/, datasets/ as
+they were)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,54 @@ def shared_class(name: str) -> Path:
     if not (path / "train" / "good").is_dir():
         pytest.skip(f"real data not found at {path} (the shared datasets folder beside the checkout)")
     return path
+
+
+# not the checkout's content: the environment, git's own folder, caches Python and pytest write
+_NOT_CHECKED = {".venv", ".git", "__pycache__", ".pytest_cache"}
+
+
+def _tracked() -> frozenset[str]:
+    """The files git tracks: left out of the guard, so that editing a source file while the suite
+    runs is not taken for a test's write (a test that rewrote one would show in `git status`)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(r.stdout.decode(errors="replace").split("\0")) if r.returncode == 0 else frozenset()
+
+
+_TRACKED = _tracked()
+
+
+def _checkout_files() -> dict[str, int]:
+    """Every untracked or ignored file of the checkout (but :data:`_NOT_CHECKED`) -> its mtime in
+    ns: a ~2 ms walk."""
+    out = {}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in _NOT_CHECKED and not d.endswith(".egg-info")]
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, REPO)
+            if rel in _TRACKED:
+                continue
+            try:
+                out[rel] = os.stat(path).st_mtime_ns
+            except FileNotFoundError:  # removed while we walked
+                pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_into_the_checkout(request):
+    before = _checkout_files()
+    yield
+    after = _checkout_files()
+    written = sorted(p for p, mtime in after.items() if before.get(p) != mtime)
+    if written:
+        pytest.fail(f"{request.node.nodeid} wrote into the checkout: {', '.join(written[:8])}"
+                    f"{' ...' if len(written) > 8 else ''} (tests write only under tmp_path)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

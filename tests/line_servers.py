@@ -1,6 +1,6 @@
 """Real servers for the result-sink tests, on free loopback ports: a mosquitto broker (the Debian
 package) and a throwaway PostgreSQL cluster. Each skips the test with the reason when its program
-is absent, and each is stopped by the test that started it."""
+is absent (fails under CI=true: tests/capabilities.py), and each is stopped by the test that started it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.capabilities import require
 
 
 def free_port() -> int:
@@ -48,8 +50,7 @@ class Mosquitto:
 
     def __init__(self, folder: Path, port: int | None = None, password_file: Path | None = None):
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-        if exe is None:
-            pytest.skip("mosquitto not installed (Debian package mosquitto; .ci/run installs it)")
+        require("mosquitto", None if exe else "mosquitto not installed")
         self.exe, self.folder, self.port = exe, folder, port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
@@ -117,8 +118,7 @@ class Postgres:
 
     def __init__(self):
         self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-        if not self.initdb or not self.pg_ctl:
-            pytest.skip("PostgreSQL not installed (Debian package postgresql; .ci/run installs it)")
+        require("postgresql", None if self.initdb and self.pg_ctl else "PostgreSQL's initdb/pg_ctl not found")
         # its own folder under the system's temporary folder: pytest keeps its own private (0700, reset by
         # every pytest run), which the user nobody could not reach
         import tempfile

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchcore.data import ClassDataset, DatasetError, Sample, load_class, load_mask
+from patchcore.data import (ClassDataset, DatasetError, NoTestImages, Sample, _images, load_class, load_mask,
+                            load_test_set)
 from runtime.images import read_image
 
 
@@ -89,15 +90,35 @@ def test_missing_root(tmp_path):
         load_class(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("remove", ["train/good", "test"])
-def test_not_mvtec_layout(tmp_path, remove):
+def test_not_mvtec_layout(tmp_path):
     import shutil
 
     root = _tiny_class(tmp_path / "c")
-    shutil.rmtree(root / remove)
-    with pytest.raises(DatasetError, match=f"not an MVTec AD class folder \\(missing {remove}/\\)") as e:
+    shutil.rmtree(root / "train" / "good")
+    with pytest.raises(DatasetError, match="not an MVTec AD class folder \\(missing train/good/\\)") as e:
         load_class(root)
     assert str(root) in str(e.value)
+
+
+def test_plain_folder_of_images_says_where_they_belong(tmp_path):
+    _png(tmp_path / "c" / "0.png")
+    with pytest.raises(DatasetError, match=r"the images directly in .*c belong in .*c/train/good"):
+        load_class(tmp_path / "c", need_test=False)
+
+
+def test_train_only_loads_for_fitting_and_is_nothing_to_measure_for_evaluation(tmp_path):
+    import shutil
+
+    root = _tiny_class(tmp_path / "c")
+    shutil.rmtree(root / "test")
+    ds = load_class(root, need_test=False)
+    assert ds.test == [] and len(ds.train) == len(_images(root / "train" / "good")) > 0
+    with pytest.raises(NoTestImages, match=r"no test images under test/.*nothing to measure.*patchcore export"):
+        load_class(root)
+    (root / "test" / "good").mkdir(parents=True)  # an empty test folder is the same
+    assert load_test_set(root, need_test=False).test == []
+    with pytest.raises(NoTestImages):
+        load_test_set(root)
 
 
 def test_empty_train_and_empty_test(tmp_path):
@@ -109,7 +130,7 @@ def test_empty_train_and_empty_test(tmp_path):
     root2 = tmp_path / "d"
     _png(root2 / "train" / "good" / "0.png")
     (root2 / "test" / "good").mkdir(parents=True)
-    with pytest.raises(DatasetError, match=r"test: no test images"):
+    with pytest.raises(NoTestImages, match=r"d: no test images under test/"):
         load_class(root2)
 
 

@@ -2,7 +2,7 @@
 port, the page driven in headless Chromium (the system's package, through Playwright): a
 defective part lands in the watched folder, shows in the review queue with its overlay, is marked
 good, taught, switched to, and the same image then scores "ok". Screenshots are kept in
-``results/serve-e2e/`` (or $PATCHCORE_TEST_ARTEFACTS)."""
+``$PATCHCORE_TEST_ARTEFACTS/serve-e2e/`` when that is set (else in the test's temporary folder)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.capabilities import require
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((p for p in (os.environ.get("PATCHCORE_TEST_CHROMIUM"), shutil.which("chromium"),
@@ -51,14 +53,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None
 
 @pytest.fixture
 def artefacts(tmp_path) -> Path:
-    out = Path(os.environ.get("PATCHCORE_TEST_ARTEFACTS", REPO / "results")) / "serve-e2e"
+    out = Path(os.environ.get("PATCHCORE_TEST_ARTEFACTS", tmp_path)) / "serve-e2e"  # never into the checkout
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def test_defective_part_marked_good_taught_and_switched_in_the_browser(rt_bundle, tmp_path, artefacts):
-    if CHROMIUM is None:
-        pytest.skip("Chromium not found (Debian package `chromium`; .ci/run installs it)")
+    require("chromium", None if CHROMIUM else "Chromium not found")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [serve] extra)")
     models, incoming = tmp_path / "models", tmp_path / "incoming"
     models.mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,8 @@ from runtime.line.cli import app
 from runtime.line.sinks.base import SinkError, redact
 from runtime.line.sinks.delivery import Publisher
 from runtime.line.sinks.table import SINKS, kind_of, make_sink
+
+from tests.capabilities import require
 
 from .line_servers import Mosquitto, Subscriber, free_port, wait_for
 
@@ -62,7 +65,9 @@ BAD_URLS = [
     ("mqtt://127.0.0.1:1883/line/+", "wildcards"),
     ("mqtt://127.0.0.1:1883/line1?qos=2", "unknown parameter 'qos'"),
     ("sqlite://host/r.db", "sqlite:///relative"),
-    ("sqlite:///no/such/folder/r.db", "does not exist"),
+    ("sqlite:///no/such/folder/r.db", "does not exist; create it first"),
+    ("sqlite:///tmp/r.db", "folder tmp does not exist; for the absolute path /tmp/r.db write four slashes: "
+                           "sqlite:////tmp/r.db"),
 ]
 
 
@@ -86,8 +91,8 @@ def test_same_url_twice_is_refused(tmp_path):
 def test_mqtt_wrong_credentials_is_exit_2_at_start(tmp_path):
     pw = tmp_path / "passwd"
     pw.write_text("")
-    if subprocess.run(["mosquitto_passwd", "-b", str(pw), "line", "right"], capture_output=True).returncode:
-        pytest.skip("mosquitto_passwd not available")
+    require("mosquitto", None if shutil.which("mosquitto_passwd") else "mosquitto_passwd not found")
+    assert subprocess.run(["mosquitto_passwd", "-b", str(pw), "line", "right"], capture_output=True).returncode == 0
     with Mosquitto(tmp_path / "broker", password_file=pw) as broker:
         url = f"mqtt://line:wrong@127.0.0.1:{broker.port}/line1"
         pub = Publisher([url], tmp_path / "out", print)

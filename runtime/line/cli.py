@@ -67,11 +67,22 @@ PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each
                           "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
                           "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
                           "back, also after a restart.")
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=version_callback(PROG, __version__),
                                        is_eager=True, help="Print the version and exit.")) -> None:
     """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, move the operating
     point, teach new good images."""
+
+
+def _check_source_kind(source: str) -> None:
+    """SourceError (exit 2) naming what to install when ``source``'s kind cannot run here."""
+    from .sources import SourceError, kind_for
+
+    ok, why = kind_for(source).available()
+    if not ok:
+        raise SourceError(why)
 
 
 # ---------------------------------------------------------------------------------------- predict
@@ -285,6 +296,7 @@ def camera(
     bundle folder or SIGHUP switches bundles between batches, as for watch.
     """
     with known_errors():
+        _check_source_kind(source)  # a kind not installed here (genicam without PyGObject): before the bundle loads
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch,
                              settings=load_settings(settings) if settings is not None else None, fire_every=fire_every)
         rule = LineRule.parse(mm_per_px, min_area)

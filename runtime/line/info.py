@@ -18,6 +18,7 @@ from ..calibration import pixel_level
 from ..fileio import sha256_file
 from ..graph_choice import verdict_text
 from ..operating_point import describe as describe_operating_point
+from ..parity_record import parity_line, read_parity_record
 from ..update import UpdateResult
 from .console import info, warn
 from .sources import describe as camera_sources
@@ -53,10 +54,30 @@ def devices() -> dict[str, Any]:
 
 
 def runnable_variants(graphs: set[str], dev: dict[str, Any]) -> list[dict[str, Any]]:
-    """The engines x precisions table's rows this bundle offers, and whether this machine has the engine."""
+    """The engines x precisions table's rows this bundle offers: the bundle ``graph`` file each runs
+    (``features_bf16`` is ``features_fp32`` at bf16), and whether it runs here (``why_not`` if not:
+    the engine is not installed, or the CPU lacks bf16)."""
     have = {"onnxruntime": True, "openvino": dev["openvino_python"], "tensorrt": dev["tensorrt_python"]}
-    return [{"engine": v.engine, "precision": v.precision, "graph": v.key, "runs_here": bool(have[v.engine])}
-            for v in variants(graphs=graphs)]
+    rows = []
+    for v in variants(graphs=graphs):
+        why_not = None if have[v.engine] else f"{v.engine} not installed"
+        if why_not is None and v.engine == "openvino" and v.precision == "bf16" and not _cpu_has_bf16():
+            why_not = "this CPU has no bf16 arithmetic"
+        rows.append({"engine": v.engine, "precision": v.precision, "graph": v.key, "file_graph": v.graph,
+                     "runs_here": why_not is None, **({"why_not": why_not} if why_not else {})})
+    return rows
+
+
+def _cpu_has_bf16() -> bool:
+    from ..engines.openvino_engine import cpu_capabilities
+
+    return "BF16" in cpu_capabilities()
+
+
+def _variant_text(v: dict[str, Any]) -> str:
+    """``onnxruntime fp16 (features_fp16)``; a variant that runs another graph names it."""
+    graph = v["graph"] if v.get("file_graph", v["graph"]) == v["graph"] else f"{v['file_graph']} at {v['precision']}"
+    return f"{v['engine']} {v['precision']} ({graph})"
 
 
 def bundle_info(root: str | Path) -> dict[str, Any]:
@@ -94,6 +115,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "variants": runnable_variants(set(m.get("graphs", {})), dev),
         "manifest": str(b.root / MANIFEST),
         "reduced_precision": m.get("reduced_precision", {}),
+        "parity": read_parity_record(b.root, b.bundle_id),
         "result_sinks": result_sinks(),
         "camera_sources": camera_sources(),
         "selection": m.get("selection"),
@@ -219,11 +241,12 @@ def render(info: dict[str, Any]):
                          f"{', '.join(dev['providers'])})"),
         ("search here", f"faiss {dev['faiss']} ({dev['faiss_gpus']} GPU)" if dev["faiss"] else "numpy (faiss not installed)"),
         ("tensorrt", "python package present" if dev["tensorrt_python"] else "not installed"),
-        ("engines x precisions", ", ".join(f"{v['engine']} {v['precision']} ({v['graph']})"
-                                           + ("" if v["runs_here"] else ": engine not installed")
-                                           for v in info["variants"]) or "none"),
+        ("engines x precisions", ", ".join(_variant_text(v) for v in info["variants"] if v["runs_here"]) or "none"),
+        ("not here", "; ".join(f"{_variant_text(v)}: {v['why_not']}" for v in info["variants"]
+                               if not v["runs_here"]) or "-"),
+        ("parity", parity_line(info.get("parity"))),
         ("reduced precision", "; ".join(_reduced_line(k, f) for k, f in info["reduced_precision"].items())
-         or "none measured"),
+         or "none in this bundle (export --int8 measures int8, and bf16 where OpenVINO runs it)"),
         ("--publish here", ", ".join(f"{k['scheme']}://" + ("" if k["installed"] else f" (needs {k['needs']})")
                                      for k in info.get("result_sinks", []))),
         ("camera sources", "; ".join(f"{c['kind']} ({c['example']})" + ("" if c["available"] else ": not installed")

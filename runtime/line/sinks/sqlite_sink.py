@@ -56,5 +56,10 @@ def make(url: str) -> SqliteSink:
                         "sqlite:////absolute/results.db")
     path = Path(parts.path[1:])
     if not path.parent.is_dir():
-        raise SinkError(f"--publish {redact(url)}: folder {path.parent} does not exist")
+        absolute = Path("/" + parts.path[1:])
+        hint = (f"; for the absolute path {absolute} write four slashes: sqlite:///{absolute}"
+                if not path.is_absolute() and absolute.parent.is_dir() else
+                "; create it first (sqlite:///relative/results.db is relative to the current folder, "
+                "sqlite:////absolute/results.db absolute)")
+        raise SinkError(f"--publish {redact(url)}: folder {path.parent} does not exist{hint}")
     return SqliteSink(redact(url), path)

@@ -26,6 +26,10 @@ PROBE_AFTER_S = 1.0  # silence after which the camera is asked whether it is sti
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # waits between reconnection attempts (the last repeats)
 MAX_GAP = 1000  # larger jumps in frame ids are restarts, not losses
 CLOSE_S = 3.0  # longest close() waits for a camera to stop acquisition
+# What to install, in one line (PyGObject has no wheel: it builds against the -dev packages)
+DEBIAN_PACKAGES = "gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config gcc"
+INSTALL = (f"apt-get install {DEBIAN_PACKAGES} (Debian/Ubuntu), then pip install 'patchcore-rt[genicam]' "
+           "(in a checkout: make install-genicam); docs/cameras.md")
 
 
 def _aravis():
@@ -35,8 +39,7 @@ def _aravis():
         gi.require_version("Aravis", "0.8")
         from gi.repository import Aravis, GLib
     except (ImportError, ValueError) as e:
-        raise SourceError("genicam:// sources need PyGObject and Aravis 0.8 (pip install 'patchcore-rt[genicam]'; "
-                          f"Debian: apt install gir1.2-aravis-0.8): {e}") from None
+        raise SourceError(f"genicam:// sources need PyGObject and Aravis 0.8 ({e}): {INSTALL}") from None
     return Aravis, GLib
 
 

@@ -39,7 +39,8 @@ KINDS: tuple[Kind, ...] = (
          "webcams (device index), video files, rtsp/http streams: whatever OpenCV opens"),
     Kind("genicam", ("genicam",), "genicam", "GenicamSource", "genicam://192.168.1.20, genicam://Basler-21234567",
          "GigE Vision and USB3 Vision cameras (GenICam) through Aravis 0.8; settings file, software and hardware "
-         "triggers", needs="pip install 'patchcore-rt[genicam]' and Debian's gir1.2-aravis-0.8"),
+         "triggers", needs="Debian/Ubuntu's gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config gcc, then "
+         "pip install 'patchcore-rt[genicam]' (make install-genicam)"),
 )
 
 
