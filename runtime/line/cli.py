@@ -32,7 +32,7 @@ from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
 from .console import JsonLines, err, info, known_errors, stage_progress
 from .flags import (BatchOpt, BundlesOpt, Device, DeviceOpt, GraphOpt, LineRule, LoadOpt, MaxPixelsOpt, MinAreaOpt,
-                    MmPerPxOpt, Search, SearchOpt, ThreadsOpt, image_limits as _limits, line_products,
+                    MmPerPxOpt, Search, SearchOpt, ThreadsOpt, image_limits as _limits, line_drift, line_products,
                     load_predictor, reloads_text as _reloads, scoring_progress as _progress, stop_on_signals,
                     unique_in_run as _unique_in_run)
 from .info import bundle_info, print_update, render
@@ -240,8 +240,10 @@ def watch(
                                  rule=rule, overlays=overlays)
         single = None if products.named else products.source(None)
         source = single or products
+        drift = line_drift(products, publisher, status)
         lines = JsonLines()
-        watcher = Watcher(products.current(products.first), opts, emit=lines.emit, status=status, stop=stop,
+        watcher = Watcher(products.current(products.first), opts, emit=lambda r: (lines.emit(r), drift.observe(r)),
+                          status=status, stop=stop,
                           source=single, limits=limits, publisher=publisher, products=None if single else products)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
         with stop_on_signals(stop, status.log), reload_on_sighup(source), status:
@@ -309,7 +311,9 @@ def camera(
         bundles = single or products
         lines = JsonLines()
         kind, extra = (CameraRunner, {}) if plc is None else (TriggeredCamera, {"trigger": plc, "log": status.log})
-        runner = kind(products.current(products.first), opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
+        drift = line_drift(products, publisher, status)
+        runner = kind(products.current(products.first), opts,
+                      emit=lambda r: (publisher.publish(r), lines.emit(r), drift.observe(r)),
                       status=status, stop=stop, source=single, products=None if single else products, **extra)
         runner.product = product
         with publisher, plc or contextlib.nullcontext(), stop_on_signals(stop, status.log), \

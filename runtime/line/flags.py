@@ -16,6 +16,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..drift import DriftAlarms
 from ..images import ImageLimits
 from ..predictor import Predictor
 from ..regions import Judge, MinArea, check_scale, parse_min_area
@@ -172,6 +173,23 @@ def line_products(bundles: list[str], load: str, device: Device, search: Search,
     return Products(paths, lambda path: BundleSource(
         path, lambda p: load_predictor(p, device, search, threads, graph, rule, overlays),
         require_threshold=require_threshold, log=status.log), load=load, log=status.log)
+
+
+def line_drift(products: Products, publisher, status: StatusLine) -> DriftAlarms:
+    """The per-product drift alarm of watch and camera: events to the sinks, a word on the status line."""
+    drift = DriftAlarms(publisher.publish, status.log)
+    observe = drift.observe
+
+    def with_bundle(rec):  # the product's bundle as it is now (a reload starts a new window)
+        src = products.sources.get(rec.get("product"))
+        if src is not None:
+            drift.set_bundle(rec.get("product"), src.predictor.bundle)
+        return observe(rec)
+
+    drift.observe = with_bundle
+    notes = status.notes
+    status.notes = lambda: "; ".join(t for t in ((notes() if notes else ""), drift.text()) if t)
+    return drift
 
 
 def reloads_text(source: BundleSource) -> str:

@@ -87,6 +87,8 @@ class Operator:
             r = self.reviews.add(res.id, res.record, review, reviewer, self.store.image_bytes(res), res.suffix)
         except ReviewRefused as e:
             raise ActionRefused(str(e), status=400) from None
+        except OutputError as e:  # the results folder cannot be written: said, never a traceback
+            raise ActionRefused(str(e), status=500) from None
         if r["truth"] == "ng" and res.marked and not res.taught:
             res.marked = False
         res.review = r

@@ -61,8 +61,9 @@ class ReviewLog:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             lines = []
-        except OSError as e:
-            raise OutputError(f"{self.path}: cannot read the reviews ({e.strerror or e})") from None
+        except OSError as e:  # the folder is unusable: said now, and a review then answers 500 with the reason
+            log(f"warning: {self.path}: cannot read the reviews ({e.strerror or e})")
+            lines = []
         for line in lines:
             try:
                 r = json.loads(line)
