@@ -42,7 +42,7 @@ from .outputs import encode_png, outcome_overlay, write_replace
 from .records import Item, image_of, record, score_items
 from .reload import reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
-from .products import parse_bundles
+from .products import UnknownProduct, parse_bundles
 from .selection import collect_inputs, output_relpath, resolve_bundle
 from .sinks.delivery import Publisher
 from .sinks.table import SINKS
@@ -306,7 +306,10 @@ def camera(
         products = line_products(bundle or [], load, device, search, threads, graph, status, require_threshold=True,
                                  rule=rule, overlays=True)
         if product is not None:
-            products.resolve(product)  # an unknown product: exit 2 before the camera opens
+            try:
+                products.resolve(product)
+            except UnknownProduct as e:  # exit 2 before the camera opens
+                raise UsageError(f"--product: {e}") from None
         single = None if products.named else products.source(None)
         bundles = single or products
         lines = JsonLines()
