@@ -59,12 +59,13 @@ class DriftAlarms:
 
     def set_bundle(self, product: str | None, bundle) -> None:
         """The product's bundle (a new one starts a new window: its own calibration)."""
-        cal = bundle.manifest.get("threshold", {}).get("calibration_scores")
-        cut = float(np.quantile(np.asarray(cal, np.float64), QUANTILE)) if cal else None
         with self._lock:
             old = self.products.get(product)
             if old is not None and old.bundle == bundle.bundle_id:
                 return
+        cal = bundle.manifest.get("threshold", {}).get("calibration_scores")
+        cut = float(np.quantile(np.asarray(cal, np.float64), QUANTILE)) if cal else None
+        with self._lock:
             self.products[product] = _Product(cut, bundle.bundle_id)
 
     def observe(self, rec: dict[str, Any]) -> dict[str, Any] | None:

@@ -32,9 +32,9 @@ from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
 from .console import JsonLines, err, info, known_errors, stage_progress
 from .flags import (BatchOpt, BundlesOpt, Device, DeviceOpt, GraphOpt, LineRule, LoadOpt, MaxPixelsOpt, MinAreaOpt,
-                    MmPerPxOpt, Search, SearchOpt, ThreadsOpt, image_limits as _limits, line_drift, line_products,
-                    load_predictor, reloads_text as _reloads, scoring_progress as _progress, stop_on_signals,
-                    unique_in_run as _unique_in_run)
+                    MmPerPxOpt, Search, SearchOpt, ThreadsOpt, bundle_paths, image_limits as _limits, line_drift,
+                    line_products, load_predictor, reloads_text as _reloads, scoring_progress as _progress,
+                    stop_on_signals, unique_in_run as _unique_in_run)
 from .info import bundle_info, print_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
@@ -42,7 +42,6 @@ from .outputs import encode_png, outcome_overlay, write_replace
 from .records import Item, image_of, record, score_items
 from .reload import reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
-from .products import UnknownProduct, parse_bundles
 from .selection import collect_inputs, output_relpath, resolve_bundle
 from .sinks.delivery import Publisher
 from .sinks.table import SINKS
@@ -305,11 +304,7 @@ def camera(
         # anomalous frames are saved with overlays
         products = line_products(bundle or [], load, device, search, threads, graph, status, require_threshold=True,
                                  rule=rule, overlays=True)
-        if product is not None:
-            try:
-                products.resolve(product)
-            except UnknownProduct as e:  # exit 2 before the camera opens
-                raise UsageError(f"--product: {e}") from None
+        products.check(product, "--product")  # an unknown product: exit 2 before the camera opens
         single = None if products.named else products.source(None)
         bundles = single or products
         lines = JsonLines()
@@ -477,9 +472,9 @@ def serve(
             limits = replace(limits, max_bytes=DEFAULT_MAX_BYTES)
         if watch_folder is not None and not watch_folder.is_dir():
             raise UsageError(f"--watch {watch_folder}: not a folder")
-        paths = {k: resolve_bundle(v) for k, v in (parse_bundles(bundle) if bundle else {None: None}).items()}
-        opts = ServeOptions(next(iter(paths.values())), bundles=paths, load=load, host=host, port=port, token=token or None, limits=limits,
-                            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
+        paths = bundle_paths(bundle)
+        opts = ServeOptions(next(iter(paths.values())), bundles=paths, load=load, host=host, port=port,
+                            token=token or None, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
                             watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle,
                             publish=tuple(publish or ()))
         rule = LineRule.parse(mm_per_px, min_area)

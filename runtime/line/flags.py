@@ -165,11 +165,16 @@ def bundle_source(bundle: Optional[str], device: Device, search: Search, threads
                         require_threshold=require_threshold, log=status.log)
 
 
+def bundle_paths(bundles: list[str] | None) -> dict[str | None, Path]:
+    """``--bundle`` values (none: the default bundle) -> {product: bundle folder}; exit 2 for bad ones."""
+    return {name: resolve_bundle(path) for name, path in (parse_bundles(bundles) if bundles else {None: None}).items()}
+
+
 def line_products(bundles: list[str], load: str, device: Device, search: Search, threads: Optional[int], graph: str,
                   status: StatusLine, require_threshold: bool, rule: LineRule | None = None,
                   overlays: bool = False) -> Products:
     """``--bundle NAME=DIR`` (repeatable) of a long-running command: a reloadable bundle per product."""
-    paths = {name: resolve_bundle(path) for name, path in (parse_bundles(bundles) if bundles else {None: None}).items()}
+    paths = bundle_paths(bundles)
     return Products(paths, lambda path: BundleSource(
         path, lambda p: load_predictor(p, device, search, threads, graph, rule, overlays),
         require_threshold=require_threshold, log=status.log), load=load, log=status.log)

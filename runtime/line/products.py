@@ -92,6 +92,14 @@ class Products:
             raise UnknownProduct(f"unknown product {str(name)[:64]!r}: this process has {self.listing()}")
         return name
 
+    def check(self, name: str | None, what: str) -> None:
+        """Exit 2 (UsageError) for a product given on the command line that is not here."""
+        if name is not None:
+            try:
+                self.resolve(name)
+            except UnknownProduct as e:
+                raise UsageError(f"{what}: {e}") from None
+
     def listing(self) -> str:
         return ", ".join("(unnamed)" if n is None else n for n in self.paths)
 

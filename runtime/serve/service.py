@@ -188,7 +188,11 @@ class Service:
 
     def _add(self, rec: dict[str, Any], source: str, **kw: Any) -> Result:
         res = self.store.add(rec, source, **kw)
-        self.metrics.result(rec, source)
+        product = rec.get("product")
+        self.metrics.result(rec, source, drift=product == self.primary)  # the gauge: the served bundle's
+        src = self.products.sources.get(product) if product in self.products.paths else None
+        if src is not None:
+            self.drift.set_bundle(product, src.predictor.bundle)  # a product the watcher opened, or reloaded
         self.drift.observe(rec)
         with self._counts_lock:
             self.counts[rec.get("verdict") or "none"] += 1
