@@ -240,3 +240,19 @@ def test_camera_scores_the_product_it_is_given(two_bundles, rt_bundle, tmp_path)
     assert r.exit_code == 2 and "unknown product 'zz'" in r.output
     r = CliRunner().invoke(cli_app, base)  # no product named: error records, never a guess
     assert r.exit_code == 0 and all(x.get("error") and x["bundle"] is None for x in _records(r.stdout))
+
+
+def test_serve_watch_routes_product_sub_folders(two_bundles, parts, tmp_path):
+    a, b = two_bundles
+    inc = tmp_path / "incoming"
+    for sub in ("a", "b"):
+        (inc / sub).mkdir(parents=True)
+        shutil.copy(parts["good"][0], inc / sub / "part.png")
+    with _client({"a": a, "b": b}, tmp_path, watch=inc, watch_out=tmp_path / "out", watch_settle=0.0) as c:
+        for _ in range(300):
+            got = c.get("/v1/results").json()["results"]
+            if len(got) == 2:
+                break
+            time.sleep(0.1)
+    assert {(r["file"], r["product"], r["bundle"]) for r in got} == \
+        {("a/part.png", "a", read_bundle(a).bundle_id), ("b/part.png", "b", read_bundle(b).bundle_id)}
