@@ -256,3 +256,33 @@ def test_serve_watch_routes_product_sub_folders(two_bundles, parts, tmp_path):
             time.sleep(0.1)
     assert {(r["file"], r["product"], r["bundle"]) for r in got} == \
         {("a/part.png", "a", read_bundle(a).bundle_id), ("b/part.png", "b", read_bundle(b).bundle_id)}
+
+
+def test_watch_raises_the_drift_alarm_on_its_status_line_and_to_the_sinks(two_bundles, parts, tmp_path):
+    a, b = two_bundles
+    inc, db = tmp_path / "incoming", tmp_path / "events.sqlite"
+    (inc / "a").mkdir(parents=True)
+    n = 100
+    for i in range(n):  # a brightness ramp on good parts of product a, in arrival order
+        (inc / "a" / f"g{i:03d}.png").write_bytes(_bright(parts["good"][i % len(parts["good"])], round(60 * i / (n - 1))))
+    r = CliRunner().invoke(cli_app, ["watch", str(inc), "--bundle", f"a={a}", "--bundle", f"b={b}", "--once",
+                                     "--settle", "0", "--device", "cpu", "--out", str(tmp_path / "out"),
+                                     "--publish", f"sqlite:///{db}"])
+    assert r.exit_code == 0, r.output
+    assert "drift alarm for product a" in r.stderr and "DRIFT a " in r.stderr  # the log line, the status line
+    with sqlite3.connect(db) as con:
+        events = [json.loads(x[0]) for x in con.execute("SELECT record FROM results") if '"kind":"drift"' in x[0]]
+    assert [(e["product"], e["state"], e["parts"]) for e in events] == [("a", "alarm", 50)]
+
+
+def test_each_product_bundle_reloads_on_its_own(two_bundles, parts, tmp_path):
+    a, b = two_bundles
+    (tmp_path / "b").symlink_to(b)
+    data = parts["good"][0].read_bytes()
+    with _client({"a": a, "b": tmp_path / "b"}, tmp_path) as c:
+        assert c.post("/v1/predict?product=b", content=data).json()["bundle"] == read_bundle(b).bundle_id
+        (tmp_path / "b.new").symlink_to(a)
+        (tmp_path / "b.new").rename(tmp_path / "b")  # the line's atomic flip
+        assert c.post("/v1/predict?product=b", content=data).json()["bundle"] == read_bundle(a).bundle_id
+        assert c.post("/v1/predict?product=a", content=data).json()["bundle"] == read_bundle(a).bundle_id
+        assert [p["bundle"] for p in c.get("/v1/status").json()["products"]] == [read_bundle(a).bundle_id] * 2
