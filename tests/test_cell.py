@@ -286,3 +286,15 @@ def test_each_product_bundle_reloads_on_its_own(two_bundles, parts, tmp_path):
         assert c.post("/v1/predict?product=b", content=data).json()["bundle"] == read_bundle(a).bundle_id
         assert c.post("/v1/predict?product=a", content=data).json()["bundle"] == read_bundle(a).bundle_id
         assert [p["bundle"] for p in c.get("/v1/status").json()["products"]] == [read_bundle(a).bundle_id] * 2
+
+
+def test_a_lazy_bundle_that_cannot_open_gives_error_records_and_the_others_go_on(rt_bundle, parts, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(rt_bundle, broken)
+    (broken / "memory_bank.npy").write_bytes(b"not the bank")  # its checksum fails at open
+    data = parts["good"][0].read_bytes()
+    with _client({"a": rt_bundle, "c": broken}, tmp_path, load="lazy") as c:
+        r = c.post("/v1/predict?product=c&name=p.png", content=data)
+        assert r.status_code == 422 and r.json()["verdict"] == "error" and "product 'c'" in r.json()["error"]
+        assert r.json()["product"] == "c" and r.json()["bundle"] is None
+        assert c.post("/v1/predict?product=a", content=data).status_code == 200

@@ -161,7 +161,17 @@ class Service:
             groups.setdefault(j.product, []).append(i)
         out: list = [None] * len(jobs)
         for product, idx in groups.items():
-            p = self.current() if product == self.primary else self.products.current(product)
+            try:
+                p = self.current() if product == self.primary else self.products.current(product)
+            except Exception as e:  # noqa: BLE001 - a lazy bundle that cannot open: error records (422), others go on
+                for i in idx:
+                    j = jobs[i]
+                    o = Outcome(j.item, verdict="error", error=f"{j.item.name}: product {product!r}: bundle not "
+                                f"usable ({e or type(e).__name__})")
+                    rec = record(o, None, product=product)
+                    self.publisher.publish(rec)
+                    out[i] = (o, self._add(rec, "api"))
+                continue
             self.drift.set_bundle(product, p.bundle)
             for i, pair in zip(idx, self._score_group(p, [jobs[i] for i in idx], product)):
                 out[i] = pair
