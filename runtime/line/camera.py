@@ -32,6 +32,8 @@ import cv2
 
 from ..errors import OutputError, UsageError
 from .outputs import encode_png, outcome_overlay, write_new
+from ..images import DEFAULT_LIMITS
+from .products import score_by_product
 from .records import Item, explanation, location, score_items
 from .sources import Frame, FrameSource, SourceError, open_source
 from .sources.base import stamp_frame
@@ -150,7 +152,7 @@ class CameraSummary:
 
 class CameraRunner:
     def __init__(self, predictor, options: CameraOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status=None, stop: threading.Event | None = None, source=None):
+                 status=None, stop: threading.Event | None = None, source=None, products=None):
         if predictor.threshold is None:
             raise UsageError("camera needs verdicts to save anomalous frames, but this bundle has no threshold")
         self.predictor = predictor
@@ -161,6 +163,16 @@ class CameraRunner:
         self.stop = stop or threading.Event()
         self.summary = CameraSummary()
         self.cam: FrameSource | None = None  # the open source, for a trigger to fire (trigger())
+        # Several bundles (runtime.line.products): ``product`` names the product of the next part
+        # scored. ``--product`` sets it at start; a PLC trigger with a ``product_in`` value sets it per
+        # part (set_product) before the frame is taken. An unknown product gives an error record.
+        self.products = products
+        self.product: str | None = None
+
+    def set_product(self, name: str | None) -> None:
+        """The product of the next triggered part (the trigger's ``product_in``; None keeps the last)."""
+        if name is not None:
+            self.product = str(name).strip() or None
 
     def run(self) -> CameraSummary:
         """Score until the source ends, ``max_frames`` or a stop request. A source that delivers
@@ -251,18 +263,23 @@ class CameraRunner:
         if not frames:
             return
         items = [Item(f"{self.opt.source}#{f.index}", image=cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)) for f in frames]
-        if self.source is not None:
-            self.predictor = self.source.current()
-        outcomes = score_items(self.predictor, items)
-        p = self.predictor
-        for f, o in zip(frames, outcomes):
+        if self.products is not None:
+            outcomes, preds, _ = score_by_product(self.products, items, lambda it: self.product, DEFAULT_LIMITS)
+        else:
+            if self.source is not None:
+                self.predictor = self.source.current()
+            outcomes = score_items(self.predictor, items)
+            preds = [self.predictor] * len(outcomes)
+        for f, o, p in zip(frames, outcomes, preds):
             stamp = f.captured.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
             rec = self._record(f)
             rec.update({"score": o.score, "normalised": o.normalised, "verdict": o.verdict,
                         "latency_ms": round(o.latency_ms, 3),
                         "lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),
-                        "dropped": dropped(), "bundle": p.bundle.bundle_id,
-                        "precision": p.precision})
+                        "dropped": dropped(), "bundle": p.bundle.bundle_id if p else None,
+                        "precision": p.precision if p else None})
+            if self.products is not None and self.products.named:
+                rec["product"] = self.product
             where = location(o)
             if where is not None:
                 rec["location"] = where

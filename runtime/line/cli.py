@@ -31,10 +31,10 @@ from ..update import update_bundle
 from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
 from .console import JsonLines, err, info, known_errors, stage_progress
-from .flags import (BatchOpt, Device, DeviceOpt, GraphOpt, LineRule, MaxPixelsOpt, MinAreaOpt, MmPerPxOpt,
-                    Search, SearchOpt, ThreadsOpt, bundle_source as _bundle_source, image_limits as _limits,
-                    load_predictor, reloads_text as _reloads, scoring_progress as _progress, stop_on_signals,
-                    unique_in_run as _unique_in_run)
+from .flags import (BatchOpt, BundlesOpt, Device, DeviceOpt, GraphOpt, LineRule, LoadOpt, MaxPixelsOpt, MinAreaOpt,
+                    MmPerPxOpt, Search, SearchOpt, ThreadsOpt, bundle_paths, image_limits as _limits, line_drift,
+                    line_products, load_predictor, reloads_text as _reloads, scoring_progress as _progress,
+                    stop_on_signals, unique_in_run as _unique_in_run)
 from .info import bundle_info, print_update, render
 from .options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT, UPDATE_RECURSIVE,
                       app as make_app, run, version_callback)
@@ -200,8 +200,8 @@ def score(
 @app.command(epilog=EXIT_CODES_HELP)
 def watch(
     folder: Path = typer.Argument(..., help="Folder to watch (sub-folders too, unless --no-recursive)."),
-    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name. Default: $PATCHCORE_RT_BUNDLE, "
-                                         "else the only bundle under $PATCHCORE_RT_MODELS or ./models."),
+    bundle: Optional[List[str]] = BundlesOpt,
+    load: str = LoadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: results.jsonl, overlays/, ok/ ng/ "
                                        "error/ (default: FOLDER/_patchcore, which is never scanned)."),
     existing: bool = typer.Option(True, "--existing/--no-existing", help="Also score files already in the folder at start."),
@@ -246,10 +246,15 @@ def watch(
         status = StatusLine("files")
         publisher = Publisher(publish or [], opts.out, status.log)  # a bad URL: exit 2 before the bundle loads
         status.notes = publisher.status_text
-        source = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=move, rule=rule,
-                                overlays=overlays)
-        watcher = Watcher(source.predictor, opts, emit=JsonLines().emit, status=status, stop=stop, source=source,
-                          limits=limits, publisher=publisher)
+        products = line_products(bundle or [], load, device, search, threads, graph, status, require_threshold=move,
+                                 rule=rule, overlays=overlays)
+        single = None if products.named else products.source(None)
+        source = single or products
+        drift = line_drift(products, publisher, status)
+        lines = JsonLines()
+        watcher = Watcher(products.current(products.first), opts, emit=lambda r: (lines.emit(r), drift.observe(r)),
+                          status=status, stop=stop,
+                          source=single, limits=limits, publisher=publisher, products=None if single else products)
         info(f"watching {folder} -> {opts.out / 'results.jsonl'}" + (" (moving inputs)" if move else ""))
         with stop_on_signals(stop, status.log), reload_on_sighup(source), status:
             summary = watcher.run()
@@ -263,7 +268,10 @@ def watch(
 def camera(
     source: str = typer.Argument(..., help="Camera device index (0), video file, stream URL (rtsp://...), or an "
                                  "industrial camera: genicam://<address or id> (kinds: docs/cameras.md)."),
-    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name (default as for watch)."),
+    bundle: Optional[List[str]] = BundlesOpt,
+    load: str = LoadOpt,
+    product: Optional[str] = typer.Option(None, "--product", help="With --bundle NAME=DIR: the product in front of "
+                                          "the camera (a PLC trigger's product_in, when mapped, names it per part)."),
     out: Path = typer.Option(Path("anomalies"), "--out", "-o", help="Folder for anomalous frames and their overlays."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after scoring this many frames."),
     stride: int = typer.Option(1, "--stride", min=1, help="Video files: score every k-th frame (default: all)."),
@@ -306,12 +314,18 @@ def camera(
         status.notes = publisher.status_text
         plc = make_trigger(trigger) if trigger else None
         # anomalous frames are saved with overlays
-        bundles = _bundle_source(bundle, device, search, threads, graph, status, require_threshold=True, rule=rule,
-                                 overlays=True)
+        products = line_products(bundle or [], load, device, search, threads, graph, status, require_threshold=True,
+                                 rule=rule, overlays=True)
+        products.check(product, "--product")  # an unknown product: exit 2 before the camera opens
+        single = None if products.named else products.source(None)
+        bundles = single or products
         lines = JsonLines()
         kind, extra = (CameraRunner, {}) if plc is None else (TriggeredCamera, {"trigger": plc, "log": status.log})
-        runner = kind(bundles.predictor, opts, emit=lambda r: (publisher.publish(r), lines.emit(r)),
-                      status=status, stop=stop, source=bundles, **extra)
+        drift = line_drift(products, publisher, status)
+        runner = kind(products.current(products.first), opts,
+                      emit=lambda r: (publisher.publish(r), lines.emit(r), drift.observe(r)),
+                      status=status, stop=stop, source=single, products=None if single else products, **extra)
+        runner.product = product
         with publisher, plc or contextlib.nullcontext(), stop_on_signals(stop, status.log), \
                 reload_on_sighup(bundles), status:
             summary = runner.run()
@@ -419,8 +433,10 @@ def update(
 # ------------------------------------------------------------------------------------------ serve
 @app.command(epilog=EXIT_CODES_HELP)
 def serve(
-    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder or name (default as for watch). A "
-                                         "symbolic link is flipped by a switch."),
+    bundle: Optional[List[str]] = typer.Option(None, "--bundle", help="Bundle folder or name (default as for watch). "
+                                               "A symbolic link is flipped by a switch. NAME=DIR, repeated: a bundle "
+                                               "per product (?product=NAME); the first is the one taught and switched."),
+    load: str = LoadOpt,
     watch_folder: Optional[Path] = typer.Option(None, "--watch", help="Also watch this folder (as patchcore-rt watch "
                                                 "does: same journal, exactly once); its results feed the page."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --watch: its output folder (default: "
@@ -468,8 +484,9 @@ def serve(
             limits = replace(limits, max_bytes=DEFAULT_MAX_BYTES)
         if watch_folder is not None and not watch_folder.is_dir():
             raise UsageError(f"--watch {watch_folder}: not a folder")
-        opts = ServeOptions(resolve_bundle(bundle), host=host, port=port, token=token or None, limits=limits,
-                            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
+        paths = bundle_paths(bundle)
+        opts = ServeOptions(next(iter(paths.values())), bundles=paths, load=load, host=host, port=port,
+                            token=token or None, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, models=models,
                             watch=watch_folder, watch_out=out, watch_move=move, watch_settle=settle,
                             publish=tuple(publish or ()))
         rule = LineRule.parse(mm_per_px, min_area)

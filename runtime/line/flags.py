@@ -16,11 +16,13 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..drift import DriftAlarms
 from ..images import ImageLimits
 from ..predictor import Predictor
 from ..regions import Judge, MinArea, check_scale, parse_min_area
 from .console import err, info
 from .outputs import numbered
+from .products import Products, parse_bundles
 from .reload import BundleSource
 from .selection import resolve_bundle
 from .status import StatusLine
@@ -64,6 +66,11 @@ MinAreaOpt = typer.Option(None, "--min-area", help="A part is NG only when its i
                           "large enough region; see info).")
 MmPerPxOpt = typer.Option(None, "--mm-per-px", help="Millimetres per original image pixel: region areas in mm² "
                           "(default: the scale recorded at export, if any).")
+BundlesOpt = typer.Option(None, "--bundle", help="Bundle folder or name (default: $PATCHCORE_RT_BUNDLE, else the "
+                          "only bundle under $PATCHCORE_RT_MODELS or ./models); NAME=DIR, repeated, gives each "
+                          "product its bundle (a cell that changes over: see docs/runtime.md).")
+LoadOpt = typer.Option("lazy", "--load", help="With several --bundle NAME=DIR: open each product's bundle when its "
+                       "first part comes (lazy) or all at start (eager). The first is always opened at start.")
 GraphOpt = typer.Option("auto", "--graph", help="Which of the bundle's graphs to run (see info): auto (the "
                         "fastest here, timed at load, of features_fp32 and the reduced-precision variants whose parity "
                         "the export approved; features_fp32 when none was), features_fp32 (the exact path), "
@@ -156,6 +163,38 @@ def bundle_source(bundle: Optional[str], device: Device, search: Search, threads
     return BundleSource(resolve_bundle(bundle),
                         lambda path: load_predictor(path, device, search, threads, graph, rule, overlays),
                         require_threshold=require_threshold, log=status.log)
+
+
+def bundle_paths(bundles: list[str] | None) -> dict[str | None, Path]:
+    """``--bundle`` values (none: the default bundle) -> {product: bundle folder}; exit 2 for bad ones."""
+    return {name: resolve_bundle(path) for name, path in (parse_bundles(bundles) if bundles else {None: None}).items()}
+
+
+def line_products(bundles: list[str], load: str, device: Device, search: Search, threads: Optional[int], graph: str,
+                  status: StatusLine, require_threshold: bool, rule: LineRule | None = None,
+                  overlays: bool = False) -> Products:
+    """``--bundle NAME=DIR`` (repeatable) of a long-running command: a reloadable bundle per product."""
+    paths = bundle_paths(bundles)
+    return Products(paths, lambda path: BundleSource(
+        path, lambda p: load_predictor(p, device, search, threads, graph, rule, overlays),
+        require_threshold=require_threshold, log=status.log), load=load, log=status.log)
+
+
+def line_drift(products: Products, publisher, status: StatusLine) -> DriftAlarms:
+    """The per-product drift alarm of watch and camera: events to the sinks, a word on the status line."""
+    drift = DriftAlarms(publisher.publish, status.log)
+    observe = drift.observe
+
+    def with_bundle(rec):  # the product's bundle as it is now (a reload starts a new window)
+        src = products.sources.get(rec.get("product"))
+        if src is not None:
+            drift.set_bundle(rec.get("product"), src.predictor.bundle)
+        return observe(rec)
+
+    drift.observe = with_bundle
+    notes = status.notes
+    status.notes = lambda: "; ".join(t for t in ((notes() if notes else ""), drift.text()) if t)
+    return drift
 
 
 def reloads_text(source: BundleSource) -> str:

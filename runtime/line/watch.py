@@ -58,6 +58,7 @@ from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_file_byte
 from .console import info, warn
 from .journal import MOVE_STARTED, SAME, Journal, Key
 from .outputs import encode_png, free_name, move_new, outcome_overlay, write_new
+from .products import product_of_path, score_by_product
 from .records import Item, Outcome, image_of, record, score_items
 from .selection import is_temporary_name
 
@@ -251,7 +252,7 @@ def record_id(rel: str, key_fields: dict[str, Any]) -> str:
 class Watcher:
     def __init__(self, predictor, options: WatchOptions, emit: Callable[[dict[str, Any]], None] | None = None,
                  status: WatchStatus | None = None, stop: threading.Event | None = None, source=None,
-                 limits: ImageLimits = DEFAULT_LIMITS, publisher=None):
+                 limits: ImageLimits = DEFAULT_LIMITS, publisher=None, products=None):
         folder = options.folder
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
@@ -259,6 +260,7 @@ class Watcher:
             raise UsageError("--move needs verdicts, but this bundle has no threshold (calibrate it first)")
         self.predictor = predictor
         self.source = source  # a BundleSource: hot reload between batches
+        self.products = products  # runtime.line.products.Products: a bundle per first sub-folder
         self.opt = options
         self.limits = limits
         self.emit = emit or (lambda r: None)
@@ -365,16 +367,22 @@ class Watcher:
         items = [it for it in (self._read(k, entries[k.rel]) for k in keys) if it is not None]
         if not items:
             return []
-        self._take_current_bundle()
-        outcomes = score_items(self.predictor, items, self.limits)
-        bundle_id = self.predictor.bundle.bundle_id
+        if self.products is None:
+            self._take_current_bundle()
+            outcomes = score_items(self.predictor, items, self.limits)
+            preds, names = [self.predictor] * len(outcomes), [None] * len(outcomes)
+        else:
+            outcomes, preds, names = score_by_product(self.products, items,
+                                                      lambda it: product_of_path(it.name, self.products), self.limits)
         reserved: set[Path] = set()
         records = []
-        for o in outcomes:
+        for o, p, product in zip(outcomes, preds, names):
             extra: dict[str, Any] = {"id": record_id(o.item.name, o.item.extra)}
+            if self.products is not None and self.products.named:
+                extra["product"] = product
             image = image_of(o.item, self.limits) if opt.overlays and o.map is not None else None
             if image is not None:
-                png = encode_png(outcome_overlay(image, o, self.predictor))
+                png = encode_png(outcome_overlay(image, o, p))
                 # claimed before the commit: a crash in between leaves an unreferenced overlay,
                 # never a record that points at nothing
                 try:
@@ -386,7 +394,8 @@ class Watcher:
                 dst = free_name(opt.out / o.verdict / o.item.name, reserved)
                 reserved.add(dst)
                 extra["moved_to"] = dst.relative_to(opt.out).as_posix()
-            records.append(record(o, bundle_id, precision=self.predictor.precision, **extra))
+            records.append(record(o, p.bundle.bundle_id if p else None, precision=p.precision if p else None,
+                                  **extra))
         if self.publisher:
             # before the commit: a kill in between rescores the batch under the same ids, which
             # a sink drops as repeats; after it, a kill could lose the results for the sinks

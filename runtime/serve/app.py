@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from ..images import MAX_BYTES_ENV, ImageOverLimit, ImageReadError, decode_image
 from ..line.records import Item, Outcome, record
+from ..line.products import UnknownProduct
 from .batcher import Batcher, QueueFull
 from .operator import ActionRefused
 from .options import LOOPBACK_NAMES, is_loopback
@@ -138,6 +139,13 @@ def build_app(service: Service) -> Starlette:
         t0 = time.perf_counter()
         overlay = request.query_params.get("overlay", "0").lower() in ("1", "true", "yes")
         name = clean_name(request.query_params.get("name")) or "upload"
+        try:
+            product = service.products.resolve(request.query_params.get("product"))
+        except UnknownProduct as e:  # never a guess: refused before the body is read
+            service.metrics.errors.labels("unknown_product").inc()
+            rec = error_record(name, f"{name}: {e}", None)
+            rec["product"] = request.query_params.get("product")
+            return JSONResponse(rec, 404)
         if batcher.depth >= opts.max_queue:  # refused before its body costs memory
             service.metrics.errors.labels("queue_full").inc()
             raise HTTPError(503, f"{batcher.depth} requests are waiting (--max-queue {opts.max_queue}); try again "
@@ -160,7 +168,7 @@ def build_app(service: Service) -> Starlette:
             over = isinstance(e, ImageOverLimit)
             service.metrics.errors.labels("over_limit" if over else "not_an_image").inc()
             return JSONResponse(error_record(name, str(e), bundle_id()), 413 if over else 422)
-        job = Job(Item(name, image=image, decode_s=seconds), overlay, data, image_suffix(name))
+        job = Job(Item(name, image=image, decode_s=seconds), overlay, data, image_suffix(name), product)
         del image
         try:
             outcome, res = await batcher.submit(job)
@@ -205,6 +213,28 @@ def build_app(service: Service) -> Starlette:
         res = result_of(request)
         await run_in_threadpool(service.operator.mark, res, request.method == "POST")
         return JSONResponse(dict(res.summary(), marked_total=len(service.store.marked())))
+
+    async def review(request: Request) -> Response:
+        authorise(request)
+        res = result_of(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("review"), str):
+            raise HTTPError(400, 'the body must be JSON like {"review": "confirm" | "good" | "ng", "reviewer": "name"}')
+        reviewer = body.get("reviewer") or request.headers.get("x-reviewer") or ""
+        if not isinstance(reviewer, str):
+            raise HTTPError(400, "reviewer must be a name (text)")
+        r = await run_in_threadpool(service.review, res, body["review"], reviewer)
+        return JSONResponse(dict(r, marked_total=len(service.store.marked())))
+
+    async def reviews(request: Request) -> Response:
+        after = request.query_params.get("after", "0")
+        if not after.isdigit():
+            raise HTTPError(400, "after must be a review sequence number (>= 0)")
+        items = service.reviews.since(int(after))
+        return JSONResponse({"reviews": items, "last": items[-1]["seq"] if items else int(after)})
 
     async def teach(request: Request) -> Response:
         if request.method == "GET":
@@ -290,6 +320,8 @@ def build_app(service: Service) -> Starlette:
         Route(f"/v1/results/{ID}/thumb.jpg", thumb),
         Route(f"/v1/results/{ID}/overlay.png", overlay_png),
         Route(f"/v1/results/{ID}/good", mark, methods=["POST", "DELETE"]),
+        Route(f"/v1/results/{ID}/review", review, methods=["POST"]),
+        Route("/v1/reviews", reviews),
         Route("/v1/teach", teach, methods=["GET", "POST"]),
         Route("/v1/switch", switch, methods=["POST"]),
         Route("/v1/rollback", roll_back, methods=["POST"]),

@@ -59,12 +59,12 @@ class ServeMetrics:
             self.drift.set(math.nan)
             self.drift_share = None
 
-    def result(self, record: dict, source: str) -> None:
+    def result(self, record: dict, source: str, drift: bool = True) -> None:
         verdict = record.get("verdict") or "none"
         self.results.labels(verdict, source).inc()
         if record.get("normalised") is not None:
             self.scores.observe(record["normalised"])
-        if verdict == "ok" and record.get("score") is not None:
+        if drift and verdict == "ok" and record.get("score") is not None:
             with self._lock:
                 if self._cut is not None:
                     self._above.append(record["score"] > self._cut)

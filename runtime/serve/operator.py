@@ -29,7 +29,9 @@ from ..line.info import describe_update
 from ..operating_point import parse_policy
 from ..threshold import basis, default_out, new_version
 from ..update import update_bundle
+from ..line.records import Item, score_items
 from .results import Result, ResultStore
+from .reviews import ReviewRefused
 
 
 class ActionRefused(Exception):
@@ -54,16 +56,18 @@ class TeachJob:
     candidate: Path | None = None  # the taught bundle a switch would serve
     taught: list[Result] = field(default_factory=list)  # the marked results it was taught
     history: list[str] = field(default_factory=list)
+    check: dict[str, Any] | None = None  # the taught bundle's calls on the marked and the known-NG parts
 
     def view(self) -> dict[str, Any]:
         return {"state": self.state, "stage": self.stage, "done": self.done, "total": self.total,
                 "images": self.images, "seconds": self.seconds, "error": self.error, "result": self.result,
-                "candidate": self.result["id"] if self.result and self.candidate else None}
+                "candidate": self.result["id"] if self.result and self.candidate else None, "check": self.check}
 
 
 class Operator:
     def __init__(self, source, lock: threading.Lock, store: ResultStore, state_dir: Path, models_dir: Path,
-                 on_switch: Callable[[Any], None] = lambda p: None, log: Callable[[str], None] = print):
+                 on_switch: Callable[[Any], None] = lambda p: None, log: Callable[[str], None] = print,
+                 reviews=None, product: str | None = None):
         self.source, self.lock, self.store = source, lock, store
         self.state_dir, self.models_dir = state_dir, models_dir
         self.on_switch, self.log = on_switch, log
@@ -71,6 +75,24 @@ class Operator:
         self.previous: Path | None = None  # the bundle folder served before the last switch (roll back)
         self.switched_in: list[Result] = []  # the results the last switch brought into the served bundle
         self._job_lock = threading.Lock()
+        self.reviews, self.product = reviews, product  # runtime.serve.reviews.ReviewLog; the taught product
+
+    # -------------------------------------------------------------------------------- review
+    def review(self, res: Result, review: str, reviewer: str) -> dict[str, Any]:
+        """Store a review (:mod:`runtime.serve.reviews`); ``good`` also marks the part for a teach
+        (as :meth:`mark`), a later ``ng`` or ``confirm`` of an NG call takes the mark back."""
+        if review == "good" and res.record.get("product") == self.product and not res.marked:
+            self.mark(res)
+        try:
+            r = self.reviews.add(res.id, res.record, review, reviewer, self.store.image_bytes(res), res.suffix)
+        except ReviewRefused as e:
+            raise ActionRefused(str(e), status=400) from None
+        except OutputError as e:  # the results folder cannot be written: said, never a traceback
+            raise ActionRefused(str(e), status=500) from None
+        if r["truth"] == "ng" and res.marked and not res.taught:
+            res.marked = False
+        res.review = r
+        return r
 
     # -------------------------------------------------------------------------------- mark
     def mark(self, res: Result, good: bool = True) -> Result:
@@ -126,11 +148,26 @@ class Operator:
             job.state, job.error = "failed", str(e) or type(e).__name__
             self.log(f"teach failed: {job.error}")
         else:
+            job.stage = "checking the taught bundle on the marked and the known-NG parts"
+            job.check = self._check(result.bundle.root, images)
             job.taught = marked
             job.result, job.candidate, job.state = result.summary(), result.bundle.root, "done"
             job.history.append(describe_update(result.entry))
             self.log(f"taught {len(images)} image(s): {result.bundle.root} ({result.bundle.bundle_id})")
         job.seconds = time.time() - (job.started or time.time())
+
+    def _check(self, candidate: Path, marked: list[tuple[Path, str]]) -> dict[str, Any]:
+        """The taught bundle's calls before any switch: the parts marked good (they should turn
+        OK) and every part of this product reviewed NG (they must stay NG: ``turned_ok`` lists
+        those that would not, and the switch is refused)."""
+        known = self.reviews.known_ng(self.product) if self.reviews is not None else []
+        p = self.source.open_predictor(candidate)
+        items = [Item(name, path=path) for path, name in marked] + [Item(r["result"], path=path) for path, r in known]
+        outcomes = score_items(p, items)
+        view = [{"id": o.item.name, "score": o.score, "verdict": o.verdict} for o in outcomes]
+        ng = view[len(marked):]
+        return {"threshold": p.threshold, "marked": view[:len(marked)], "known_ng": ng,
+                "turned_ok": [v["id"] for v in ng if v["verdict"] != "ng"]}
 
     # -------------------------------------------------------------------------------- switch
     def switch(self, expected_id: str | None = None):
@@ -140,6 +177,10 @@ class Operator:
             raise ActionRefused("no taught bundle to switch to: teach first")
         if expected_id is not None and expected_id != job.result["id"]:
             raise ActionRefused(f"the taught bundle is {job.result['id']}, not {expected_id}")
+        if job.check and job.check["turned_ok"]:
+            raise ActionRefused(f"the taught bundle would call {len(job.check['turned_ok'])} part(s) reviewed NG "
+                                f"good ({', '.join(job.check['turned_ok'][:5])}): not switched; unmark the parts "
+                                "that look like them and teach again")
         new = self._switch_to(job.candidate)
         for r in job.taught:  # now in the served bundle: out of the review queue
             r.taught = True

@@ -33,6 +33,8 @@ class ServeOptions:
     watch_settle: float = 1.0
     watch_poll: float = 0.25
     publish: tuple[str, ...] = ()  # --publish URLs (runtime.line.sinks)
+    bundles: dict | None = None  # {product name (None: unnamed): bundle folder}; None: just ``bundle``
+    load: str = "lazy"  # several products: open each bundle at its first part (lazy) or at start (eager)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

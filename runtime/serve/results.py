@@ -38,6 +38,7 @@ class Result:
     image_path: Path | None = None  # a watched part (where the journal says it is)
     marked: bool = False
     taught: bool = False
+    review: dict[str, Any] | None = None  # the latest review (runtime.serve.reviews)
 
     @property
     def has_image(self) -> bool:
@@ -50,6 +51,8 @@ class Result:
                 "bundle": r.get("bundle"), "time": r.get("time"), "error": r.get("error"),
                 "location": r.get("location"), "marked": self.marked, "taught": self.taught,
                 "can_mark": self.has_image and r.get("verdict") == "ng",
+                "product": r.get("product"), "review": (self.review or {}).get("review"),
+                "reviewer": (self.review or {}).get("reviewer"),
                 "thumb": f"/v1/results/{self.id}/thumb.jpg" if self.thumb or self.overlay_path else None,
                 "overlay": f"/v1/results/{self.id}/overlay.png" if self.overlay_png or self.overlay_path else None}
 

@@ -32,7 +32,7 @@ def serve(options: ServeOptions, open_predictor: Callable[[Any], Any], log: Call
     log(f"serving {service.predictor.bundle.bundle_id} on http://{options.host}:{options.port}/ "
         f"(actions {'need the bearer token' if options.actions_enabled else 'off: no --token'})"
         + (f"; watching {options.watch}" if options.watch else ""))
-    with _signals_end_quietly(), reload_on_sighup(service.source):
+    with _signals_end_quietly(), reload_on_sighup(service.products):  # every opened bundle
         server.run()
     if service.watch_error is not None:
         raise service.watch_error

@@ -19,6 +19,8 @@ from ..images import IMAGE_SUFFIXES
 from ..line.info import bundle_info, describe_update
 from ..line.outputs import encode_png, outcome_overlay
 from ..line.records import Item, Outcome, record, score_items
+from ..drift import DriftAlarms
+from ..line.products import Products
 from ..line.reload import BundleSource
 from ..line.sinks.delivery import Publisher
 from ..line.watch import Watcher, WatchOptions
@@ -28,6 +30,7 @@ from .metrics import ServeMetrics
 from .operator import Operator
 from .options import ServeOptions
 from .results import Result, ResultStore, thumbnail
+from .reviews import ReviewLog
 
 RECENT_SCORES = 500  # scores behind the page's histogram
 
@@ -38,8 +41,9 @@ class Job:
 
     item: Item
     overlay: bool = False
-    data: bytes | None = None  # the upload, kept when the part is called defective
+    data: bytes | None = None  # the upload, kept for the review queue (a false call or a missed defect)
     suffix: str = ".png"
+    product: str | None = None  # ?product=NAME (runtime.line.products)
 
 
 class LockedSource:
@@ -54,7 +58,10 @@ class Service:
     def __init__(self, options: ServeOptions, open_predictor: Callable[[Path], Any], log: Callable[[str], None] = print):
         self.opts, self.log = options, log
         self.lock = threading.Lock()
-        self.source = BundleSource(options.bundle, open_predictor, log=log)
+        self.products = Products(options.bundles or {None: options.bundle},
+                                 lambda path: BundleSource(path, open_predictor, log=log), load=options.load, log=log)
+        self.primary = self.products.first  # the product whose bundle the operator teaches, switches and moves
+        self.source = self.products.sources[self.primary]
         self.metrics = ServeMetrics()
         self.store = ResultStore(options.keep_results, limits=options.limits)
         self.counts = {"ok": 0, "ng": 0, "error": 0, "none": 0}
@@ -68,8 +75,12 @@ class Service:
                                                                        self.state_dir), log)
         if self.publisher and options.watch is None and options.watch_out is None:
             log(f"--publish without --out: the outbox lies in {self.state_dir}, which a restart does not keep")
+        self.reviews = ReviewLog(self._results_dir() / "reviews", log)
+        self.drift = DriftAlarms(self.publisher.publish, log)
+        for name, src in self.products.sources.items():
+            self.drift.set_bundle(name, src.predictor.bundle)
         self.operator = Operator(self.source, self.lock, self.store, self.state_dir, options.models_dir,
-                                 on_switch=self._switched, log=log)
+                                 on_switch=self._switched, log=log, reviews=self.reviews, product=self.primary)
         self.health: dict[str, Any] = {"ok": False, "reason": "not checked yet"}
         self.watcher: Watcher | None = None
         self.watch_error: BaseException | None = None
@@ -86,11 +97,22 @@ class Service:
                                  settle=options.watch_settle)
             self.watcher = Watcher(self.predictor, wopts, emit=self._watched, stop=self.stop,
                                    source=LockedSource(self.current), limits=options.limits,
-                                   publisher=self.publisher.shared())
+                                   publisher=self.publisher.shared(),
+                                   products=self.products if self.products.named else None)
 
     @property
     def predictor(self):
         return self.source.predictor
+
+    def _results_dir(self) -> Path:
+        """Where what outlives the process goes (reviews): --out, else the watcher's output folder,
+        else the temporary state folder (said at start)."""
+        if self.opts.watch_out is not None:
+            return self.opts.watch_out
+        if self.opts.watch is not None:
+            return self._watch_out()
+        self.log(f"no --out: reviews are kept in {self.state_dir}, which a restart does not keep")
+        return self.state_dir
 
     def _watch_out(self) -> Path:
         return self.opts.watch_out if self.opts.watch_out is not None else self.opts.watch / "_patchcore"
@@ -133,19 +155,41 @@ class Service:
         return p
 
     def score_jobs(self, jobs: Sequence[Job]) -> list[tuple[Outcome, Result]]:
-        """One model call for the batch (in the batcher's worker thread)."""
-        p = self.current()
+        """One model call per product in the batch (in the batcher's worker thread)."""
+        groups: dict[str | None, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault(j.product, []).append(i)
+        out: list = [None] * len(jobs)
+        for product, idx in groups.items():
+            try:
+                p = self.current() if product == self.primary else self.products.current(product)
+            except Exception as e:  # noqa: BLE001 - a lazy bundle that cannot open: error records (422), others go on
+                for i in idx:
+                    j = jobs[i]
+                    o = Outcome(j.item, verdict="error", error=f"{j.item.name}: product {product!r}: bundle not "
+                                f"usable ({e or type(e).__name__})")
+                    rec = record(o, None, product=product)
+                    self.publisher.publish(rec)
+                    out[i] = (o, self._add(rec, "api"))
+                continue
+            self.drift.set_bundle(product, p.bundle)
+            for i, pair in zip(idx, self._score_group(p, [jobs[i] for i in idx], product)):
+                out[i] = pair
+        return out
+
+    def _score_group(self, p, jobs: Sequence[Job], product: str | None) -> list[tuple[Outcome, Result]]:
         outcomes = score_items(p, [j.item for j in jobs], self.opts.limits)
         out = []
         for j, o in zip(jobs, outcomes):
-            rec = record(o, p.bundle.bundle_id, precision=p.precision)
+            rec = record(o, p.bundle.bundle_id, precision=p.precision,
+                         **({"product": product} if self.products.named else {}))
             kw: dict[str, Any] = {"suffix": j.suffix}
             image = o.item.image
             if image is not None and o.map is not None:
                 kw["thumb"] = thumbnail(image, o.map, p.spec, p.threshold, p.scale)
                 if j.overlay:
                     kw["overlay_png"] = encode_png(outcome_overlay(image, o, p))
-            if o.verdict == "ng":
+            if o.verdict in ("ng", "ok"):  # a false call, or a missed defect, can be reviewed
                 kw["image_bytes"] = j.data
             o.item.image = None
             self.publisher.publish(rec)  # the watcher's records are published by the watcher, before its commit
@@ -154,7 +198,12 @@ class Service:
 
     def _add(self, rec: dict[str, Any], source: str, **kw: Any) -> Result:
         res = self.store.add(rec, source, **kw)
-        self.metrics.result(rec, source)
+        product = rec.get("product")
+        self.metrics.result(rec, source, drift=product == self.primary)  # the gauge: the served bundle's
+        src = self.products.sources.get(product) if product in self.products.paths else None
+        if src is not None:
+            self.drift.set_bundle(product, src.predictor.bundle)  # a product the watcher opened, or reloaded
+        self.drift.observe(rec)
         with self._counts_lock:
             self.counts[rec.get("verdict") or "none"] += 1
             if rec.get("score") is not None:
@@ -167,7 +216,7 @@ class Service:
         kw: dict[str, Any] = {"suffix": image_suffix(rec.get("file", ""))}
         if rec.get("overlay"):
             kw["overlay_path"] = out / rec["overlay"]
-        if rec.get("verdict") == "ng":
+        if rec.get("verdict") in ("ng", "ok"):
             kw["image_path"] = out / rec["moved_to"] if rec.get("moved_to") else self.opts.watch / rec["file"]
         self._add(rec, "watch", **kw)
 
@@ -175,7 +224,14 @@ class Service:
     def _switched(self, predictor) -> None:
         self._serving = predictor.bundle.bundle_id
         self.metrics.set_bundle(predictor)
+        self.drift.set_bundle(self.primary, predictor.bundle)
         self.check_health()
+
+    def review(self, res: Result, review: str, reviewer: str) -> dict[str, Any]:
+        """Store the review and send it out with the results (a record through the publisher)."""
+        r = self.operator.review(res, review, reviewer)
+        self.publisher.publish(dict(r))
+        return r
 
     def bundle_info(self) -> dict[str, Any]:
         b = self.predictor.bundle
@@ -195,7 +251,21 @@ class Service:
                 "actions": self.opts.actions_enabled, "marked": len(self.store.marked()),
                 "teach": self.operator.job.view(),
                 "previous": self.operator.previous.name if self.operator.previous else None, "watch": str(self.opts.watch) if self.opts.watch else None,
-                "drift_share": self.metrics.drift_share, **self.store.flags()}
+                "drift_share": self.metrics.drift_share, "drift": self.drift.view(),
+                "product": self.primary, "products": self.products_view(), "reviews": self.reviews.counts(),
+                **self.store.flags()}
+
+    def products_view(self) -> list[dict[str, Any]]:
+        """Each product: its bundle (None until a lazy one is opened) and its drift."""
+        drift = self.drift.view()
+        out = []
+        for name in self.products.names():
+            src = self.products.sources.get(name)
+            p = src.predictor if src is not None else None
+            out.append({"product": name, "loaded": p is not None, "bundle": p.bundle.bundle_id if p else None,
+                        "threshold": p.threshold if p else None, "load_s": self.products.load_s.get(name),
+                        "drift": drift.get(name or "")})
+        return out
 
     def threshold_view(self, text: str | None) -> dict[str, Any]:
         """The served bundle's operating point and, for a proposed policy ``text``, how it would

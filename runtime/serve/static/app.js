@@ -5,6 +5,7 @@ const LATEST = 24, QUEUE = 48;
 const state = { last: 0, results: new Map(), status: null, busy: false, proposal: null, opBundle: null };
 const $ = (id) => document.getElementById(id);
 const token = () => sessionStorage.getItem("patchcore-token") || "";
+const reviewer = () => sessionStorage.getItem("patchcore-reviewer") || "";
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -53,6 +54,22 @@ function card(r, withMark) {
   name.textContent = (r.file || r.id) + (r.error ? " — " + r.error : "");
   name.title = name.textContent;
   div.appendChild(name);
+  if (r.review) {
+    const rv = document.createElement("div"); rv.className = "reviewed";
+    rv.textContent = `reviewed ${r.review === "ng" ? "NG (missed defect)" : r.review === "good" ? "good (false call)" : "confirmed"} by ${r.reviewer}`;
+    div.appendChild(rv);
+  }
+  const canReview = state.status && state.status.actions && reviewer() && (r.verdict === "ok" || r.verdict === "ng");
+  if (!withMark && canReview) {  // reviews both ways: confirm the call, or an OK call is a missed defect
+    const ok = document.createElement("button"); ok.className = "review-confirm"; ok.textContent = "confirm";
+    ok.title = "the call is right (" + r.verdict + ")"; ok.onclick = () => review(r, "confirm");
+    div.appendChild(ok);
+    if (r.verdict === "ok") {
+      const ng = document.createElement("button"); ng.className = "review-ng"; ng.textContent = "NG: missed defect";
+      ng.title = "this part is defective: kept as a known NG part, a teach must keep it NG"; ng.onclick = () => review(r, "ng");
+      div.appendChild(ng);
+    }
+  }
   if (withMark) {
     const b = document.createElement("button");
     b.className = "mark";
@@ -72,6 +89,25 @@ async function mark(r) {
     render();
     refreshStatus();
   } catch (e) { say("mark: " + e.message, true); }
+}
+
+async function review(r, kind) {
+  try {
+    const got = await api(`/v1/results/${encodeURIComponent(r.id)}/review`, { method: "POST",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify({ review: kind, reviewer: reviewer() }) });
+    state.results.set(r.id, Object.assign(r, { review: got.review, reviewer: got.reviewer }));
+    say(`reviewed ${r.file || r.id}: ${got.truth.toUpperCase()} (by ${got.reviewer}, ${got.time})`);
+    render();
+    refreshStatus();
+  } catch (e) { say("review: " + e.message, true); }
+}
+
+function checkText(c) {
+  if (!c) return "";
+  const good = c.marked.filter((v) => v.verdict === "ok").length;
+  const ng = c.known_ng.length - c.turned_ok.length;
+  return `; marked parts ok with it: ${good} of ${c.marked.length}; parts reviewed NG still NG: ${ng} of ${c.known_ng.length}` +
+    (c.turned_ok.length ? ` — REFUSED: it would call ${c.turned_ok.length} reviewed-NG part(s) good` : "");
 }
 
 function drawHistogram(scores, threshold, proposed = null) {
@@ -187,6 +223,11 @@ function renderStatus(s) {
   h.className = "pill " + (s.health.ok ? "ok" : "bad");
   for (const k of ["ok", "ng", "error"]) $("n-" + k).textContent = s.counts[k];
   $("drift").textContent = s.drift_share === null ? "–" : (100 * s.drift_share).toFixed(0) + "%";
+  const alarms = Object.entries(s.drift || {}).filter(([, d]) => d.alarm);
+  $("drift-alarm").hidden = !alarms.length;
+  $("drift-alarm").textContent = alarms.map(([p, d]) => `DRIFT${p ? " on product " + p : ""}: ${(100 * d.share).toFixed(0)}% of the last ${d.parts} parts score above the calibration's 95% quantile (alarm at ${(100 * d.level).toFixed(0)}%)`).join(" · ");
+  $("products").textContent = (s.products || []).filter((p) => p.product !== null).map((p) =>
+    p.product + (p.loaded ? "" : " (not loaded)") + (p.product === s.product ? " *" : "")).join(" · ");
   $("threshold").textContent = fmt(s.threshold, 4);
   const proposed = state.proposal ? state.proposal.threshold : null;
   drawHistogram(s.recent_scores, s.threshold, proposed);
@@ -198,14 +239,14 @@ function renderStatus(s) {
   $("n-marked").textContent = s.marked;
   const t = s.teach, p = $("teach-progress");
   $("teach").disabled = !s.actions || !s.marked || t.state === "running";
-  $("switch").disabled = !s.actions || t.state !== "done";
+  $("switch").disabled = !s.actions || t.state !== "done" || !!(t.check && t.check.turned_ok.length);
   $("rollback").disabled = !s.actions || !s.previous;
   $("rollback").textContent = s.previous ? "Roll back to " + s.previous : "Roll back";
   p.hidden = t.state !== "running";
   if (t.state === "running") { p.max = t.total || 1; p.value = t.done; }
   $("teach-state").textContent =
     t.state === "running" ? `teaching ${t.images} image(s): ${t.stage} ${t.done}/${t.total}` :
-    t.state === "done" ? `taught ${t.images} image(s) in ${fmt(t.seconds, 1)} s → ${t.candidate}; threshold ${fmt(t.result.threshold.before, 4)} → ${fmt(t.result.threshold.after, 4)}` :
+    t.state === "done" ? `taught ${t.images} image(s) in ${fmt(t.seconds, 1)} s → ${t.candidate}; threshold ${fmt(t.result.threshold.before, 4)} → ${fmt(t.result.threshold.after, 4)}${checkText(t.check)}` :
     t.state === "failed" ? "teach failed: " + t.error :
     t.state === "switched" ? "switched to " + (t.result && t.result.id) : "";
   const warn = t.result && t.result.warnings && t.result.warnings.length && t.state === "done";
@@ -262,6 +303,8 @@ window.addEventListener("DOMContentLoaded", () => {
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault(); sessionStorage.setItem("patchcore-token", $("token").value.trim()); say("token set for this tab"); render();
   });
+  $("reviewer").value = reviewer();
+  $("reviewer").addEventListener("change", () => { sessionStorage.setItem("patchcore-reviewer", $("reviewer").value.trim()); render(); });
   $("teach").onclick = teach;
   $("switch").onclick = switchBundle;
   $("rollback").onclick = rollBack;
