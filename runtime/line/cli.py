@@ -32,7 +32,7 @@ from . import bench as bench_mod
 from .camera import CameraOptions, CameraRunner
 from .console import JsonLines, err, info, known_errors, stage_progress
 from .flags import (BatchOpt, BundlesOpt, Device, DeviceOpt, GraphOpt, LineRule, LoadOpt, MaxPixelsOpt, MinAreaOpt,
-                    MmPerPxOpt, Search, SearchOpt, ThreadsOpt, bundle_paths, image_limits as _limits, line_drift,
+                    MmPerPxOpt, PublishOpt, Search, SearchOpt, ThreadsOpt, bundle_paths, image_limits as _limits, line_drift,
                     line_products, load_predictor, reloads_text as _reloads, scoring_progress as _progress,
                     stop_on_signals, unique_in_run as _unique_in_run)
 from .info import bundle_info, print_update, render
@@ -44,8 +44,8 @@ from .reload import reload_on_sighup
 from .score import list_inputs, run_score, score_in_process
 from .selection import collect_inputs, output_relpath, resolve_bundle
 from .sinks.delivery import Publisher
-from .sinks.table import SINKS
 from .trigger import TriggeredCamera, make_trigger
+from .sources import check_available
 from .sources.settings import load_settings
 from .status import StatusLine
 from .threshold import threshold as threshold_cmd
@@ -62,27 +62,11 @@ DEPRECATED = {
 }
 
 
-PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each result to the line's systems "
-                          "(repeatable): " + ", ".join(f"{k.scheme}://" for k in SINKS) + " (see the docs' "
-                          "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
-                          "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
-                          "back, also after a restart.")
-
-
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=version_callback(PROG, __version__),
                                        is_eager=True, help="Print the version and exit.")) -> None:
     """Run PatchCore bundles without torch: score files, watch a folder, read a camera, benchmark, move the operating
     point, teach new good images."""
-
-
-def _check_source_kind(source: str) -> None:
-    """SourceError (exit 2) naming what to install when ``source``'s kind cannot run here."""
-    from .sources import SourceError, kind_for
-
-    ok, why = kind_for(source).available()
-    if not ok:
-        raise SourceError(why)
 
 
 # ---------------------------------------------------------------------------------------- predict
@@ -304,7 +288,7 @@ def camera(
     bundle folder or SIGHUP switches bundles between batches, as for watch.
     """
     with known_errors():
-        _check_source_kind(source)  # a kind not installed here (genicam without PyGObject): before the bundle loads
+        check_available(source)  # a kind not installed here (genicam without PyGObject): before the bundle loads
         opts = CameraOptions(source, out, max_frames, stride, realtime, batch,
                              settings=load_settings(settings) if settings is not None else None, fire_every=fire_every)
         rule = LineRule.parse(mm_per_px, min_area)

@@ -25,6 +25,7 @@ from .outputs import numbered
 from .products import Products, parse_bundles
 from .reload import BundleSource
 from .selection import resolve_bundle
+from .sinks.table import SINKS
 from .status import StatusLine
 
 
@@ -202,3 +203,10 @@ def reloads_text(source: BundleSource) -> str:
     if not source.reloads + source.refused:
         return ""
     return f"; bundle reloaded {source.reloads} time(s), {source.refused} refused"
+
+
+PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each result to the line's systems "
+                          "(repeatable): " + ", ".join(f"{k.scheme}://" for k in SINKS) + " (see the docs' "
+                          "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
+                          "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
+                          "back, also after a restart.")

@@ -2,6 +2,6 @@
 (:class:`~.base.FrameSource`), one table keyed by URL scheme (:mod:`.table`)."""
 
 from .base import Frame, FrameSource, SourceError
-from .table import KINDS, describe, kind_for, open_source
+from .table import KINDS, check_available, describe, kind_for, open_source
 
-__all__ = ["Frame", "FrameSource", "SourceError", "KINDS", "describe", "kind_for", "open_source"]
+__all__ = ["Frame", "FrameSource", "SourceError", "KINDS", "check_available", "describe", "kind_for", "open_source"]

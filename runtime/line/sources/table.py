@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import FrameSource
+from .base import FrameSource, SourceError
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,11 @@ def describe() -> list[dict[str, Any]]:
         rows.append({"kind": k.name, "schemes": [s for s in k.schemes if s not in ("", "*")], "example": k.example,
                      "what": k.what, "available": ok, **({"missing": why} if not ok else {})})
     return rows
+
+
+def check_available(source: str) -> None:
+    """SourceError (exit 2) naming what to install when ``source``'s kind cannot run here: said
+    before a bundle loads, so a camera without its extra costs no start-up."""
+    ok, why = kind_for(source).available()
+    if not ok:
+        raise SourceError(why)
