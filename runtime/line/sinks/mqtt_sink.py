@@ -67,8 +67,8 @@ def config(url: str, q: dict[str, str], shown: str) -> MqttConfig:
     refuse_plaintext(q, shown, password, tls, "use mqtts:// (TLS)")
     files = {}
     for k in ("ca", "cert", "key"):
-        files[k] = file_option(q, k, shown) if k in q else file_option({k: os.environ[f"{ENV}_{k.upper()}"]}, k, shown) \
-            if os.environ.get(f"{ENV}_{k.upper()}") else None
+        env = os.environ.get(f"{ENV}_{k.upper()}")
+        files[k] = file_option(q if k in q else {k: env} if env else {}, k, shown)
         if files[k] is not None and not tls:
             raise SinkError(f"{shown}: {k}= is for TLS: use mqtts://")
     if (files["cert"] is None) != (files["key"] is None):
