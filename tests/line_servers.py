@@ -47,7 +47,8 @@ class Mosquitto:
     """A mosquitto broker with persistence (a restart keeps queued QoS 1 messages)."""
 
     def __init__(self, folder: Path, port: int | None = None, password_file: Path | None = None,
-                 tls: tuple[Path, Path, Path] | None = None, require_certificate: bool = False):
+                 tls: tuple[Path, Path, Path] | None = None, require_certificate: bool = False,
+                 nodelay: bool = True):
         """``tls``: (CA, server certificate, server key) makes the listener TLS only; with
         ``require_certificate`` a client must present a certificate the CA signed."""
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
@@ -60,6 +61,8 @@ class Mosquitto:
         if tls:
             auth += (f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n"
                      f"require_certificate {'true' if require_certificate else 'false'}\n")
+        if nodelay:  # as docs/line-systems.md advises for a broker that carries triggers
+            auth += "set_tcp_nodelay true\n"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\n{auth}persistence true\n"
                              f"persistence_location {folder}/\nuser {getpass.getuser()}\nlog_dest none\n")
         self.proc: subprocess.Popen | None = None

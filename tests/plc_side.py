@@ -53,8 +53,14 @@ class MqttSide:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-plc", protocol=mqtt.MQTTv311)
         if tls:
             c.tls_set(ca_certs=str(tls[0]), certfile=tls[1] and str(tls[1]), keyfile=tls[2] and str(tls[2]))
-        c.on_connect = lambda cl, ud, fl, rc, pr=None: cl.subscribe([(f"{prefix}/ready", 1), (f"{prefix}/result", 1),
-                                                                      (f"{prefix}/status", 1)])
+        def on_connect(cl, ud, fl, rc, pr=None):
+            import socket
+
+            cl.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the runtime does
+            cl.subscribe([(f"{prefix}/ready", 1), (f"{prefix}/result", 1),
+                         (f"{prefix}/status", 1)])
+
+        c.on_connect = on_connect
         c.on_message = self._on_message
         c.connect("127.0.0.1", port, keepalive=10)
         c.loop_start()

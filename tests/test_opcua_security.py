@@ -214,3 +214,37 @@ def test_bad_security_options_are_one_line(certs, query, says):
 def test_plaintext_password_allowed_when_told(tmp_path):
     sink = make_sink(f"opc.tcp://line:pw@127.0.0.1:{free_port()}?serve&allow_plaintext=1")
     assert sink.sec.password == "pw" and sink.sec.mode is None and "pw" not in sink.url
+
+
+def test_sign_only_server(tmp_path, certs):
+    """security=sign: Basic256Sha256 with Sign, the right password accepted, the session signed."""
+    from asyncua import ua
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+    from asyncua.sync import Client
+
+    pw = tmp_path / "pw"
+    pw.write_text("right-pw\n")
+    port = free_port()
+    url = (f"opc.tcp://line@127.0.0.1:{port}?serve&security=sign&cert={certs['server'][0]}"
+           f"&key={certs['server'][1]}&password_file={pw}")
+    with Publisher([url], tmp_path / "out", print):
+        c = Client(f"opc.tcp://127.0.0.1:{port}/", timeout=4)
+        c.aio_obj.application_uri = "urn:test:client"
+        c.set_user("line")
+        c.set_password("right-pw")
+        c.set_security(SecurityPolicyBasic256Sha256, str(certs["client"][0]), str(certs["client"][1]),
+                       mode=ua.MessageSecurityMode.Sign)
+        c.connect()
+        try:
+            assert c.aio_obj.security_policy.Mode == ua.MessageSecurityMode.Sign
+            assert _read(c)["State"] == "Operational"
+        finally:
+            c.disconnect()
+        # the server offers Sign only: a client asking for SignAndEncrypt finds no endpoint
+        c = Client(f"opc.tcp://127.0.0.1:{port}/", timeout=4)
+        try:
+            with pytest.raises(ua.UaError, match="No matching endpoints"):
+                c.set_security(SecurityPolicyBasic256Sha256, str(certs["client"][0]), str(certs["client"][1]),
+                               mode=ua.MessageSecurityMode.SignAndEncrypt)
+        finally:
+            c.tloop.stop()

@@ -23,7 +23,8 @@ The transports (one table, :mod:`runtime.line.triggers`; this loop is the same f
   ``part_id`` and ``product``), ``PREFIX/result`` and a retained ``PREFIX/ready`` back.
 
 The part id the PLC gives becomes the record's ``part_id``, its product the record's ``product``
-(and ``self.event``, the :class:`TriggerEvent` of the part being scored).
+(and ``self.event``, the :class:`TriggerEvent` of the part being scored); a camera runner with
+several products (``set_product``) is told the product before the frame is taken.
 
 A trigger that cannot be set up (PLC not reachable, a node that does not exist, a malformed URL)
 is exit 2 at start, before any frame is taken. A PLC that goes away at run time is logged and the
@@ -63,7 +64,7 @@ class TriggeredCamera(CameraRunner):
         if self.event.part_id:
             rec["part_id"] = self.event.part_id
         if self.event.product is not None:
-            rec["product"] = self.event.product
+            rec.setdefault("product", self.event.product)
         try:
             self.trigger.finish(rec)
         except Exception as e:  # noqa: BLE001 - the PLC went away mid-handshake: the record still goes out
@@ -86,6 +87,8 @@ class TriggeredCamera(CameraRunner):
                         continue
                     self._t0 = time.monotonic()
                     self.event = self.trigger.begin()
+                    if self.event.product is not None and hasattr(self, "set_product"):
+                        self.set_product(self.event.product)  # several products per process (camera.py)
                     if down:
                         self.log(f"--trigger {self.trigger.url}: back")
                         down = False

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..sinks.base import SinkError, query, redact, split
 from ..sinks.mqtt_sink import (ACK_WAIT_S, CONNECT_WAIT_S, TLS_KEYS, check_tls, config, new_client,
-                               refused)
+                               no_delay, refused)
 from ..sinks.secure import CREDENTIAL_KEYS
 from . import TriggerBase, TriggerEvent
 
@@ -87,6 +87,7 @@ class MqttTrigger(TriggerBase):
                 self._connected.set()
                 client.disconnect()
             return
+        no_delay(client)
         client.subscribe(self._topic("trigger"), qos=1)
         client.publish(self._topic("status"), "online", qos=1, retain=True)
         self._connected.set()
