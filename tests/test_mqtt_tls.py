@@ -131,3 +131,20 @@ def test_cli_refuses_a_plaintext_password_in_one_line(tmp_path):
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "refusing to send a password unencrypted" in errors[0], res.output
     assert "s3cret" not in res.output and "Traceback" not in res.output
+
+
+def test_mqtt_trigger_over_tls(tmp_path, pki):
+    """The MQTT trigger takes the sink's TLS options: the right CA and client certificate connect,
+    another CA is exit 2 at start."""
+    from runtime.line.triggers import make_trigger
+
+    with Mosquitto(tmp_path / "broker", tls=(pki["ca"], *pki["broker"]), require_certificate=True) as broker:
+        base = f"mqtts://127.0.0.1:{broker.port}/cell?cert={pki['client'][0]}&key={pki['client'][1]}"
+        t = make_trigger(f"{base}&ca={pki['ca']}")
+        t.open()
+        try:
+            assert t.raised() is False
+        finally:
+            t.close()
+        with pytest.raises(SinkError, match="not trusted"):
+            make_trigger(f"{base}&ca={pki['other_ca']}").open()

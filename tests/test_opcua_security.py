@@ -248,3 +248,24 @@ def test_sign_only_server(tmp_path, certs):
                                mode=ua.MessageSecurityMode.SignAndEncrypt)
         finally:
             c.tloop.stop()
+
+
+def test_opcua_trigger_takes_the_client_security_options(tmp_path, certs, monkeypatch):
+    """The OPC UA trigger logs into a secured server with the client sink's options: the wrong
+    password cannot connect; the right one gets a session (and finds the read-only nodes)."""
+    from runtime.line.triggers import make_trigger
+
+    monkeypatch.setenv("VISION_PW", "right-pw")
+    port = free_port()
+    server = (f"opc.tcp://line@127.0.0.1:{port}?serve&security=encrypt&cert={certs['server'][0]}"
+              f"&key={certs['server'][1]}&password_env=VISION_PW")
+    mapping = tmp_path / "handshake.json"
+    mapping.write_text('{"nodes": {"ready": "ns=2;s=VisionSystem.IsOk"}}')
+    with Publisher([server], tmp_path / "srv", print):
+        for env, says in (("wrong-pw", "cannot connect to the PLC"), ("right-pw", "not writable")):
+            monkeypatch.setenv("TRIGGER_PW", env)
+            url = (f"opc.tcp://line@127.0.0.1:{port}?map={mapping}&security=encrypt&cert={certs['client'][0]}"
+                   f"&key={certs['client'][1]}&password_env=TRIGGER_PW#ns=2;s=VisionSystem.IsNg")
+            with pytest.raises(SinkError, match=says) as e:
+                make_trigger(url).open()
+            assert env not in str(e.value) and e.value.exit_code == 2
