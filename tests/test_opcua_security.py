@@ -269,3 +269,24 @@ def test_opcua_trigger_takes_the_client_security_options(tmp_path, certs, monkey
             with pytest.raises(SinkError, match=says) as e:
                 make_trigger(url).open()
             assert env not in str(e.value) and e.value.exit_code == 2
+
+
+def test_clients_lists_the_application_certificates_that_may_open_a_session(tmp_path, certs, monkeypatch):
+    """clients=: a client whose application certificate is not listed is refused even with the
+    right password; a listed one gets in."""
+    monkeypatch.setenv("VISION_PW", "right-pw")
+    port = free_port()
+    url = (f"opc.tcp://line@127.0.0.1:{port}?serve&security=encrypt&cert={certs['server'][0]}"
+           f"&key={certs['server'][1]}&password_env=VISION_PW&clients={certs['client'][0]}")
+    other = {"client": certs["other"]}
+    with Publisher([url], tmp_path / "out", print):
+        refused = _refused(_client(port, other, "line", "right-pw"))
+        assert "BadCertificateUntrusted" in refused, refused
+        c = _client(port, certs, "line", "right-pw")
+        c.connect()
+        try:
+            assert _read(c)["State"] == "Operational"
+        finally:
+            c.disconnect()
+    with pytest.raises(SinkError, match="clients= needs security="):
+        make_sink(f"opc.tcp://127.0.0.1:{free_port()}?serve&clients={certs['client'][0]}")

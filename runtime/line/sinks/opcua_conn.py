@@ -11,7 +11,9 @@ Security options (in the URL's query, the same for server and client):
   offers is taken); ``login=cert`` logs in with ``cert``/``key`` instead of a user name.
 * Server: ``trust=PATH`` (a certificate file, or a folder of them) lists the client certificates
   that may log in with their certificate; with ``security=`` anonymous sessions are refused, so a
-  user + password or ``trust=`` is required.
+  user + password or ``trust=`` is required. ``clients=PATH`` (file or folder) lists the client
+  application certificates that may open a session at all (others: ``BadCertificateUntrusted``);
+  without it any client certificate opens the secured channel and the login decides.
 * User and password as in :mod:`.secure` (``opc.tcp://line@host:4840?...&password_env=NAME``);
   a password without ``security=`` is refused unless ``allow_plaintext=1``.
 
@@ -39,7 +41,7 @@ TIMEOUT_S = 4.0
 MODES = {"sign": "Sign", "encrypt": "SignAndEncrypt"}
 SECURITY_KEYS = {"security", "cert", "key"} | CREDENTIAL_KEYS
 CLIENT_KEYS = SECURITY_KEYS | {"server_cert", "login"}
-SERVER_KEYS = SECURITY_KEYS | {"trust"}
+SERVER_KEYS = SECURITY_KEYS | {"trust", "clients"}
 
 
 def quiet() -> None:
@@ -58,6 +60,7 @@ class Security:
     server_cert: Path | None = None  # client: the pinned server certificate
     login_cert: bool = False  # client: log in with the certificate
     trust: tuple[Path, ...] = ()  # server: client certificates allowed to log in
+    clients: tuple[Path, ...] = ()  # server: client application certificates allowed to open a session
 
 
 def _load_cert(path: Path, shown: str, what: str):
@@ -108,20 +111,17 @@ def security_options(parts: SplitResult, q: dict[str, str], shown: str, server: 
     refuse_plaintext(q, shown, password, mode is not None or legacy, "add security=encrypt with cert= and key=")
     sec = Security(mode, cert, key, user, password)
     if server:
-        trust = file_option(q, "trust", shown)
-        certs = tuple(sorted(p for p in trust.iterdir() if p.is_file())) if trust and trust.is_dir() else \
-            ((trust,) if trust else ())
-        for c in certs:
-            _load_cert(c, shown, "trust")
-        if trust is not None and not mode:
-            raise SinkError(f"{shown}: trust= (certificate login) needs security=sign or security=encrypt")
+        certs, clients = _cert_list(q, "trust", shown), _cert_list(q, "clients", shown)
+        for k in ("trust", "clients"):
+            if k in q and not mode:
+                raise SinkError(f"{shown}: {k}= needs security=sign or security=encrypt")
         if mode and password is None and not certs:
             raise SinkError(f"{shown}: with security= anonymous sessions are refused: give a user and password "
                             "(opc.tcp://USER@host:4840?...&password_file=PATH) or trust=CLIENT_CERTS")
         if user and password is None:
             raise SinkError(f"{shown}: user {user!r} needs a password (password_file=, password_env= or "
                             f"${ENV}_PASSWORD)")
-        return Security(mode, cert, key, user, password, trust=certs)
+        return Security(mode, cert, key, user, password, trust=certs, clients=clients)
     login_cert = q.get("login")
     if login_cert not in (None, "cert"):
         raise SinkError(f"{shown}: login={login_cert}: the only value is login=cert (log in with cert= and key=)")
@@ -131,6 +131,19 @@ def security_options(parts: SplitResult, q: dict[str, str], shown: str, server: 
     if server_cert is not None:
         _load_cert(server_cert, shown, "server_cert")
     return Security(mode, cert, key, user, password, server_cert, bool(login_cert))
+
+
+def _cert_list(q: dict[str, str], key: str, shown: str) -> tuple[Path, ...]:
+    """``?key=PATH``: one certificate file or a folder of them, each checked to parse."""
+    where = file_option(q, key, shown)
+    if where is None:
+        return ()
+    certs = tuple(sorted(p for p in where.iterdir() if p.is_file())) if where.is_dir() else (where,)
+    if not certs:
+        raise SinkError(f"{shown}: {key}={where}: no certificate in it")
+    for c in certs:
+        _load_cert(c, shown, key)
+    return certs
 
 
 def connect_client(raw: str, shown: str, sec: Security | None = None):
@@ -239,6 +252,17 @@ def secure_server(server, sec: Security, shown: str) -> None:
 
     ders = [_load_cert(p, shown, "trust").public_bytes(Encoding.DER) for p in sec.trust]
     server.aio_obj.iserver.set_user_manager(LoginManager(sec.user, sec.password, ders))
+    if sec.clients:
+        allowed = [_load_cert(p, shown, "clients").public_bytes(Encoding.DER) for p in sec.clients]
+
+        async def only_listed(cert, app_description) -> None:
+            from asyncua.common.utils import ServiceError
+
+            der = cert.public_bytes(Encoding.DER)
+            if not any(hmac.compare_digest(der, a) for a in allowed):
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+        server.aio_obj.iserver.certificate_validator = only_listed
 
 
 def load_mapping(path: Path, shown: str, allowed: tuple[str, ...] = model.KEYS) -> dict[str, str]:
