@@ -9,7 +9,7 @@ to the site without writing them to ``docs/``, so they cannot drift from the cod
 - ``reference/manifest.md``: the bundle manifest's fields and what each must be, from the checks
   that :func:`runtime.manifest.validate_manifest` runs;
 - ``reference/result-sinks.md``: the ``--publish`` kinds, from the sinks table
-  (:mod:`runtime.line.sinks.table`);
+  (:mod:`runtime.line.sinks.table`), and the ``camera --trigger`` kinds (:mod:`runtime.line.triggers`);
 - ``reference/camera-sources.md``: the kinds of frame source ``camera`` reads, from the table of
   :mod:`runtime.line.sources.table`;
 - ``benchmark-figures.md``: ``BENCHMARKS.md`` as written by the last benchmark run.
@@ -157,7 +157,18 @@ def result_sinks_page() -> str:
     return ("# Result sinks\n\n<!-- generated from runtime/line/sinks/table.py at docs-build time -->\n"
             "What `--publish URL` (on `watch`, `camera` and `serve`) can send results to; the packages come with "
             "`pip install 'patchcore-rt[line]'`. How delivery works and an example per kind: "
-            "[Connecting to the line](../line-systems.md).\n\n" + "\n".join(rows) + "\n")
+            "[Connecting to the line](../line-systems.md).\n\n" + "\n".join(rows) + "\n" + _triggers_table())
+
+
+def _triggers_table() -> str:
+    from runtime.line.triggers import TRIGGERS
+
+    rows = ["| scheme | the trigger | Python package | example |", "|---|---|---|---|"]
+    rows += [f"| `{k.scheme}://` | {k.what} | {k.needs} | `{k.example}` |" for k in TRIGGERS]
+    return ("\n## PLC triggers\n\n<!-- generated from runtime/line/triggers/__init__.py -->\n"
+            "What `camera --trigger URL` can take the PLC's trigger from (the same handshake over each: "
+            "[the trigger handshake](../line-systems.md#the-trigger-handshake-score-when-the-plc-asks)).\n\n"
+            + "\n".join(rows) + "\n")
 
 
 def camera_sources_page() -> str:

@@ -48,13 +48,22 @@ def wait_for(cond, timeout: float, what: str) -> None:
 class Mosquitto:
     """A mosquitto broker with persistence (a restart keeps queued QoS 1 messages)."""
 
-    def __init__(self, folder: Path, port: int | None = None, password_file: Path | None = None):
+    def __init__(self, folder: Path, port: int | None = None, password_file: Path | None = None,
+                 tls: tuple[Path, Path, Path] | None = None, require_certificate: bool = False,
+                 nodelay: bool = True):
+        """``tls``: (CA, server certificate, server key) makes the listener TLS only; with
+        ``require_certificate`` a client must present a certificate the CA signed."""
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
         require("mosquitto", None if exe else "mosquitto not installed")
         self.exe, self.folder, self.port = exe, folder, port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
         self.conf = folder / "mosquitto.conf"
+        if tls:
+            auth += (f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n"
+                     f"require_certificate {'true' if require_certificate else 'false'}\n")
+        if nodelay:  # as docs/line-systems.md advises for a broker that carries triggers
+            auth += "set_tcp_nodelay true\n"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\n{auth}persistence true\n"
                              f"persistence_location {folder}/\nuser {getpass.getuser()}\nlog_dest none\n")
         self.proc: subprocess.Popen | None = None
@@ -86,7 +95,8 @@ class Mosquitto:
 class Subscriber:
     """An MQTT subscriber with a persistent session (QoS 1), collecting payloads in arrival order."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber"):
+    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber",
+                 tls: tuple[Path, Path | None, Path | None] | None = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retained)
@@ -94,6 +104,8 @@ class Subscriber:
                         protocol=mqtt.MQTTv311)
         c.on_connect = lambda cl, ud, fl, rc, pr=None: cl.subscribe(topic, qos=1)
         c.on_message = lambda cl, ud, m: self.messages.append((m.topic, m.payload, bool(m.retain)))
+        if tls:
+            c.tls_set(ca_certs=str(tls[0]), certfile=tls[1] and str(tls[1]), keyfile=tls[2] and str(tls[2]))
         c.reconnect_delay_set(0.1, 0.5)
         c.connect_async("127.0.0.1", port, keepalive=10)
         c.loop_start()

@@ -47,7 +47,10 @@ def test_table_schemes_each_have_a_module_and_an_example_that_parses():
 def test_password_never_shown():
     url = "mqtt://line:s3cret@127.0.0.1:1/x"
     assert "s3cret" not in redact(url) and redact(url) == "mqtt://line:***@127.0.0.1:1/x"
-    assert "s3cret" not in make_sink(url).url
+    assert "s3cret" not in make_sink(url + "?allow_plaintext=1").url
+    with pytest.raises(SinkError, match="refusing to send a password unencrypted") as e:
+        make_sink(url)
+    assert "s3cret" not in str(e.value)
     with pytest.raises(SinkError) as e:
         make_sink("mqtt://line:s3cret@127.0.0.1:1/x?nope=1")
     assert "s3cret" not in str(e.value)
@@ -95,6 +98,10 @@ def test_mqtt_wrong_credentials_is_exit_2_at_start(tmp_path):
     assert subprocess.run(["mosquitto_passwd", "-b", str(pw), "line", "right"], capture_output=True).returncode == 0
     with Mosquitto(tmp_path / "broker", password_file=pw) as broker:
         url = f"mqtt://line:wrong@127.0.0.1:{broker.port}/line1"
+        with pytest.raises(SinkError, match="refusing to send a password unencrypted") as e:
+            Publisher([url], tmp_path / "out", print)
+        assert "wrong" not in str(e.value) and e.value.exit_code == 2
+        url += "?allow_plaintext=1"  # this test's broker has no TLS listener
         pub = Publisher([url], tmp_path / "out", print)
         with pytest.raises(SinkError) as e:
             pub.open()

@@ -96,7 +96,8 @@ def test_trigger_node_that_does_not_exist_is_exit_2_before_any_frame(tmp_path, r
 
 
 @pytest.mark.parametrize("url,says", [
-    ("modbus://127.0.0.1:502#coil=1", "give opc.tcp://"),
+    ("modbus://127.0.0.1:502#coil=1", "--trigger modbus://127.0.0.1:502#coil=1: unexpected '#coil=1'"),
+    ("ftp://127.0.0.1:502", "give opc.tcp://"),
     (f"opc.tcp://127.0.0.1:{free_port()}?map=x.json", "give opc.tcp://plc:4840?map=nodes.json#"),
 ])
 def test_bad_trigger_urls(tmp_path, url, says):

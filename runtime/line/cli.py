@@ -264,8 +264,9 @@ def camera(
     batch: int = typer.Option(4, "--batch-size", min=1, help="Frames per model call for files (live sources: 1)."),
     publish: Optional[List[str]] = PublishOpt,
     trigger: Optional[str] = typer.Option(None, "--trigger", metavar="URL", help="Score only when the PLC asks: "
-                                          "opc.tcp://plc:4840?map=nodes.json#<trigger node>; the newest frame is "
-                                          "scored, the result written, \"result ready\" raised and the trigger "
+                                          "opc.tcp://plc:4840?map=nodes.json#<trigger node>, "
+                                          "modbus://plc:502?trigger=COIL&ready=COIL or mqtt(s)://broker/PREFIX; "
+                                          "the newest frame is scored, the result written, \"result ready\" raised and the trigger "
                                           "cleared (see the docs' \"Connecting to the line\")."),
     settings: Optional[Path] = typer.Option(None, "--settings", help="Industrial cameras: settings file (YAML or "
                                             "JSON: exposure, gain, pixel format, region, trigger, frame rate), "

@@ -12,9 +12,19 @@ The time from seeing the trigger to raising "result ready" is each record's ``tr
 command ends with its median and 95th percentile. Frames between triggers are not scored (they
 count in ``dropped``).
 
+The transports (one table, :mod:`runtime.line.triggers`; this loop is the same for all):
+
 * OPC UA: ``opc.tcp://plc:4840?map=nodes.json#<trigger node id>``; the mapping file names the
-  result nodes as for ``--publish`` plus ``ready`` (required) and ``part_in`` (optional: a string
-  the PLC sets before the trigger, the part id of the record).
+  result nodes as for ``--publish`` plus ``ready`` (required), ``part_in`` and ``product_in``
+  (optional: values the PLC sets before the trigger);
+* Modbus TCP: ``modbus://plc:502?unit=1&trigger=2&ready=3`` (coils; ``part_in=`` / ``product_in=``
+  holding registers);
+* MQTT: ``mqtt(s)://broker/PREFIX``: a message on ``PREFIX/trigger`` (text part id or JSON with
+  ``part_id`` and ``product``), ``PREFIX/result`` and a retained ``PREFIX/ready`` back.
+
+The part id the PLC gives becomes the record's ``part_id``, its product the record's ``product``
+(and ``self.event``, the :class:`TriggerEvent` of the part being scored); a camera runner with
+several products (``set_product``) is told the product before the frame is taken.
 
 A trigger that cannot be set up (PLC not reachable, a node that does not exist, a malformed URL)
 is exit 2 at start, before any frame is taken. A PLC that goes away at run time is logged and the
@@ -25,108 +35,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from .camera import CameraRunner, LatestFrameGrabber
-from .sinks import opcua_model as model
-from .sinks.base import SinkError, query, redact, split
+from .sinks.base import SinkError
+from .triggers import TRIGGERS, TriggerEvent, make_trigger  # noqa: F401 - the table and factory live there
 
 POLL_S = 0.002  # how often the trigger is read
 RETRY_S = 1.0  # after the PLC went away
-
-
-class OpcUaTrigger:
-    def __init__(self, url: str):
-        from .sinks.opcua_sink import load_mapping
-
-        self.raw, self.url = url, redact(url)
-        parts = split(url, default_port=4840, fragment=True)
-        q = query(parts, url, {"map"})
-        self.trigger_node = parts.fragment
-        if not self.trigger_node or not q.get("map"):
-            raise SinkError(f"--trigger {self.url}: give opc.tcp://plc:4840?map=nodes.json#<trigger node id>")
-        self.mapping = load_mapping(Path(q["map"]), f"--trigger {self.url}", model.KEYS + ("ready", "part_in"))
-        if "ready" not in self.mapping:
-            raise SinkError(f"--trigger {self.url}: the mapping file must name the \"ready\" node")
-        self.client = None
-        self.counter = 0
-
-    def open(self) -> None:
-        from .sinks.opcua_sink import connect_client, resolve_nodes
-
-        shown = f"--trigger {self.url}"
-        try:
-            self.client = connect_client(self.raw, shown)
-        except ConnectionError as e:
-            raise SinkError(f"{shown}: cannot connect to the PLC ({e})") from None
-        try:
-            writable = {k: v for k, v in self.mapping.items() if k != "part_in"}
-            self.nodes = resolve_nodes(self.client, writable, shown)
-            self.trigger = resolve_nodes(self.client, {"trigger": self.trigger_node}, shown)["trigger"][0]
-            self.part_in = self.client.get_node(self.mapping["part_in"]) if "part_in" in self.mapping else None
-            if self.part_in is not None:
-                self.part_in.read_value()
-            self.ready = self.nodes.pop("ready")
-            if "counter" in self.nodes:
-                self.counter = int(self.nodes["counter"][0].read_value() or 0)
-        except SinkError:
-            self.close()
-            raise
-        except Exception as e:  # noqa: BLE001 - the part_in node
-            self.close()
-            raise SinkError(f"{shown}: node {self.mapping.get('part_in')} (part_in) cannot be read ({e})") from None
-
-    def _write(self, node_type, value) -> None:
-        from asyncua import ua
-
-        node, vtype = node_type
-        node.write_value(ua.DataValue(ua.Variant(model.convert(value, vtype), vtype)))
-
-    def raised(self) -> bool:
-        return bool(self.trigger.read_value())
-
-    def begin(self) -> str | None:
-        """The trigger is up: lower "result ready"; the part id the PLC gave, if mapped."""
-        self._write(self.ready, False)
-        return str(self.part_in.read_value()) if self.part_in is not None else None
-
-    def finish(self, record: dict[str, Any]) -> None:
-        from .sinks.opcua_sink import write_nodes
-
-        write_nodes(self.nodes, model.values(record, str(record.get("id", "")), self.counter + 1))
-        self.counter += 1
-        self._write(self.ready, True)
-        from asyncua import ua
-
-        self.trigger.write_value(ua.DataValue(ua.Variant(False, ua.VariantType.Boolean)))
-
-    def close(self) -> None:
-        from .sinks.opcua_sink import close_client
-
-        c, self.client = self.client, None
-        if c is not None:
-            close_client(c)
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-TRIGGERS = {"opc.tcp": OpcUaTrigger}
-
-
-def make_trigger(url: str):
-    """The trigger for ``url`` (parsed and checked, not yet connected); SinkError (exit 2) otherwise."""
-    scheme = url.partition("://")[0].lower()
-    cls = TRIGGERS.get(scheme)
-    if cls is None:
-        raise SinkError(f"--trigger {redact(url)}: give opc.tcp://...?map=nodes.json#<trigger node> "
-                        f"(kinds: {', '.join(TRIGGERS)})")
-    return cls(url)
 
 
 class TriggeredCamera(CameraRunner):
@@ -139,14 +55,16 @@ class TriggeredCamera(CameraRunner):
         self.round_trips_ms: list[float] = []
         self._emit, self.emit = self.emit, self._handshake
         self._t0 = 0.0
-        self._part: str | None = None
+        self.event = TriggerEvent()
 
     def _handshake(self, rec: dict[str, Any]) -> None:
         import uuid
 
         rec.setdefault("id", uuid.uuid4().hex)
-        if self._part:
-            rec["part_id"] = self._part
+        if self.event.part_id:
+            rec["part_id"] = self.event.part_id
+        if self.event.product is not None:
+            rec.setdefault("product", self.event.product)
         try:
             self.trigger.finish(rec)
         except Exception as e:  # noqa: BLE001 - the PLC went away mid-handshake: the record still goes out
@@ -168,7 +86,9 @@ class TriggeredCamera(CameraRunner):
                         self.stop.wait(POLL_S)
                         continue
                     self._t0 = time.monotonic()
-                    self._part = self.trigger.begin()
+                    self.event = self.trigger.begin()
+                    if self.event.product is not None and hasattr(self, "set_product"):
+                        self.set_product(self.event.product)  # several products per process (camera.py)
                     if down:
                         self.log(f"--trigger {self.trigger.url}: back")
                         down = False

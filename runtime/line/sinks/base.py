@@ -53,7 +53,7 @@ def redact(url: str) -> str:
 
 
 def split(url: str, *, need_host: bool = True, default_port: int | None = None,
-          fragment: bool = False) -> SplitResult:
+          fragment: bool = False, role: str = "--publish") -> SplitResult:
     """Parse ``url``; SinkError with one line for what is malformed (no host, a bad port, a
     ``#fragment`` where none is taken)."""
     shown = redact(url)
@@ -61,27 +61,27 @@ def split(url: str, *, need_host: bool = True, default_port: int | None = None,
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise SinkError(f"--publish {shown}: malformed URL ({e})") from None
+        raise SinkError(f"{role} {shown}: malformed URL ({e})") from None
     if "#" in url and not fragment:
-        raise SinkError(f"--publish {shown}: unexpected '#{parts.fragment}' (no fragment here; MQTT wildcards "
+        raise SinkError(f"{role} {shown}: unexpected '#{parts.fragment}' (no fragment here; MQTT wildcards "
                         "are not allowed in a prefix either)")
     if need_host and not parts.hostname:
-        raise SinkError(f"--publish {shown}: no host (e.g. {parts.scheme}://127.0.0.1"
+        raise SinkError(f"{role} {shown}: no host (e.g. {parts.scheme}://127.0.0.1"
                         f"{f':{default_port}' if default_port else ''}/...)")
     if port is None and need_host and default_port is None:
-        raise SinkError(f"--publish {shown}: no port")
+        raise SinkError(f"{role} {shown}: no port")
     return parts
 
 
-def query(parts: SplitResult, url: str, allowed: set[str]) -> dict[str, str]:
+def query(parts: SplitResult, url: str, allowed: set[str], role: str = "--publish") -> dict[str, str]:
     """The URL's query as a dict; SinkError naming an unknown or repeated key."""
     q = parse_qs(parts.query, keep_blank_values=True)
     for k, v in q.items():
         if k not in allowed:
-            raise SinkError(f"--publish {redact(url)}: unknown parameter {k!r}"
+            raise SinkError(f"{role} {redact(url)}: unknown parameter {k!r}"
                             + (f" (known: {', '.join(sorted(allowed))})" if allowed else ""))
         if len(v) > 1:
-            raise SinkError(f"--publish {redact(url)}: parameter {k!r} given twice")
+            raise SinkError(f"{role} {redact(url)}: parameter {k!r} given twice")
     return {k: v[0] for k, v in q.items()}
 
 

@@ -7,11 +7,15 @@
   will ``offline`` when the runtime dies without saying goodbye (``offline`` too on a clean stop).
 * paho reconnects by itself with a growing delay (1 s to 30 s); while the broker is away
   ``send`` raises SinkDown and the results wait in the outbox.
-* Credentials: ``$PATCHCORE_RT_MQTT_USERNAME`` / ``$PATCHCORE_RT_MQTT_PASSWORD`` (or the URL's
-  ``user:password@``, never printed). TLS (``mqtts://``): the system's CAs, or
-  ``$PATCHCORE_RT_MQTT_CA`` (a CA file), with ``$PATCHCORE_RT_MQTT_CERT`` / ``$PATCHCORE_RT_MQTT_KEY``
-  for a client certificate. Wrong credentials or a TLS failure at start: exit 2. A broker that
-  is not reachable at start is waited for (results buffer), as it would be later.
+* Credentials as in :mod:`.secure`: the URL's user (``mqtts://line@broker:8883/cell``) and
+  ``?password_file=PATH`` or ``?password_env=NAME`` (or ``$PATCHCORE_RT_MQTT_USERNAME`` /
+  ``$PATCHCORE_RT_MQTT_PASSWORD``, or the URL's ``user:password@``, never printed). A password over
+  ``mqtt://`` (no TLS) is refused at start unless ``?allow_plaintext=1``.
+* TLS (``mqtts://``): the broker's certificate is checked against the system's CAs, or
+  ``?ca=PATH`` (``$PATCHCORE_RT_MQTT_CA``); ``?cert=PATH&key=PATH`` (``$PATCHCORE_RT_MQTT_CERT`` /
+  ``_KEY``) is a client certificate for brokers that require one. Wrong credentials, a missing
+  file or a TLS failure at start: exit 2. A broker that is not reachable at start is waited for
+  (results buffer), as it would be later.
 """
 
 from __future__ import annotations
@@ -22,33 +26,132 @@ import ssl
 import threading
 from typing import Any
 
-from .base import SinkDown, SinkError, credentials, need, query, redact, split
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import SinkDown, SinkError, need, query, redact, split
+from .secure import CREDENTIAL_KEYS, file_option, login, refuse_plaintext
 
 ENV = "PATCHCORE_RT_MQTT"
 CONNECT_WAIT_S = 5.0
 ACK_WAIT_S = 5.0
 
 
+TLS_KEYS = {"ca", "cert", "key"}
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Where and how to connect, from an ``mqtt(s)://`` URL (shared with the MQTT trigger)."""
+    url: str  # redacted
+    raw: str
+    host: str
+    port: int
+    prefix: str
+    tls: bool
+    user: str | None = None
+    password: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def config(url: str, q: dict[str, str], shown: str) -> MqttConfig:
+    """Parse and check the connection part of an MQTT URL whose query ``q`` was read already."""
+    tls = url.lower().startswith("mqtts://")
+    parts = split(url, default_port=8883 if tls else 1883)
+    prefix = parts.path.strip("/")
+    if any(ch in prefix for ch in "+#"):
+        raise SinkError(f"{shown}: the topic prefix may not contain MQTT wildcards (+ #)")
+    user, password = login(parts, q, ENV, shown)
+    refuse_plaintext(q, shown, password, tls, "use mqtts:// (TLS)")
+    files = {}
+    for k in ("ca", "cert", "key"):
+        env = os.environ.get(f"{ENV}_{k.upper()}")
+        files[k] = file_option(q if k in q else {k: env} if env else {}, k, shown)
+        if files[k] is not None and not tls:
+            raise SinkError(f"{shown}: {k}= is for TLS: use mqtts://")
+    if (files["cert"] is None) != (files["key"] is None):
+        raise SinkError(f"{shown}: a client certificate needs both cert=PATH and key=PATH")
+    return MqttConfig(redact(url), url, parts.hostname, parts.port or (8883 if tls else 1883), prefix, tls, user,
+                      password, files["ca"], files["cert"], files["key"])
+
+
+def new_client(cfg: MqttConfig, client_id: str, shown: str):
+    """A paho client (MQTT 3.1.1) with the credentials and TLS of ``cfg``; not yet connected."""
+    mqtt = need("paho.mqtt.client", "line", cfg.raw)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    if cfg.user:
+        c.username_pw_set(cfg.user, cfg.password)
+    if cfg.tls:
+        try:
+            c.tls_set(ca_certs=str(cfg.ca) if cfg.ca else None, certfile=str(cfg.cert) if cfg.cert else None,
+                      keyfile=str(cfg.key) if cfg.key else None, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise SinkError(f"{shown}: TLS setup failed ({e})") from None
+    return c
+
+
+def check_tls(cfg: MqttConfig, shown: str) -> None:
+    """One TLS handshake with the broker now, so a certificate it does not trust (or one we do not)
+    is exit 2 at start rather than endless reconnects; a broker that is not there is waited for."""
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+    try:
+        if cfg.cert:
+            ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+    except (OSError, ssl.SSLError) as e:
+        raise SinkError(f"{shown}: cert=/key= cannot be loaded ({e})") from None
+    try:
+        with socket.create_connection((cfg.host, cfg.port), timeout=CONNECT_WAIT_S) as raw:
+            with ctx.wrap_socket(raw, server_hostname=cfg.host) as tls:
+                if cfg.cert is None:  # TLS 1.3: a broker that wants a client certificate says so after the handshake
+                    tls.settimeout(0.3)
+                    try:
+                        tls.recv(1)
+                    except (socket.timeout, TimeoutError):
+                        pass
+    except ssl.SSLCertVerificationError as e:
+        raise SinkError(f"{shown}: the broker's certificate is not trusted ({e.verify_message}); give its CA "
+                        "as ca=PATH") from None
+    except ssl.SSLError as e:
+        raise SinkError(f"{shown}: TLS handshake with the broker failed ({e.reason or e})") from None
+    except OSError:
+        pass  # not reachable now: waited for like any broker that is away
+
+
+def no_delay(client) -> None:
+    """TCP_NODELAY on the broker connection: without it a QoS 1 publish right after another one waits
+    for the TCP acknowledgement of the first (Nagle against delayed ACKs: about 40 ms each)."""
+    import socket
+
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def refused(reason) -> bool:
+    """A CONNACK that will not change by retrying (bad credentials, not authorised)."""
+    return str(reason).lower().replace(" ", "") in ("notauthorized", "badusernameorpassword")
+
+
 class MqttSink:
-    def __init__(self, url: str, raw: str, host: str, port: int, prefix: str, tls: bool, client_id: str | None):
-        self.url, self.raw, self.host, self.port, self.prefix, self.tls = url, raw, host, port, prefix, tls
+    def __init__(self, cfg: MqttConfig, client_id: str | None):
+        self.cfg, self.url, self.raw, self.host, self.port = cfg, cfg.url, cfg.raw, cfg.host, cfg.port
+        self.prefix, self.tls = cfg.prefix, cfg.tls
         self.client_id = client_id or f"patchcore-rt-{os.getpid()}"
         self.client = None
         self._connected = threading.Event()
         self._refused: str | None = None
 
     def open(self) -> None:
-        mqtt = need("paho.mqtt.client", "line", self.raw)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311)
-        user, password = credentials(split(self.raw), ENV)
-        if user:
-            c.username_pw_set(user, password)
         if self.tls:
-            try:
-                c.tls_set(ca_certs=os.environ.get(f"{ENV}_CA") or None, certfile=os.environ.get(f"{ENV}_CERT") or None,
-                          keyfile=os.environ.get(f"{ENV}_KEY") or None, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise SinkError(f"--publish {self.url}: TLS setup failed ({e})") from None
+            check_tls(self.cfg, f"--publish {self.url}")
+        c = new_client(self.cfg, self.client_id, f"--publish {self.url}")
         c.will_set(self._topic("status"), "offline", qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
@@ -67,11 +170,12 @@ class MqttSink:
 
     def _on_connect(self, client, userdata, flags, reason, properties=None) -> None:
         if reason.is_failure:
-            if str(reason).lower().replace(" ", "") in ("notauthorized", "badusernameorpassword"):
+            if refused(reason):
                 self._refused = str(reason)
                 self._connected.set()  # wake open(), which fails
                 client.disconnect()
             return
+        no_delay(client)
         client.publish(self._topic("status"), "online", qos=1, retain=True)
         self._connected.set()
 
@@ -103,11 +207,6 @@ class MqttSink:
 
 
 def make(url: str) -> MqttSink:
-    tls = url.lower().startswith("mqtts://")
-    parts = split(url, default_port=8883 if tls else 1883)
-    q = query(parts, url, {"client_id"})
-    prefix = parts.path.strip("/")
-    if any(ch in prefix for ch in "+#"):
-        raise SinkError(f"--publish {redact(url)}: the topic prefix may not contain MQTT wildcards (+ #)")
-    return MqttSink(redact(url), url, parts.hostname, parts.port or (8883 if tls else 1883), prefix, tls,
-                    q.get("client_id"))
+    parts = split(url, default_port=1883)
+    q = query(parts, url, {"client_id"} | CREDENTIAL_KEYS | TLS_KEYS)
+    return MqttSink(config(url, q, f"--publish {redact(url)}"), q.get("client_id"))

@@ -30,11 +30,13 @@ SINKS: tuple[SinkKind, ...] = (
              "postgresql://inspect@db.plant:5432/quality"),
     SinkKind("mqtt", "mqtt_sink", "paho-mqtt", "QoS 1 on PREFIX/result, retained PREFIX/status with a last will",
              "mqtt://broker.plant:1883/line1"),
-    SinkKind("mqtts", "mqtt_sink", "paho-mqtt", "as mqtt, over TLS", "mqtts://broker.plant:8883/line1"),
+    SinkKind("mqtts", "mqtt_sink", "paho-mqtt", "as mqtt, over TLS (ca=, cert=, key=; password_file= or "
+             "password_env=)", "mqtts://broker.plant:8883/line1"),
     SinkKind("modbus", "modbus_sink", "pymodbus", "a PLC's coils (OK, NG) and holding registers (score, verdict, "
              "counter)", "modbus://192.168.0.10:502?unit=1"),
     SinkKind("opc.tcp", "opcua_sink", "asyncua", "OPC UA: the runtime's own server (?serve, an OPC 40100 style "
-             "result model) or a PLC's nodes (?map=nodes.json)", "opc.tcp://0.0.0.0:4840?serve"),
+             "result model) or a PLC's nodes (?map=nodes.json); security=sign|encrypt with cert=, key= and a "
+             "login", "opc.tcp://0.0.0.0:4840?serve"),
 )
 
 SCHEMES = {k.scheme: k for k in SINKS}
