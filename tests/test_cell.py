@@ -298,3 +298,23 @@ def test_a_lazy_bundle_that_cannot_open_gives_error_records_and_the_others_go_on
         assert r.status_code == 422 and r.json()["verdict"] == "error" and "product 'c'" in r.json()["error"]
         assert r.json()["product"] == "c" and r.json()["bundle"] is None
         assert c.post("/v1/predict?product=a", content=data).status_code == 200
+
+
+def test_a_plc_product_number_selects_the_nth_named_bundle_and_an_unknown_number_is_refused(tmp_path):
+    """Modbus carries a product as a register value: 1 is the first named --bundle, 2 the second;
+    a number beyond them is refused, never guessed; a product named by a number keeps its name."""
+    from types import SimpleNamespace
+
+    from runtime.line.products import Products, UnknownProduct
+
+    def opened(path):  # resolving a product never reads its bundle; the first one is opened at start
+        return SimpleNamespace(predictor=SimpleNamespace(bundle=SimpleNamespace(bundle_id=path.name)))
+
+    paths = {"a": tmp_path / "a", "b": tmp_path / "b"}
+    products = Products(paths, open_source=opened, load="lazy", log=lambda s: None)
+    assert [products.resolve(v) for v in ("1", "2", "a", " 2 ")] == ["a", "b", "a", "b"]
+    for bad in ("0", "3", "-1"):
+        with pytest.raises(UnknownProduct):
+            products.resolve(bad)
+    numbered = Products({"7": tmp_path / "x", "z": tmp_path / "z"}, open_source=opened, log=lambda s: None)
+    assert numbered.resolve("7") == "7" and numbered.resolve("2") == "z"

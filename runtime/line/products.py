@@ -83,11 +83,20 @@ class Products:
         return list(self.paths)
 
     def resolve(self, name: str | None) -> str | None:
-        """The product a part belongs to: ``name``, or the unnamed one when it names none."""
+        """The product a part belongs to: ``name``, or the unnamed one when it names none. A number
+        that names no product is a PLC's product index: 1 is the first named ``--bundle``, 2 the
+        second (a product's own name wins when it is a number too)."""
         if name in (None, ""):
             if None in self.paths:
                 return None
             raise UnknownProduct(f"no product named: give one of {self.listing()}")
+        if name not in self.paths and str(name).strip().isdigit():  # a PLC's product number (Modbus register)
+            named = [n for n in self.paths if n is not None]
+            number = int(str(name).strip())
+            if number == 0 and None in self.paths:
+                return None  # 0: the register's rest value, no product named
+            if 1 <= number <= len(named):
+                return named[number - 1]
         if name not in self.paths:
             raise UnknownProduct(f"unknown product {str(name)[:64]!r}: this process has {self.listing()}")
         return name
