@@ -160,7 +160,7 @@ def eval_(
 
 def _row_line(row: dict) -> str:
     keep = ("class", "backbone", "geometry", "image_auroc", "pixel_auroc", "pro", "pixel_auroc_original",
-            "pro_original", "f1_max", "bank_rows", "fit_seconds", "ms_per_image")
+            "pro_original", "f1_max", "f1_at_threshold", "caught", "false_calls", "bank_rows", "fit_seconds", "ms_per_image")
     return json.dumps({k: row[k] for k in keep if k in row})
 
 
