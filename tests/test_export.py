@@ -174,6 +174,9 @@ def test_cli_bundle_then_reuse(data, tmp_path):
     res, first = _bundle(runner, *common, "--no-fp16")
     assert res.exit_code == 0, res.output
     assert first["reused"] is False and first["graphs"] == ["features_fp32"]
+    # the operating point in words (stderr) and in the summary
+    assert "operating point: f1@10%" in res.stderr and "expected false calls" in res.stderr
+    assert first["operating_point"]["policy"] == "f1@10%" and 0 <= first["operating_point"]["false_calls"] <= 1
     bank = (out / "memory_bank.npy").read_bytes()
     res, second = _bundle(runner, *common, "--reuse", "--fp16")
     assert res.exit_code == 0, res.output
@@ -181,7 +184,9 @@ def test_cli_bundle_then_reuse(data, tmp_path):
     assert (out / "memory_bank.npy").read_bytes() == bank
     assert second["threshold"] == first["threshold"]
     m = read_bundle(out).manifest
-    assert m["threshold"]["method"] == "oof-quantile"  # carried over from the first fit
+    # carried over from the first fit (the default policy's operating point, since issue 39)
+    assert m["threshold"]["method"] == "operating-point"
+    assert m["threshold"]["operating_point"]["value"] == m["threshold"]["value"] == first["threshold"]
     res, third = _bundle(runner, *[a if a != "0.05" else "0.1" for a in common], "--reuse", "--no-fp16")
     assert res.exit_code == 0 and third["reused"] is False
     assert "coreset_ratio" in res.stderr
