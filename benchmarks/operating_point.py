@@ -272,9 +272,11 @@ def main() -> None:
     ap.add_argument("--classes", default=",".join(CLASSES))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--result", type=Path, default=OUT / "result.json", help="the run's results (JSON)")
+    ap.add_argument("--merge", default="", help="report: also the runs of these result files (comma-separated)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    result = OUT / "result.json"
+    result = args.result
     if args.what == "run":
         import torch
 
@@ -292,7 +294,13 @@ def main() -> None:
                 print(f"{name} seed {seed}: exported {a['exported']}, oracle {a['oracle_f1']:.3f}, "
                       f"bias {r['fold_bias']}", file=sys.stderr, flush=True)
                 result.write_text(json.dumps(res, indent=1))
-    replace_section(args.out, SECTION, render(json.loads(result.read_text())))
+    res = json.loads(result.read_text())
+    for extra in filter(None, args.merge.split(",")):
+        seen = {(r["class"], r["seed"]) for r in res["runs"]}
+        res["runs"] += [r for r in json.loads(Path(extra).read_text())["runs"] if (r["class"], r["seed"]) not in seen]
+    order = {c: i for i, c in enumerate(CLASSES)}
+    res["runs"].sort(key=lambda r: (order.get(r["class"], len(order)), r["seed"]))
+    replace_section(args.out, SECTION, render(res))
 
 
 if __name__ == "__main__":
