@@ -49,6 +49,9 @@ RULE_MARGIN = 0.02  # auto picks "either" only when it beats image-score's objec
 # them within a fraction of a percent of the full bank (a defect's patch is far from every bank),
 # while good parts sit a few percent higher (BENCHMARKS.md, "Operating point").
 DEFECT_CORRECTION = 1.0
+# Whether the good evidence is divided by the measured fold bias (True) or kept as scored (False): chosen by
+# the study (BENCHMARKS.md, "Operating point": which one keeps the false-call promise on unseen good images).
+FOLD_BIAS_APPLIED = True
 MAX_DEFECTS = 120  # at most this many synthetic defects in all (the fit's added time stays modest)
 
 
@@ -229,8 +232,8 @@ def _objective_name(policy: op.Policy) -> str:
 def operating_point(model, paths: Sequence[Path], oof: OutOfFold, pixel: dict, options: EvidenceOptions) -> dict:
     """The manifest's ``threshold.operating_point`` (and the chosen threshold as its ``value``)."""
     t0 = time.perf_counter()
-    bias = fold_bias(oof)
-    c = bias["factor"]
+    bias = {**fold_bias(oof), "applied": FOLD_BIAS_APPLIED}
+    c = bias["factor"] if FOLD_BIAS_APPLIED else 1.0
     scorer = Scorer(model, pixel["pixel_value"], pixel.get("pixel_base"))
     plans = [model.preprocess.plan(h, w) for h, w in image_sizes(paths)]
     good_regions = np.array([largest_region(oof.maps[i], plans[i], scorer.pixel_value, scorer.pixel_base, c)
@@ -247,8 +250,8 @@ def operating_point(model, paths: Sequence[Path], oof: OutOfFold, pixel: dict, o
         source += f", {n_set} of them of {n_all} real NG images (--ng {options.ng}; the other {n_all - n_set} check it)"
         check = (s_chk, r_chk, n_all - n_set)
     evidence = op.Evidence(oof.image_scores / c, d_scores, good_regions, d_regions,
-                           good_source=f"{len(paths)} out-of-fold good training images ({len(oof.folds)} folds), "
-                                       f"scores divided by the fold bias {c:.4g}",
+                           good_source=f"{len(paths)} out-of-fold good training images ({len(oof.folds)} folds)"
+                                       + (f", scores divided by the fold bias {c:.4g}" if FOLD_BIAS_APPLIED else ""),
                            defect_source=source,
                            facts={"fold_bias": bias, "defect_correction": DEFECT_CORRECTION, "synthetic": d_facts})
     policy = op.parse_policy(options.policy)

@@ -51,9 +51,10 @@ def test_the_manifest_holds_the_operating_point_its_curve_and_evidence(fitted):
     assert len(evidence.defect_scores) + check["n"] == n_synth + 4 and check["n"] == 2  # test/hole: 4 images
     assert "check it" in evidence.defect_source and 0 <= check["caught"] <= check["n"]
     # the correction: scores divided by the measured fold bias (>= 1: a larger bank never scores higher)
-    bias = evidence.facts["fold_bias"]["factor"]
-    assert bias >= 1.0
-    np.testing.assert_allclose(evidence.good_scores * bias, thr["calibration_scores"], rtol=1e-9)
+    bias = evidence.facts["fold_bias"]
+    assert bias["factor"] >= 1.0
+    applied = bias["factor"] if bias["applied"] else 1.0
+    np.testing.assert_allclose(evidence.good_scores * applied, thr["calibration_scores"], rtol=1e-9)
     assert evidence.facts["defect_correction"] == 1.0  # defects: measured to shift far less (docs/calibration.md)
     e = point["expected"]
     assert e["false_calls"] <= 0.10 and e["n_good"] == 15
