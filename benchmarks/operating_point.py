@@ -37,7 +37,7 @@ from common import cpu_name, replace_section  # noqa: E402
 SECTION = "operating-point"
 OUT = ROOT / ".bench" / "operating_point"
 MVTEC = ROOT.parent / "shared" / "datasets" / "mvtec_ad"
-from patchcore.fit_options import DEFAULT_POLICY  # noqa: E402
+from patchcore.fit_options import DEFAULT_POLICY, DEFAULT_RULE  # noqa: E402
 
 CLASSES = ("bottle", "screw", "hazelnut_reduced", "transistor_reduced", "brick", "brick-tall")
 POLICIES = ("false-calls=1%", "false-calls=2%", "false-calls=5%", "f1", "f1@5%", "recall=90%")
@@ -171,7 +171,7 @@ def analyse(run: dict, corrected: bool = True) -> dict:
                                 "expected_false_calls_interval": list(exp.false_calls_interval),
                                 "expected_catch": exp.catch_rate, **at(thr, rule, labels, scores, regions)})
     policy = op.parse_policy(DEFAULT_POLICY)
-    rule, _ = rule_for("auto", evidence, policy)
+    rule, _ = rule_for(DEFAULT_RULE, evidence, policy)
     out["default"] = {"policy": str(policy), "rule": str(rule),
                       **at(op.choose(evidence, rule, policy), rule, labels, scores, regions)}
     rule = op.Rule.from_dict(run["exported_rule"])
@@ -209,7 +209,7 @@ def render(res: dict) -> str:
     by_class: dict[str, list[dict]] = {}
     for r in runs:
         by_class.setdefault(r["class"], []).append(r)
-    lines += [f"### Before / after per class (mean over seeds; after = the default policy {DEFAULT_POLICY}, rule auto, "
+    lines += [f"### Before / after per class (mean over seeds; after = the default policy {DEFAULT_POLICY}, rule {DEFAULT_RULE}, "
               f"on the evidence as the bundle records it: fold bias {'divided out' if corrected else 'kept'})", "",
               "| class | seeds | train good | test defects / good | today: caught | today: false calls | today: F1 / "
               "oracle | default: caught | default: false calls | default: F1 / oracle | default: rule(s) | oracle F1 |",

@@ -20,6 +20,7 @@ from runtime.calibration import image_threshold, pixel_threshold
 from runtime.errors import UsageError
 from runtime.postprocess import robust_scale
 
+from .fit_options import DEFAULT_RULE
 from .folds import out_of_fold
 from .metrics import f1_max
 from .operating_evidence import EvidenceOptions, operating_point
@@ -30,7 +31,7 @@ def check_options(cfg) -> None:
     """A bad ``--operating-point``, ``--rule`` or ``--ng`` is a UsageError (exit 2) before any image is
     read; they belong to ``--calibration oof``."""
     options = EvidenceOptions(policy=cfg.operating_point, rule=cfg.rule, ng=cfg.ng, seed=cfg.seed)
-    given = cfg.operating_point is not None or cfg.rule != "auto" or cfg.ng is not None
+    given = cfg.operating_point is not None or cfg.rule != DEFAULT_RULE or cfg.ng is not None
     if given and cfg.calibration != "oof":
         raise UsageError("--operating-point, --rule and --ng choose the out-of-fold operating point: they need "
                          "--calibration oof")

@@ -64,7 +64,7 @@ class PatchCoreConfig:
     folds: int = DEFAULT_FOLDS  # oof: folds of the training images
     pixel_quantile: float = DEFAULT_PIXEL_QUANTILE  # oof: quantile of good maps' values = the pixel threshold
     operating_point: str | None = None  # oof (None: patchcore.fit_options.DEFAULT_POLICY): the policy that picks the threshold (runtime.operating_point)
-    rule: str = "auto"  # oof: image-score | either | auto (chosen on the evidence)
+    rule: str = "image-score"  # oof: image-score | either | auto (chosen on the evidence); fit_options.DEFAULT_RULE
     ng: str | None = None  # oof: a folder of real NG images (half set the operating point, half check it)
     resize: int | None = None  # override the paper recipe's sizes (implies geometry "paper")
     crop: int | None = None

@@ -1,12 +1,13 @@
 """The operating point's evidence at fit time: good parts and defects scored by banks that never saw them.
 
-Good evidence: every training image's out-of-fold score (:mod:`patchcore.folds`), corrected for the
-fold bias: a fold bank holds ``(k-1)/k`` of the images, so a good part scores a little higher against
-it than a new good part scores against the full bank. The correction is measured on each fit: every
-fold's held-out images are also scored against a bank of one fold fewer, and the score's drop from
-``k-2`` to ``k-1`` folds, extrapolated (a power law in the bank's images) to ``k`` folds, is the
-factor the good images' out-of-fold scores (and maps, for their regions) are divided by
-(``facts.fold_bias``). Defects' scores move far less with the bank and are left as scored.
+Good evidence: every training image's out-of-fold score (:mod:`patchcore.folds`). A fold bank holds
+``(k-1)/k`` of the images, so a good part scores a little higher against it than a new good part
+against the full bank: the fit measures this fold bias (every fold's held-out images are also scored
+against a bank of one fold fewer; the score's drop from ``k-2`` to ``k-1`` folds, extrapolated as a
+power law in the bank's images to ``k`` folds) and records it (``facts.fold_bias``). Whether the good
+scores (and maps, for their regions) are divided by it is :data:`FOLD_BIAS_APPLIED`: the study found
+that new good images drift upward from the training images by about as much, and the raw scores kept
+the false-call promise where the corrected ones did not, so they are kept as scored.
 
 Defect evidence: synthetic defects (:mod:`patchcore.selection.defects`: every family and size bucket,
 exact masks) drawn on each fold's held-out images, with donors from the other folds, scored against
@@ -39,7 +40,7 @@ from runtime.preprocess import prepare, stack_inputs
 from runtime.regions import find_regions
 from runtime.search import PatchScorer
 
-from .fit_options import DEFAULT_POLICY, RULE_CHOICES
+from .fit_options import DEFAULT_POLICY, DEFAULT_RULE, RULE_CHOICES
 from .folds import OutOfFold
 from .input_geometry import image_sizes
 from .progress import progress_bar
@@ -51,7 +52,7 @@ RULE_MARGIN = 0.02  # auto picks "either" only when it beats image-score's objec
 DEFECT_CORRECTION = 1.0
 # Whether the good evidence is divided by the measured fold bias (True) or kept as scored (False): chosen by
 # the study (BENCHMARKS.md, "Operating point": which one keeps the false-call promise on unseen good images).
-FOLD_BIAS_APPLIED = True
+FOLD_BIAS_APPLIED = False
 MAX_DEFECTS = 120  # at most this many synthetic defects in all (the fit's added time stays modest)
 
 
@@ -66,7 +67,7 @@ class EvidenceOptions:
     """What the fit's operating point rests on and how it is chosen."""
 
     policy: str | None = None  # None: DEFAULT_POLICY
-    rule: str = "auto"
+    rule: str = DEFAULT_RULE
     ng: str | None = None  # folder of real NG images the user named (half set the point, half check it)
     seed: int = 0
 

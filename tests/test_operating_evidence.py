@@ -29,7 +29,7 @@ def small(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(small):
     cfg = PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, resize=96, crop=96, device="cpu", folds=3,
-                          ng=str(small / "test" / "hole"), operating_point="false-calls=10%")
+                          ng=str(small / "test" / "hole"), operating_point="false-calls=10%", rule="auto")
     model = PatchCore(cfg).fit(load_class(small).train)
     return model, model.manifest("t")
 
@@ -41,6 +41,9 @@ def test_the_manifest_holds_the_operating_point_its_curve_and_evidence(fitted):
     assert thr["method"] == "operating-point" and thr["value"] == point["value"] == model.threshold
     evidence, rule, policy = op.read(thr)
     assert str(policy) == "false-calls=10%" and point["rule"] == rule.to_dict()
+    # --rule auto: both rules' objectives (catch rate at the policy's threshold) on record, the better one chosen
+    obj = point["rule_choice"]["objective"]
+    assert "image-score" in obj and (rule.kind == "image-score") == (max(obj.values()) < obj["image-score"] + RULE_MARGIN)
     assert op.choose(evidence, rule, policy) == pytest.approx(point["value"], rel=1e-12)  # the record re-derives
     assert thr["scale"] == pytest.approx(robust_scale(point["value"], evidence.good_scores), rel=1e-12)
     assert len(evidence.good_scores) == 15  # every training image, out of fold
