@@ -12,7 +12,9 @@ import pytest
 
 from runtime.bundle import BundleError, finalize_manifest, read_bundle
 from runtime.calibration import image_threshold, pixel_level, trust
+from patchcore.fit_options import DEFAULT_POLICY, DEFAULT_RULE
 from runtime.operating_point import choose as op_choose
+from runtime.operating_point import parse_policy
 from runtime.operating_point import read as read_operating_point
 from runtime.postprocess import SCALE_FLOOR, normalise_scores, quantile_threshold
 
@@ -79,7 +81,7 @@ def test_oof_calibration_uses_every_training_image_and_extracts_features_once(sm
     assert model.threshold == cal["operating_point"]["value"] == pytest.approx(op_choose(evidence, rule, policy))
     # the defaults the study chose (docs/defaults.md): f1@10%, the image-score rule, the fold bias measured and
     # recorded but not divided out (the raw out-of-fold scores kept the false-call promise on unseen good images)
-    assert str(policy) == "f1@10%" and rule.kind == "image-score"
+    assert str(policy) == str(parse_policy(DEFAULT_POLICY)) and rule.kind == DEFAULT_RULE == "image-score"
     assert evidence.facts["fold_bias"]["applied"] is False and evidence.facts["fold_bias"]["factor"] >= 1.0
     np.testing.assert_array_equal(evidence.good_scores, cal["calibration_scores"])
     # out of fold: the images score higher than against the bank that saw them

@@ -14,10 +14,12 @@ from runtime.errors import WEIGHTS
 from export.onnx_export import OPSET, export_bundle, read_metadata
 from export.search_graph import append_search
 from patchcore.data import load_class
+from patchcore.fit_options import DEFAULT_POLICY
 from patchcore.model import PatchCore, PatchCoreConfig
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import BundleError, read_bundle
 from runtime.images import read_image
+from runtime.operating_point import parse_policy
 from runtime.predictor import Predictor
 from runtime.preprocess import preprocess_batch
 
@@ -175,8 +177,9 @@ def test_cli_bundle_then_reuse(data, tmp_path):
     assert res.exit_code == 0, res.output
     assert first["reused"] is False and first["graphs"] == ["features_fp32"]
     # the operating point in words (stderr) and in the summary
-    assert "operating point: f1@10%" in res.stderr and "expected false calls" in res.stderr
-    assert first["operating_point"]["policy"] == "f1@10%" and 0 <= first["operating_point"]["false_calls"] <= 1
+    default = str(parse_policy(DEFAULT_POLICY))
+    assert f"operating point: {default}" in res.stderr and "expected false calls" in res.stderr
+    assert first["operating_point"]["policy"] == default and 0 <= first["operating_point"]["false_calls"] <= 1
     bank = (out / "memory_bank.npy").read_bytes()
     res, second = _bundle(runner, *common, "--reuse", "--fp16")
     assert res.exit_code == 0, res.output
