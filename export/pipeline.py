@@ -29,6 +29,7 @@ from .onnx_export import export_bundle
 from .tensorrt_build import TensorRTUnavailableError, build_bundle_engine
 
 SYNTHETIC_DEST = Path("datasets/synthetic")
+HIGH_FALSE_CALLS = 0.05  # an operating point that calls more good parts NG than this is flagged in words
 
 
 @dataclass
@@ -82,6 +83,10 @@ def operating_point_words(threshold: dict) -> list[str]:
     if not point:
         return []
     lines = describe(point)
+    fc = point["expected"]["false_calls"]
+    if fc > HIGH_FALSE_CALLS:
+        lines.append(f"  warning: {fc:.1%} of the good evidence is called NG at this point (more than "
+                     f"{HIGH_FALSE_CALLS:.0%}); --operating-point false-calls=R caps it")
     trust = threshold.get("trust") or {}
     if trust:
         lines.append(f"  trust: {trust.get('level')}: {trust.get('why')}")

@@ -140,3 +140,16 @@ def test_cli_bad_operating_point_is_exit_2(args, says, small, tmp_path):
     r = subprocess.run([sys.executable, "-m", "patchcore", "fit", "--data", str(small), "--out", str(tmp_path / "b"),
                         *args], capture_output=True, text=True)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_words_flag_a_point_that_calls_many_good_parts_ng():
+    from export.pipeline import operating_point_words
+
+    good = np.arange(100.0)
+    ev = op.Evidence(good, good[50:] + 0.5)
+    for text, flagged in (("false-calls=2%", False), ("false-calls=20%", True)):
+        point = op.section(ev, op.Rule(), op.parse_policy(text), chosen_by="test")
+        words = "\n".join(operating_point_words({"operating_point": point, "trust": {"level": "good", "why": "x"}}))
+        assert words.startswith(f"operating point: {text}") and "trust: good" in words
+        assert ("warning:" in words) is flagged
+    assert operating_point_words({"value": 1.0}) == []  # a bundle from before operating points
