@@ -274,9 +274,10 @@ def render(res: dict) -> str:
               "seeds, and the seeds where they stayed at or below the stated interval's upper end.", "",
               "| class | policy | corrected: false calls | corrected: promise held | corrected: caught | raw: false "
               "calls | raw: promise held | raw: caught |", "|---|---|---|---|---|---|---|---|"]
+    fixed_runs = [{**r, **analyse(r, True)} for r in res["runs"]]
     raw_runs = [{**r, **analyse(r, False)} for r in res["runs"]]
     for name in by_class:
-        pairs = [(c, w) for c, w in zip(runs, raw_runs) if c["class"] == name]
+        pairs = [(c, w) for c, w in zip(fixed_runs, raw_runs) if c["class"] == name]
         for i, row in enumerate(pairs[0][0]["rows"]):
             if row["rule"] != "image-score" or not row["policy"].startswith(("false-calls", "f1")):
                 continue
