@@ -70,7 +70,7 @@ LATENCY_BUDGET = typer.Option(None, "--latency-budget-ms", min=0.0, help="--pres
 
 # The operating point's default policy and the decision rules (patchcore.operating_evidence): chosen
 # by the study in BENCHMARKS.md ("Operating point"), docs/defaults.md.
-DEFAULT_POLICY = "f1"
+DEFAULT_POLICY = "false-calls=4%"
 DEFAULT_RULE = "image-score"
 RULE_CHOICES = ("auto", "image-score", "either")
 OPERATING_POINT = typer.Option(None, "--operating-point", help="where the bundle calls a part NG (--calibration oof): "
