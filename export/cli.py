@@ -53,6 +53,7 @@ def export_cmd(
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
     calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
+    operating_point: Optional[str] = opt.OPERATING_POINT, rule: str = opt.RULE, ng: Optional[Path] = opt.NG,
     mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="millimetres per original image pixel, "
                                               "recorded in the bundle: the runtime then gives region areas in mm²"),
     latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET,
@@ -80,7 +81,8 @@ def export_cmd(
                              batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                              bank_size, shards, work_dir, aggregation=aggregation,
                                  max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                             calibration=calibration, folds=folds, latency_budget_ms=latency_budget_ms)
+                             calibration=calibration, folds=folds, latency_budget_ms=latency_budget_ms,
+                             operating_point=operating_point, rule=rule, ng=ng)
         if mm_per_px is not None and not (mm_per_px > 0 and math.isfinite(mm_per_px)):
             raise UsageError(f"--mm-per-px must be a finite number > 0, got {mm_per_px}")
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,

@@ -24,11 +24,13 @@ from runtime.bundle import Bundle, BundleError, read_bundle
 from runtime.calibration import threshold_words
 from runtime.engines.table import variants
 from runtime.fileio import sha256_file
+from runtime.operating_point import describe
 
 from .onnx_export import export_bundle
 from .tensorrt_build import TensorRTUnavailableError, build_bundle_engine
 
 SYNTHETIC_DEST = Path("datasets/synthetic")
+HIGH_FALSE_CALLS = 0.05  # an operating point that calls more good parts NG than this is flagged in words
 
 
 @dataclass
@@ -63,9 +65,38 @@ class ExportResult:
                "graphs": sorted(m["graphs"]), "engines": sorted(m.get("engines", {})),
                "files": {k: v["bytes"] for k, v in m["files"].items()}, "threshold": m["threshold"]["value"],
                "threshold_trust": m["threshold"].get("trust"), "data": str(self.data)}
+        point = m["threshold"].get("operating_point")
+        if point:
+            e = point["expected"]
+            out["operating_point"] = {"policy": point["policy"], "rule": point["rule"],
+                                      "false_calls": e["false_calls"], "false_calls_interval": e["false_calls_interval"],
+                                      "catch_rate": e["catch_rate"], "catch_rate_interval": e["catch_rate_interval"],
+                                      "trust": (m["threshold"].get("trust") or {}).get("level")}
         if self.tensorrt_skipped:
             out["tensorrt_skipped"] = self.tensorrt_skipped
         return out
+
+
+def operating_point_words(threshold: dict) -> list[str]:
+    """The bundle's operating point in words (policy, rule, expected false calls and catch rate with
+    their intervals, the trust in them, and the --ng check when there was one); [] without one."""
+    point = threshold.get("operating_point")
+    if not point:
+        return []
+    lines = describe(point)
+    fc = point["expected"]["false_calls"]
+    if fc > HIGH_FALSE_CALLS:
+        lines.append(f"  warning: {fc:.1%} of the good evidence is called NG at this point (more than "
+                     f"{HIGH_FALSE_CALLS:.0%}); --operating-point false-calls=R caps it")
+    trust = threshold.get("trust") or {}
+    if trust:
+        lines.append(f"  trust: {trust.get('level')}: {trust.get('why')}")
+    check = point.get("check")
+    if check:
+        lo, hi = check["catch_rate_interval"]
+        lines.append(f"  checked on {check['source']}: caught {check['caught']} of {check['n']} "
+                     f"({check['catch_rate']:.0%}, 95% interval {lo:.0%}-{hi:.0%})")
+    return lines
 
 
 def files_digest(root: Path, paths) -> str:
@@ -183,4 +214,7 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
             log(f"skipped: {e}")
     m = bundle.manifest
     log(f"bundle written: {req.out} ({', '.join(sorted(m['graphs']))}); {threshold_words(m['threshold'])}")
+    for line in operating_point_words(m["threshold"]):
+        if not line.startswith("  trust:"):  # the line above says it
+            log(line)
     return ExportResult(bundle, Path(data_dir), reused, skipped)

@@ -52,6 +52,7 @@ def fit(
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
     calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
+    operating_point: Optional[str] = opt.OPERATING_POINT, rule: str = opt.RULE, ng: Optional[Path] = opt.NG,
     latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET, ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `patchcore export` adds it)."""
@@ -67,7 +68,8 @@ def fit(
                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                                  bank_size, shards, work_dir, aggregation=aggregation,
                                  max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                                 latency_budget_ms=latency_budget_ms, calibration=calibration, folds=folds)
+                                 latency_budget_ms=latency_budget_ms, calibration=calibration, folds=folds,
+                                 operating_point=operating_point, rule=rule, ng=ng)
             dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
             check_output_folder(dest, "--out")
             jobs.append((d, cfg, dest))
@@ -122,6 +124,7 @@ def eval_(
     aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
     upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
     calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
+    operating_point: Optional[str] = opt.OPERATING_POINT, rule: str = opt.RULE, ng: Optional[Path] = opt.NG,
     latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET, ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
     original_resolution: bool = typer.Option(False, "--original-resolution", help="also compute pixel AUROC and PRO "
@@ -138,7 +141,8 @@ def eval_(
                                   batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
                                   bank_size, shards, work_dir, aggregation=aggregation,
                                  max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                                 latency_budget_ms=latency_budget_ms, calibration=calibration, folds=folds)
+                                 latency_budget_ms=latency_budget_ms, calibration=calibration, folds=folds,
+                                 operating_point=operating_point, rule=rule, ng=ng)
                    for bb in backbone]  # bad options fail before any data is read
         _check_ray(preset, ray or bool(ray_address))
         _check_folders(data)
@@ -156,7 +160,7 @@ def eval_(
 
 def _row_line(row: dict) -> str:
     keep = ("class", "backbone", "geometry", "image_auroc", "pixel_auroc", "pro", "pixel_auroc_original",
-            "pro_original", "f1_max", "bank_rows", "fit_seconds", "ms_per_image")
+            "pro_original", "f1_max", "f1_at_threshold", "caught", "false_calls", "bank_rows", "fit_seconds", "ms_per_image")
     return json.dumps({k: row[k] for k in keep if k in row})
 
 

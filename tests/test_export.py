@@ -14,10 +14,12 @@ from runtime.errors import WEIGHTS
 from export.onnx_export import OPSET, export_bundle, read_metadata
 from export.search_graph import append_search
 from patchcore.data import load_class
+from patchcore.fit_options import DEFAULT_POLICY
 from patchcore.model import PatchCore, PatchCoreConfig
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import BundleError, read_bundle
 from runtime.images import read_image
+from runtime.operating_point import parse_policy
 from runtime.predictor import Predictor
 from runtime.preprocess import preprocess_batch
 
@@ -174,6 +176,10 @@ def test_cli_bundle_then_reuse(data, tmp_path):
     res, first = _bundle(runner, *common, "--no-fp16")
     assert res.exit_code == 0, res.output
     assert first["reused"] is False and first["graphs"] == ["features_fp32"]
+    # the operating point in words (stderr) and in the summary
+    default = str(parse_policy(DEFAULT_POLICY))
+    assert f"operating point: {default}" in res.stderr and "expected false calls" in res.stderr
+    assert first["operating_point"]["policy"] == default and 0 <= first["operating_point"]["false_calls"] <= 1
     bank = (out / "memory_bank.npy").read_bytes()
     res, second = _bundle(runner, *common, "--reuse", "--fp16")
     assert res.exit_code == 0, res.output
@@ -181,7 +187,9 @@ def test_cli_bundle_then_reuse(data, tmp_path):
     assert (out / "memory_bank.npy").read_bytes() == bank
     assert second["threshold"] == first["threshold"]
     m = read_bundle(out).manifest
-    assert m["threshold"]["method"] == "oof-quantile"  # carried over from the first fit
+    # carried over from the first fit (the default policy's operating point, since issue 39)
+    assert m["threshold"]["method"] == "operating-point"
+    assert m["threshold"]["operating_point"]["value"] == m["threshold"]["value"] == first["threshold"]
     res, third = _bundle(runner, *[a if a != "0.05" else "0.1" for a in common], "--reuse", "--no-fp16")
     assert res.exit_code == 0 and third["reused"] is False
     assert "coreset_ratio" in res.stderr
