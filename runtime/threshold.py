@@ -25,7 +25,6 @@ import datetime as _dt
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,11 +32,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .bundle import DIGEST_FIELD, Bundle, finalize_manifest, read_bundle
+from .bundle import DIGEST_FIELD, Bundle
 from .errors import OutputError, UsageError
 from .fileio import check_output_folder
 from .operating_point import DEFAULT_DEFECT_RATE, Evidence, Policy, Rates, Rule, choose, rates, read, section
 from .postprocess import robust_scale
+from .versions import write_version
 
 CHOSEN_BY = "patchcore-rt threshold"
 FALSE_CALL_POINTS = (0.005, 0.01, 0.02, 0.05, 0.10)  # the table's rows, besides the current point
@@ -292,28 +292,9 @@ def new_version(parent: Bundle, b: Basis, policy: Policy, out: Path | None = Non
 
 
 def write_copy(parent: Bundle, manifest: dict[str, Any], out: Path) -> Bundle:
-    """The parent's files and ``manifest`` at ``out``: assembled in a hidden folder beside it,
-    sealed, then renamed into place (as :func:`runtime.update.write_update` does)."""
-    tmp = out.parent / f".{out.name}.threshold-{os.getpid()}"
-    files = sorted(parent.manifest["files"])
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for rel in files:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(parent.path(rel), tmp / rel)
-        finalize_manifest(tmp, manifest, files)
-        if out.exists():
-            out.rmdir()  # an empty folder (check_target refused anything else)
-        os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{out}: cannot write the new bundle version ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return read_bundle(out)
+    """The parent's files and ``manifest`` at ``out``, as a new version (:mod:`runtime.versions`)."""
+    return write_version(parent, out, manifest, parent.manifest["files"], kind="threshold",
+                         what="the new bundle version")
 
 
 def preview(b: Basis, policy: Policy | None, recent: Sequence[tuple[str, float, float]],

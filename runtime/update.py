@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +42,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .bundle import BANK_FILE, DIGEST_FIELD, Bundle, BundleError, finalize_manifest, read_bundle, write_array
+from .bundle import BANK_FILE, DIGEST_FIELD, Bundle, BundleError, read_bundle
 from .coreset_update import Extension, distances_to_bank, extend_coreset, project
-from .errors import OutputError, UsageError
+from .errors import UsageError
 from .fileio import check_output_folder, sha256_file
 from .images import read_image
 from .calibration import spread, trust
@@ -56,6 +54,7 @@ from .threshold import KEPT_OP_KEYS  # export's facts that stay true when the th
 
 QUANTILE_METHODS = ("holdout-quantile", "oof-quantile")  # thresholds an update recalibrates
 from .search import PatchScorer
+from .versions import write_version
 
 Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 images -> (B, P, D) float32
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -343,28 +342,13 @@ def write_update(parent: Bundle, manifest: dict[str, Any], bank: np.ndarray, out
         manifest["graphs"].pop(key)
     manifest["engines"] = {k: e for k, e in manifest.get("engines", {}).items() if e.get("graph") not in drop}
     keep = {BANK_FILE, manifest["memory_bank"]["projection_file"]}
-    for section in ("graphs", "engines"):
-        for entry in manifest[section].values():
+    for part in ("graphs", "engines"):
+        for entry in manifest[part].values():
             keep.update([entry["file"], *entry.get("external_data", [])])
-    tmp = out.parent / f".{out.name}.update-{os.getpid()}"
     t0 = time.perf_counter()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for rel in sorted(keep - {BANK_FILE}):
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(parent.path(rel), tmp / rel)
-        write_array(tmp, BANK_FILE, bank)
+
+    def record_write_time() -> None:
         manifest["lineage"][-1]["seconds"]["write"] = round(time.perf_counter() - t0, 3)
-        finalize_manifest(tmp, manifest, sorted(keep))
-        if out.exists():
-            out.rmdir()  # an empty folder (check_out refused anything else)
-        os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{out}: cannot write the updated bundle ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return read_bundle(out)
+
+    return write_version(parent, out, manifest, keep, {BANK_FILE: bank}, kind="update",
+                         what="the updated bundle", before_seal=record_write_time)

@@ -89,6 +89,22 @@ def evidence(rt_bundle, scored) -> Evidence:
 
 
 @pytest.fixture(scope="module")
+def legacy_bundle(rt_bundle, tmp_path_factory) -> Path:
+    """``rt_bundle`` as exported before operating points existed: the 0.99 quantile of its
+    out-of-fold scores (method oof-quantile), no ``operating_point`` section, re-sealed."""
+    dst = tmp_path_factory.mktemp("legacy") / "brick"
+    shutil.copytree(rt_bundle, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    thr = m["threshold"]
+    thr.pop("operating_point", None)
+    value = float(np.quantile(thr["calibration_scores"], 0.99))
+    thr.update(method="oof-quantile", quantile=0.99, value=value, scale=robust_scale(value, thr["calibration_scores"]))
+    m.pop("manifest_sha256")
+    finalize_manifest(dst, m, sorted(m["files"]))
+    return dst
+
+
+@pytest.fixture(scope="module")
 def op_bundle(rt_bundle, evidence, tmp_path_factory) -> Path:
     """The bundle at false-calls=10% under the image-score rule."""
     return with_operating_point(rt_bundle, tmp_path_factory.mktemp("op") / "brick", evidence, Rule(),
@@ -136,12 +152,12 @@ def test_records_of_an_either_bundle_say_region_decided(rt_bundle, evidence, sco
     assert {json.loads(line)["verdict"] for line in r.stdout.splitlines()} == {"ok"}
 
 
-def test_a_bundle_without_the_section_keeps_the_image_score_rule(rt_bundle):
-    m = read_bundle(rt_bundle).manifest
+def test_a_bundle_without_the_section_keeps_the_image_score_rule(rt_bundle, legacy_bundle):
+    m = read_bundle(legacy_bundle).manifest
     assert "operating_point" not in m["threshold"]
     judge = Judge.for_manifest(m)
     assert judge.bundle_rule == Rule() and judge.rule == "image-score"
-    r = _run("predict", rt_bundle, *_images(rt_bundle, "hole"), "--device", "cpu")
+    r = _run("predict", legacy_bundle, *_images(rt_bundle, "hole"), "--device", "cpu")
     recs = [json.loads(line) for line in r.stdout.splitlines()]
     assert {(rec["rule"], rec["decided_by"]) for rec in recs} == {("image-score", "image-score")}
     assert all((rec["verdict"] == "ng") == (rec["score"] >= m["threshold"]["value"]) for rec in recs)
@@ -212,9 +228,9 @@ def test_table_rows_are_the_evidence_counted(op_bundle, evidence):
     assert [line for line in text.splitlines() if line.startswith("*")][0].split()[1] == f"{t['threshold']:.6g}"
 
 
-def test_a_legacy_bundle_shows_false_calls_only_and_real_counts_with_ng(rt_bundle, scored, tmp_path):
-    cal = read_bundle(rt_bundle).manifest["threshold"]["calibration_scores"]
-    r = _run("threshold", rt_bundle, "--json")
+def test_a_legacy_bundle_shows_false_calls_only_and_real_counts_with_ng(rt_bundle, scored, tmp_path, legacy_bundle):
+    cal = read_bundle(legacy_bundle).manifest["threshold"]["calibration_scores"]
+    r = _run("threshold", legacy_bundle, "--json")
     assert r.exit_code == 0, r.output
     t = json.loads(r.stdout)
     assert t["policy"] is None and t["evidence"]["defects"] == 0 and "catch rate unknown" in t["notes"][0]
@@ -226,7 +242,7 @@ def test_a_legacy_bundle_shows_false_calls_only_and_real_counts_with_ng(rt_bundl
         for x in _images(rt_bundle, k):
             shutil.copy(x, ng / f"{k}-{x.name}")
     (ng / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    r = _run("threshold", rt_bundle, "--ng", ng, "--json", "--device", "cpu")
+    r = _run("threshold", legacy_bundle, "--ng", ng, "--json", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "left out" in r.stderr and "broken.png" in r.stderr and "Traceback" not in r.output
     t = json.loads(r.stdout)
@@ -270,13 +286,13 @@ def test_set_writes_a_new_version_and_leaves_the_old_one_untouched(op_bundle, ev
     assert default_out(made, Policy("value", 3.5)).name == f"{op_bundle.name}-op-value-3.5"
 
 
-def test_the_new_version_scores_with_the_new_threshold(rt_bundle, scored, tmp_path):
+def test_the_new_version_scores_with_the_new_threshold(rt_bundle, scored, tmp_path, legacy_bundle):
     """value=X between the good test images' scores: the new version calls exactly those at or
     above X NG, the parent (a bundle without an operating point) those above its own."""
     scores = np.sort(scored["good"][0])
     x = float((scores[4] + scores[5]) / 2)
     out = tmp_path / "moved"
-    r = _run("threshold", rt_bundle, "--set", f"value={x!r}", "--out", out)
+    r = _run("threshold", legacy_bundle, "--set", f"value={x!r}", "--out", out)
     assert r.exit_code == 0, r.output
     images = _images(rt_bundle, "good")
     r = _run("predict", out, *images, "--device", "cpu")
@@ -284,8 +300,8 @@ def test_the_new_version_scores_with_the_new_threshold(rt_bundle, scored, tmp_pa
     assert sum(rec["verdict"] == "ng" for rec in recs) == len(scores) - 5
     assert all((rec["verdict"] == "ng") == (rec["score"] >= x) for rec in recs)
     assert all(rec["normalised"] >= 0.5 for rec in recs if rec["verdict"] == "ng")
-    parent_value = read_bundle(rt_bundle).manifest["threshold"]["value"]
-    old = [json.loads(line) for line in _run("predict", rt_bundle, *images, "--device", "cpu").stdout.splitlines()]
+    parent_value = read_bundle(legacy_bundle).manifest["threshold"]["value"]
+    old = [json.loads(line) for line in _run("predict", legacy_bundle, *images, "--device", "cpu").stdout.splitlines()]
     assert sum(rec["verdict"] == "ng" for rec in old) == int((scores >= parent_value).sum())
     m = read_bundle(out).manifest["threshold"]
     assert m["operating_point"]["evidence"]["good"]["source"].startswith("the threshold's calibration scores")
@@ -320,9 +336,9 @@ def test_bad_policies_are_exit_2_in_one_line(op_bundle, policy, says, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_recall_without_defect_evidence_says_what_to_give(rt_bundle, tmp_path):
+def test_recall_without_defect_evidence_says_what_to_give(rt_bundle, tmp_path, legacy_bundle):
     for policy in ("recall=95%", "f1@5%"):
-        r = _run("threshold", rt_bundle, "--set", policy, "--out", tmp_path / "never")
+        r = _run("threshold", legacy_bundle, "--set", policy, "--out", tmp_path / "never")
         assert r.exit_code == 2, r.output
         _one_error(r, "--ng DIR")
     assert not (tmp_path / "never").exists()
@@ -343,7 +359,7 @@ def test_missing_bundle_is_3_and_an_unwritable_output_9(op_bundle, tmp_path):
     _one_error(r, "parent bundle")
 
 
-def test_info_says_the_operating_point_in_words(op_bundle, rt_bundle):
+def test_info_says_the_operating_point_in_words(op_bundle, rt_bundle, legacy_bundle):
     r = _run("info", op_bundle, "--json")
     assert r.exit_code == 0, r.output
     op = json.loads(r.stdout)["operating_point"]
@@ -351,7 +367,7 @@ def test_info_says_the_operating_point_in_words(op_bundle, rt_bundle):
     assert any("expected false calls" in w for w in op["words"]) and any("expected catch rate" in w for w in op["words"])
     text = " ".join(_run("info", op_bundle).stdout.split())
     assert "expected false calls" in text and "95% interval" in text and "trust:" in text
-    assert "none recorded (exported before operating points)" in " ".join(_run("info", rt_bundle).stdout.split())
+    assert "none recorded (exported before operating points)" in " ".join(_run("info", legacy_bundle).stdout.split())
 
 
 def test_trade_off_under_the_either_rule_counts_regions(evidence):
@@ -386,9 +402,9 @@ def test_update_re_applies_the_policy_on_the_extended_good_evidence(rt_bundle, o
     assert "operating point false-calls=10% re-applied" in entry["calibration"]["method"]
 
 
-def test_a_bundle_without_any_good_scores_says_what_to_give(rt_bundle, tmp_path):
+def test_a_bundle_without_any_good_scores_says_what_to_give(rt_bundle, tmp_path, legacy_bundle):
     old = tmp_path / "old"
-    shutil.copytree(rt_bundle, old)
+    shutil.copytree(legacy_bundle, old)
     m = json.loads((old / "manifest.json").read_text())
     for k in ("calibration_scores", "manifest_sha256"):
         m["threshold"].pop(k, None)

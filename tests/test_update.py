@@ -501,7 +501,10 @@ def test_the_demo_taught_a_colour_variant_at_the_default_bank(tmp_path):
     from patchcore.synthetic import make_synthetic_class
 
     data = make_synthetic_class(tmp_path / "data")
-    model = PatchCore(preset_config("default", backbone="effnet-lite0", device="cpu")).fit(load_class(data).train)
+    # the threshold at false-calls=1% (about the 0.99 quantile this bound was set for): the check is that
+    # teaching brings the variants under the threshold, not where the default policy puts it
+    model = PatchCore(preset_config("default", backbone="effnet-lite0", device="cpu",
+                                    operating_point="false-calls=1%")).fit(load_class(data).train)
     assert model.config.coreset_ratio == 0.01
     export_bundle(model, tmp_path / "bundle", fp16=False)
 
