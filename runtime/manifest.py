@@ -168,6 +168,13 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+def spread_summary(v: Any) -> str | None:
+    """``threshold.spread``: the calibration scores' summary that ``info`` prints (numbers)."""
+    if not isinstance(v, dict) or not all(_is_number(v[k]) for k in ("median", "mad", "iqr", "max") if k in v):
+        return "an object of finite numbers (median, mad, iqr, max)"
+    return None
+
+
 def finite_list(v: Any) -> str | None:
     return None if isinstance(v, list) and all(_is_number(x) for x in v) else "a list of finite numbers"
 
@@ -288,6 +295,7 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "threshold.pixel_quantile": unit_open,
     "threshold.pixel_base": finite_number,
     "threshold.trust": obj,
+    "threshold.spread": spread_summary,
     "threshold.operating_point": operating_point,
     "units": obj,
     "units.mm_per_px": positive_number,
@@ -346,6 +354,7 @@ FIELD_DOCS: dict[str, str] = {
     "threshold.pixel_quantile": "the quantile of good map values that gave `pixel_value`",
     "threshold.pixel_base": "the median of good images' map values: a region's `area_px` counts its pixels at or "
                             "above half its peak's height over this level",
+    "threshold.spread": "the calibration scores' median, MAD, interquartile range and maximum (`info` shows them)",
     "threshold.trust": "how far the threshold can be trusted given `n_images` (`level` low / moderate / good, "
                        "and why)",
     "threshold.operating_point": "where the bundle calls a part NG and why (docs/calibration.md): the `policy` "

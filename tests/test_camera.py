@@ -40,15 +40,31 @@ def video(rt_bundle, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def stream_bundle(rt_bundle, tmp_path_factory) -> Path:
+    """``rt_bundle`` moved to the 0.99 quantile of its out-of-fold scores (``threshold --set``).
+    The MJPG stream's good frames score a little above the PNGs the bundle was fitted on, and the
+    default operating point (false-calls=4%) calls some of them NG; what these tests check is the
+    camera's saving and records, at a point the stream's good frames stay under (docs/calibration.md:
+    a lossy stream is calibrated with ``threshold --good`` on its own frames)."""
+    from runtime.bundle import read_bundle
+
+    value = float(np.quantile(read_bundle(rt_bundle).manifest["threshold"]["calibration_scores"], 0.99))
+    out = tmp_path_factory.mktemp("stream") / "bundle"
+    r = CliRunner().invoke(app, ["threshold", str(rt_bundle), "--set", f"value={value!r}", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
 def _camera(*args: str):
     r = CliRunner().invoke(app, ["camera", *args])
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     return r, records
 
 
-def test_camera_saves_the_anomalous_frames_with_overlays(tmp_path, rt_bundle, video):
+def test_camera_saves_the_anomalous_frames_with_overlays(tmp_path, stream_bundle, video):
     out = tmp_path / "anomalies"
-    r, records = _camera(str(video), "--bundle", str(rt_bundle), "--out", str(out), "--device", "cpu")
+    r, records = _camera(str(video), "--bundle", str(stream_bundle), "--out", str(out), "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert [rec["frame"] for rec in records] == list(range(N_FRAMES))  # a file: every frame, in order
     saved = {rec["frame"] for rec in records if "saved" in rec}

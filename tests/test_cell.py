@@ -141,6 +141,13 @@ def test_reviews_both_ways_are_kept_with_reviewer_and_time_and_reach_the_databas
     assert r.exit_code == 0, r.output
     ev = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])["evidence"]
     assert ev["defects"] == 1 and "real NG" in ev["defect_source"]
+    # and as `patchcore export --ng` reads it (the product's folder, recursively, masks left out)
+    from patchcore.operating_evidence import ng_images
+
+    with pytest.raises(UsageError, match="at least 2 NG images"):  # export splits them: half set, half check
+        ng_images(ng_dir.parent)
+    shutil.copy(ng_dir / f"{ok['id']}.png", ng_dir / "second-review.png")  # a second part reviewed NG
+    assert ng_images(ng_dir.parent) == sorted([ng_dir / f"{ok['id']}.png", ng_dir / "second-review.png"])
 
 
 def test_a_teach_that_would_call_a_part_reviewed_ng_good_is_refused(rt_bundle, parts, tmp_path):

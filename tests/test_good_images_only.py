@@ -44,7 +44,8 @@ def _lines(text: str) -> list[str]:
 def test_export_from_train_good_alone_writes_a_working_bundle(bundle, good_only):
     out, summary, stderr = bundle
     thr = read_bundle(out).manifest["threshold"]
-    assert thr["method"] == "oof-quantile" and thr["n_images"] == 12 and summary["threshold"] == thr["value"] > 0
+    assert thr["method"] == "operating-point" and thr["n_images"] == 12 and summary["threshold"] == thr["value"] > 0
+    assert thr["operating_point"]["evidence"]["defects"]["source"].startswith("synthetic")  # no test/ to read
     # the threshold's trust, in words, where the user reads the export's result
     assert summary["threshold_trust"] == thr["trust"] and thr["trust"]["level"] == "low"
     assert f"trust low: {thr['trust']['why']}" in stderr
