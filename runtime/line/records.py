@@ -110,7 +110,7 @@ def _outcome(it: Item, res, i: int, seconds: float, judge: Judge | None = None) 
 
 def judge_of(predictor) -> Judge | None:
     """The predictor's judge (set by the commands from --min-area and --mm-per-px), else its
-    bundle's default one (regions at the pixel threshold, the image score decides)."""
+    bundle's default one (regions at the pixel threshold, the bundle's rule decides)."""
     judge = getattr(predictor, "judge", None)
     if judge is None and getattr(predictor, "bundle", None) is not None:
         judge = Judge.for_manifest(predictor.bundle.manifest)
