@@ -67,7 +67,13 @@ class Policy:
 
 
 def _pct(r: float) -> str:
+    """A rate as the policy spells it (read back exactly)."""
     return f"{100.0 * r:.6g}%"
+
+
+def _shown(r: float) -> str:
+    """A rate for people: three significant digits (an interval of 40 images is not known to six)."""
+    return f"{100.0 * r:.3g}%"
 
 
 def parse_policy(text: str) -> Policy:
@@ -309,15 +315,15 @@ def describe(op: Mapping[str, Any]) -> list[str]:
     e = op["expected"]
     lo, hi = e["false_calls_interval"]
     lines = [f"operating point: {op['policy']} (rule: {Rule.from_dict(op.get('rule'))}) -> threshold {op['value']:.6g}",
-             f"  expected false calls: {_pct(e['false_calls'])} of good parts (95% interval {_pct(lo)}-{_pct(hi)}, "
+             f"  expected false calls: {_shown(e['false_calls'])} of good parts (95% interval {_shown(lo)}-{_shown(hi)}, "
              f"{e['n_good']} good images)"]
     ev = op.get("evidence", {})
     if e.get("catch_rate") is not None:
         clo, chi = e["catch_rate_interval"]
-        lines.append(f"  expected catch rate: {_pct(e['catch_rate'])} of defects (95% interval {_pct(clo)}-{_pct(chi)}, "
+        lines.append(f"  expected catch rate: {_shown(e['catch_rate'])} of defects (95% interval {_shown(clo)}-{_shown(chi)}, "
                      f"{e['n_defects']} {ev.get('defects', {}).get('source', 'defects')})")
         if e.get("f1") is not None:
-            lines.append(f"  expected F1 at {_pct(e['defect_rate'])} defective parts: {e['f1']:.3f}")
+            lines.append(f"  expected F1 at {_shown(e['defect_rate'])} defective parts: {e['f1']:.3f}")
     else:
         lines.append("  catch rate: unknown (no defect evidence)")
     return lines
