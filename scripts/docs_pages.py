@@ -64,7 +64,7 @@ def _typer_markdown(app, prog: str) -> str:
 
 def cli_reference() -> str:
     from export.cli import app as patchcore_app
-    from runtime.line.cli import app as runtime_app
+    from runtime.cli.app import app as runtime_app
 
     return "\n".join([
         "# Command-line reference",

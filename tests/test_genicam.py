@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.sources import KINDS, SourceError, kind_for, open_source
 from runtime.line.sources.genicam import id_gap
 from runtime.line.sources.pixels import BAYER, to_bgr

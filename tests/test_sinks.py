@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.sinks.base import SinkError, redact
 from runtime.line.sinks.delivery import Publisher
 from runtime.line.sinks.table import SINKS, kind_of, make_sink

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.triggers import TRIGGERS, make_trigger
 from runtime.line.triggers.mqtt import event_of
 

@@ -20,7 +20,7 @@ from ..graph_choice import verdict_text
 from ..operating_point import describe as describe_operating_point
 from ..parity_record import parity_line, read_parity_record
 from ..update import UpdateResult
-from .console import info, warn
+from .messages import info, warn
 from .sources import describe as camera_sources
 
 
