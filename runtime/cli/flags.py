@@ -21,20 +21,13 @@ from ..line.sinks.table import SINKS
 from .console import known_errors
 
 
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    tensorrt = "tensorrt"
-    openvino = "openvino"
+def _choice(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """A str enum of ``values`` for typer (its --help lists them as ``[a|b|c]``)."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)
 
 
-class Search(str, enum.Enum):
-    auto = "auto"
-    faiss = "faiss"
-    numpy = "numpy"
-    bf16 = "bf16"
-    int8 = "int8"
+Device = _choice("Device", ("auto", "cpu", "cuda", "tensorrt", "openvino"))
+Search = _choice("Search", ("auto", "faiss", "numpy", "bf16", "int8"))
 
 
 # Options shared by several commands, so a flag means the same everywhere.
@@ -69,7 +62,7 @@ GraphOpt = typer.Option("auto", "--graph", help="Which of the bundle's graphs to
                         "the export approved; features_fp32 when none was), features_fp32 (the exact path), "
                         "features_fp16, features_int8 (int8 QDQ), features_bf16 (--device openvino).")
 PublishOpt = typer.Option(None, "--publish", metavar="URL", help="Also send each result to the line's systems "
-                          "(repeatable): " + ", ".join(f"{k.scheme}://" for k in SINKS) + " (see the docs' "
+                          "(repeatable): " + ", ".join(f"{k}://" for k in SINKS.keys()) + " (see the docs' "
                           "\"Connecting to the line\"; credentials and TLS from the environment). A sink that is "
                           "away never stops scoring: its results wait in OUT/outbox and go out in order when it is "
                           "back, also after a restart.")

@@ -149,7 +149,7 @@ def result_sinks() -> list[dict[str, Any]]:
         except (ImportError, ValueError):
             return False
 
-    return [{"scheme": k.scheme, "what": k.what, "needs": k.needs, "installed": have(k.needs)} for k in SINKS]
+    return [{"scheme": k.key, "what": k.what, "needs": k.needs, "installed": have(k.needs)} for k in SINKS]
 
 
 def _fmt(value) -> str:
