@@ -38,9 +38,8 @@ class LineRun:
         """``--bundle NAME=DIR`` (repeatable): a reloadable bundle per product; a single unnamed one is
         ``self.single``. Also sets up the per-product drift alarm (events to the sinks, a word on the
         status line)."""
-        self.products = Products(bundle_paths(bundles), lambda path: BundleSource(
-            path, lambda p: self.run.load_predictor(p, overlays), require_threshold=require_threshold,
-            log=self.status.log), load=load, log=self.status.log)
+        self.products = Products.reloadable(bundle_paths(bundles), lambda p: self.run.load_predictor(p, overlays),
+                                            load, self.status.log, require_threshold)
         self.single = None if self.products.named else self.products.source(None)
         self.drift = _drift(self.products, self.publisher, self.status)
         return self.products

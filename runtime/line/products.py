@@ -70,6 +70,14 @@ class Products:
             if load == "eager" or i == 0:
                 self.source(name)
 
+    @classmethod
+    def reloadable(cls, paths: dict[str | None, Path], open_predictor: Callable[[Path], object], load: str = "lazy",
+                   log: Callable[[str], None] = print, require_threshold: bool = False) -> "Products":
+        """A reloadable bundle (:class:`BundleSource`) per product, each opened by ``open_predictor``:
+        how watch, camera and serve all open their bundles."""
+        return cls(paths, lambda path: BundleSource(path, open_predictor, require_threshold=require_threshold, log=log),
+                   load=load, log=log)
+
     @property
     def named(self) -> bool:
         """True when any product is named (records then carry ``product``)."""

@@ -21,7 +21,6 @@ from ..line.outputs import encode_png, outcome_overlay
 from ..line.records import Item, Outcome, record, score_items
 from ..drift import DriftAlarms
 from ..line.products import Products
-from ..line.reload import BundleSource
 from ..line.sinks.delivery import Publisher
 from ..line.watch import Watcher, WatchOptions
 from ..operating_point import parse_policy
@@ -58,8 +57,7 @@ class Service:
     def __init__(self, options: ServeOptions, open_predictor: Callable[[Path], Any], log: Callable[[str], None] = print):
         self.opts, self.log = options, log
         self.lock = threading.Lock()
-        self.products = Products(options.bundles or {None: options.bundle},
-                                 lambda path: BundleSource(path, open_predictor, log=log), load=options.load, log=log)
+        self.products = Products.reloadable(options.bundles or {None: options.bundle}, open_predictor, options.load, log)
         self.primary = self.products.first  # the product whose bundle the operator teaches, switches and moves
         self.source = self.products.sources[self.primary]
         self.metrics = ServeMetrics()
