@@ -74,8 +74,8 @@ def with_run_options(*, publish: bool = False, max_pixels: bool = True, search: 
     (``max_pixels``), ``--device``, ``--search`` (``search``), ``--threads``, ``--graph``, ``--min-area`` and
     ``--mm-per-px`` (``rule``), and call the command with ``run``, the :class:`RunOptions` they make.
 
-    One definition of the options that end predict, watch, camera, serve, bench and score, so a flag
-    means the same everywhere and reads the same in every ``--help``. A bad value (a rule that does
+    One definition of the options that end predict, score, watch, camera, bench, threshold and serve,
+    so a flag means the same everywhere and reads the same in every ``--help``. A bad value (a rule that does
     not parse, a limit in the environment that is not a number) is exit 2 before the command runs."""
     extra = [("publish", Optional[List[str]], PublishOpt)] if publish else []
     extra += [("max_pixels", Optional[int], MaxPixelsOpt)] if max_pixels else []
