@@ -3,7 +3,7 @@
 
 Each round runs in a fresh process (so RSS and first-load costs are not shared between rounds):
 open the products as ``watch``/``camera``/``serve`` do (:class:`runtime.line.products.Products`,
-``load_predictor`` with ``--device cpu``, search and graph ``auto``), score parts of the first
+``RunOptions.load_predictor`` with ``--device cpu``, search and graph ``auto``), score parts of the first
 product, then change over to each other product: the wall time of its first part (one
 ``score_by_product`` call, as the watcher makes it) against the median of its next parts.
 
@@ -37,7 +37,7 @@ def rss_mib() -> float:
 
 def child(bundles: dict[str, str], images: dict[str, str], load: str) -> dict:
     sys.path.insert(0, str(REPO))
-    from runtime.line.flags import Device, Search, load_predictor
+    from runtime.line.run_options import RunOptions
     from runtime.line.products import Products, score_by_product
     from runtime.line.records import Item
     from runtime.line.reload import BundleSource
@@ -46,7 +46,7 @@ def child(bundles: dict[str, str], images: dict[str, str], load: str) -> dict:
     base = rss_mib()
     t0 = time.perf_counter()
     products = Products({k: Path(v) for k, v in bundles.items()},
-                        lambda p: BundleSource(p, lambda q: load_predictor(q, Device.cpu, Search.auto, None, "auto"),
+                        lambda p: BundleSource(p, RunOptions(device="cpu", graph="auto").load_predictor,
                                                log=quiet), load=load, log=quiet)
     out = {"load": load, "start_s": time.perf_counter() - t0, "rss_start": rss_mib() - base, "products": []}
     files = {k: sorted(Path(v).glob("*.png")) for k, v in images.items()}
@@ -54,11 +54,9 @@ def child(bundles: dict[str, str], images: dict[str, str], load: str) -> dict:
     def part(name: str, i: int) -> float:
         f = files[name][i % len(files[name])]
         t = time.perf_counter()
-        outcomes, _, _ = score_by_product(products, [Item(f.name, path=f)], lambda it: name, products_limits)
+        outcomes, _, _ = score_by_product(products, [Item(f.name, path=f)], lambda it: name, RunOptions())
         assert outcomes[0].error is None, outcomes[0].error
         return time.perf_counter() - t
-
-    from runtime.images import DEFAULT_LIMITS as products_limits
 
     for name in bundles:
         first = part(name, 0)

@@ -24,8 +24,8 @@ from patchcore.cli import PROG, app
 from runtime.engines import DeviceUnavailableError
 from runtime.errors import UsageError
 from runtime.fileio import check_output_folder
-from runtime.line.console import known_errors
-from runtime.line.options import COMMANDS, EXIT_CODES_HELP, run
+from runtime.cli.console import known_errors
+from runtime.cli.options import COMMANDS, EXIT_CODES_HELP, run
 
 DEPRECATED = {
     **FIT_DEPRECATED,

@@ -17,8 +17,8 @@ import typer
 
 from runtime import __version__
 from runtime.fileio import check_output_folder
-from runtime.line.console import known_errors
-from runtime.line.options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT,
+from runtime.cli.console import known_errors
+from runtime.cli.options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDATE_JSON, UPDATE_OUT,
                                   UPDATE_RECURSIVE, app as make_app, version_callback)
 
 from . import fit_options as opt
@@ -26,7 +26,7 @@ from . import fit_options as opt
 PROG = "patchcore"
 app = make_app(PROG, "Fit, evaluate and export PatchCore (PyTorch), and check the exported bundle's parity.")
 
-# Old spellings that still work for one release (runtime.line.options.rewrite_deprecated).
+# Old spellings that still work for one release (runtime.cli.options.rewrite_deprecated).
 DEPRECATED = {"*": {"-d": "--data"}}
 
 
@@ -174,9 +174,9 @@ def update(
     """Teach a bundle new good images with the PyTorch feature extractor and write a new bundle
     (what `patchcore-rt update` does torch-free with the bundle's ONNX graph; same selection)."""
     from runtime.bundle import read_bundle
-    from runtime.line.console import stage_progress
+    from runtime.cli.console import stage_progress
     from runtime.line.info import print_update
-    from runtime.line.selection import collect_inputs
+    from runtime.line.image_files import collect_inputs
     from runtime.update import requirements, update_bundle
 
     from .model import PatchCore

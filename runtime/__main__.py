@@ -1,5 +1,5 @@
 """``python -m runtime`` = the ``patchcore-rt`` command."""
 
-from .line.cli import main
+from .cli.app import main
 
 main()

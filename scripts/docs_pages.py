@@ -64,7 +64,7 @@ def _typer_markdown(app, prog: str) -> str:
 
 def cli_reference() -> str:
     from export.cli import app as patchcore_app
-    from runtime.line.cli import app as runtime_app
+    from runtime.cli.app import app as runtime_app
 
     return "\n".join([
         "# Command-line reference",
@@ -164,7 +164,7 @@ def _triggers_table() -> str:
     from runtime.line.triggers import TRIGGERS
 
     rows = ["| scheme | the trigger | Python package | example |", "|---|---|---|---|"]
-    rows += [f"| `{k.scheme}://` | {k.what} | {k.needs} | `{k.example}` |" for k in TRIGGERS]
+    rows += [f"| `{k.key}://` | {k.what} | {k.needs} | `{k.example}` |" for k in TRIGGERS]
     return ("\n## PLC triggers\n\n<!-- generated from runtime/line/triggers/__init__.py -->\n"
             "What `camera --trigger URL` can take the PLC's trigger from (the same handshake over each: "
             "[the trigger handshake](../line-systems.md#the-trigger-handshake-score-when-the-plc-asks)).\n\n"
@@ -178,7 +178,7 @@ def camera_sources_page() -> str:
     for k in KINDS:
         schemes = ", ".join(f"`{s}://`" for s in k.schemes if s not in ("", "*"))
         source = "device index, file path, any other URL" if "*" in k.schemes else schemes
-        rows.append(f"| {k.name} | {source} (e.g. `{k.example.split(', ')[0]}`) | {k.what} | "
+        rows.append(f"| {k.key} | {source} (e.g. `{k.example.split(', ')[0]}`) | {k.what} | "
                     f"{k.needs or 'the base runtime'} |")
     return "\n".join([
         "# Camera sources",

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runtime.line.camera import LatestFrameGrabber, sequential_frames
-from runtime.line.cli import app
+from runtime.cli.app import app
 
 DEFECT_FRAMES = set(range(8, 12)) | set(range(20, 24))
 N_FRAMES = 30

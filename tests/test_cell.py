@@ -21,7 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from runtime.bundle import read_bundle  # noqa: E402
 from runtime.errors import UsageError  # noqa: E402
-from runtime.line.cli import app as cli_app  # noqa: E402
+from runtime.cli.app import app as cli_app  # noqa: E402
 from runtime.line.products import parse_bundles  # noqa: E402
 from runtime.operating_point import parse_policy  # noqa: E402
 from runtime.predictor import Predictor  # noqa: E402

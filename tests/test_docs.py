@@ -45,7 +45,7 @@ def _commands(app, prog: str):
 
 def test_cli_reference_has_every_command_and_option():
     from export.cli import app as patchcore_app
-    from runtime.line.cli import app as runtime_app
+    from runtime.cli.app import app as runtime_app
 
     page = _docs_pages().page("reference/cli.md")
     n = 0

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.sources import KINDS, SourceError, kind_for, open_source
 from runtime.line.sources.genicam import id_gap
 from runtime.line.sources.pixels import BAYER, to_bgr
@@ -78,9 +78,9 @@ def _read_back(settings: dict) -> dict:
 
 # ------------------------------------------------------------------------------------ the table
 def test_source_table_routes_by_scheme():
-    assert kind_for("genicam://127.0.0.1").name == "genicam"
-    assert {kind_for(s).name for s in ("0", "line.mp4", "rtsp://cam/1", "http://x/y.mjpg")} == {"opencv"}
-    assert [k.name for k in KINDS] == ["opencv", "genicam"]
+    assert kind_for("genicam://127.0.0.1").key == "genicam"
+    assert {kind_for(s).key for s in ("0", "line.mp4", "rtsp://cam/1", "http://x/y.mjpg")} == {"opencv"}
+    assert [k.key for k in KINDS] == ["opencv", "genicam"]
     with pytest.raises(SourceError, match="--settings applies to industrial cameras"):
         open_source("0", {"gain": 1.0})
 

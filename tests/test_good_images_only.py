@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from export.cli import app as patchcore_app
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import read_bundle
-from runtime.line.cli import app as runtime_app
+from runtime.cli.app import app as runtime_app
 
 SMALL = ["--coreset", "0.05", "--no-fp16", "--resize", "112", "--crop", "112", "--device", "cpu"]
 

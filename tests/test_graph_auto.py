@@ -22,7 +22,7 @@ from runtime import bundle as bundle_io
 from runtime import graph_choice
 from runtime.engines.openvino_engine import openvino_status
 from runtime.images import read_image
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.manifest import DIGEST_FIELD, manifest_digest
 from runtime.predictor import Predictor
 

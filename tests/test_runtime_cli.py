@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.errors import UsageError
 from runtime.preprocess import PreprocessError
 from runtime.line.records import Item, score_items
-from runtime.line.selection import BUNDLE_ENV, MODELS_ENV, resolve_bundle
+from runtime.cli.bundle_choice import BUNDLE_ENV, MODELS_ENV, resolve_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from runtime.errors import UsageError  # noqa: E402
 from runtime.images import ImageLimits  # noqa: E402
-from runtime.line.cli import app as cli_app  # noqa: E402
+from runtime.cli.app import app as cli_app  # noqa: E402
 from runtime.predictor import Predictor  # noqa: E402
 from runtime.serve.app import build_app  # noqa: E402
 from runtime.serve.options import ServeOptions  # noqa: E402

@@ -1,6 +1,6 @@
 """The operating point on the runtime side: the Judge applies the bundle's rule, the manifest
 validator checks the section, ``patchcore-rt threshold`` shows the trade-off and writes new
-bundle versions (runtime.regions, runtime.manifest, runtime.threshold, runtime.line.threshold),
+bundle versions (runtime.regions, runtime.manifest, runtime.threshold, runtime.cli.threshold),
 and ``info`` says it in words; on the runtime tests' real bundle.
 
 Until export writes ``threshold.operating_point``, the bundles here get one added with
@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from runtime.bundle import BundleError, finalize_manifest, read_bundle
 from runtime.calibration import PixelLevel
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.records import Item, score_items
 from runtime.operating_point import Evidence, Policy, Rule, choose, rates, section
 from runtime.postprocess import robust_scale

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("asyncua")
 
-from runtime.line.cli import app  # noqa: E402
+from runtime.cli.app import app  # noqa: E402
 
 from .line_servers import OpcUaPlc, free_port  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runtime.line.cli import app
+from runtime.cli.app import app
 from runtime.line.triggers import TRIGGERS, make_trigger
 from runtime.line.triggers.mqtt import event_of
 
@@ -101,7 +101,7 @@ def test_mqtt_message_trigger_round_trip(tmp_path, rt_bundle):
 
 
 def test_trigger_table_and_payloads():
-    assert {k.scheme for k in TRIGGERS} == {"opc.tcp", "modbus", "mqtt", "mqtts"}
+    assert {k.key for k in TRIGGERS} == {"opc.tcp", "modbus", "mqtt", "mqtts"}
     assert event_of(b"P-1") == event_of(b'{"part_id": "P-1"}') and event_of(b"P-1").part_id == "P-1"
     assert event_of(b'{"part_id": 17, "product": "a"}').product == "a"
     assert event_of(b"{not json").part_id == "{not json"

@@ -173,7 +173,7 @@ def test_a_bundle_without_the_projection_is_refused_with_exit_3(tmp_path, parts)
     with pytest.raises(BundleError, match="memory_bank.projection_file, memory_bank.coverage_radius, "
                                           "threshold.calibration_scores.*refit or re-export"):
         requirements(read_bundle(old))
-    from runtime.line.cli import app
+    from runtime.cli.app import app
 
     teach = parts["root"] / "copper" / "teach"
     r = CliRunner().invoke(app, ["update", str(old), "--good", str(teach), "--out", str(tmp_path / "new"),
@@ -302,7 +302,7 @@ def test_the_fit_records_its_greedy_radius_and_a_reload_reads_it_back(tmp_path, 
 def test_rows_added_follow_the_distance_of_the_new_patches_and_add_caps_them(tmp_path, parts):
     """At the default, parts like the fitted ones add few rows, a new colour many; --add caps
     the count (and says so in the lineage), the radius still stops a smaller selection."""
-    from runtime.line.cli import app
+    from runtime.cli.app import app
 
     p0 = Predictor(parts["bundle"], device="cpu")
     radius = p0.bundle.manifest["memory_bank"]["fit_radius"]
@@ -332,7 +332,7 @@ def test_rows_added_follow_the_distance_of_the_new_patches_and_add_caps_them(tmp
 def test_a_bundle_without_the_fit_radius_updates_with_the_row_budget_and_says_why(tmp_path, parts):
     """A bundle exported before the fit radius was recorded: the coreset ratio of the new patches
     as before, the reason in the lineage, a warning on stderr and in --json."""
-    from runtime.line.cli import app
+    from runtime.cli.app import app
 
     old = tmp_path / "old"
     shutil.copytree(parts["bundle"], old)
@@ -395,7 +395,7 @@ def test_torch_and_runtime_updates_choose_the_same_rows(tmp_path, parts):
     """``patchcore update`` (PyTorch features) and ``patchcore-rt update`` (ONNX features) on the
     same bundle and images: the same rows in the same order, equal to float32 precision."""
     from patchcore.cli import app as fit_app
-    from runtime.line.cli import app as rt_app
+    from runtime.cli.app import app as rt_app
 
     teach = str(parts["root"] / "copper" / "teach")
     args = [str(parts["bundle"]), "--good", teach, "--device", "cpu", "--json"]
@@ -429,7 +429,7 @@ def test_teaching_parts_far_from_the_bank_warns_that_the_threshold_rose(tmp_path
     """Noise taught as "good" (what teaching defective parts looks like) doubles the threshold:
     both update commands say so on stderr and in their JSON, and still write the bundle."""
     from patchcore.cli import app as fit_app
-    from runtime.line.cli import app as rt_app
+    from runtime.cli.app import app as rt_app
 
     rng = np.random.default_rng(5)
     for i in range(6):

@@ -1,4 +1,5 @@
-"""The line application around the torch-free core: the ``patchcore-rt`` command line, the
-watched folder and its journal, the camera loop, outputs (records, overlays, moves), the live
-status line, benchmarks and bundle information. The core (``runtime.bundle``, ``preprocess``,
-``engines``, ``search``, ``postprocess``, ``predictor``) never imports from here."""
+"""The line layer around the torch-free core: records and run options, the watched folder and its
+journal, the camera loop, outputs (overlays, moves), hot reload, result sinks, camera sources and
+PLC triggers, score, bench and bundle information. :mod:`runtime.serve` and the command line
+(:mod:`runtime.cli`) sit above it and it imports neither; the core (``runtime.bundle``,
+``preprocess``, ``engines``, ``search``, ``postprocess``, ``predictor``) never imports from here."""

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..images import decode_image
-from .selection import folder_images
+from .image_files import folder_images
 
 STAGES = ("decode", "preprocess", "features", "search", "postprocess")
 _SHORT = {"preprocess": "preproc", "postprocess": "postproc"}

@@ -32,9 +32,9 @@ import cv2
 
 from ..errors import OutputError, UsageError
 from .outputs import encode_png, outcome_overlay, write_new
-from ..images import DEFAULT_LIMITS
 from .products import score_by_product
-from .records import Item, explanation, location, score_items
+from .records import Item, evidence_fields, score_items, scored_fields
+from .run_options import RunOptions
 from .sources import Frame, FrameSource, SourceError, open_source
 from .sources.base import stamp_frame
 
@@ -152,12 +152,14 @@ class CameraSummary:
 
 class CameraRunner:
     def __init__(self, predictor, options: CameraOptions, emit: Callable[[dict[str, Any]], None] | None = None,
-                 status=None, stop: threading.Event | None = None, source=None, products=None):
+                 status=None, stop: threading.Event | None = None, source=None, products=None,
+                 run: RunOptions = RunOptions()):
         if predictor.threshold is None:
             raise UsageError("camera needs verdicts to save anomalous frames, but this bundle has no threshold")
         self.predictor = predictor
         self.source = source  # a BundleSource: hot reload between batches (runtime.line.reload)
         self.opt = options
+        self.run_options = run  # the rule judged per bundle
         self.emit = emit or (lambda r: None)
         self.status = status
         self.stop = stop or threading.Event()
@@ -219,21 +221,26 @@ class CameraRunner:
             self.trigger()
 
     def _run_live(self, cap, pace_fps: float | None) -> bool:
+        """Score the newest frames of a grabber thread; True when that thread ended (the capture may go)."""
         grabber = LatestFrameGrabber(cap, pace_fps).start()
-        if self.opt.fire_every is not None:
-            threading.Thread(target=self._fire_triggers, name="software-trigger", daemon=True).start()
         try:
-            while not self.stop.is_set() and self._remaining() != 0:
-                frame = grabber.get(timeout=0.5)
-                if frame is None:
-                    if grabber.ended:
-                        break
-                    continue
-                self._score([frame], lambda: grabber.dropped)
+            self._score_live(grabber)
         finally:
             ended = grabber.stop()
             self.summary.dropped = grabber.dropped
         return ended
+
+    def _score_live(self, grabber: LatestFrameGrabber) -> None:
+        """Each newest frame as it comes (a PLC trigger's runner scores one per trigger instead)."""
+        if self.opt.fire_every is not None:
+            threading.Thread(target=self._fire_triggers, name="software-trigger", daemon=True).start()
+        while not self.stop.is_set() and self._remaining() != 0:
+            frame = grabber.get(timeout=0.5)
+            if frame is None:
+                if grabber.ended:
+                    break
+                continue
+            self._score([frame], lambda: grabber.dropped)
 
     def _run_file(self, cap, fps: float | None) -> None:
         frames = sequential_frames(cap, self.opt.stride, fps)
@@ -263,35 +270,30 @@ class CameraRunner:
         if not frames:
             return
         items = [Item(f"{self.opt.source}#{f.index}", image=cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)) for f in frames]
+        run = self.run_options
         if self.products is not None:
-            outcomes, preds, _ = score_by_product(self.products, items, lambda it: self.product, DEFAULT_LIMITS)
+            outcomes, preds, _ = score_by_product(self.products, items, lambda it: self.product, run)
         else:
             if self.source is not None:
                 self.predictor = self.source.current()
-            outcomes = score_items(self.predictor, items)
+            outcomes = score_items(self.predictor, items, run.limits, run.judge(self.predictor))
             preds = [self.predictor] * len(outcomes)
         for f, o, p in zip(frames, outcomes, preds):
             stamp = f.captured.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
             rec = self._record(f)
-            rec.update({"score": o.score, "normalised": o.normalised, "verdict": o.verdict,
-                        "latency_ms": round(o.latency_ms, 3),
-                        "lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),
+            rec.update(scored_fields(o))
+            rec.update({"lag_ms": round(1000.0 * (time.monotonic() - f.captured_mono), 3),
                         "dropped": dropped(), "bundle": p.bundle.bundle_id if p else None,
                         "precision": p.precision if p else None})
             if self.products is not None and self.products.named:
                 rec["product"] = self.product
-            where = location(o)
-            if where is not None:
-                rec["location"] = where
-            rec.update(explanation(o))
-            if o.error:
-                rec["error"] = o.error
+            rec.update(evidence_fields(o))
             if o.verdict == "ng":
                 base = self.opt.out / f"frame-{f.index:06d}-{stamp}.png"
                 try:
                     rec["saved"] = str(write_new(base, encode_png(f.bgr)))
                     if self.opt.save_overlays and o.map is not None:
-                        ov = outcome_overlay(o.item.image, o, p)
+                        ov = outcome_overlay(o.item.image, o, p, run.judge(p))
                         rec["overlay"] = str(write_new(base.with_name(base.stem + "-overlay.png"), encode_png(ov)))
                 except OSError as e:
                     raise OutputError(f"--out {self.opt.out}: cannot save frame {f.index} ({e.strerror or e})") from None

@@ -20,7 +20,7 @@ from ..graph_choice import verdict_text
 from ..operating_point import describe as describe_operating_point
 from ..parity_record import parity_line, read_parity_record
 from ..update import UpdateResult
-from .console import info, warn
+from .messages import info, warn
 from .sources import describe as camera_sources
 
 
@@ -149,7 +149,7 @@ def result_sinks() -> list[dict[str, Any]]:
         except (ImportError, ValueError):
             return False
 
-    return [{"scheme": k.scheme, "what": k.what, "needs": k.needs, "installed": have(k.needs)} for k in SINKS]
+    return [{"scheme": k.key, "what": k.what, "needs": k.needs, "installed": have(k.needs)} for k in SINKS]
 
 
 def _fmt(value) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import OutputError
-from .console import dumps
+from .records import dumps
 
 SAME = "same"
 MOVE_STARTED = "move-started"

@@ -21,7 +21,7 @@ from ..fileio import atomic_write, synced_temp
 from ..geometry import map_to_original
 from ..postprocess import SCALE_FLOOR, normalise_scores
 from ..preprocess import PreprocessSpec
-from .records import judge_of, location
+from .records import bundle_judge, location
 
 
 def fsync_dir(path: Path) -> None:
@@ -43,6 +43,15 @@ def numbered(path: Path, n: int) -> Path:
         return path
     suffix = "".join(path.suffixes[-1:])
     return path.with_name(f"{path.name[: len(path.name) - len(suffix)]}-{n}{suffix}")
+
+
+def unique_in_run(path: Path, used: set[Path]) -> Path:
+    """``path``, numbered (``name-1.png`` ...) when this run wrote that name already."""
+    n = 0
+    while numbered(path, n) in used:
+        n += 1
+    used.add(numbered(path, n))
+    return numbered(path, n)
 
 
 def free_name(path: Path, reserved: Iterable[Path] = ()) -> Path:
@@ -158,11 +167,11 @@ def overlay_image(image: np.ndarray, amap: np.ndarray, spec: PreprocessSpec, thr
     return out
 
 
-def outcome_overlay(image: np.ndarray, outcome, predictor) -> np.ndarray:
+def outcome_overlay(image: np.ndarray, outcome, predictor, judge=None) -> np.ndarray:
     """The overlay that explains one scored outcome: heat on the bundle's fixed scale around the
-    pixel threshold, the regions outlined, the peak marked when an NG has no region, and a label
-    that says the verdict and which rule decided."""
-    judge = judge_of(predictor)
+    pixel threshold (``judge``'s, default the bundle's), the regions outlined, the peak marked when
+    an NG has no region, and a label that says the verdict and which rule decided."""
+    judge = judge if judge is not None else bundle_judge(predictor)
     level = judge.level.value if judge is not None and judge.level.value is not None else predictor.threshold
     where = location(outcome)
     peak = where["peak"] if where is not None and outcome.verdict == "ng" and not outcome.regions else None

@@ -70,6 +70,14 @@ class Products:
             if load == "eager" or i == 0:
                 self.source(name)
 
+    @classmethod
+    def reloadable(cls, paths: dict[str | None, Path], open_predictor: Callable[[Path], object], load: str = "lazy",
+                   log: Callable[[str], None] = print, require_threshold: bool = False) -> "Products":
+        """A reloadable bundle (:class:`BundleSource`) per product, each opened by ``open_predictor``:
+        how watch, camera and serve all open their bundles."""
+        return cls(paths, lambda path: BundleSource(path, open_predictor, require_threshold=require_threshold, log=log),
+                   load=load, log=log)
+
     @property
     def named(self) -> bool:
         """True when any product is named (records then carry ``product``)."""
@@ -156,9 +164,10 @@ def product_of_path(rel: str, products: Products) -> str | None:
     return None
 
 
-def score_by_product(products: Products, items: list, product_of: Callable[[object], str | None], limits):
-    """Score ``items`` (each with its product from ``product_of(item)``): one model call per
-    product. Returns ``(outcomes, predictors, products)`` in the items' order; an item of an
+def score_by_product(products: Products, items: list, product_of: Callable[[object], str | None], run):
+    """Score ``items`` (each with its product from ``product_of(item)``) under ``run`` (a
+    :class:`~runtime.line.run_options.RunOptions`: limits, and the rule judged per product's bundle):
+    one model call per product. Returns ``(outcomes, predictors, products)`` in the items' order; an item of an
     unknown product gets an error outcome and ``None`` as its predictor, never a score."""
     from .records import Outcome, score_items
 
@@ -182,6 +191,6 @@ def score_by_product(products: Products, items: list, product_of: Callable[[obje
                 items[i].error = f"{items[i].name}: product {name!r}: bundle not usable ({e or type(e).__name__})"
                 outcomes[i] = Outcome(items[i], verdict="error", error=items[i].error)
             continue
-        for i, o in zip(idx, score_items(p, [items[i] for i in idx], limits)):
+        for i, o in zip(idx, score_items(p, [items[i] for i in idx], run.limits, run.judge(p))):
             outcomes[i], preds[i] = o, p
     return outcomes, preds, names

@@ -10,6 +10,7 @@ image at a time (:func:`image_of` decodes an input again when an overlay needs i
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -108,13 +109,12 @@ def _outcome(it: Item, res, i: int, seconds: float, judge: Judge | None = None) 
     return o
 
 
-def judge_of(predictor) -> Judge | None:
-    """The predictor's judge (set by the commands from --min-area and --mm-per-px), else its
-    bundle's default one (regions at the pixel threshold, the bundle's rule decides)."""
-    judge = getattr(predictor, "judge", None)
-    if judge is None and getattr(predictor, "bundle", None) is not None:
-        judge = Judge.for_manifest(predictor.bundle.manifest)
-    return judge
+def bundle_judge(predictor) -> Judge | None:
+    """The judge of the predictor's bundle as exported: regions at the pixel threshold, the bundle's
+    rule decides (what a run without --min-area / --mm-per-px uses; see RunOptions.judge)."""
+    if getattr(predictor, "bundle", None) is None:
+        return None
+    return Judge.for_manifest(predictor.bundle.manifest)
 
 
 def location(outcome: Outcome) -> dict[str, Any] | None:
@@ -145,8 +145,10 @@ def explanation(outcome: Outcome) -> dict[str, Any]:
     return r
 
 
-def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_LIMITS) -> list[Outcome]:
+def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_LIMITS,
+                judge: Judge | None = None) -> list[Outcome]:
     """Decode, prepare and score ``items`` as one batch; returns one Outcome per item, in order.
+    ``judge`` cuts the regions and decides the verdicts (default: the bundle's own, :func:`bundle_judge`).
 
     Each input is decoded and prepared in turn and its decoded pixels dropped at once (an item
     given decoded, a camera frame, keeps its ``image``). ``latency_ms`` is the input's own decode
@@ -171,7 +173,7 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
         t0 = time.perf_counter()
         res = predictor.predict_prepared([p for _, p in prepared])
         seconds = time.perf_counter() - t0
-        judge = judge_of(predictor)
+        judge = judge if judge is not None else bundle_judge(predictor)
         for i, (it, _) in enumerate(prepared):
             by_id[id(it)] = _outcome(it, res, i, seconds, judge)
     out = []
@@ -193,19 +195,31 @@ def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:
     + anything in ``extra``)."""
     r: dict[str, Any] = {"file": outcome.item.name}
     r.update(outcome.item.extra)
-    r.update({
-        "score": outcome.score,
-        "normalised": outcome.normalised,
-        "verdict": outcome.verdict,
-        "latency_ms": round(outcome.latency_ms, 3),
-        "bundle": bundle_id,
-        "time": now_iso(),
-    })
+    r.update(scored_fields(outcome))
+    r.update({"bundle": bundle_id, "time": now_iso()})
+    r.update(evidence_fields(outcome))
+    r.update(extra)
+    return r
+
+
+def scored_fields(outcome: Outcome) -> dict[str, Any]:
+    """What every result record says of its score: score, normalised, verdict, latency_ms."""
+    return {"score": outcome.score, "normalised": outcome.normalised, "verdict": outcome.verdict,
+            "latency_ms": round(outcome.latency_ms, 3)}
+
+
+def evidence_fields(outcome: Outcome) -> dict[str, Any]:
+    """What every result record says to explain its verdict: location, regions, rule (and error)."""
+    r: dict[str, Any] = {}
     where = location(outcome)
     if where is not None:
         r["location"] = where
     r.update(explanation(outcome))
     if outcome.error:
         r["error"] = outcome.error
-    r.update(extra)
     return r
+
+def dumps(record: dict[str, Any]) -> str:
+    """One compact JSON line, ASCII only: file names that are not valid UTF-8 (decoded by Python
+    with surrogate escapes) round-trip as \\udcXX escapes instead of failing to encode."""
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)

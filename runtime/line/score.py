@@ -22,7 +22,7 @@ from ..errors import OutputError, UsageError
 from .journal import Journal
 from .ray_cluster import INSTALL_HINT
 from .records import Item, record, score_items
-from .selection import collect_inputs
+from .image_files import collect_inputs
 
 InputKey = tuple[str, int, int]  # (name, size, mtime_ns): what an output's records are matched on
 

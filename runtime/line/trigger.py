@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from .camera import CameraRunner, LatestFrameGrabber
 from .sinks.base import SinkError
-from .triggers import TRIGGERS, TriggerEvent, make_trigger  # noqa: F401 - the table and factory live there
+from .triggers import TriggerEvent
 
 POLL_S = 0.002  # how often the trigger is read
 RETRY_S = 1.0  # after the PLC went away
@@ -76,40 +76,34 @@ class TriggeredCamera(CameraRunner):
             self.round_trips_ms.append(rt)
         self._emit(rec)
 
-    def _run_live(self, cap, pace_fps: float | None) -> bool:
-        grabber = LatestFrameGrabber(cap, pace_fps).start()
+    def _score_live(self, grabber: LatestFrameGrabber) -> None:
         down = False
-        try:
-            while not self.stop.is_set() and self._remaining() != 0 and not grabber.ended:
-                try:
-                    if not self.trigger.raised():
-                        self.stop.wait(POLL_S)
-                        continue
-                    self._t0 = time.monotonic()
-                    self.event = self.trigger.begin()
-                    if self.event.product is not None and hasattr(self, "set_product"):
-                        self.set_product(self.event.product)  # several products per process (camera.py)
-                    if down:
-                        self.log(f"--trigger {self.trigger.url}: back")
-                        down = False
-                except Exception as e:  # noqa: BLE001 - the PLC went away: say so once, retry
-                    if not down:
-                        self.log(f"--trigger {self.trigger.url}: PLC not reachable ({type(e).__name__}); retrying")
-                        down = True
-                    self.trigger.close()
-                    self.stop.wait(RETRY_S)
-                    self._reconnect()
+        while not self.stop.is_set() and self._remaining() != 0 and not grabber.ended:
+            try:
+                if not self.trigger.raised():
+                    self.stop.wait(POLL_S)
                     continue
-                frame = None
-                while frame is None and not grabber.ended and not self.stop.is_set():
-                    frame = grabber.get(timeout=0.5)
-                if frame is None:
-                    break
-                self._score([frame], lambda: grabber.dropped)
-        finally:
-            ended = grabber.stop()
-            self.summary.dropped = grabber.dropped
-        return ended
+                self._t0 = time.monotonic()
+                self.event = self.trigger.begin()
+                if self.event.product is not None and hasattr(self, "set_product"):
+                    self.set_product(self.event.product)  # several products per process (camera.py)
+                if down:
+                    self.log(f"--trigger {self.trigger.url}: back")
+                    down = False
+            except Exception as e:  # noqa: BLE001 - the PLC went away: say so once, retry
+                if not down:
+                    self.log(f"--trigger {self.trigger.url}: PLC not reachable ({type(e).__name__}); retrying")
+                    down = True
+                self.trigger.close()
+                self.stop.wait(RETRY_S)
+                self._reconnect()
+                continue
+            frame = None
+            while frame is None and not grabber.ended and not self.stop.is_set():
+                frame = grabber.get(timeout=0.5)
+            if frame is None:
+                break
+            self._score([frame], lambda: grabber.dropped)
 
     def _reconnect(self) -> None:
         try:

@@ -5,7 +5,7 @@ Rules (the things that lose or duplicate data when done loosely):
 * **Complete files only.** The folder is polled (portable: no inotify). A file is read once its
   size and mtime have not changed for ``settle`` seconds, and its size and mtime are checked
   again around the read; dot-files and temporary names (``*.part``, ``*.tmp``, ``*.crdownload``,
-  ...; see :data:`runtime.selection.TEMPORARY_SUFFIXES`) are never read. A writer that pauses
+  ...; see :data:`runtime.line.image_files.TEMPORARY_SUFFIXES`) are never read. A writer that pauses
   longer than ``settle`` mid-file should write under a temporary name and rename at the end.
 * **Exactly once, across crashes.** ``OUT/results.jsonl`` is the journal (see
   :mod:`runtime.line.journal`): a file whose (relative path, size, mtime, inode, ctime) is
@@ -54,13 +54,14 @@ except ImportError:  # Windows: no advisory locks; documented limitation
     fcntl = None
 
 from ..errors import OutputError, UsageError
-from ..images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_file_bytes
-from .console import info, warn
+from ..images import ImageReadError, read_file_bytes
 from .journal import MOVE_STARTED, SAME, Journal, Key
 from .outputs import encode_png, free_name, move_new, outcome_overlay, write_new
 from .products import product_of_path, score_by_product
+from .image_files import is_temporary_name
+from .messages import info, warn
 from .records import Item, Outcome, image_of, record, score_items
-from .selection import is_temporary_name
+from .run_options import RunOptions
 
 RESULTS = "results.jsonl"
 
@@ -252,7 +253,7 @@ def record_id(rel: str, key_fields: dict[str, Any]) -> str:
 class Watcher:
     def __init__(self, predictor, options: WatchOptions, emit: Callable[[dict[str, Any]], None] | None = None,
                  status: WatchStatus | None = None, stop: threading.Event | None = None, source=None,
-                 limits: ImageLimits = DEFAULT_LIMITS, publisher=None, products=None):
+                 run: RunOptions = RunOptions(), publisher=None, products=None):
         folder = options.folder
         if not folder.is_dir():
             raise UsageError(f"watch folder not found: {folder}" if not folder.exists() else f"{folder}: not a folder")
@@ -262,7 +263,8 @@ class Watcher:
         self.source = source  # a BundleSource: hot reload between batches
         self.products = products  # runtime.line.products.Products: a bundle per first sub-folder
         self.opt = options
-        self.limits = limits
+        self.run_options = run  # the image limits, and the rule judged per bundle
+        self.limits = run.limits
         self.emit = emit or (lambda r: None)
         # the result sinks (runtime.line.sinks.delivery.Publisher): opened under the output folder's lock,
         # fed each record before its commit
@@ -369,11 +371,11 @@ class Watcher:
             return []
         if self.products is None:
             self._take_current_bundle()
-            outcomes = score_items(self.predictor, items, self.limits)
+            outcomes = score_items(self.predictor, items, self.limits, self.run_options.judge(self.predictor))
             preds, names = [self.predictor] * len(outcomes), [None] * len(outcomes)
         else:
             outcomes, preds, names = score_by_product(self.products, items,
-                                                      lambda it: product_of_path(it.name, self.products), self.limits)
+                                                      lambda it: product_of_path(it.name, self.products), self.run_options)
         reserved: set[Path] = set()
         records = []
         for o, p, product in zip(outcomes, preds, names):
@@ -382,7 +384,7 @@ class Watcher:
                 extra["product"] = product
             image = image_of(o.item, self.limits) if opt.overlays and o.map is not None else None
             if image is not None:
-                png = encode_png(outcome_overlay(image, o, p))
+                png = encode_png(outcome_overlay(image, o, p, self.run_options.judge(p)))
                 # claimed before the commit: a crash in between leaves an unreferenced overlay,
                 # never a record that points at nothing
                 try:

@@ -67,8 +67,9 @@ class TeachJob:
 class Operator:
     def __init__(self, source, lock: threading.Lock, store: ResultStore, state_dir: Path, models_dir: Path,
                  on_switch: Callable[[Any], None] = lambda p: None, log: Callable[[str], None] = print,
-                 reviews=None, product: str | None = None):
+                 reviews=None, product: str | None = None, judge: Callable[[Any], Any] | None = None):
         self.source, self.lock, self.store = source, lock, store
+        self.judge = judge  # the line's rule applied to a bundle (RunOptions.judge); None: the bundle's own
         self.state_dir, self.models_dir = state_dir, models_dir
         self.on_switch, self.log = on_switch, log
         self.job = TeachJob()
@@ -163,7 +164,7 @@ class Operator:
         known = self.reviews.known_ng(self.product) if self.reviews is not None else []
         p = self.source.open_predictor(candidate)
         items = [Item(name, path=path) for path, name in marked] + [Item(r["result"], path=path) for path, r in known]
-        outcomes = score_items(p, items)
+        outcomes = score_items(p, items, judge=self.judge(p) if self.judge is not None else None)
         view = [{"id": o.item.name, "score": o.score, "verdict": o.verdict} for o in outcomes]
         ng = view[len(marked):]
         return {"threshold": p.threshold, "marked": view[:len(marked)], "known_ng": ng,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..images import ImageLimits
+from ..line.run_options import LineRule, RunOptions
 
 TOKEN_ENV = "PATCHCORE_RT_TOKEN"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -35,6 +36,7 @@ class ServeOptions:
     publish: tuple[str, ...] = ()  # --publish URLs (runtime.line.sinks)
     bundles: dict | None = None  # {product name (None: unnamed): bundle folder}; None: just ``bundle``
     load: str = "lazy"  # several products: open each bundle at its first part (lazy) or at start (eager)
+    rule: LineRule = field(default_factory=LineRule)  # --min-area, --mm-per-px: judged per bundle
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -49,6 +51,11 @@ class ServeOptions:
         if not is_loopback(self.host) and self.token is None:
             raise UsageError(f"--host {self.host} listens beyond this machine: give --token (or ${TOKEN_ENV}) "
                              "so that only holders of the token can mark, teach and switch")
+
+    @property
+    def run_options(self) -> RunOptions:
+        """What scoring a part needs: the image limits and the rule (the predictors come opened)."""
+        return RunOptions(rule=self.rule, limits=self.limits, publish=self.publish)
 
     @property
     def actions_enabled(self) -> bool:

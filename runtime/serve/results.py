@@ -127,29 +127,24 @@ class ResultStore:
 
     def thumb(self, res: Result) -> bytes | None:
         if res.thumb is None and res.overlay_path is not None:
-            try:
-                res.thumb = shrink_png(read_file_bytes(res.overlay_path, self.limits.max_bytes))
-            except ImageReadError:
+            png = self._kept_or_read(None, res.overlay_path)
+            if png is None:
                 return None
+            res.thumb = shrink_png(png)
         return res.thumb
 
     def overlay(self, res: Result) -> bytes | None:
-        if res.overlay_png is not None:
-            return res.overlay_png
-        if res.overlay_path is not None:
-            try:
-                return read_file_bytes(res.overlay_path, self.limits.max_bytes)
-            except ImageReadError:
-                return None
-        return None
+        return self._kept_or_read(res.overlay_png, res.overlay_path)
 
     def image_bytes(self, res: Result) -> bytes | None:
         """The part's encoded image: kept bytes, or the watched file (None once it is gone)."""
-        if res.image_bytes is not None:
-            return res.image_bytes
-        if res.image_path is not None:
-            try:
-                return read_file_bytes(res.image_path, self.limits.max_bytes)
-            except ImageReadError:
-                return None
-        return None
+        return self._kept_or_read(res.image_bytes, res.image_path)
+
+    def _kept_or_read(self, kept: bytes | None, path) -> bytes | None:
+        """``kept`` when the result holds the bytes, else the file's (None without one, or once it is gone)."""
+        if kept is not None or path is None:
+            return kept
+        try:
+            return read_file_bytes(path, self.limits.max_bytes)
+        except ImageReadError:
+            return None

@@ -21,7 +21,6 @@ from ..line.outputs import encode_png, outcome_overlay
 from ..line.records import Item, Outcome, record, score_items
 from ..drift import DriftAlarms
 from ..line.products import Products
-from ..line.reload import BundleSource
 from ..line.sinks.delivery import Publisher
 from ..line.watch import Watcher, WatchOptions
 from ..operating_point import parse_policy
@@ -58,8 +57,7 @@ class Service:
     def __init__(self, options: ServeOptions, open_predictor: Callable[[Path], Any], log: Callable[[str], None] = print):
         self.opts, self.log = options, log
         self.lock = threading.Lock()
-        self.products = Products(options.bundles or {None: options.bundle},
-                                 lambda path: BundleSource(path, open_predictor, log=log), load=options.load, log=log)
+        self.products = Products.reloadable(options.bundles or {None: options.bundle}, open_predictor, options.load, log)
         self.primary = self.products.first  # the product whose bundle the operator teaches, switches and moves
         self.source = self.products.sources[self.primary]
         self.metrics = ServeMetrics()
@@ -80,7 +78,8 @@ class Service:
         for name, src in self.products.sources.items():
             self.drift.set_bundle(name, src.predictor.bundle)
         self.operator = Operator(self.source, self.lock, self.store, self.state_dir, options.models_dir,
-                                 on_switch=self._switched, log=log, reviews=self.reviews, product=self.primary)
+                                 on_switch=self._switched, log=log, reviews=self.reviews, product=self.primary,
+                                 judge=options.run_options.judge)
         self.health: dict[str, Any] = {"ok": False, "reason": "not checked yet"}
         self.watcher: Watcher | None = None
         self.watch_error: BaseException | None = None
@@ -96,7 +95,7 @@ class Service:
                                  overlays=True, batch=options.max_batch, poll=options.watch_poll,
                                  settle=options.watch_settle)
             self.watcher = Watcher(self.predictor, wopts, emit=self._watched, stop=self.stop,
-                                   source=LockedSource(self.current), limits=options.limits,
+                                   source=LockedSource(self.current), run=options.run_options,
                                    publisher=self.publisher.shared(),
                                    products=self.products if self.products.named else None)
 
@@ -178,7 +177,8 @@ class Service:
         return out
 
     def _score_group(self, p, jobs: Sequence[Job], product: str | None) -> list[tuple[Outcome, Result]]:
-        outcomes = score_items(p, [j.item for j in jobs], self.opts.limits)
+        judge = self.opts.run_options.judge(p)
+        outcomes = score_items(p, [j.item for j in jobs], self.opts.limits, judge)
         out = []
         for j, o in zip(jobs, outcomes):
             rec = record(o, p.bundle.bundle_id, precision=p.precision,
@@ -188,7 +188,7 @@ class Service:
             if image is not None and o.map is not None:
                 kw["thumb"] = thumbnail(image, o.map, p.spec, p.threshold, p.scale)
                 if j.overlay:
-                    kw["overlay_png"] = encode_png(outcome_overlay(image, o, p))
+                    kw["overlay_png"] = encode_png(outcome_overlay(image, o, p, judge))
             if o.verdict in ("ng", "ok"):  # a false call, or a missed defect, can be reviewed
                 kw["image_bytes"] = j.data
             o.item.image = None

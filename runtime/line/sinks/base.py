@@ -101,3 +101,25 @@ def need(module: str, extra: str, url: str):
     except ImportError:
         raise SinkError(f"--publish {redact(url)}: needs {module.split('.')[0]} "
                         f"(pip install 'patchcore-rt[{extra}]')") from None
+
+
+def int_option(q: dict[str, str], key: str, default: int, lo: int, hi: int, url: str) -> int:
+    """``q[key]`` as an integer in ``lo..hi`` (``default`` when absent); SinkError (exit 2) otherwise."""
+    raw = q.get(key)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        v = lo - 1
+    if not lo <= v <= hi:
+        raise SinkError(f"--publish {redact(url)}: {key} must be an integer {lo}..{hi}, got {raw!r}")
+    return v
+
+
+def release(handle: Any) -> None:
+    """Close ``handle`` (a sink's client, connection or database) when it holds one. Returns None, so
+    a sink lets go with ``self.conn = release(self.conn)`` and reconnects on its next send."""
+    if handle is not None:
+        handle.close()
+    return None

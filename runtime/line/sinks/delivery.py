@@ -3,7 +3,7 @@
 Each sink gets an **outbox**: an SQLite file in the command's output folder
 (``OUT/outbox/<scheme>-<hash of the URL>.db``) and a **sender thread**. The scoring thread
 appends each record to the outbox (one insert in WAL mode without fsync: it survives a kill of
-the process, SIGKILL included, and costs a fraction of a millisecond; see BENCHMARKS.md) and
+the process, SIGKILL included, and is cheap beside scoring; see BENCHMARKS.md "Result sinks") and
 wakes the sender; the sender delivers the outbox in order and removes a record only once the
 sink has taken it. So a sink that is slow or away never makes scoring wait: its records wait
 in the outbox, in order, and go out when it is back, also after a restart of the runtime.

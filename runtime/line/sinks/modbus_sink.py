@@ -21,23 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import SinkDown, SinkError, need, query, redact, split
+from .base import SinkDown, SinkError, int_option, need, query, redact, release, split
 
 VERDICT_CODE = {None: 0, "ok": 1, "ng": 2, "error": 3}
 TIMEOUT_S = 2.0
-
-
-def _int(q: dict[str, str], key: str, default: int, lo: int, hi: int, url: str) -> int:
-    raw = q.get(key)
-    if raw is None:
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        v = lo - 1
-    if not lo <= v <= hi:
-        raise SinkError(f"--publish {redact(url)}: {key} must be an integer {lo}..{hi}, got {raw!r}")
-    return v
 
 
 def registers(record: dict[str, Any], counter: int) -> list[int]:
@@ -102,9 +89,7 @@ class ModbusSink:
             raise SinkDown(str(e)) from None
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        self.client = release(self.client)
 
 
 def make(url: str) -> ModbusSink:
@@ -112,5 +97,5 @@ def make(url: str) -> ModbusSink:
     q = query(parts, url, {"unit", "coil", "register"})
     if parts.path.strip("/"):
         raise SinkError(f"--publish {redact(url)}: no path here (modbus://host:502?unit=1&coil=0&register=0)")
-    return ModbusSink(redact(url), url, parts.hostname, parts.port or 502, _int(q, "unit", 1, 0, 255, url),
-                      _int(q, "coil", 0, 0, 65533, url), _int(q, "register", 0, 0, 65531, url))
+    return ModbusSink(redact(url), url, parts.hostname, parts.port or 502, int_option(q, "unit", 1, 0, 255, url),
+                      int_option(q, "coil", 0, 0, 65533, url), int_option(q, "register", 0, 0, 65531, url))

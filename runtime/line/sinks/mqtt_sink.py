@@ -123,7 +123,7 @@ def check_tls(cfg: MqttConfig, shown: str) -> None:
 
 def no_delay(client) -> None:
     """TCP_NODELAY on the broker connection: without it a QoS 1 publish right after another one waits
-    for the TCP acknowledgement of the first (Nagle against delayed ACKs: about 40 ms each)."""
+    for the TCP acknowledgement of the first (Nagle's algorithm against the broker's delayed ACKs: a stall per message)."""
     import socket
 
     sock = client.socket()

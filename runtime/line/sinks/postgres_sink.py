@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from .base import SinkDown, SinkError, need, redact, split
+from .base import SinkDown, SinkError, need, redact, release, split
 from .rows import row
 
 ENV_PASSWORD = "PATCHCORE_RT_PG_PASSWORD"
@@ -62,15 +62,11 @@ class PostgresSink:
                 cur.execute(f"INSERT INTO {self.table} VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (id) DO NOTHING",
                             row(record, record_id))
         except psycopg.OperationalError as e:
-            if self.conn is not None:
-                self.conn.close()
-            self.conn = None
+            self.conn = release(self.conn)
             raise SinkDown(" ".join(str(e).split())) from None
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.conn = release(self.conn)
 
 
 def make(url: str) -> PostgresSink:

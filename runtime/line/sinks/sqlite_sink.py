@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .base import SinkDown, SinkError, query, redact, split
+from .base import SinkDown, SinkError, query, redact, release, split
 from .rows import row
 
 SCHEMA = (
@@ -43,9 +43,7 @@ class SqliteSink:
             raise SinkDown(str(e)) from None
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        self.db = release(self.db)
 
 
 def make(url: str) -> SqliteSink:

@@ -1,54 +1,45 @@
-"""The one table of frame sources, keyed by URL scheme (as :mod:`runtime.engines.table` is for
-engines): ``camera SOURCE`` picks its row from the source's scheme, ``info`` and the docs list the
-rows. Adding a kind of camera is one module beside this one (a :class:`~.base.FrameSource`) and one
+"""The one table of frame sources (a :class:`~runtime.plugins.PluginTable`, the shape of every
+plug-in table of the runtime): ``camera SOURCE`` picks its row from the source's URL scheme,
+``info`` and the docs list the rows. Adding a kind of camera is one module beside this one (a :class:`~.base.FrameSource`) and one
 row here. A module is imported only when its kind is used, so the runtime imports without the
 optional packages a kind needs.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ...plugins import Plugin, PluginTable
 from .base import FrameSource, SourceError
 
 
 @dataclass(frozen=True)
-class Kind:
-    name: str
-    schemes: tuple[str, ...]  # URL schemes served; "" = no scheme (device index, file path), "*" = any other
-    module: str  # module of this package that holds ``cls``
-    cls: str
-    example: str
-    what: str
-    needs: str = ""  # what to install beyond the base runtime
+class SourcePlugin(Plugin):
+    """A kind of frame source: ``factory`` is its :class:`~.base.FrameSource` class; ``schemes`` the URL
+    schemes it serves ("" = no scheme: a device index or a file path; "*" = any scheme no row names)."""
 
-    def load(self) -> type[FrameSource]:
-        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.cls)
-
-    def available(self) -> tuple[bool, str]:
-        """(usable here, why not): asks the module's ``available()`` where it has one."""
-        mod = importlib.import_module(f"{__package__}.{self.module}")
-        check = getattr(mod, "available", None)
-        return check() if check else (True, "")
+    schemes: tuple[str, ...] = ()
 
 
-KINDS: tuple[Kind, ...] = (
-    Kind("opencv", ("", "*"), "opencv", "OpenCVSource", "0, line.mp4, rtsp://host/stream",
-         "webcams (device index), video files, rtsp/http streams: whatever OpenCV opens"),
-    Kind("genicam", ("genicam",), "genicam", "GenicamSource", "genicam://192.168.1.20, genicam://Basler-21234567",
-         "GigE Vision and USB3 Vision cameras (GenICam) through Aravis 0.8; settings file, software and hardware "
-         "triggers", needs="Debian/Ubuntu's gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config gcc, then "
-         "pip install 'patchcore-rt[genicam]' (make install-genicam)"),
-)
+KINDS: PluginTable[SourcePlugin] = PluginTable("camera source kind", (
+    SourcePlugin("opencv", f"{__package__}.opencv", "OpenCVSource",
+                 "webcams (device index), video files, rtsp/http streams: whatever OpenCV opens",
+                 example="0, line.mp4, rtsp://host/stream", schemes=("", "*")),
+    SourcePlugin("genicam", f"{__package__}.genicam", "GenicamSource",
+                 "GigE Vision and USB3 Vision cameras (GenICam) through Aravis 0.8; settings file, software and "
+                 "hardware triggers",
+                 needs="Debian/Ubuntu's gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config gcc, then "
+                 "pip install 'patchcore-rt[genicam]' (make install-genicam)",
+                 example="genicam://192.168.1.20, genicam://Basler-21234567", schemes=("genicam",)),
+), error=SourceError)
 
 
 def scheme_of(source: str) -> str:
     return source.split("://", 1)[0].lower() if "://" in source else ""
 
 
-def kind_for(source: str) -> Kind:
+def kind_for(source: str) -> SourcePlugin:
     scheme = scheme_of(source)
     for kind in KINDS:
         if scheme in kind.schemes:
@@ -69,7 +60,7 @@ def describe() -> list[dict[str, Any]]:
     rows = []
     for k in KINDS:
         ok, why = k.available()
-        rows.append({"kind": k.name, "schemes": [s for s in k.schemes if s not in ("", "*")], "example": k.example,
+        rows.append({"kind": k.key, "schemes": [s for s in k.schemes if s not in ("", "*")], "example": k.example,
                      "what": k.what, "available": ok, **({"missing": why} if not ok else {})})
     return rows
 

@@ -1,6 +1,6 @@
-"""The PLC trigger transports for ``camera --trigger URL``, keyed by URL scheme, like the sinks'
-table: adding one is a module with ``make(url)`` and a row here. The handshake loop itself is
-one, in :mod:`runtime.line.trigger`; a transport only says whether the trigger is up and moves
+"""The PLC trigger transports for ``camera --trigger URL``, keyed by URL scheme: a
+:class:`~runtime.plugins.PluginTable` like the sinks' table, so adding one is a module with
+``make(url)`` and a row here. The handshake loop itself is one, in :mod:`runtime.line.trigger`; a transport only says whether the trigger is up and moves
 values:
 
 * ``raised() -> bool``: the PLC asks for a part;
@@ -13,9 +13,9 @@ A transport module is imported only for its scheme (asyncua, pymodbus, paho-mqtt
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
+from ...plugins import Plugin, PluginTable
 from ..sinks.base import SinkError, redact
 
 
@@ -26,35 +26,30 @@ class TriggerEvent:
     product: str | None = None  # the product (OPC UA product_in, Modbus product_in register, MQTT payload)
 
 
-@dataclass(frozen=True)
-class TriggerKind:
-    scheme: str
-    module: str  # module under runtime.line.triggers with make(url)
-    needs: str
-    what: str
-    example: str
+def _row(scheme: str, module: str, needs: str, what: str, example: str) -> Plugin:
+    """A transport: ``module`` (of this package) makes it with ``make(url)``."""
+    return Plugin(scheme, f"{__package__}.{module}", "make", what, needs, example)
 
 
-TRIGGERS: tuple[TriggerKind, ...] = (
-    TriggerKind("opc.tcp", "opcua", "asyncua", "a boolean node of the PLC; result nodes from a mapping file",
-                "opc.tcp://plc:4840?map=nodes.json#ns=3;s=Cell.Trigger"),
-    TriggerKind("modbus", "modbus", "pymodbus", "a coil; the result in coils and holding registers as --publish "
-                "modbus:// writes them", "modbus://plc:502?unit=1&trigger=2&ready=3"),
-    TriggerKind("mqtt", "mqtt", "paho-mqtt", "a message on PREFIX/trigger; PREFIX/result and PREFIX/ready back",
-                "mqtt://broker:1883/cell1"),
-    TriggerKind("mqtts", "mqtt", "paho-mqtt", "as mqtt, over TLS", "mqtts://broker:8883/cell1?ca=ca.pem"),
-)
-SCHEMES = {k.scheme: k for k in TRIGGERS}
+TRIGGERS: PluginTable[Plugin] = PluginTable("--trigger scheme", (
+    _row("opc.tcp", "opcua", "asyncua", "a boolean node of the PLC; result nodes from a mapping file",
+         "opc.tcp://plc:4840?map=nodes.json#ns=3;s=Cell.Trigger"),
+    _row("modbus", "modbus", "pymodbus", "a coil; the result in coils and holding registers as --publish "
+         "modbus:// writes them", "modbus://plc:502?unit=1&trigger=2&ready=3"),
+    _row("mqtt", "mqtt", "paho-mqtt", "a message on PREFIX/trigger; PREFIX/result and PREFIX/ready back",
+         "mqtt://broker:1883/cell1"),
+    _row("mqtts", "mqtt", "paho-mqtt", "as mqtt, over TLS", "mqtts://broker:8883/cell1?ca=ca.pem"),
+), error=SinkError)
 
 
 def make_trigger(url: str):
-    """The trigger for ``url`` (parsed and checked, not yet connected); SinkError (exit 2) otherwise."""
-    scheme = url.partition("://")[0].lower()
-    kind = SCHEMES.get(scheme)
+    """The trigger for ``url`` (parsed and checked, not yet connected); SinkError (exit 2) otherwise,
+    naming a copy-paste URL of each kind."""
+    kind = TRIGGERS.find(url.partition("://")[0].lower())
     if kind is None or "://" not in url:
         raise SinkError(f"--trigger {redact(url)}: give opc.tcp://...?map=nodes.json#<trigger node>, "
-                        f"modbus://plc:502?trigger=COIL or mqtt(s)://broker/PREFIX (kinds: {', '.join(SCHEMES)})")
-    return importlib.import_module(f"{__package__}.{kind.module}").make(url)
+                        f"modbus://plc:502?trigger=COIL or mqtt(s)://broker/PREFIX (kinds: {', '.join(TRIGGERS.keys())})")
+    return kind.make(url)
 
 
 class TriggerBase:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sinks.base import SinkError, need, query, redact, split
-from ..sinks.modbus_sink import TIMEOUT_S, _int, registers
+from ..sinks.base import SinkError, int_option, need, query, redact, split
+from ..sinks.modbus_sink import TIMEOUT_S, registers
 from . import TriggerBase, TriggerEvent
 
 
@@ -37,13 +37,13 @@ class ModbusTrigger(TriggerBase):
         if parts.path.strip("/") or parts.fragment:
             raise SinkError(f"--trigger {self.url}: no path here (modbus://plc:502?unit=1&trigger=2&ready=3)")
         self.host, self.port = parts.hostname, parts.port or 502
-        self.unit = _int(q, "unit", 1, 0, 255, url)
-        self.coil = _int(q, "coil", 0, 0, 65533, url)
-        self.register = _int(q, "register", 0, 0, 65531, url)
-        self.trigger_coil = _int(q, "trigger", self.coil + 2, 0, 65535, url)
-        self.ready_coil = _int(q, "ready", self.coil + 3, 0, 65535, url)
-        self.part_in = _int(q, "part_in", -1, 0, 65534, url) if "part_in" in q else None
-        self.product_in = _int(q, "product_in", -1, 0, 65535, url) if "product_in" in q else None
+        self.unit = int_option(q, "unit", 1, 0, 255, url)
+        self.coil = int_option(q, "coil", 0, 0, 65533, url)
+        self.register = int_option(q, "register", 0, 0, 65531, url)
+        self.trigger_coil = int_option(q, "trigger", self.coil + 2, 0, 65535, url)
+        self.ready_coil = int_option(q, "ready", self.coil + 3, 0, 65535, url)
+        self.part_in = int_option(q, "part_in", -1, 0, 65534, url) if "part_in" in q else None
+        self.product_in = int_option(q, "product_in", -1, 0, 65535, url) if "product_in" in q else None
         used = [self.coil, self.coil + 1, self.trigger_coil, self.ready_coil]
         if len(set(used)) < 4:
             raise SinkError(f"--trigger {self.url}: the OK/NG coils ({self.coil}, {self.coil + 1}), trigger "

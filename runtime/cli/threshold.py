@@ -3,7 +3,7 @@
 The command function parses options, scores ``--good`` / ``--ng`` images with the runtime's
 predictor (as ``predict`` does: a corrupt image is a warning line and is left out, never a
 crash) and calls :mod:`runtime.threshold` for the table or the new bundle version. Registered on
-the command line by :mod:`runtime.line.cli`.
+the command line by :mod:`runtime.cli.app`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from ..errors import UsageError
 from ..images import ImageLimits
 from ..operating_point import POLICY_HELP, Evidence, describe, parse_policy
 from ..threshold import basis, check, check_target, new_version, render_table, trade_off, with_real
-from .console import info, known_errors, warn
-from .flags import (BatchOpt, Device, DeviceOpt, GraphOpt, MaxPixelsOpt, Search, ThreadsOpt, image_limits,
-                    load_predictor, scoring_progress)
-from .records import Item, score_items
-from .selection import collect_inputs, resolve_bundle
+from ..line.image_files import collect_inputs
+from ..line.messages import info, warn
+from ..line.records import Item, score_items
+from ..line.run_options import RunOptions
+from .bundle_choice import resolve_bundle
+from .console import known_errors
+from .flags import BatchOpt, scoring_progress, with_run_options
 
 
 def score_set(predictor, inputs: list[tuple[Path, str]], batch: int, limits: ImageLimits,
@@ -53,6 +55,7 @@ def _label(dirs: list[Path]) -> str:
     return ", ".join(str(d) for d in dirs)
 
 
+@with_run_options(search=False, rule=False)
 def threshold(
     bundle: str = typer.Argument(..., help="Bundle folder (or name under ./models); it is never modified."),
     set_: Optional[str] = typer.Option(None, "--set", metavar="POLICY", help="Write a new bundle version at this "
@@ -70,10 +73,7 @@ def threshold(
     as_json: bool = typer.Option(False, "--json", help="Print the table (or, with --set, the new version's summary) "
                                  "as one JSON object."),
     batch: int = BatchOpt,
-    max_pixels: Optional[int] = MaxPixelsOpt,
-    device: Device = DeviceOpt,
-    threads: Optional[int] = ThreadsOpt,
-    graph: str = GraphOpt,
+    *, run: RunOptions,
 ) -> None:
     """Show a bundle's operating point and move it without refitting (a new bundle version).
 
@@ -90,7 +90,6 @@ def threshold(
         policy = parse_policy(set_) if set_ is not None else None
         if out is not None and policy is None:
             raise UsageError("--out needs --set POLICY (without --set nothing is written)")
-        limits = image_limits(max_pixels)
         good_in = collect_inputs(good, recursive) if good else []
         ng_in = collect_inputs(ng, recursive) if ng else []
         root = resolve_bundle(bundle)
@@ -102,11 +101,11 @@ def threshold(
                 check_target(parent, out)
         real_good = real_ng = None
         if good_in or ng_in:
-            p = load_predictor(root, device, Search.auto, threads, graph)
+            p = run.load_predictor(root)
             if good_in:
-                real_good = score_set(p, good_in, batch, limits, "--good")
+                real_good = score_set(p, good_in, batch, run.limits, "--good")
             if ng_in:
-                real_ng = score_set(p, ng_in, batch, limits, "--ng")
+                real_ng = score_set(p, ng_in, batch, run.limits, "--ng")
             for what, real in (("--good", real_good), ("--ng", real_ng)):
                 if real is not None and not len(real[0]):
                     warn(f"{what}: no image could be scored; the bundle's own evidence is used")

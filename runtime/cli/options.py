@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 import typer
 
 from ..errors import exit_codes_help
-from .console import warn
+from ..line.messages import warn
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 EXIT_CODES_HELP = exit_codes_help()

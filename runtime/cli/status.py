@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from rich.live import Live
 from rich.text import Text
 
-from .console import err
+from ..line.messages import err
 
 _STYLE = {"ok": "green", "ng": "bold red", "error": "magenta", None: "white"}
 

@@ -9,18 +9,16 @@ one table all three command lines share).
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from typing import Any, Callable, Iterator
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import INTERRUPTED, exit_code_for
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from ..line.messages import err
+from ..line.records import dumps
 
 
 class JsonLines:
@@ -44,22 +42,8 @@ class JsonLines:
             self.closed = True
 
 
-def dumps(record: dict[str, Any]) -> str:
-    """One compact JSON line, ASCII only: file names that are not valid UTF-8 (decoded by Python
-    with surrogate escapes) round-trip as \\udcXX escapes instead of failing to encode."""
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-
-
 def error_line(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(str(message))}")
-
-
-def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(str(message))}")
-
-
-def info(message: str) -> None:
-    err.print(escape(str(message)))
 
 
 @contextlib.contextmanager
