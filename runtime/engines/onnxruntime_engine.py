@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -95,6 +96,12 @@ def create_session(graph: str | Path, opts, device: str, fp32_exact: bool):
             session.disable_fallback()
         return session, failures
     raise AssertionError("unreachable: provider_attempts returns at least one list")
+
+
+def open_variant(bundle, variant, device: str = "auto", threads: int | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> "OnnxEngine":
+    """The engines table's loader: ``variant``'s graph of ``bundle`` in onnxruntime on ``device``."""
+    return OnnxEngine(bundle.path(bundle.graph_info(variant.graph)["file"]), device=device, threads=threads)
 
 
 class OnnxEngine:

@@ -301,6 +301,13 @@ def timing_cache_path(cache_dir: Path, ident: dict[str, Any]) -> Path:
         f"-trt{ident['tensorrt']}{cuda}.cache"
 
 
+def open_variant(bundle, variant, device: str = "tensorrt", threads: int | None = None,
+                 log: Callable[[str], None] = print) -> "TensorRTEngine":
+    """The engines table's loader: ``variant``'s graph of ``bundle`` as a TensorRT engine for this GPU
+    (shipped, cached or built here: :meth:`TensorRTEngine.from_bundle`)."""
+    return TensorRTEngine.from_bundle(bundle, variant.graph, log=log)
+
+
 class TensorRTEngine:
     """A deserialized TensorRT engine with device buffers sized for its largest batch.
 
