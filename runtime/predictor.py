@@ -152,8 +152,8 @@ class Predictor:
         Where overlays are drawn (``overlays`` True): also down to the overlays' floor, threshold -
         scale (normalised score 0, the median held-out good image score), below which an overlay
         shows no colour; with a pixel threshold, the lower of that and the pixel threshold's own
-        floor (overlays are centred on it). That settles most of a part's patches (on bottle ~1,200
-        of 1,600 against ~70-500 at the pixel threshold), so it is paid only where an overlay is made.
+        floor (overlays are centred on it). That settles most of a part's patches, where the pixel
+        threshold settles only those around its defects, so it is paid only where an overlay is made.
 
         Below the level a pixel may keep an over-estimate (a distance to a real bank row) but stays
         below it. None for a bundle without a threshold: every patch is settled."""

@@ -112,8 +112,9 @@ class OnnxEngine:
         if threads:
             opts.intra_op_num_threads = threads
         # By default no busy-waiting after a run: the search that follows needs the same cores for
-        # its BLAS threads. On 2 cores spinning gave a slightly lower median but twice the p90
-        # (BENCHMARKS.md times both settings side by side); a line's deadline is set by the tail.
+        # its BLAS threads. Spinning may lower the median a little but lengthens the tail, where the
+        # threads fight over few cores (BENCHMARKS.md times both settings side by side); a line's
+        # deadline is set by the tail.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         fp32 = "fp16" not in Path(graph).name
