@@ -27,7 +27,7 @@ from .reduced_verdict import image_labels, judge_reduced
 
 _DEVICE = {"onnxruntime": "cpu", "openvino": "openvino"}
 SEARCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
-SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runtime.candidates
+SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runtime.search.reduced
 # Check images: every test image of the class up to CHECK_IMAGES (spread evenly), so that an image
 # AUROC can be compared to half a point; the search studies read the first SEARCH_IMAGES of them
 # spread evenly (their recall is per patch: 16 images give ~25,000 patches at 320 px)

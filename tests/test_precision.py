@@ -21,7 +21,7 @@ import pytest
 
 from runtime.engines import DeviceUnavailableError, OnnxEngine
 from runtime.engines.openvino_engine import openvino_status
-from runtime.engines.table import VARIANTS, reduced_variants, resolve, variants
+from runtime.engines.table import ENGINES, VARIANTS, reduced_variants, resolve, variants
 
 REPO = Path(__file__).resolve().parents[1]
 OV_OK, OV_REASON = openvino_status()
@@ -68,6 +68,21 @@ def test_table_has_one_row_per_engine_and_precision_and_resolves_with_reasons():
     got = {(v.engine, v.precision) for v in reduced_variants({"features_fp32", "features_int8"})}
     assert got == {("onnxruntime", "int8"), ("openvino", "bf16"), ("openvino", "int8"), ("tensorrt", "int8")}
     assert [v.key for v in variants("tensorrt", {"features_fp32"})] == ["features_fp32"]
+
+
+
+def test_engines_table_names_a_loader_per_engine_and_the_variants_follow_its_precisions():
+    """Each engine row's module and factory open a bundle graph (what the predictor calls instead of an
+    if-chain on the engine), imported without the engine's own package; VARIANTS is the rows' precisions."""
+    assert ENGINES.keys() == ("onnxruntime", "openvino", "tensorrt")
+    for row in ENGINES:
+        assert callable(row.load()) and row.factory == "open_variant"
+        assert [v.precision for v in VARIANTS if v.engine == row.key and v.kind == "features"] == list(row.features)
+        assert [v.precision for v in VARIANTS if v.engine == row.key and v.kind == "scores"] == list(row.scores)
+    assert [v.key for v in VARIANTS if v.engine == "onnxruntime"] == [
+        "features_fp32", "features_fp16", "features_int8", "scores_fp32", "scores_fp16"]
+    with pytest.raises(ValueError, match="did you mean openvino"):
+        ENGINES.get("openvin")
 
 
 # ------------------------------------------------------------------------------------------ int8 export

@@ -1,4 +1,4 @@
-"""The reduced-precision candidate steps of the bank search (runtime/candidates.py) and the exact
+"""The reduced-precision candidate steps of the bank search (runtime/search/reduced.py) and the exact
 settling of each image's worst patch (PatchScorer): image scores equal to the exact search's
 whatever the candidate step misses, the int8 step's recall, and its graph file."""
 

@@ -43,6 +43,11 @@ def openvino_status() -> tuple[bool, str]:
     return True, f"OpenVINO {ov.get_version().split('-')[0]}"
 
 
+def available() -> tuple[bool, str]:
+    """(usable here, why not), for the engines table (:meth:`runtime.plugins.Plugin.available`)."""
+    return openvino_status()
+
+
 def cpu_capabilities() -> list[str]:
     """OpenVINO's CPU optimization capabilities (``FP32``, ``BF16``, ``INT8``, ...); [] without OpenVINO."""
     ok, _ = openvino_status()

@@ -89,6 +89,11 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {version}, {count} GPU(s)"
 
 
+def available() -> tuple[bool, str]:
+    """(usable here, why not), for the engines table (:meth:`runtime.plugins.Plugin.available`)."""
+    return tensorrt_status()
+
+
 def tensorrt_has_weak_fp16() -> bool:
     """Whether this TensorRT still has the weakly typed ``BuilderFlag.FP16`` (TensorRT 10;
     deprecated in 10.12, removed in 11, where half precision comes only from float16 graphs)."""
