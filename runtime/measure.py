@@ -1,4 +1,5 @@
-"""Choices measured at load (``--graph auto``, ``--search auto``): one timing rule and one cache.
+"""Choices measured at load (``--graph auto``, ``--search auto``): one timing rule for both, and the
+cache that keeps ``--graph auto``'s measurement.
 
 The rule (:func:`median_ms`): one warm-up run of each candidate, then :data:`RUNS` rounds that run
 every candidate in turn; each candidate's median. The warm-up takes the first run's one-off costs
@@ -6,7 +7,8 @@ every candidate in turn; each candidate's median. The warm-up takes the first ru
 load that comes and goes on the machine weigh on all of them alike; and the median ignores the odd
 run a scheduler delay spoils, where a minimum would reward the one lucky run.
 
-The cache (:class:`MeasureCache`): a measurement is kept in a JSON file (the bundle's engine cache,
+The cache (:class:`MeasureCache`): a measurement that is slow to repeat (opening and timing each
+feature graph) is kept in a JSON file (the bundle's engine cache,
 not part of the sealed bundle) under a key of everything it holds for (the bundle, the settings, this
 CPU and the engines' versions: :func:`machine_facts`), so a later load on the same machine skips it.
 Any change of the key measures again; a damaged or read-only cache is measured again, never an error.

@@ -24,7 +24,6 @@ from .graph_choice import AUTO, GRAPH_CHOICE_CACHE, GraphChoice, choose as choos
 from .measure import MeasureCache
 from .postprocess import SCALE_FLOOR, Prediction, finish
 from .preprocess import Prepared, prepare, stack_inputs
-from .search.auto import CACHE_FILE as SEARCH_CHOICE_CACHE
 from .search.build import build_index
 from .search.scorer import PatchScorer
 
@@ -82,8 +81,7 @@ class Predictor:
     (:mod:`runtime.graph_choice`; :attr:`graph` is then the one chosen);
     ``search`` is ``auto``, ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate
     step, ``candidates`` per patch, rescored in float32 as bounds, the patches that decide scores and
-    shown maps settled exactly; :mod:`runtime.search.reduced`); ``auto``'s measurement is kept in the
-    bundle's engine cache like the graph's (:mod:`runtime.search.auto`).
+    shown maps settled exactly; :mod:`runtime.search.reduced`; ``auto``: :mod:`runtime.search.auto`).
 
     :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
     geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded
@@ -105,8 +103,8 @@ class Predictor:
         self.graph_choice: GraphChoice | None = None
         if engine is None and graph == AUTO:
             engine, variant, self.graph_choice = choose_graph(
-                lambda v: open_graph(self.bundle, v.key, "openvino" if v.engine == "openvino" else device, threads,
-                                     log=log), m, device, log=log,
+                lambda v: open_graph(self.bundle, v.key, ENGINES.get(v.engine).device or device, threads, log=log),
+                m, device, log=log,
                 cache=MeasureCache(engine_cache_dir(self.bundle.root) / GRAPH_CHOICE_CACHE,
                                    machine_key(m, self.bundle.bundle_id, device, threads)))
             graph, source = variant.key, variant.graph
@@ -134,11 +132,9 @@ class Predictor:
                                   f"got {value!r}: re-export the bundle")
         if candidates is None:
             candidates = measured.get("candidates")
-        cache = MeasureCache(engine_cache_dir(self.bundle.root) / SEARCH_CHOICE_CACHE,
-                             {"bundle": self.bundle.bundle_id, "device": device, "threads": threads})
-        index, self.search_choice = build_index(
+        index, self.search_choice = build_index(  # search_choice: what --search auto measured ({} else)
             bank, search, device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
-            components=measured.get("components"), cache=cache)  # search_choice: what auto measured ({} else)
+            components=measured.get("components"))
         self.scorer = PatchScorer(bank, index, n_reweight=m["scoring"]["n_reweight"])
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.measure import MeasureCache
+from runtime.measure import RUNS
 from runtime.search.build import build_index
 from runtime.search.distances import exact_distances
 from runtime.search.exact import NumpyIndex
@@ -302,20 +302,15 @@ def test_index_rows_declare_what_their_classes_declare(data):
     assert make_scorer(bank, 3, "numpy").approximate is False
 
 
-def test_auto_search_choice_is_kept_for_the_next_load(data, tmp_path):
-    """--search auto measures once per bundle, settings and machine: a later load reads the choice and
-    opens only that index; another key measures again."""
+def test_auto_returns_the_index_and_the_facts_of_its_choice(data):
+    """--search auto on a CPU times the int8 step against the exact float32 search by the one rule
+    (runtime.measure) and says so; with ``exact`` it never takes a reduced step and measures nothing."""
     bank, emb = data
-    cache = MeasureCache(tmp_path / "search_choice.json", {"bundle": "b@1", "device": "cpu", "threads": None})
-    index, first = build_index(bank, "auto", cache=cache)
-    assert first["cached"] is False and first["chose"] in ("int8", "exact") and first["runs"] >= 1
-    again_index, again = build_index(bank, "auto", cache=cache)
-    assert again["cached"] is True and {k: again[k] for k in first if k != "cached"} == \
-        {k: first[k] for k in first if k != "cached"}
-    assert again_index.name == index.name
-    other = MeasureCache(cache.path, {**cache.key, "bundle": "b@2"})
-    assert build_index(bank, "auto", cache=other)[1]["cached"] is False
-    (tmp_path / "search_choice.json").write_text("not json")  # a damaged cache measures again, never an error
-    assert build_index(bank, "auto", cache=cache)[1]["cached"] is False
+    index, facts = build_index(bank, "auto", device="cpu")
+    assert facts["chose"] in ("int8", "exact") and facts["runs"] == RUNS and facts["queries"] == 256
+    assert facts["int8_ms"] > 0 and facts["exact_ms"] > 0 and facts["min_speedup"] == 2.0
+    assert index.approximate is (facts["chose"] == "int8")
+    plain, none = build_index(bank, "auto", device="cpu", exact=True)
+    assert none == {} and plain.name == "numpy"
     exact = make_scorer(bank, 3, "numpy").score(emb).image_scores
-    np.testing.assert_array_equal(PatchScorer(bank, again_index, 3).score(emb).image_scores, exact)
+    np.testing.assert_allclose(PatchScorer(bank, index, 3).score(emb).image_scores, exact, rtol=1e-12)

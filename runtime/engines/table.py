@@ -31,6 +31,7 @@ class EngineKind(Plugin):
     # whether it always reads the graph's metadata (the identity the export stored): a graph without
     # one is then refused; OpenVINO may not expose it, so its graphs are checked where it does
     reads_metadata: bool = True
+    device: str = ""  # the --device its graphs open on whatever was asked ("": the one asked for)
 
 
 ENGINES: PluginTable[EngineKind] = PluginTable("engine", [
@@ -38,7 +39,8 @@ ENGINES: PluginTable[EngineKind] = PluginTable("engine", [
                what="onnxruntime: CPU, CUDA and TensorRT providers", features=("fp32", "fp16", "int8"),
                scores=("fp32", "fp16")),
     EngineKind("openvino", "runtime.engines.openvino_engine", "open_variant", needs="the [openvino] extra",
-               what="OpenVINO on x86 CPUs", features=("fp32", "bf16", "int8"), reads_metadata=False),
+               what="OpenVINO on x86 CPUs", features=("fp32", "bf16", "int8"), reads_metadata=False,
+               device="openvino"),
     EngineKind("tensorrt", "runtime.engines.tensorrt_engine", "open_variant", needs="TensorRT and a CUDA GPU",
                what="TensorRT engines built on the target GPU", features=("fp32", "fp16", "int8")),
 ])

@@ -3,10 +3,14 @@
 faiss on a GPU where this faiss build sees one (and the device allows it); else, where the caller
 needs the exact search's whole maps (fitting, evaluation, calibration), numpy; else on a CPU the
 int8 candidate step where its bank product runs at least :data:`MIN_SPEEDUP` times faster than the
-exact float32 one, measured at load by :mod:`runtime.measure`'s rule (and kept in its cache where
-the caller gives one), or the exact search in onnxruntime, whose threads do not spin after a call.
-Either way image scores and the maps at and above the map level are the exact search's; the
-measurement only decides which is faster on this CPU (VNNI, AMX or neither)."""
+exact float32 one, measured at load by :mod:`runtime.measure`'s rule (the rule ``--graph auto``
+times by), or the exact search in onnxruntime, whose threads do not spin after a call. Either way
+image scores and the maps at and above the map level are the exact search's; the measurement only
+decides which is faster on this CPU (VNNI, AMX or neither).
+
+Unlike ``--graph auto``'s, this measurement is not kept in the bundle's engine cache: it is short
+(two small bank products), and every load with the default search would otherwise write into the
+bundle's folder, which a plain load leaves untouched."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..measure import RUNS, MeasureCache, machine_facts, median_ms
+from ..measure import RUNS, median_ms
 from .base import NeighbourIndex
 from .exact import NumpyIndex, OnnxExactIndex
 from .faiss_index import FaissIndex, faiss_gpus
@@ -24,29 +28,17 @@ from .reduced import Int8Index
 # float32 one: the rest of the int8 path (rescoring its candidates, settling the worst patches) costs
 # about as much again (BENCHMARKS.md times the steps)
 MIN_SPEEDUP = 2.0
-# the measurement kept for the next load, in the bundle's engine cache beside --graph auto's
-CACHE_FILE = "search_choice.json"
 _QUERIES = 256  # bank rows timed as queries
 
 
 def choose(bank: np.ndarray, device: str = "auto", exact: bool = False, candidates: int = 8,
-           components: int | None = None, threads: int | None = None,
-           cache: MeasureCache | None = None) -> tuple[NeighbourIndex, dict[str, Any]]:
+           components: int | None = None, threads: int | None = None) -> tuple[NeighbourIndex, dict[str, Any]]:
     """The index and the facts of the choice ({} where nothing was measured). ``exact``: never a
-    reduced candidate step. ``cache``: where a measurement of the same bundle and settings on this
-    machine is kept (then only the chosen index is opened)."""
+    reduced candidate step."""
     if device != "cpu" and faiss_gpus() > 0:
         return FaissIndex(bank, device=device), {}
     if exact:
         return NumpyIndex(bank), {}
-    if cache is not None:
-        cache = MeasureCache(cache.path, {**cache.key, **machine_facts(), "candidates": candidates,
-                                          "components": components, "runs": RUNS, "min_speedup": MIN_SPEEDUP})
-        kept = cache.read()
-        if kept.get("chose") in ("int8", "exact"):
-            index = (Int8Index(bank, candidates, threads=threads, components=components) if kept["chose"] == "int8"
-                     else OnnxExactIndex(bank, threads=threads))
-            return index, {**kept, "cached": True}
     fast = Int8Index(bank, candidates, threads=threads, components=components)
     slow = OnnxExactIndex(bank, threads=threads)
     rows = np.linspace(0, len(bank) - 1, min(_QUERIES, len(bank))).astype(int)
@@ -56,6 +48,4 @@ def choose(bank: np.ndarray, device: str = "auto", exact: bool = False, candidat
     facts = {"int8_ms": int8_ms, "exact_ms": exact_ms, "queries": len(rows), "runs": RUNS,
              "speedup": round(speedup, 2), "min_speedup": MIN_SPEEDUP,
              "chose": "int8" if speedup >= MIN_SPEEDUP else "exact"}
-    if cache is not None:
-        cache.keep(facts)
-    return (fast if facts["chose"] == "int8" else slow), {**facts, "cached": False}
+    return (fast if facts["chose"] == "int8" else slow), facts

@@ -8,15 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..measure import MeasureCache
 from . import auto
 from .base import DEFAULT_CANDIDATES, NeighbourIndex, check_bank
 from .table import AUTO, INDEXES
 
 
 def build_index(bank: np.ndarray, kind: str = AUTO, *, device: str = "auto", candidates: int | None = None,
-                components: int | None = None, exact: bool = False, threads: int | None = None,
-                cache: MeasureCache | None = None) -> tuple[NeighbourIndex, dict[str, Any]]:
+                components: int | None = None, exact: bool = False, threads: int | None = None
+                ) -> tuple[NeighbourIndex, dict[str, Any]]:
     """The index ``kind`` names (a row of :data:`~runtime.search.table.INDEXES`, or ``auto``: see
     :mod:`runtime.search.auto`) on ``bank``, and the facts of an ``auto`` choice ({} otherwise).
 
@@ -24,12 +23,12 @@ def build_index(bank: np.ndarray, kind: str = AUTO, *, device: str = "auto", can
     :data:`~runtime.search.base.DEFAULT_CANDIDATES` when None); ``components``: int8's principal
     components; ``device``: ``cuda`` asks faiss for a GPU; ``exact``: ``auto`` never picks a reduced
     step (fitting, evaluation and calibration read whole maps, pixel metrics included, which must be
-    the exact search's); ``cache``: where ``auto`` keeps its measurement."""
+    the exact search's)."""
     check_bank(bank)
     candidates = candidates or DEFAULT_CANDIDATES
     if kind == AUTO:
         return auto.choose(bank, device=device, exact=exact, candidates=candidates, components=components,
-                           threads=threads, cache=cache)
+                           threads=threads)
     if kind not in INDEXES:
         raise ValueError(f"unknown search backend {kind!r}; choose {AUTO}, {', '.join(INDEXES.keys())}")
     row = INDEXES.get(kind)
