@@ -6,7 +6,7 @@
   :mod:`.auto` measures at load which is faster here);
 - :mod:`.exact`, :mod:`.faiss_index`: the exact float32 searches (numpy, onnxruntime, faiss);
 - :mod:`.reduced`: the reduced-precision candidate steps (bf16, int8) and their ONNX graphs
-  (:mod:`.graphs`, files in ``graphs/``);
+  (:mod:`.onnx_graphs`, files in ``graphs/``);
 - :mod:`.distances`: exact float64 distances, the candidates' bounds, the pruned search's pairs;
 - :mod:`.scorer`: :class:`~.scorer.PatchScorer`, patch and image scores from a ready index.
 

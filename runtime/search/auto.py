@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..measure import RUNS, median_ms
-from .base import NeighbourIndex
+from .base import DEFAULT_CANDIDATES, NeighbourIndex
 from .exact import NumpyIndex, OnnxExactIndex
 from .faiss_index import FaissIndex, faiss_gpus
 from .reduced import Int8Index
@@ -31,7 +31,7 @@ MIN_SPEEDUP = 2.0
 _QUERIES = 256  # bank rows timed as queries
 
 
-def choose(bank: np.ndarray, device: str = "auto", exact: bool = False, candidates: int = 8,
+def choose(bank: np.ndarray, device: str = "auto", exact: bool = False, candidates: int = DEFAULT_CANDIDATES,
            components: int | None = None, threads: int | None = None) -> tuple[NeighbourIndex, dict[str, Any]]:
     """The index and the facts of the choice ({} where nothing was measured). ``exact``: never a
     reduced candidate step."""

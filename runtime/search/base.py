@@ -15,13 +15,13 @@ class NeighbourIndex(Protocol):
 
     Its capabilities are declared as class attributes, read by the scorer (never probed):
     ``approximate``: a reduced-precision candidate step (its candidates' distances are upper bounds,
-    settled by an exact search beside it); ``candidates``: the rows it returns per query;
-    ``bounds``: it can prune the exact search (:meth:`runtime.search.reduced.Int8Index.within`)."""
+    settled by an exact search beside it), which then also says ``candidates``, the rows it returns
+    per query; ``bounds``: it can prune the exact search
+    (:meth:`runtime.search.reduced.Int8Index.within`)."""
 
     name: str
     approximate: bool
     bounds: bool
-    candidates: int
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(Q, D) float32 -> (Q, k) int64 indices into the bank, nearest first."""

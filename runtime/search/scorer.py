@@ -43,6 +43,9 @@ class PatchScorer:
     ``n_reweight`` = b > 0:  s = (1 - softmax(-)[0]) * s*, the softmax taken over the distances
     from the most anomalous test patch to the b nearest bank neighbours of its nearest bank patch
     m* (m* first). ``n_reweight`` 1 would always give 0 and is refused.
+
+    ``index``: a ready index on ``bank`` (:func:`runtime.search.build.build_index`); the scorer reads
+    the capabilities it declares (``approximate``, ``bounds``, ``candidates``).
     """
 
     def __init__(self, bank: np.ndarray, index: NeighbourIndex, n_reweight: int = 3):
