@@ -41,7 +41,9 @@ def main() -> None:
     args = ap.parse_args()
     from runtime.images import read_image
     from runtime.predictor import Predictor
-    from runtime.search import NumpyIndex, PatchScorer
+    from runtime.search.build import build_index
+    from runtime.search.exact import NumpyIndex
+    from runtime.search.scorer import PatchScorer
 
     if not (BUNDLE / "manifest.json").exists():
         export()
@@ -52,8 +54,9 @@ def main() -> None:
     embs = [p.embed([read_image(f)]) for f in files]
     good = [e for e, f in zip(embs, files) if f.parent.name == "good"]
     bank, n_reweight = p.scorer.bank, p.scorer.n_reweight
-    sides = {c: PatchScorer(bank, n_reweight, "int8", candidates=c, components=facts["components"]) for c in COUNTS}
-    exact = PatchScorer(bank, n_reweight, "numpy")
+    sides = {c: PatchScorer(bank, build_index(bank, "int8", candidates=c, components=facts["components"])[0],
+                            n_reweight) for c in COUNTS}
+    exact = PatchScorer(bank, build_index(bank, "numpy")[0], n_reweight)
     truth = [NumpyIndex(bank).search(e[0], 1)[:, 0] for e in embs]
     times = {(c, g): [] for c in COUNTS for g in ("test", "good")}
     settled, worst = {c: [] for c in COUNTS}, {c: 0.0 for c in COUNTS}

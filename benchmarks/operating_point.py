@@ -63,12 +63,14 @@ def score_test(model, oof, paths, pixel):
     from runtime.images import read_image
     from runtime.postprocess import finish
     from runtime.preprocess import prepare, stack_inputs
-    from runtime.search import PatchScorer
+    from runtime.search.build import build_index
+    from runtime.search.scorer import PatchScorer
 
     cfg = model.config
 
     def scorer(bank):
-        return PatchScorer(bank, n_reweight=cfg.n_reweight, backend=cfg.search_backend, device=cfg.device, exact=True)
+        index, _ = build_index(bank, cfg.search_backend, device=cfg.device, exact=True)
+        return PatchScorer(bank, index, n_reweight=cfg.n_reweight)
 
     full, folds = scorer(model.bank), [scorer(b) for b in oof.banks]
     scores, regions, fold_scores = [], [], []

@@ -145,7 +145,8 @@ def search_study(bundle: Path, limit: int, kind: str) -> list[dict]:
     errors after exact rescoring, per candidate count (float32 features, so only the search differs)."""
     from runtime.images import read_image
     from runtime.predictor import Predictor
-    from runtime.search import PatchScorer
+    from runtime.search.build import build_index
+    from runtime.search.scorer import PatchScorer
     from patchcore.data import load_test_set
 
     b = Predictor(bundle, device="cpu", graph="features_fp32", search="numpy")
@@ -157,7 +158,8 @@ def search_study(bundle: Path, limit: int, kind: str) -> list[dict]:
     exact = b.scorer.score(emb)
     rows = []
     for c in CANDIDATES:
-        r = PatchScorer(b.scorer.bank, b.scorer.n_reweight, kind, candidates=c, components=components)
+        index, _ = build_index(b.scorer.bank, kind, candidates=c, components=components)
+        r = PatchScorer(b.scorer.bank, index, b.scorer.n_reweight)
         raw = r.index.search(emb.reshape(-1, emb.shape[-1]), c)
         got = r.score(emb)
         t0 = time.perf_counter()

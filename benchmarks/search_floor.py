@@ -46,7 +46,7 @@ STAGES = ("decode", "preprocess", "features", "search", "postprocess", "total")
 RATIO = 2.5  # the issue's target: end to end within this many times the features stage
 # a bf16 bound: each input rounded to 8 significant bits (u = 2^-8) moves q . m by up to (2u + u^2)
 # sum |q_i m_i| <= 2^-8 (|q|^2 + |m|^2), and the bound holds -2 q . m: 2^-7 of (|q|^2 + |m|^2), on top of
-# the float32 slack the bound graph takes now (runtime.candidates._BOUND_SLACK)
+# the float32 slack the bound graph takes now (runtime.search.reduced._BOUND_SLACK)
 BF16_EXTRA_SLACK = 2.0**-7
 
 
@@ -154,7 +154,7 @@ def rates(predictor, emb: np.ndarray, mask: np.ndarray, runs: int) -> dict:
 def components_study(predictor, embs: dict, groups: dict, rounds: int) -> dict:
     """The default search with the int8 step on other principal-component counts (the bound on 256 of them,
     as now), interleaved round by round: ms per image and patches settled, per group."""
-    from runtime import candidates
+    from runtime.search import reduced as candidates
 
     sc = predictor.scorer
     saved = (sc.index, sc.margin, candidates._BOUND_FACTOR)
@@ -194,8 +194,8 @@ def components_study(predictor, embs: dict, groups: dict, rounds: int) -> dict:
 
 def slack_study(predictor, embs: dict, files: list[Path]) -> dict:
     """Pairs per settled patch with the bound's float32 slack, and with a bf16 bound's."""
-    from runtime import candidates
-    from runtime.search import candidate_bounds, exact_distances
+    from runtime.search import reduced as candidates
+    from runtime.search.distances import candidate_bounds, exact_distances
 
     sc = predictor.scorer
     idx = sc.index
@@ -224,7 +224,7 @@ def rescoring_study(predictor, emb: np.ndarray, runs: int) -> dict:
     (Gather, Sub, ReduceSumSquare on both cores), on one image's patches: ms each."""
     from onnx import TensorProto, helper
 
-    from runtime.search import candidate_bounds
+    from runtime.search.distances import candidate_bounds
 
     sc = predictor.scorer
     cand = sc.index.search(emb, sc.index.candidates)
@@ -315,7 +315,7 @@ def write(args, started, finished, load, load_end, predictor, groups, stages, fl
           resc) -> None:
     import onnxruntime
 
-    from runtime import candidates
+    from runtime.search import reduced as candidates
 
     info = predictor.info()
     idx = predictor.scorer.index

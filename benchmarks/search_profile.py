@@ -64,7 +64,7 @@ def _old_within(index, queries, upper):
 
 def _old_nearest_of_pairs(queries, bank, qi, mi, chunk=4096):
     """nearest_of_pairs as it was: every pair measured, the candidate row's too."""
-    from runtime.search import _PAIR_MARGIN
+    from runtime.search.distances import _PAIR_MARGIN
 
     q = np.asarray(queries, dtype=np.float32)
     sq = np.empty(len(qi), np.float32)
@@ -114,7 +114,7 @@ def _old_patches_to_settle(bounds, layout, blur_sigma, level):
 
 def old_path(predictor):
     """Turns one predictor's default path back into the old one (its instance only)."""
-    from runtime.search import nearest_candidate
+    from runtime.search.distances import nearest_candidate
 
     def exact_nearest(self, queries, upper, row):
         qi, mi = _old_within(self.index, queries, upper)
@@ -134,7 +134,7 @@ def old_path(predictor):
 # -------------------------------------------------------------------------------------- step by step
 def steps(predictor, emb: np.ndarray) -> dict:
     """PatchScorer.score's steps on (B, P, D) embeddings, each timed (ms for the batch), with counts."""
-    from runtime.search import candidate_bounds, exact_distances, nearest_candidate, nearest_of_pairs
+    from runtime.search.distances import candidate_bounds, exact_distances, nearest_candidate, nearest_of_pairs
 
     sc = predictor.scorer
     b, p, d = emb.shape
@@ -239,7 +239,7 @@ def node_profile(session_graph, feed: dict, outputs: list[str], runs: int = 5) -
 
 def floor(predictor, emb: np.ndarray, settle_mask: np.ndarray) -> dict:
     """The candidate and bound graphs' node times on one image (all its patches; its settled ones)."""
-    from runtime.candidates import GRAPH_BOUND, GRAPH_INT8_PROJECTED
+    from runtime.search.onnx_graphs import GRAPH_BOUND, GRAPH_INT8_PROJECTED
 
     idx = predictor.scorer.index
     q = np.ascontiguousarray(emb - idx.mean)
@@ -330,7 +330,7 @@ def main() -> None:
     bench = [steps(after, embs[f][None]) for f in bench_imgs]
     log("patches settled at other levels")
     from runtime import exact_maps
-    from runtime.search import nearest_candidate
+    from runtime.search.distances import nearest_candidate
 
     pixel = after.bundle.manifest["threshold"].get("pixel_value")
     after.overlays = True

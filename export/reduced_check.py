@@ -27,7 +27,7 @@ from .reduced_verdict import image_labels, judge_reduced
 
 _DEVICE = {"onnxruntime": "cpu", "openvino": "openvino"}
 SEARCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
-SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runtime.candidates
+SEARCH_KINDS = ("bf16", "int8")  # the reduced-precision candidate steps of runtime.search.reduced
 # Check images: every test image of the class up to CHECK_IMAGES (spread evenly), so that an image
 # AUROC can be compared to half a point; the search studies read the first SEARCH_IMAGES of them
 # spread evenly (their recall is per patch: 16 images give ~25,000 patches at 320 px)
@@ -111,7 +111,8 @@ def search_study(kind: str, bank: np.ndarray, emb: np.ndarray, exact, n_reweight
     a reduced product loses digits of ``q . m``, which matters when nearest-neighbour distances are
     small against the norms (wide_resnet50_2 with random weights on bottle: 32 candidates in bf16,
     8 in int8; effnet-lite0: 2-4)."""
-    from runtime.search import PatchScorer, make_index
+    from runtime.search.build import build_index
+    from runtime.search.scorer import PatchScorer
 
     queries, truth = emb.reshape(-1, emb.shape[-1]), exact.nearest.reshape(-1, 1)
     dims = bank.shape[1]
@@ -122,7 +123,7 @@ def search_study(kind: str, bank: np.ndarray, emb: np.ndarray, exact, n_reweight
     components, chosen = None, None
     for r in options:
         try:
-            index = make_index(bank, kind, candidates=1, components=r)
+            index, _ = build_index(bank, kind, candidates=1, components=r)
         except DeviceUnavailableError:
             return None
         raw = index.search(queries, SEARCH_CANDIDATES[-1])  # nearest first: each count is a prefix
@@ -132,7 +133,7 @@ def search_study(kind: str, bank: np.ndarray, emb: np.ndarray, exact, n_reweight
         components, chosen = r, (enough[0] if enough else SEARCH_CANDIDATES[-1])
         if r is not None and enough and enough[0] <= PROJECTED_MAX_CANDIDATES:
             break
-    r = PatchScorer(bank, n_reweight, kind, candidates=chosen, components=components)
+    r = PatchScorer(bank, build_index(bank, kind, candidates=chosen, components=components)[0], n_reweight)
     exact_scores = bool(np.allclose(r.score(emb).image_scores, exact.image_scores, rtol=1e-9, atol=0))
     facts = {"candidates": chosen, "recall": by_components[str(components or dims)], "recall_target": SEARCH_RECALL,
              "image_scores_exact": exact_scores, "patches": int(queries.shape[0])}

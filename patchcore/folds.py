@@ -21,7 +21,8 @@ import torch
 
 from runtime.geometry import TileLayout
 from runtime.postprocess import Prediction, finish
-from runtime.search import PatchScorer
+from runtime.search.build import build_index
+from runtime.search.scorer import PatchScorer
 
 from .coreset import coreset_size, merge_shards
 from .streaming import EmbeddingStore
@@ -109,11 +110,13 @@ def out_of_fold(model: FoldFitter, store: EmbeddingStore, n_images: int, k: int,
         bank_rows.append(int(len(bank)))
         if keep_banks:
             banks.append(bank)
-        scorer = PatchScorer(bank, n_reweight=n_reweight, backend=search_backend, device=device, exact=True)
+        scorer = PatchScorer(bank, build_index(bank, search_backend, device=device, exact=True)[0],
+                             n_reweight=n_reweight)
         inner_scorer = None
         if inner is not None:
-            inner_scorer = PatchScorer(bank_without({f, (f + 1) % len(folds)}), n_reweight=n_reweight,
-                                       backend=search_backend, device=device, exact=True)
+            inner_bank = bank_without({f, (f + 1) % len(folds)})
+            inner_scorer = PatchScorer(inner_bank, build_index(inner_bank, search_backend, device=device, exact=True)[0],
+                                       n_reweight=n_reweight)
         for s in range(0, len(held), 8):
             idx = held[s:s + 8]
             emb = next(image_batches(store, rpi, idx, batch=len(idx))).reshape(len(idx), rpi, -1)

@@ -27,7 +27,8 @@ from runtime.geometry import TileLayout
 from runtime.images import read_image
 from runtime.postprocess import Prediction, finish, robust_scale
 from runtime.preprocess import PreprocessSpec, prepare, stack_inputs
-from runtime.search import PatchScorer
+from runtime.search.build import build_index
+from runtime.search.scorer import PatchScorer
 
 from . import fit_calibration, input_geometry
 from .backbones import create_trunk
@@ -387,8 +388,8 @@ class PatchCore:
 
     def set_bank(self, bank: np.ndarray) -> None:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.scorer = PatchScorer(self.bank, n_reweight=self.config.n_reweight,
-                                  backend=self.config.search_backend, device=self.config.device, exact=True)
+        index, _ = build_index(self.bank, self.config.search_backend, device=self.config.device, exact=True)
+        self.scorer = PatchScorer(self.bank, index, n_reweight=self.config.n_reweight)
 
     # ------------------------------------------------------------------ calibration
     def calibrate_holdout(self, paths: Sequence[Path]) -> None:

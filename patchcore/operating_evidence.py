@@ -38,7 +38,8 @@ from runtime.images import is_image_file, read_image
 from runtime.postprocess import finish
 from runtime.preprocess import prepare, stack_inputs
 from runtime.regions import find_regions
-from runtime.search import PatchScorer
+from runtime.search.build import build_index
+from runtime.search.scorer import PatchScorer
 
 from .fit_options import DEFAULT_POLICY, DEFAULT_RULE, RULE_CHOICES
 from .folds import OutOfFold
@@ -137,7 +138,8 @@ class Scorer:
 
 def _fold_scorer(model, bank: np.ndarray) -> PatchScorer:
     cfg = model.config
-    return PatchScorer(bank, n_reweight=cfg.n_reweight, backend=cfg.search_backend, device=cfg.device, exact=True)
+    index, _ = build_index(bank, cfg.search_backend, device=cfg.device, exact=True)
+    return PatchScorer(bank, index, n_reweight=cfg.n_reweight)
 
 
 def synthetic_defects(model, paths: Sequence[Path], oof: OutOfFold, scorer: Scorer, seed: int,

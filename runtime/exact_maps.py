@@ -1,7 +1,7 @@
 """Which patches a reduced-precision search must settle exactly for the anomaly maps to be exact
 wherever a user can see them.
 
-A reduced candidate step (:mod:`runtime.candidates`) gives each patch a score that bounds its true
+A reduced candidate step (:mod:`runtime.search.reduced`) gives each patch a score that bounds its true
 score from above (a distance to a real bank row). The map is a convex combination of patch scores
 (tile overlaps merged by their maximum, bilinear upsampling, a normalised Gaussian blur: every
 weight >= 0, each pixel's weights summing to 1), so it too is bounded from above by the map of the

@@ -28,18 +28,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .preprocess import PreprocessSpec
 
 # Pixels of the largest resized image crop mode builds before cropping (12 MB as RGB uint8).
 MAX_INTERMEDIATE_PIXELS = 1 << 22
 _CROP_MARGIN = 2  # source pixels read beyond the crop when cropping first (the resampling kernels' reach)
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), end exclusive
+
+
+class GeometrySpec(Protocol):
+    """What the geometry reads of a preprocessing spec (:class:`runtime.preprocess.PreprocessSpec` is
+    one; a dataclass, so a plan of its region of interest can drop it with ``replace``). Declared
+    here, so the geometry needs nothing of the preprocessing above it."""
+
+    mode: str
+    interpolation: str
+    antialias: bool
+    tile: tuple[int, int] | None
+    tile_stride: tuple[int, int] | None
+    roi: tuple[int, int, int, int] | None
+
+    @property
+    def resize_hw(self) -> tuple[int, int] | None: ...
+
+    @property
+    def canvas_hw(self) -> tuple[int, int] | None: ...
 
 
 class GeometryError(ValueError):
@@ -140,7 +156,7 @@ def _exact_downscale(h: int, w: int, rh: int, rw: int, interpolation: str, antia
     return None
 
 
-def _crop_plan(h: int, w: int, spec: "PreprocessSpec") -> tuple[Box, tuple[int, int], Box]:
+def _crop_plan(h: int, w: int, spec: GeometrySpec) -> tuple[Box, tuple[int, int], Box]:
     """(read box, resized size, crop box) of crop mode for an (h, w) image."""
     box = spec.resize_hw
     rh, rw = cover_size(h, w, box) if box else (h, w)
@@ -170,7 +186,7 @@ def _crop_plan(h: int, w: int, spec: "PreprocessSpec") -> tuple[Box, tuple[int, 
     return (y0, x0, y1, x1), (ry, rx), (cy, cx, cy + ch, cx + cw)
 
 
-def plan(h: int, w: int, spec: "PreprocessSpec") -> Plan:
+def plan(h: int, w: int, spec: GeometrySpec) -> Plan:
     """The geometry of an (h, w) image under ``spec``, from its size alone. With a region of
     interest the region is planned as the image, and its read box moved to where it lies."""
     if h < 1 or w < 1:
@@ -187,7 +203,7 @@ def plan(h: int, w: int, spec: "PreprocessSpec") -> Plan:
                 p.canvas_hw, p.tile_hw, p.tiles)
 
 
-def _plan(h: int, w: int, spec: "PreprocessSpec") -> Plan:
+def _plan(h: int, w: int, spec: GeometrySpec) -> Plan:
     canvas = spec.canvas_hw
     if spec.mode == "crop":
         read, resized, crop = _crop_plan(h, w, spec)
@@ -223,7 +239,7 @@ class TileLayout:
     origins: tuple[tuple[int, int], ...]  # tile origins on the canvas, pixels
 
     @classmethod
-    def for_spec(cls, spec: "PreprocessSpec", grid: Sequence[int]) -> "TileLayout":
+    def for_spec(cls, spec: GeometrySpec, grid: Sequence[int]) -> "TileLayout":
         """The layout of a fixed-canvas spec whose network input has the patch grid ``grid``;
         ValueError when the tiles do not fall on that grid."""
         canvas = spec.canvas_hw

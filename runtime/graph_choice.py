@@ -4,9 +4,9 @@ the reduced-precision variants whose parity the export approved.
 The export judges each reduced variant (int8, bf16) it ran against the float32 runtime on its check
 images and records ``reduced_precision.<engine>:<graph>.approved`` with the criterion that judged
 it. At load, ``auto`` opens ``features_fp32`` on the requested device and every approved variant
-that device may run here, times one input through each (a warm-up, then :data:`RUNS` rounds
-running each in turn; medians) and keeps the fastest; a reduced variant must beat float32 by :data:`MIN_SPEEDUP` (a
-reduced precision is accepted for speed, not for noise). Which engines a device may use:
+that device may run here, times one input through each (:func:`runtime.measure.median_ms`: a
+warm-up, then rounds running each in turn; medians) and keeps the fastest; a reduced variant must
+beat float32 by :data:`MIN_SPEEDUP` (a reduced precision is accepted for speed, not for noise). Which engines a device may use:
 
 - ``auto``: onnxruntime's variants and, where OpenVINO is installed, OpenVINO's (the engine may
   change); when onnxruntime runs on a GPU, float32 only (the variants were judged on CPU engines);
@@ -17,32 +17,25 @@ With nothing approved (no ``--int8`` export, or every variant refused) ``auto`` 
 ``features_fp32`` as before, and nothing is timed. The measurement is kept in the bundle's engine
 cache (``<bundle>/engines/cache/graph_choice.json``, beside OpenVINO's compiled models, not part of
 the sealed bundle), keyed by the bundle, its verdicts, the device, threads, CPU model and count and
-the engines' versions: a later load on the same machine opens only the chosen variant. Deleting the
-file measures again.
+the engines' versions (:class:`runtime.measure.MeasureCache`): a later load on the same machine opens
+only the chosen variant. Deleting the file measures again.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
-import os
-import platform
-import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .engines import DeviceUnavailableError, FeatureEngine, engine_for_device
 from .engines.table import Variant, reduced_variants, resolve
-from .fileio import atomic_write
+from .measure import RUNS, MeasureCache, machine_facts, median_ms
 
 AUTO = "auto"
 EXACT = "features_fp32"
-RUNS = 5  # timed runs of one input per candidate, after one warm-up
 MIN_SPEEDUP = 1.1  # a reduced variant must be this much faster than float32 to be chosen
 # the measurement kept for the next load, in the bundle's engine cache (<bundle>/engines/cache, not
 # part of the sealed bundle, beside OpenVINO's compiled models), keyed by machine_key
@@ -123,92 +116,37 @@ def candidates(manifest: dict, device: str) -> tuple[Variant, list[Variant], lis
             [variant_name(v) for v in offered if not judged[variant_name(v)]["approved"]])
 
 
-def median_ms(engines: list[FeatureEngine], x: np.ndarray) -> list[float]:
-    """Median wall time of ``engine.run(x)`` for each engine, in ms: one warm-up each, then
-    :data:`RUNS` rounds that run every engine in turn (a load that comes and goes on the machine
-    weighs on all candidates alike, not on whichever ran at that moment)."""
-    times: list[list[float]] = [[] for _ in engines]
-    for engine in engines:
-        engine.run(x)
-    for _ in range(RUNS):
-        for engine, t in zip(engines, times):
-            t0 = time.perf_counter()
-            engine.run(x)
-            t.append(time.perf_counter() - t0)
-    return [round(statistics.median(t) * 1e3, 3) for t in times]
-
-
 def machine_key(manifest: dict, bundle_id: str, device: str, threads: int | None) -> dict[str, Any]:
     """What a cached choice holds for: the bundle, its verdicts, the device and threads asked for,
     this CPU (model, count) and the engines' versions. Any change measures again."""
-    from importlib import metadata
-
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
-
     verdicts = {k: f["approved"] for k, f in approvals(manifest).items()}
-    return {"bundle": bundle_id, "verdicts": verdicts, "device": device, "threads": threads, "cpu": cpu_model(),
-            "cpus": os.cpu_count(), "runs": RUNS, "min_speedup": MIN_SPEEDUP, "onnxruntime": version("onnxruntime"),
-            "openvino": version("openvino")}
+    return {"bundle": bundle_id, "verdicts": verdicts, "device": device, "threads": threads, **machine_facts(),
+            "runs": RUNS, "min_speedup": MIN_SPEEDUP}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what the platform module says."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    names = [row.split(":", 1)[1].strip() for row in text.splitlines() if row.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def _cache_entry(path: Path, key: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    try:
-        cache = json.loads(path.read_text())
-        entry = cache.get(digest) if isinstance(cache, dict) else None
-    except (OSError, ValueError):
-        entry = None
-    choice = entry.get("choice") if isinstance(entry, dict) and entry.get("key") == key else None
-    ok = (isinstance(choice, dict) and isinstance(choice.get("chose"), str) and isinstance(choice.get("ms"), dict)
-          and isinstance(choice.get("skipped", {}), dict))
-    return digest, entry if ok else {}
-
-
-def _remember(path: Path, digest: str, key: dict[str, Any], choice: GraphChoice) -> None:
-    """Keep the measurement for the next load (best effort: a read-only bundle measures each time)."""
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        cache = {}
-    cache[digest] = {"key": key, "choice": choice.as_dict()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
-    except OSError:
-        pass
+def _kept(cache: MeasureCache | None) -> dict[str, Any]:
+    """The choice kept in ``cache`` ({} when none, or not of a choice's shape)."""
+    kept = cache.read() if cache is not None else {}
+    ok = (isinstance(kept.get("chose"), str) and isinstance(kept.get("ms"), dict)
+          and isinstance(kept.get("skipped", {}), dict))
+    return kept if ok else {}
 
 
 def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, device: str,
-           log: Callable[[str], None] = lambda s: None, cache: Path | None = None, key: dict[str, Any] | None = None
+           log: Callable[[str], None] = lambda s: None, cache: MeasureCache | None = None
            ) -> tuple[FeatureEngine, Variant, GraphChoice | None]:
     """The engine ``--graph auto`` runs, its variant, and the choice's record (None: nothing to choose
     from, ``features_fp32`` as before). ``open_variant`` opens (and checks) one variant's engine;
     a variant this machine cannot run (e.g. no bf16 here) is skipped with its reason. With ``cache``
-    (a JSON file) and ``key`` (:func:`machine_key`), a choice measured at an earlier load of the same
+    (keyed by :func:`machine_key`), a choice measured at an earlier load of the same
     bundle on the same machine and engines is reused: only the chosen variant is opened."""
     base, approved, refused = candidates(manifest, device)
     engine = open_variant(base)
     if not approved or getattr(engine, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
         return engine, base, None
     t0 = time.perf_counter()
-    digest, entry = _cache_entry(cache, key) if cache is not None and key is not None else ("", {})
     by_name = {variant_name(v): v for v in [base, *approved]}
-    kept = entry.get("choice") or {}
+    kept = _kept(cache)
     if kept.get("chose") in by_name:
         chosen = by_name[kept["chose"]]
         try:
@@ -230,7 +168,7 @@ def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, dev
             choice.skipped[variant_name(v)] = str(e)
     h, w = manifest["features"]["input_size"]
     x = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
-    ms = median_ms([e for _, e in opened], x)
+    ms = median_ms([lambda e=e: e.run(x) for _, e in opened])
     choice.ms = {variant_name(v): m for (v, _), m in zip(opened, ms)}
     best = min(range(len(opened)), key=ms.__getitem__)
     if best and ms[best] * MIN_SPEEDUP > ms[0]:  # faster than float32, but not by enough
@@ -239,7 +177,7 @@ def choose(open_variant: Callable[[Variant], FeatureEngine], manifest: dict, dev
     choice.chose = variant_name(variant)
     choice.load_s = time.perf_counter() - t0
     choice.measured_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    if cache is not None and key is not None:
-        _remember(cache, digest, key, choice)
+    if cache is not None:
+        cache.keep(choice.as_dict())
     log(choice.line())
     return engine, variant, choice

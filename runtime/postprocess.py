@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from .geometry import Plan, TileLayout, map_to_original
-from .search import Scores
+from .search.scorer import Scores
 
 DEFAULT_BLUR_SIGMA = 4.0
 

@@ -16,15 +16,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
 from . import exact_maps
-from .engines import (DeviceUnavailableError, FeatureEngine, OnnxEngine, engine_cache_dir, engine_for_device,
-                      openvino_cache_dir, resolve)
+from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
+from .engines import ENGINES, DeviceUnavailableError, FeatureEngine, engine_cache_dir, engine_for_device, resolve
 from .geometry import TileLayout
 from .graph_choice import AUTO, GRAPH_CHOICE_CACHE, GraphChoice, choose as choose_graph, machine_key
+from .measure import MeasureCache
 from .postprocess import SCALE_FLOOR, Prediction, finish
 from .preprocess import Prepared, prepare, stack_inputs
-from .search import PatchScorer
+from .search.build import build_index
+from .search.scorer import PatchScorer
 
 
 def open_graph(bundle: Bundle, graph: str, device: str = "auto", threads: int | None = None,
@@ -38,22 +39,16 @@ def open_graph(bundle: Bundle, graph: str, device: str = "auto", threads: int | 
         variant = resolve(engine_for_device(device), graph, set(m.get("graphs", {})))
     except ValueError as e:
         raise BundleError(str(e)) from None
-    info = bundle.graph_info(variant.graph)
-    path = bundle.path(info["file"])
+    path = bundle.path(bundle.graph_info(variant.graph)["file"])
+    kind = ENGINES.get(variant.engine)
     try:
-        if variant.engine == "openvino":
-            from .engines.openvino_engine import OpenVinoEngine
-
-            engine = OpenVinoEngine(path, precision=variant.precision, cache_dir=openvino_cache_dir(bundle.root),
-                                    threads=threads, log=log)
-        else:
-            engine = OnnxEngine(path, device=device, threads=threads)
+        engine = kind.make(bundle, variant, device=device, threads=threads, log=log)
     except DeviceUnavailableError:
         raise
     except Exception as e:  # noqa: BLE001 - engines raise their own classes for corrupt graphs
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"{path}: {variant.engine} cannot load this graph ({reason[:300]})") from None
-    if engine.metadata or variant.engine == "onnxruntime":
+    if engine.metadata or kind.reads_metadata:
         check_graph_metadata(engine.metadata, m, variant.graph, str(path))
     _check_graph_shapes(engine, m, path)
     return engine
@@ -86,7 +81,7 @@ class Predictor:
     (:mod:`runtime.graph_choice`; :attr:`graph` is then the one chosen);
     ``search`` is ``auto``, ``faiss``, ``numpy``, ``bf16`` or ``int8`` (a reduced-precision candidate
     step, ``candidates`` per patch, rescored in float32 as bounds, the patches that decide scores and
-    shown maps settled exactly; :mod:`runtime.candidates`).
+    shown maps settled exactly; :mod:`runtime.search.reduced`; ``auto``: :mod:`runtime.search.auto`).
 
     :meth:`prepare` turns one decoded image into its network inputs (one, or its tiles) and its
     geometry; :meth:`predict_prepared` scores a batch of those, so a batch need not hold decoded
@@ -108,10 +103,10 @@ class Predictor:
         self.graph_choice: GraphChoice | None = None
         if engine is None and graph == AUTO:
             engine, variant, self.graph_choice = choose_graph(
-                lambda v: open_graph(self.bundle, v.key, "openvino" if v.engine == "openvino" else device, threads,
-                                     log=log), m, device, log=log,
-                cache=engine_cache_dir(self.bundle.root) / GRAPH_CHOICE_CACHE,
-                key=machine_key(m, self.bundle.bundle_id, device, threads))
+                lambda v: open_graph(self.bundle, v.key, ENGINES.get(v.engine).device or device, threads, log=log),
+                m, device, log=log,
+                cache=MeasureCache(engine_cache_dir(self.bundle.root) / GRAPH_CHOICE_CACHE,
+                                   machine_key(m, self.bundle.bundle_id, device, threads)))
             graph, source = variant.key, variant.graph
         elif engine is None:
             engine = open_graph(self.bundle, graph, device, threads, log=log)
@@ -137,9 +132,10 @@ class Predictor:
                                   f"got {value!r}: re-export the bundle")
         if candidates is None:
             candidates = measured.get("candidates")
-        self.scorer = PatchScorer(bank, n_reweight=m["scoring"]["n_reweight"], backend=search,
-                                  device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
-                                  components=measured.get("components"))
+        index, self.search_choice = build_index(  # search_choice: what --search auto measured ({} else)
+            bank, search, device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
+            components=measured.get("components"))
+        self.scorer = PatchScorer(bank, index, n_reweight=m["scoring"]["n_reweight"])
 
     @property
     def map_level(self) -> float | None:
@@ -152,8 +148,8 @@ class Predictor:
         Where overlays are drawn (``overlays`` True): also down to the overlays' floor, threshold -
         scale (normalised score 0, the median held-out good image score), below which an overlay
         shows no colour; with a pixel threshold, the lower of that and the pixel threshold's own
-        floor (overlays are centred on it). That settles most of a part's patches (on bottle ~1,200
-        of 1,600 against ~70-500 at the pixel threshold), so it is paid only where an overlay is made.
+        floor (overlays are centred on it). That settles most of a part's patches, where the pixel
+        threshold settles only those around its defects, so it is paid only where an overlay is made.
 
         Below the level a pixel may keep an over-estimate (a distance to a real bank row) but stays
         below it. None for a bundle without a threshold: every patch is settled."""
@@ -180,8 +176,8 @@ class Predictor:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
         out = {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
                "precision": self.precision}
-        if self.scorer.choice:
-            out["search_choice"] = dict(self.scorer.choice)
+        if self.search_choice:
+            out["search_choice"] = dict(self.search_choice)
         if self.graph_choice is not None:
             out["graph_choice"] = self.graph_choice.as_dict()
         return out

@@ -53,7 +53,8 @@ from .postprocess import quantile_threshold, robust_scale
 from .threshold import KEPT_OP_KEYS  # export's facts that stay true when the threshold moves (rule_choice)
 
 QUANTILE_METHODS = ("holdout-quantile", "oof-quantile")  # thresholds an update recalibrates
-from .search import PatchScorer
+from .search.build import build_index
+from .search.scorer import PatchScorer
 from .versions import write_version
 
 Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 images -> (B, P, D) float32
@@ -236,7 +237,7 @@ def held_out_scores(old_bank: np.ndarray, projected_old: np.ndarray, embeddings:
         b = int(budget * len(train) / n)
         ext = extend_coreset(projected_old, projected[rows], b, radius, start=start[rows])
         bank = np.concatenate([old_bank, embeddings.reshape(-1, embeddings.shape[-1])[rows[ext.selected]]])
-        scorer = PatchScorer(bank, n_reweight=n_reweight, backend=search)
+        scorer = PatchScorer(bank, build_index(bank, search)[0], n_reweight=n_reweight)
         scores[test] = scorer.score(embeddings[test]).image_scores
         if progress:
             progress("calibrating", f + 1, k)

@@ -107,6 +107,7 @@ class _Absent:
 
 def manifest_reference() -> str:
     from runtime import manifest as m
+    from runtime.manifest_docs import FIELD_DOCS
     from runtime.preprocess import PreprocessSpec
 
     lines = [
@@ -124,7 +125,7 @@ def manifest_reference() -> str:
     ]
     for fields, required in ((m.FIELDS, "yes"), (m.OPTIONAL_FIELDS, "no")):
         for name, check in fields.items():
-            lines.append(f"| `{name}` | {required} | {_wanted(check)} | {m.FIELD_DOCS.get(name, '')} |")
+            lines.append(f"| `{name}` | {required} | {_wanted(check)} | {FIELD_DOCS.get(name, '')} |")
     lines += [
         "",
         "Beyond single fields: `memory_bank.dim` equals `features.target_dim`; `threshold.scale` is > 0",

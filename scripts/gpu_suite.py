@@ -328,7 +328,8 @@ def check_gpu_search(ctx: Context) -> dict:
     exact search on the CPU; which path ran, agreement and the search time per image."""
     from runtime.predictor import Predictor
     from runtime.preprocess import preprocess_batch
-    from runtime.search import PatchScorer
+    from runtime.search.build import build_index
+    from runtime.search.scorer import PatchScorer
 
     ws = ctx.workspace()
     root = ws.bundle("wrn50")
@@ -337,7 +338,7 @@ def check_gpu_search(ctx: Context) -> dict:
     x = preprocess_batch(frames, gpu.spec)
     outs = gpu.engine.run_outputs(x)
     emb = outs["embeddings"]
-    scorer = PatchScorer(gpu.scorer.bank, gpu.scorer.n_reweight, backend="numpy")
+    scorer = PatchScorer(gpu.scorer.bank, build_index(gpu.scorer.bank, "numpy")[0], gpu.scorer.n_reweight)
     t0 = time.perf_counter()
     ref = scorer.score(emb)
     t1 = time.perf_counter()
@@ -360,14 +361,15 @@ def check_faiss_gpu(ctx: Context) -> dict:
     """faiss on the GPU against numpy's exact search (where a faiss GPU build is installed)."""
     from runtime.predictor import Predictor
     from runtime.preprocess import preprocess_batch
-    from runtime.search import PatchScorer
+    from runtime.search.build import build_index
+    from runtime.search.scorer import PatchScorer
 
     ws = ctx.workspace()
     p = Predictor(ws.bundle("wrn50"), device=ctx.ort_device, graph="features_fp32", search="numpy")
     emb = p.engine.run(preprocess_batch(ws.line_images()[:16], p.spec))
-    ref = PatchScorer(p.scorer.bank, p.scorer.n_reweight, backend="numpy").score(emb)
+    ref = PatchScorer(p.scorer.bank, build_index(p.scorer.bank, "numpy")[0], p.scorer.n_reweight).score(emb)
     t0 = time.perf_counter()
-    scorer = PatchScorer(p.scorer.bank, p.scorer.n_reweight, backend="faiss", device="cuda")
+    scorer = PatchScorer(p.scorer.bank, build_index(p.scorer.bank, "faiss", device="cuda")[0], p.scorer.n_reweight)
     got = scorer.score(emb)
     secs = time.perf_counter() - t0
     img = float(np.max(np.abs(ref.image_scores - got.image_scores) / np.abs(ref.image_scores)))

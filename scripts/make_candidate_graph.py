@@ -1,4 +1,4 @@
-"""Writes the graphs of the reduced-precision search into runtime/graphs/:
+"""Writes the graphs of the reduced-precision search into runtime/search/graphs/:
 
 - ``bank_candidates_int8.onnx``: ``--search int8``'s candidate step, and
   ``bank_candidates_int8_projected.onnx`` the same on the bank's leading principal components;
@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-GRAPHS = Path(__file__).resolve().parents[1] / "runtime" / "graphs"
+GRAPHS = Path(__file__).resolve().parents[1] / "runtime" / "search" / "graphs"
 _OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
 
 

@@ -92,7 +92,8 @@ def test_fast_default_search_equals_the_exact_search_where_it_shows(fitted):
     from runtime.images import read_image
     from runtime.predictor import Predictor
     from runtime.regions import Judge
-    from runtime.search import PatchScorer
+    from runtime.search.build import build_index
+    from runtime.search.scorer import PatchScorer
 
     data, _, _, _, bundle = fitted
     paths = sorted((data / "test").rglob("*.png"))[::5]
@@ -103,7 +104,8 @@ def test_fast_default_search_equals_the_exact_search_where_it_shows(fitted):
     assert choice["chose"] in ("int8", "exact") and choice["int8_ms"] > 0 and choice["exact_ms"] > 0
     on_all = Predictor(bundle, device="cpu", search="int8", overlays=True)
     projected = Predictor(bundle, device="cpu", search="int8", overlays=True)
-    projected.scorer = PatchScorer(ref.scorer.bank, ref.scorer.n_reweight, "int8", candidates=2, components=128)
+    index, _ = build_index(ref.scorer.bank, "int8", candidates=2, components=128)
+    projected.scorer = PatchScorer(ref.scorer.bank, index, ref.scorer.n_reweight)
     records = Predictor(bundle, device="cpu", search="int8")
     records.scorer = projected.scorer
     assert projected.scorer.index.bounds and not on_all.scorer.index.bounds

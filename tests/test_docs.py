@@ -16,6 +16,7 @@ import typer
 
 from runtime import errors
 from runtime import manifest
+from runtime.manifest_docs import FIELD_DOCS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,12 +66,12 @@ def test_cli_reference_has_every_command_and_option():
 
 def test_manifest_reference_documents_every_checked_field():
     checked = set(manifest.FIELDS) | set(manifest.OPTIONAL_FIELDS)
-    assert set(manifest.FIELD_DOCS) == checked, "FIELD_DOCS must describe exactly the fields the runtime checks"
+    assert set(FIELD_DOCS) == checked, "FIELD_DOCS must describe exactly the fields the runtime checks"
     page = _docs_pages().page("reference/manifest.md")
     for field in checked:
         row = next((line for line in page.splitlines() if line.startswith(f"| `{field}` |")), None)
         assert row is not None, field
-        assert manifest.FIELD_DOCS[field] in row and "anything" not in row  # a check's own words, not a blank
+        assert FIELD_DOCS[field] in row and "anything" not in row  # a check's own words, not a blank
     assert "| `tile_stride` |" in page  # the preprocess spec's keys
 
 

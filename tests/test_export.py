@@ -113,7 +113,8 @@ def test_scoring_graph_is_chunked_and_finds_the_nearest_patch(model, images):
     import onnx
     import onnxruntime as ort
 
-    from runtime.search import NumpyIndex, exact_distances
+    from runtime.search.distances import exact_distances
+    from runtime.search.exact import NumpyIndex
 
     from export.onnx_export import trace_feature_graph
 

@@ -17,7 +17,8 @@ from patchcore.model import PatchCore, PatchCoreConfig  # noqa: E402
 from patchcore.synthetic import make_synthetic_class  # noqa: E402
 from runtime.images import read_image  # noqa: E402
 from runtime.postprocess import robust_scale  # noqa: E402
-from runtime.search import PatchScorer  # noqa: E402
+from runtime.search.build import build_index  # noqa: E402
+from runtime.search.scorer import PatchScorer  # noqa: E402
 
 SIDE = 96
 
@@ -71,7 +72,7 @@ def test_predict_shapes_and_scores_follow_the_scorer(model, dataset):
     np.testing.assert_array_equal(pred.verdicts, pred.image_scores >= model.threshold)
     emb = model.embed_images([read_image(p) for p in paths[:3]])
     assert emb.shape == (3, 144, 1024)
-    ref = PatchScorer(model.bank, n_reweight=3, backend="numpy").score(emb)
+    ref = PatchScorer(model.bank, build_index(model.bank, "numpy")[0], n_reweight=3).score(emb)
     np.testing.assert_allclose(pred.image_scores, ref.image_scores, rtol=1e-6)
     np.testing.assert_allclose(pred.patch_scores.reshape(3, -1), ref.patch_scores, rtol=1e-6)
 

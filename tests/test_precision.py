@@ -21,7 +21,7 @@ import pytest
 
 from runtime.engines import DeviceUnavailableError, OnnxEngine
 from runtime.engines.openvino_engine import openvino_status
-from runtime.engines.table import VARIANTS, reduced_variants, resolve, variants
+from runtime.engines.table import ENGINES, VARIANTS, reduced_variants, resolve, variants
 
 REPO = Path(__file__).resolve().parents[1]
 OV_OK, OV_REASON = openvino_status()
@@ -68,6 +68,21 @@ def test_table_has_one_row_per_engine_and_precision_and_resolves_with_reasons():
     got = {(v.engine, v.precision) for v in reduced_variants({"features_fp32", "features_int8"})}
     assert got == {("onnxruntime", "int8"), ("openvino", "bf16"), ("openvino", "int8"), ("tensorrt", "int8")}
     assert [v.key for v in variants("tensorrt", {"features_fp32"})] == ["features_fp32"]
+
+
+
+def test_engines_table_names_a_loader_per_engine_and_the_variants_follow_its_precisions():
+    """Each engine row's module and factory open a bundle graph (what the predictor calls instead of an
+    if-chain on the engine), imported without the engine's own package; VARIANTS is the rows' precisions."""
+    assert ENGINES.keys() == ("onnxruntime", "openvino", "tensorrt")
+    for row in ENGINES:
+        assert callable(row.load()) and row.factory == "open_variant"
+        assert [v.precision for v in VARIANTS if v.engine == row.key and v.kind == "features"] == list(row.features)
+        assert [v.precision for v in VARIANTS if v.engine == row.key and v.kind == "scores"] == list(row.scores)
+    assert [v.key for v in VARIANTS if v.engine == "onnxruntime"] == [
+        "features_fp32", "features_fp16", "features_int8", "scores_fp32", "scores_fp16"]
+    with pytest.raises(ValueError, match="did you mean openvino"):
+        ENGINES.get("openvin")
 
 
 # ------------------------------------------------------------------------------------------ int8 export
@@ -243,15 +258,17 @@ def test_runtime_runs_without_openvino_unless_asked(int8_bundle, tmp_path):
 # ------------------------------------------------------------------------------------------ search
 @needs_openvino
 def test_bf16_candidate_search_with_exact_rescoring_gives_the_exact_scores():
-    from runtime.search import PatchScorer, bound_slack
+    from runtime.search.build import build_index
+    from runtime.search.distances import bound_slack
+    from runtime.search.scorer import PatchScorer
 
     if not _has_bf16():
         pytest.skip("this CPU has no bf16")
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(3000, 256)).astype(np.float32) + 4.0  # an offset: centring matters
     emb = (bank[rng.integers(0, 3000, size=(3, 200))] + rng.normal(scale=0.3, size=(3, 200, 256))).astype(np.float32)
-    exact = PatchScorer(bank, 3, "numpy").score(emb)
-    fast = PatchScorer(bank, 3, "bf16", candidates=8)
+    exact = PatchScorer(bank, build_index(bank, "numpy")[0], 3).score(emb)
+    fast = PatchScorer(bank, build_index(bank, "bf16", candidates=8)[0], 3)
     assert fast.backend.startswith("bf16") and fast.margin == 8
     raw = fast.index.search(emb.reshape(-1, 256), 8)
     recall = np.mean((raw == exact.nearest.reshape(-1, 1)).any(axis=1))
@@ -265,7 +282,7 @@ def test_bf16_candidate_search_with_exact_rescoring_gives_the_exact_scores():
     assert (got.patch_scores <= exact.patch_scores * (1 + bound_slack(256))).all()
     np.testing.assert_allclose(got.image_scores, exact.image_scores, rtol=1e-12)
     # one candidate: bf16 alone misorders near ties (the reason for rescoring several)
-    one = PatchScorer(bank, 3, "bf16", candidates=1).index.search(emb.reshape(-1, 256), 1)[:, 0]
+    one = build_index(bank, "bf16", candidates=1)[0].search(emb.reshape(-1, 256), 1)[:, 0]
     assert 0.5 < np.mean(one == exact.nearest.reshape(-1)) <= 1.0
 
 

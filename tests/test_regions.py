@@ -23,7 +23,7 @@ from runtime.postprocess import finish
 from runtime.predictor import Predictor
 from runtime.preprocess import PreprocessSpec
 from runtime.regions import Judge, MinArea, find_regions, parse_min_area
-from runtime.search import Scores
+from runtime.search.scorer import Scores
 from runtime.errors import UsageError
 
 SMALL, LARGE = 10, 44  # sides of the pasted defects, original pixels of 128 x 128 images

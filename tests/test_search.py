@@ -1,5 +1,6 @@
-"""runtime.search: PatchScorer against float64 brute force (np.linalg.norm over all pairs), the
-paper's eq. 7 reweighting against a direct computation, and float32 stability.
+"""runtime.search: PatchScorer (on an index from build_index) against float64 brute force
+(np.linalg.norm over all pairs), the paper's eq. 7 reweighting against a direct computation, float32
+stability, and the index table.
 
 faiss's flat L2 search switches to the BLAS form |q|^2 - 2 q.m + |m|^2 once
 n_queries * dim >= 128000 (one 28x28 image at 256+ dims); the stability tests are sized to take
@@ -11,9 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.search import FaissIndex, NumpyIndex, PatchScorer, exact_distances, make_index
+from runtime.measure import RUNS
+from runtime.search.build import build_index
+from runtime.search.distances import exact_distances
+from runtime.search.exact import NumpyIndex
+from runtime.search.faiss_index import FaissIndex
+from runtime.search.scorer import PatchScorer
+from runtime.search.table import INDEXES
 
 BACKENDS = ["numpy", "faiss"]
+
+
+def make_scorer(bank: np.ndarray, n_reweight: int = 3, backend: str = "auto", **options) -> PatchScorer:
+    """A scorer as its callers build one: the index first (build_index), then the scorer on it."""
+    return PatchScorer(bank, build_index(bank, backend, **options)[0], n_reweight=n_reweight)
 
 
 def brute_force(queries: np.ndarray, bank: np.ndarray, chunk: int = 32) -> np.ndarray:
@@ -69,7 +81,7 @@ def data():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nearest_equals_brute_force(data, backend):
     bank, emb = data
-    scorer = PatchScorer(bank, n_reweight=0, backend=backend)
+    scorer = make_scorer(bank, n_reweight=0, backend=backend)
     assert scorer.backend.startswith(backend)
     s = scorer.score(emb)
     d = brute_force(emb.reshape(-1, 32), bank)
@@ -86,8 +98,8 @@ def test_nearest_equals_brute_force(data, backend):
 
 def test_backends_identical(data):
     bank, emb = data
-    a = PatchScorer(bank, n_reweight=3, backend="numpy").score(emb)
-    b = PatchScorer(bank, n_reweight=3, backend="faiss").score(emb)
+    a = make_scorer(bank, n_reweight=3, backend="numpy").score(emb)
+    b = make_scorer(bank, n_reweight=3, backend="faiss").score(emb)
     np.testing.assert_array_equal(a.patch_scores, b.patch_scores)
     np.testing.assert_array_equal(a.nearest, b.nearest)
     np.testing.assert_array_equal(a.image_scores, b.image_scores)
@@ -116,7 +128,7 @@ def test_exact_distances(data):
 @pytest.mark.parametrize("b", [3, 9])
 def test_reweighting_equals_direct_eq7(data, backend, b):
     bank, emb = data
-    s = PatchScorer(bank, n_reweight=b, backend=backend).score(emb)
+    s = make_scorer(bank, n_reweight=b, backend=backend).score(emb)
     ref = direct_image_scores(emb, bank, b)
     assert s.image_scores.dtype == np.float64
     np.testing.assert_allclose(s.image_scores, ref, rtol=1e-6)
@@ -130,7 +142,7 @@ def test_m_star_neighbours_are_searched_once_per_scorer(data, backend):
     again search no m* again, and give the same image scores as the first time and as a fresh scorer
     (which still equal eq. 7 computed directly)."""
     bank, emb = data
-    scorer = PatchScorer(bank, n_reweight=3, backend=backend)
+    scorer = make_scorer(bank, n_reweight=3, backend=backend)
     first = scorer.score(emb)
     k, asked = scorer._reweight_k(), []
     search = scorer.exact.search
@@ -138,7 +150,7 @@ def test_m_star_neighbours_are_searched_once_per_scorer(data, backend):
     again = scorer.score(emb)
     assert k not in asked  # no m* searched the second time
     np.testing.assert_array_equal(again.image_scores, first.image_scores)
-    np.testing.assert_array_equal(PatchScorer(bank, n_reweight=3, backend=backend).score(emb).image_scores,
+    np.testing.assert_array_equal(make_scorer(bank, n_reweight=3, backend=backend).score(emb).image_scores,
                                   first.image_scores)
     np.testing.assert_allclose(first.image_scores, direct_image_scores(emb, bank, 3), rtol=1e-6)
     assert set(scorer._neighbours) >= set(first.nearest[np.arange(3), first.patch_scores.argmax(axis=1)].tolist())
@@ -146,8 +158,8 @@ def test_m_star_neighbours_are_searched_once_per_scorer(data, backend):
 
 def test_reweighting_changes_with_b(data):
     bank, emb = data
-    s3 = PatchScorer(bank, n_reweight=3, backend="numpy").score(emb).image_scores
-    s9 = PatchScorer(bank, n_reweight=9, backend="numpy").score(emb).image_scores
+    s3 = make_scorer(bank, n_reweight=3, backend="numpy").score(emb).image_scores
+    s9 = make_scorer(bank, n_reweight=9, backend="numpy").score(emb).image_scores
     assert not np.allclose(s3, s9)
 
 
@@ -156,14 +168,14 @@ def test_reweighting_stable_for_large_distances():
     rng = np.random.default_rng(2)
     bank = (rng.normal(size=(200, 16)) * 400).astype(np.float32)
     emb = (rng.normal(size=(2, 30, 16)) * 400).astype(np.float32)
-    s = PatchScorer(bank, n_reweight=3, backend="numpy").score(emb)
+    s = make_scorer(bank, n_reweight=3, backend="numpy").score(emb)
     assert np.all(np.isfinite(s.image_scores))
     np.testing.assert_allclose(s.image_scores, direct_image_scores(emb, bank, 3), rtol=1e-6)
 
 
 def test_n_reweight_zero_gives_max_patch_score(data):
     bank, emb = data
-    s = PatchScorer(bank, n_reweight=0).score(emb)
+    s = make_scorer(bank, n_reweight=0).score(emb)
     np.testing.assert_allclose(s.image_scores, s.patch_scores.max(1), rtol=1e-6)
     np.testing.assert_allclose(s.image_scores, direct_image_scores(emb, bank, 0), rtol=1e-6)
 
@@ -171,14 +183,14 @@ def test_n_reweight_zero_gives_max_patch_score(data):
 @pytest.mark.parametrize("n", [1, -1])
 def test_n_reweight_one_or_negative_refused(data, n):
     with pytest.raises(ValueError, match="n_reweight"):
-        PatchScorer(data[0], n_reweight=n)
+        make_scorer(data[0], n_reweight=n)
 
 
 def test_n_reweight_larger_than_bank_is_clipped():
     rng = np.random.default_rng(3)
     bank = rng.normal(size=(4, 8)).astype(np.float32)
     emb = rng.normal(size=(2, 5, 8)).astype(np.float32)
-    s = PatchScorer(bank, n_reweight=9, backend="numpy").score(emb)
+    s = make_scorer(bank, n_reweight=9, backend="numpy").score(emb)
     np.testing.assert_allclose(s.image_scores, direct_image_scores(emb, bank, 4), rtol=1e-6)
 
 
@@ -189,7 +201,7 @@ def test_single_row_bank_with_reweighting_keeps_scores():
     rng = np.random.default_rng(4)
     bank = rng.normal(size=(1, 8)).astype(np.float32)
     emb = rng.normal(size=(3, 5, 8)).astype(np.float32)
-    s = PatchScorer(bank, n_reweight=3, backend="numpy").score(emb)
+    s = make_scorer(bank, n_reweight=3, backend="numpy").score(emb)
     assert np.all(s.image_scores > 0), f"image scores collapsed to {s.image_scores}"
     np.testing.assert_allclose(s.image_scores, s.patch_scores.max(1), rtol=1e-6)
 
@@ -220,7 +232,7 @@ def test_rescoring_fixes_moderate_float32_loss(backend):
     bank, queries, ref = _offset_data(100.0, seed=0)
     naive = float32_expansion(queries, bank).min(1)
     assert np.abs(naive - ref.min(1)).max() / ref.min(1).min() > 1e-4  # the regime is real
-    dist, idx = PatchScorer(bank, n_reweight=0, backend=backend).nearest(queries)
+    dist, idx = make_scorer(bank, n_reweight=0, backend=backend).nearest(queries)
     np.testing.assert_allclose(dist, ref.min(1), rtol=1e-6)
     np.testing.assert_array_equal(idx, ref.argmin(1))
 
@@ -234,7 +246,7 @@ def test_rescoring_exact_for_large_norm_features(backend):
     bank, queries, ref = _offset_data(1e3, seed=1)
     naive = float32_expansion(queries, bank).min(1)
     assert np.abs(naive - ref.min(1)).max() / ref.min(1).min() > 1e-2  # float32 expansion fails
-    scorer = PatchScorer(bank, n_reweight=3, backend=backend)
+    scorer = make_scorer(bank, n_reweight=3, backend=backend)
     dist, idx = scorer.nearest(queries)
     np.testing.assert_allclose(dist, ref.min(1), rtol=1e-6)
     np.testing.assert_array_equal(idx, ref.argmin(1))
@@ -256,13 +268,49 @@ def test_rescoring_exact_for_large_norm_features(backend):
 def test_bad_inputs_refused(data):
     bank, emb = data
     with pytest.raises(ValueError, match="memory bank"):
-        PatchScorer(np.zeros((0, 32), np.float32))
+        make_scorer(np.zeros((0, 32), np.float32))
     with pytest.raises(ValueError, match="memory bank"):
-        PatchScorer(np.zeros(32, np.float32))
-    scorer = PatchScorer(bank, backend="numpy")
+        make_scorer(np.zeros(32, np.float32))
+    for bad in (np.zeros((0, 32), np.float32), np.zeros(32, np.float32)):  # the scorer checks the bank it is given
+        with pytest.raises(ValueError, match="memory bank"):
+            PatchScorer(bad, build_index(bank, "numpy")[0])
+    scorer = make_scorer(bank, backend="numpy")
     with pytest.raises(ValueError, match=r"\(B, P, 32\)"):
         scorer.score(emb[..., :16])
     with pytest.raises(ValueError, match=r"\(B, P, 32\)"):
         scorer.score(emb[0])
     with pytest.raises(ValueError, match="unknown search backend"):
-        make_index(bank, backend="annoy")
+        build_index(bank, "annoy")
+
+
+# ---------------------------------------------------------------- the index table
+
+
+def test_index_rows_declare_what_their_classes_declare(data):
+    """The table's capability columns and the classes' attributes (what the scorer reads) agree."""
+    bank, _ = data
+    assert INDEXES.keys() == ("faiss", "numpy", "bf16", "int8")
+    for row in INDEXES:
+        cls = row.load()
+        assert cls.approximate is row.approximate, row.key
+        assert cls.bounds is False  # a bound is a property of an index on principal components
+    wide = np.random.default_rng(3).normal(size=(600, 64)).astype(np.float32)
+    pruning, _ = build_index(wide, "int8", candidates=4, components=16)
+    plain, _ = build_index(wide, "int8", candidates=4)
+    assert INDEXES.get("int8").bounds and pruning.bounds is True and plain.bounds is False
+    assert make_scorer(bank, 3, "int8", candidates=4).approximate is True
+    assert make_scorer(bank, 3, "numpy").approximate is False
+
+
+def test_auto_returns_the_index_and_the_facts_of_its_choice(data):
+    """--search auto on a CPU times the int8 step against the exact float32 search by the one rule
+    (runtime.measure) and says so; with ``exact`` it never takes a reduced step and measures nothing."""
+    bank, emb = data
+    index, facts = build_index(bank, "auto", device="cpu")
+    assert facts["chose"] in ("int8", "exact") and facts["runs"] == RUNS and facts["queries"] == 256
+    assert facts["int8_ms"] > 0 and facts["exact_ms"] > 0 and facts["min_speedup"] == 2.0
+    assert index.approximate is (facts["chose"] == "int8")
+    plain, none = build_index(bank, "auto", device="cpu", exact=True)
+    assert none == {} and plain.name == "numpy"
+    exact = make_scorer(bank, 3, "numpy").score(emb).image_scores
+    np.testing.assert_allclose(PatchScorer(bank, index, 3).score(emb).image_scores, exact, rtol=1e-12)

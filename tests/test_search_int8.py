@@ -1,4 +1,4 @@
-"""The reduced-precision candidate steps of the bank search (runtime/candidates.py) and the exact
+"""The reduced-precision candidate steps of the bank search (runtime/search/reduced.py) and the exact
 settling of each image's worst patch (PatchScorer): image scores equal to the exact search's
 whatever the candidate step misses, the int8 step's recall, and its graph file."""
 
@@ -11,9 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.search import PatchScorer, bound_slack
+from runtime.search.build import build_index
+from runtime.search.distances import bound_slack
+from runtime.search.scorer import PatchScorer
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def make_scorer(bank: np.ndarray, n_reweight: int = 3, backend: str = "auto", **options) -> PatchScorer:
+    """A scorer as its callers build one: the index first (build_index), then the scorer on it."""
+    return PatchScorer(bank, build_index(bank, backend, **options)[0], n_reweight=n_reweight)
 
 
 def _bank_and_patches(seed: int = 0, rows: int = 3000, dim: int = 256, images: int = 3, patches: int = 200):
@@ -26,8 +33,8 @@ def _bank_and_patches(seed: int = 0, rows: int = 3000, dim: int = 256, images: i
 
 def test_int8_candidates_hold_the_true_neighbour_and_scores_are_exact():
     bank, emb = _bank_and_patches()
-    exact = PatchScorer(bank, 3, "numpy").score(emb)
-    fast = PatchScorer(bank, 3, "int8", candidates=8)
+    exact = make_scorer(bank, 3, "numpy").score(emb)
+    fast = make_scorer(bank, 3, "int8", candidates=8)
     assert fast.backend == "int8-onnxruntime+exact(c=8)" and fast.margin == 8 and fast.approximate
     raw = fast.index.search(emb.reshape(-1, 256), 8)
     assert raw.shape == (600, 8) and raw.dtype == np.int64
@@ -51,6 +58,9 @@ class _WrongIndex:
 
     name = "wrong"
 
+    approximate = True  # declared as every index declares it: the scorer reads it, never probes
+    bounds = False
+
     def __init__(self, rows: int, candidates: int, seed: int = 1):
         self.candidates, self.rows, self.rng = candidates, rows, np.random.default_rng(seed)
 
@@ -63,9 +73,8 @@ def test_image_scores_stay_exact_when_the_candidate_step_misses():
     until the bound falls below the best exact score gives the exact image score, its patch and m*
     (hence the same eq. 7 reweighting) even from useless candidates; only map pixels keep bounds."""
     bank, emb = _bank_and_patches(seed=3)
-    exact = PatchScorer(bank, 3, "numpy").score(emb)
-    fast = PatchScorer(bank, 3, "int8", candidates=2)
-    fast.index = _WrongIndex(len(bank), 2)
+    exact = make_scorer(bank, 3, "numpy").score(emb)
+    fast = PatchScorer(bank, _WrongIndex(len(bank), 2), 3)  # the scorer takes any ready index
     got = fast.score(emb)
     np.testing.assert_allclose(got.image_scores, exact.image_scores, rtol=1e-12)
     rows = np.arange(len(emb))
@@ -79,7 +88,7 @@ def test_image_scores_stay_exact_when_the_candidate_step_misses():
 
 
 def test_int8_bank_keeps_seven_bits_where_u8s8_products_saturate(monkeypatch):
-    import runtime.candidates as cand
+    import runtime.search.reduced as cand
 
     bank, emb = _bank_and_patches(rows=500, images=1, patches=50)
     monkeypatch.setattr(cand, "u8s8_saturates", lambda: True)
@@ -87,18 +96,18 @@ def test_int8_bank_keeps_seven_bits_where_u8s8_products_saturate(monkeypatch):
     assert idx.levels == 63 and int(np.abs(idx._feed["bank8"]).max()) == 63
     monkeypatch.setattr(cand, "u8s8_saturates", lambda: False)
     assert cand.Int8Index(bank, 8).levels == 127
-    exact = PatchScorer(bank, 3, "numpy").score(emb)
-    s = PatchScorer(bank, 3, "int8", candidates=8).score(emb)
+    exact = make_scorer(bank, 3, "numpy").score(emb)
+    s = make_scorer(bank, 3, "int8", candidates=8).score(emb)
     np.testing.assert_allclose(s.image_scores, exact.image_scores, rtol=1e-12)
 
 
 def test_unknown_search_names_the_choices():
     with pytest.raises(ValueError, match="choose auto, faiss, numpy, bf16, int8"):
-        PatchScorer(np.ones((4, 2), np.float32), 3, "int4")
+        make_scorer(np.ones((4, 2), np.float32), 3, "int4")
 
 
 def test_graph_files_are_what_the_script_builds():
-    """runtime/graphs/*.onnx are committed (the runtime has no onnx package): each must be the graph
+    """runtime/search/graphs/*.onnx are committed (the runtime has no onnx package): each must be the graph
     scripts/make_candidate_graph.py builds."""
     import onnx
 
@@ -106,11 +115,11 @@ def test_graph_files_are_what_the_script_builds():
     mod = importlib.util.module_from_spec(spec)
     sys.modules["make_candidate_graph"] = mod
     spec.loader.exec_module(mod)
-    assert set(mod.BUILDERS) == {p.name for p in (REPO / "runtime" / "graphs").glob("*.onnx")}
+    assert set(mod.BUILDERS) == {p.name for p in (REPO / "runtime" / "search" / "graphs").glob("*.onnx")}
     for name, build in mod.BUILDERS.items():
-        committed = onnx.load(str(REPO / "runtime" / "graphs" / name))
+        committed = onnx.load(str(REPO / "runtime" / "search" / "graphs" / name))
         assert committed.graph.SerializeToString() == build().graph.SerializeToString(), name
-    ops = [n.op_type for n in onnx.load(str(REPO / "runtime" / "graphs" / "bank_candidates_int8.onnx")).graph.node]
+    ops = [n.op_type for n in onnx.load(str(REPO / "runtime" / "search" / "graphs" / "bank_candidates_int8.onnx")).graph.node]
     assert ops[0] == "DynamicQuantizeMatMul" and ops.count("TopK") == 2
 
 
@@ -119,7 +128,7 @@ def test_two_stage_top_k_equals_one_top_k_over_all_rows(rows):
     """The int8 graph's top k in blocks of 32 rows (the k blocks with the largest maxima, then the
     top k of their rows) gives the same candidates, in the same order, as one TopK over every row
     (block 1); banks that are not a multiple of the block, or hold fewer than k blocks, included."""
-    import runtime.candidates as cand
+    import runtime.search.reduced as cand
 
     bank, emb = _bank_and_patches(seed=5, rows=rows, images=1, patches=300)
     idx = cand.Int8Index(bank, 8)
@@ -138,8 +147,8 @@ def test_two_stage_top_k_equals_one_top_k_over_all_rows(rows):
 def test_exact_index_beside_reduced_steps_matches_numpy():
     """The onnxruntime float32 search that settles the worst patches finds the neighbours numpy's
     exact search finds, and the blocked rescoring of candidates gives exact_distances' values."""
-    from runtime.candidates import OnnxExactIndex
-    from runtime.search import NumpyIndex, exact_distances, nearest_candidate
+    from runtime.search.distances import exact_distances, nearest_candidate
+    from runtime.search.exact import NumpyIndex, OnnxExactIndex
 
     bank, emb = _bank_and_patches(seed=7)
     q = emb.reshape(-1, 256)
@@ -158,7 +167,7 @@ def test_candidate_bounds_never_fall_below_the_exact_distance(scale):
     """The float32 bound of each patch's nearest candidate: at or above exact_distances' value of the
     row it names (whatever the norms: a sum of 256 float32 squares), within bound_slack of it, and
     that row the nearest candidate wherever the candidates' distances are not within the slack."""
-    from runtime.search import candidate_bounds, exact_distances
+    from runtime.search.distances import candidate_bounds, exact_distances
 
     bank, emb = _bank_and_patches(seed=3)
     bank, q = bank * scale, emb.reshape(-1, 256) * scale
@@ -177,8 +186,8 @@ def test_int8_on_principal_components_keeps_recall_and_exact_scores():
     """The int8 product on r < D principal components (turned by a fixed rotation): orthonormal
     projection, the same ranking term with the full norms, image scores still the exact search's,
     and the candidates still hold the true neighbours of features that vary in few directions."""
-    from runtime.candidates import Int8Index, principal_components
-    from runtime.search import centre_bank
+    from runtime.search.base import centre_bank
+    from runtime.search.reduced import Int8Index, principal_components
 
     rng = np.random.default_rng(11)
     basis = np.linalg.qr(rng.normal(size=(256, 24)))[0]  # a bank that varies in 24 of 256 directions
@@ -194,17 +203,17 @@ def test_int8_on_principal_components_keeps_recall_and_exact_scores():
     assert idx.components == 32 and idx._feed["bank8"].shape == (32, 3008)
     assert idx.name == "int8-onnxruntime+exact(c=4, 32 of 256 components)"
     assert Int8Index(bank, 4, components=256).components is None  # all of them: the unprojected graph
-    exact = PatchScorer(bank, 3, "numpy").score(emb)
+    exact = make_scorer(bank, 3, "numpy").score(emb)
     raw = idx.search(emb.reshape(-1, 256), 4)
     assert np.mean((raw == exact.nearest.reshape(-1, 1)).any(axis=1)) >= 0.999
-    got = PatchScorer(bank, 3, "int8", candidates=4, components=32).score(emb)
+    got = make_scorer(bank, 3, "int8", candidates=4, components=32).score(emb)
     np.testing.assert_allclose(got.image_scores, exact.image_scores, rtol=1e-12)
 
 
 def test_int8_index_runs_fewer_queries_at_a_time_for_a_large_bank():
     """The (queries x bank rows) closeness values of one graph run stay within 64 MB: a 100,000-row
     bank takes 167 queries a run instead of 1024, and still finds the nearest rows."""
-    from runtime.candidates import Int8Index
+    from runtime.search.reduced import Int8Index
 
     rng = np.random.default_rng(2)
     bank = rng.normal(size=(100_000, 16)).astype(np.float32)
@@ -315,7 +324,7 @@ def test_nearest_of_pairs_with_a_known_row_is_the_exact_nearest_among_them():
     already, not measured again), as exact_distances gives it, the lowest row of equal distances; on
     random pairs (queries whose known row is not the nearest, is not among the pairs, or is all they
     have, duplicate bank rows for ties) against brute force over the same rows."""
-    from runtime.search import exact_distances, nearest_of_pairs
+    from runtime.search.distances import exact_distances, nearest_of_pairs
 
     rng = np.random.default_rng(21)
     bank = rng.normal(size=(400, 64)).astype(np.float32)

@@ -23,7 +23,8 @@ import torch
 from runtime.images import read_image
 from runtime.postprocess import finish
 from runtime.preprocess import prepare, stack_inputs
-from runtime.search import PatchScorer
+from runtime.search.build import build_index
+from runtime.search.scorer import PatchScorer
 
 from ..coreset import coreset_size, greedy_select, projection_matrix
 from ..data import ClassDataset, load_mask
@@ -149,7 +150,7 @@ def _scores(model: PatchCore, bank: np.ndarray, emb: np.ndarray, plans, ks: Sequ
             maps: bool = True):
     """Image scores per eq. 7 count and evaluation maps of ``emb`` against ``bank``: one search."""
     cfg = model.config
-    plain = PatchScorer(bank, n_reweight=0, backend=cfg.search_backend, device=cfg.device, exact=True)
+    plain = PatchScorer(bank, build_index(bank, cfg.search_backend, device=cfg.device, exact=True)[0], n_reweight=0)
     s = plain.score(emb)
     rows = np.arange(len(emb))
     worst = np.argmax(s.patch_scores, axis=1)
@@ -159,7 +160,7 @@ def _scores(model: PatchCore, bank: np.ndarray, emb: np.ndarray, plans, ks: Sequ
         if k == 0:
             out[k] = s_star
             continue
-        rw = PatchScorer(bank, n_reweight=k, backend="numpy")
+        rw = PatchScorer(bank, build_index(bank, "numpy")[0], n_reweight=k)
         out[k] = s_star * (rw.reweight(emb[rows, worst], s.nearest[rows, worst]) if rw.n_reweight else 1.0)
     if not maps:
         return out, None
@@ -200,7 +201,8 @@ def _latency(group: GroupModels, agg: str, bank: np.ndarray, image: np.ndarray, 
     the torch module the graph is exported from, or (``graph``) the exported graph itself in the
     runtime's onnxruntime engine."""
     m = group.models[agg]
-    scorer = PatchScorer(bank, n_reweight=k, backend=m.config.search_backend, device=m.config.device, exact=True)
+    index, _ = build_index(bank, m.config.search_backend, device=m.config.device, exact=True)
+    scorer = PatchScorer(bank, index, n_reweight=k)
     with tempfile.TemporaryDirectory() as tmp:
         if graph:
             features, where = _onnx_features(m, Path(tmp))

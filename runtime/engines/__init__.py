@@ -1,8 +1,9 @@
 """Feature engines: run one of the bundle's graphs (images -> patch embeddings, and for the
 ``scores_*`` graphs also each patch's nearest memory-bank distance and index).
 
-One module per engine, all behind the :class:`FeatureEngine` protocol, chosen from the table of
-engines x precisions in :mod:`.table`:
+One module per engine, all behind the :class:`FeatureEngine` protocol, each a row of the engines
+table in :mod:`.table` (its ``open_variant`` opens a bundle's graph), with the engines x precisions
+derived from it:
 
 - :mod:`.onnxruntime_engine` (:class:`OnnxEngine`): onnxruntime, CPU/CUDA/TensorRT providers.
 - :mod:`.openvino_engine` (:class:`OpenVinoEngine`): OpenVINO on x86 CPUs, fp32/bf16/int8; the
@@ -13,8 +14,6 @@ Nothing here imports torch.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from .base import DeviceUnavailableError, FeatureEngine
 from .onnxruntime_engine import OnnxEngine, create_session, ort_providers, provider_attempts
@@ -38,20 +37,13 @@ from .tensorrt_engine import (
 )
 
 
-def openvino_cache_dir(bundle_root) -> Path:
-    """OpenVINO's compiled-model cache: beside the TensorRT engines, ``<bundle>/engines/cache/openvino``."""
-    return engine_cache_dir(bundle_root) / "openvino"
-
-
 def __getattr__(name: str):
     """The OpenVINO engine's names, imported on first use (the module itself imports openvino lazily too)."""
-    if name in ("OpenVinoEngine", "openvino_status", "cpu_capabilities"):
+    if name in ("OpenVinoEngine", "openvino_cache_dir", "openvino_status", "cpu_capabilities"):
         from . import openvino_engine
 
         return getattr(openvino_engine, name)
     raise AttributeError(name)
-
-
 
 
 __all__ = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -97,6 +98,12 @@ def create_session(graph: str | Path, opts, device: str, fp32_exact: bool):
     raise AssertionError("unreachable: provider_attempts returns at least one list")
 
 
+def open_variant(bundle, variant, device: str = "auto", threads: int | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> "OnnxEngine":
+    """The engines table's loader: ``variant``'s graph of ``bundle`` in onnxruntime on ``device``."""
+    return OnnxEngine(bundle.path(bundle.graph_info(variant.graph)["file"]), device=device, threads=threads)
+
+
 class OnnxEngine:
     def __init__(self, graph: str | Path, device: str = "auto", threads: int | None = None, spin: bool = False):
         import onnxruntime as ort
@@ -105,8 +112,9 @@ class OnnxEngine:
         if threads:
             opts.intra_op_num_threads = threads
         # By default no busy-waiting after a run: the search that follows needs the same cores for
-        # its BLAS threads. On 2 cores spinning gave a slightly lower median but twice the p90
-        # (BENCHMARKS.md times both settings side by side); a line's deadline is set by the tail.
+        # its BLAS threads. Spinning may lower the median a little but lengthens the tail, where the
+        # threads fight over few cores (BENCHMARKS.md times both settings side by side); a line's
+        # deadline is set by the tail.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         fp32 = "fp16" not in Path(graph).name

@@ -21,6 +21,7 @@ import numpy as np
 
 from .base import DeviceUnavailableError
 from .base import float32 as _float32
+from .tensorrt_engine import engine_cache_dir
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -42,6 +43,11 @@ def openvino_status() -> tuple[bool, str]:
     return True, f"OpenVINO {ov.get_version().split('-')[0]}"
 
 
+def available() -> tuple[bool, str]:
+    """(usable here, why not), for the engines table (:meth:`runtime.plugins.Plugin.available`)."""
+    return openvino_status()
+
+
 def cpu_capabilities() -> list[str]:
     """OpenVINO's CPU optimization capabilities (``FP32``, ``BF16``, ``INT8``, ...); [] without OpenVINO."""
     ok, _ = openvino_status()
@@ -61,6 +67,19 @@ def runtime_precisions(compiled) -> Counter:
         if layer in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution") and "runtimePrecision" in info:
             count[_text(info["runtimePrecision"]).lower()] += 1
     return count
+
+
+def openvino_cache_dir(bundle_root) -> Path:
+    """OpenVINO's compiled-model cache: beside the TensorRT engines, ``<bundle>/engines/cache/openvino``."""
+    return engine_cache_dir(bundle_root) / "openvino"
+
+
+def open_variant(bundle, variant, device: str = "openvino", threads: int | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> "OpenVinoEngine":
+    """The engines table's loader: ``variant``'s graph of ``bundle`` in OpenVINO on the CPU, at the
+    variant's precision, compiled models cached beside the bundle."""
+    return OpenVinoEngine(bundle.path(bundle.graph_info(variant.graph)["file"]), precision=variant.precision,
+                          cache_dir=openvino_cache_dir(bundle.root), threads=threads, log=log)
 
 
 class OpenVinoEngine:

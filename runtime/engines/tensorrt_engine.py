@@ -89,6 +89,11 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {version}, {count} GPU(s)"
 
 
+def available() -> tuple[bool, str]:
+    """(usable here, why not), for the engines table (:meth:`runtime.plugins.Plugin.available`)."""
+    return tensorrt_status()
+
+
 def tensorrt_has_weak_fp16() -> bool:
     """Whether this TensorRT still has the weakly typed ``BuilderFlag.FP16`` (TensorRT 10;
     deprecated in 10.12, removed in 11, where half precision comes only from float16 graphs)."""
@@ -299,6 +304,13 @@ def timing_cache_path(cache_dir: Path, ident: dict[str, Any]) -> Path:
     cuda = f"-{ident['tensorrt_cuda']}" if ident.get("tensorrt_cuda") else ""
     return Path(cache_dir) / f"timing-{_slug(ident['gpu'])}-sm{ident['compute_capability'].replace('.', '')}" \
         f"-trt{ident['tensorrt']}{cuda}.cache"
+
+
+def open_variant(bundle, variant, device: str = "tensorrt", threads: int | None = None,
+                 log: Callable[[str], None] = print) -> "TensorRTEngine":
+    """The engines table's loader: ``variant``'s graph of ``bundle`` as a TensorRT engine for this GPU
+    (shipped, cached or built here: :meth:`TensorRTEngine.from_bundle`)."""
+    return TensorRTEngine.from_bundle(bundle, variant.graph, log=log)
 
 
 class TensorRTEngine:

@@ -1,10 +1,11 @@
 """Reduced-precision candidate steps of the bank search (``--search bf16`` / ``--search int8``).
 
 Each index here returns ``candidates`` bank rows per query, found with a cheaper bank product than
-float32; :class:`runtime.search.PatchScorer` bounds their distances from ``q - m`` (float32 sums with a
-proven slack: :func:`runtime.search.candidate_bounds`) and settles exactly every image's most anomalous
-patches and the patches its shown maps read, so image scores, the patch that decides them, the eq. 7
-reweighting and the maps at the map level are the exact search's whatever the candidate step misses.
+float32; :class:`runtime.search.scorer.PatchScorer` bounds their distances from ``q - m`` (float32 sums
+with a proven slack: :func:`runtime.search.distances.candidate_bounds`) and settles exactly every
+image's most anomalous patches and the patches its shown maps read, so image scores, the patch that
+decides them, the eq. 7 reweighting and the maps at the map level are the exact search's whatever the
+candidate step misses.
 The candidate count only decides how often a pixel of the anomaly map keeps an over-estimate (the
 recall BENCHMARKS.md measures; each export measures the count its bundle needs).
 
@@ -15,24 +16,25 @@ per-query constant.
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .search import centre_bank
-
-DEFAULT_CANDIDATES = 8
+from ..engines.base import DeviceUnavailableError
+from ..machine import cpu_flags, is_x86
+from .base import DEFAULT_CANDIDATES, centre_bank
+from .onnx_graphs import GRAPH_BOUND, GRAPH_INT8, GRAPH_INT8_PROJECTED, session
 
 
 class Bf16Index:
     """Candidates from one OpenVINO MatMul + TopK run with bf16 inference precision (AVX512-BF16 /
     AMX). Needs the ``[openvino]`` extra and a CPU with bf16 arithmetic."""
 
+    approximate = True
+    bounds = False
+
     def __init__(self, bank: np.ndarray, candidates: int = DEFAULT_CANDIDATES, threads: int | None = None):
-        from .engines import DeviceUnavailableError
-        from .engines.openvino_engine import openvino_status
+        from ..engines.openvino_engine import openvino_status
 
         ok, reason = openvino_status()
         if not ok:
@@ -79,20 +81,14 @@ class Bf16Index:
 def u8s8_saturates() -> bool:
     """Whether this CPU's u8 x s8 integer products may saturate: x86 CPUs without VNNI add pairs of
     them in int16 (onnxruntime's documented u8s8 caveat), so the bank then keeps 7 bits."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+    if not is_x86():
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume the oldest x86 to be safe
+    flags = cpu_flags()
+    if flags is None:  # not Linux: assume the oldest x86 to be safe
         return True
     return not ("avx512_vnni" in flags or "avx_vnni" in flags)
 
 
-GRAPHS = Path(__file__).resolve().parent / "graphs"
-GRAPH_INT8 = GRAPHS / "bank_candidates_int8.onnx"
-GRAPH_INT8_PROJECTED = GRAPHS / "bank_candidates_int8_projected.onnx"
-GRAPH_EXACT = GRAPHS / "bank_nearest_fp32.onnx"
-GRAPH_BOUND = GRAPHS / "bank_bound_fp32.onnx"
 _BLOCK = 32  # bank rows per block of the int8 graph's two-stage top k
 _CHUNK_VALUES = 1 << 24  # queries per int8 graph run: (queries x bank rows) closeness values <= 64 MB
 _PAD = np.float32(-3e38)  # closeness of padding rows: never among the candidates
@@ -100,19 +96,6 @@ _PAD = np.float32(-3e38)  # closeness of padding rows: never among the candidate
 # float32 norms and products (the Gemm expansion, |q|^2 - |P q|^2), each within a few 1e-7 of those
 _BOUND_SLACK = 1e-3
 _BOUND_FACTOR = 2
-
-
-def _session(graph: Path, threads: int | None):
-    """An onnxruntime CPU session whose threads sleep after a run: these searches run between two
-    feature runs (onnxruntime or OpenVINO), and spinning threads would take the cores from them."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
 
 
 def principal_axes(centred: np.ndarray) -> np.ndarray:
@@ -128,7 +111,7 @@ def principal_components(centred: np.ndarray, count: int, axes: np.ndarray | Non
 
     The rotation spreads each row's energy over the kept coordinates: in the principal axes
     themselves the first component dwarfs the rest, and a per-row int8 scale set by it quantizes
-    the others to a few levels (recall 0.993 against 0.9997 unrotated on wide_resnet50_2 bottle).
+    the others to a few levels, and the recall drops (BENCHMARKS.md measures both).
     ``axes``: :func:`principal_axes` of the bank, when already computed."""
     leading = (principal_axes(centred) if axes is None else axes)[:, :count]
     turn, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((count, count)))
@@ -148,6 +131,9 @@ class Int8Index:
     projected in the graph), ranking by ``q_r . m_r - |m|^2 / 2`` with the full norms: it drops only
     ``q . m`` along the directions the bank barely varies in, and costs r/D of the full product.
     The export measures the r and candidate count a bundle needs (``reduced_precision.int8_search``)."""
+
+    approximate = True
+    bounds = False  # on principal components: True, :meth:`within` can prune the exact search
 
     def __init__(self, bank: np.ndarray, candidates: int = DEFAULT_CANDIDATES, threads: int | None = None,
                  chunk: int = 1024, components: int | None = None):
@@ -181,11 +167,11 @@ class Int8Index:
         kept = f", {self.components} of {self.dim} components" if self.components else ""
         self.name = f"int8-onnxruntime+exact(c={self.candidates}{kept})"
         self.chunk = max(16, min(chunk, _CHUNK_VALUES // padded))  # a large bank: fewer queries per run
-        self._session = _session(GRAPH_INT8_PROJECTED if self.components else GRAPH_INT8, threads)
+        self._session = session(GRAPH_INT8_PROJECTED if self.components else GRAPH_INT8, threads)
         self._bound = None
         if self.components:
-            # the bound on twice the components (at most all): pruning 7x more rows than on the
-            # product's own (wide_resnet50_2 and effnet-lite0 bottle) for twice its small product
+            # the bound on twice the components (at most all): it prunes far more rows than on the
+            # product's own components, which the search then skips, for twice a small product
             basis = principal_components(centred, min(self.dim, _BOUND_FACTOR * self.components), axes)
             kept = (centred @ basis).astype(np.float32)
             sq = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
@@ -193,13 +179,9 @@ class Int8Index:
             self._bound_feed = {"components": basis, "bank_sq": sq.astype(np.float32),
                                 "bank_aug": np.ascontiguousarray(np.hstack([kept, perp[:, None].astype(np.float32)]))}
             self._max_sq = float(sq.max())
-            self._bound = _session(GRAPH_BOUND, threads)
+            self._bound = session(GRAPH_BOUND, threads)
             self._bound_chunk = max(16, _CHUNK_VALUES // self.rows)
-
-    @property
-    def bounds(self) -> bool:
-        """Whether :meth:`within` can prune the exact search (an index on principal components)."""
-        return self._bound is not None
+            self.bounds = True
 
     def within(self, queries: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The bank rows that may lie within ``upper`` (Q,) of each query: pairs (query, row), sorted by
@@ -210,7 +192,7 @@ class Int8Index:
         (by exact distance) is the nearest of the whole bank."""
         qi, mi = [], []
         for s, inside in self.inside(queries, upper):
-            a, b = np.divmod(np.flatnonzero(inside), inside.shape[1])  # 30x faster than a 2-D np.nonzero
+            a, b = np.divmod(np.flatnonzero(inside), inside.shape[1])  # a 2-D np.nonzero builds both index arrays row by row
             qi.append(a + s)
             mi.append(b)
         return np.concatenate(qi).astype(np.int64), np.concatenate(mi).astype(np.int64)
@@ -236,66 +218,3 @@ class Int8Index:
             feed["queries"] = q[s : s + self.chunk]
             out[s : s + self.chunk] = self._session.run(["candidates"], feed)[0]
         return out
-
-
-class OnnxExactIndex:
-    """The exact float32 search beside a reduced candidate step (few queries: each image's worst
-    patches, m*'s neighbours): one Gemm + TopK in onnxruntime over the centred bank, on all cores
-    without spinning, where numpy's BLAS had to be held to one thread (3.7x slower on the
-    wide_resnet50_2 bank, 14,739 x 1024). Ranks like :class:`runtime.search.NumpyIndex`."""
-
-    name = "onnxruntime-fp32"
-
-    def __init__(self, bank: np.ndarray, threads: int | None = None):
-        self.mean, self.bank = centre_bank(bank)
-        self._neg_half_sq = (-0.5 * np.einsum("ij,ij->i", self.bank, self.bank, dtype=np.float64)).astype(np.float32)
-        self._session = _session(GRAPH_EXACT, threads)
-
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32) - self.mean)
-        k = min(k, len(self.bank))
-        if len(q) == 0:
-            return np.empty((0, k), np.int64)
-        feed = {"queries": q, "bank": self.bank, "neg_half_sq": self._neg_half_sq, "k": np.array([k], np.int64)}
-        return self._session.run(["candidates"], feed)[0]
-
-
-# --search auto on a CPU takes the int8 step where its bank product runs at least this many times
-# faster than the exact float32 one: the rest of the int8 path (rescoring, settling) costs about the
-# same again on the bottle bundles of BENCHMARKS.md
-AUTO_MIN_SPEEDUP = 2.0
-_AUTO_QUERIES = 256
-
-
-def choose_cpu_index(bank: np.ndarray, candidates: int, components: int | None, threads: int | None = None):
-    """``--search auto`` on a CPU: times the int8 candidate product and the exact float32 product on
-    the same queries (bank rows, best of three runs each, at load) and returns ``(index, facts)``:
-    the :class:`Int8Index` where it was at least :data:`AUTO_MIN_SPEEDUP` times faster, else the exact
-    :class:`OnnxExactIndex` (the exact search in onnxruntime, whose threads do not spin after a
-    call). Either way image scores and maps at and above the overlay floor are the exact search's;
-    the measurement only decides which is faster on this CPU (VNNI, AMX or neither)."""
-    import time
-
-    fast = Int8Index(bank, candidates, threads=threads, components=components)
-    exact = OnnxExactIndex(bank, threads=threads)
-    rows = np.linspace(0, len(bank) - 1, min(_AUTO_QUERIES, len(bank))).astype(int)
-    queries = np.asarray(bank, np.float32)[rows]
-
-    def best(index, k):
-        index.search(queries, k)  # warm up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            index.search(queries, k)
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    t_fast, t_exact = best(fast, fast.candidates), best(exact, 2)
-    speedup = t_exact / max(t_fast, 1e-9)
-    facts = {"int8_ms": round(1000 * t_fast, 3), "exact_ms": round(1000 * t_exact, 3), "queries": len(rows),
-             "speedup": round(speedup, 2), "min_speedup": AUTO_MIN_SPEEDUP,
-             "chose": "int8" if speedup >= AUTO_MIN_SPEEDUP else "exact"}
-    return (fast if facts["chose"] == "int8" else exact), facts
-
-
-INDEXES = {"bf16": Bf16Index, "int8": Int8Index}
