@@ -14,10 +14,12 @@ from typing import Callable, Iterator, List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..engines.table import DEVICE_ENGINE
 from ..images import DEFAULT_LIMITS, ImageLimits
 from ..line.messages import err
 from ..line.run_options import LineRule, RunOptions
 from ..line.sinks.table import SINKS
+from ..search.table import AUTO, INDEXES
 from .console import known_errors
 
 
@@ -26,8 +28,8 @@ def _choice(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
     return enum.Enum(name, [(v, v) for v in values], type=str)
 
 
-Device = _choice("Device", ("auto", "cpu", "cuda", "tensorrt", "openvino"))
-Search = _choice("Search", ("auto", "faiss", "numpy", "bf16", "int8"))
+Device = _choice("Device", tuple(DEVICE_ENGINE))  # the engines table's --device column
+Search = _choice("Search", (AUTO, *INDEXES.keys()))  # the search-index table's rows
 
 
 # Options shared by several commands, so a flag means the same everywhere.
