@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from .onnx_export import ExportError
+from .errors import ExportError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT = ("none", "first", "last", "first+last", "first+depthwise")
