@@ -77,22 +77,23 @@ def _crop(tex: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 # Each defect draws its binary shape and says what the damaged pixels look like.
-def _line(img, length: float, angle: float, cx: float, cy: float, thick: int) -> np.ndarray:
-    """The mask of a straight line ``length`` long at ``angle`` through (cx, cy), ``thick`` pixels wide."""
+def _line_defect(img, rng, size, length, centre, thick, bright, dark):
+    """A straight line ``length`` long at a random angle, its centre drawn within ``centre`` (shares
+    of the side), ``thick()`` pixels wide (drawn after the centre), then at even odds bright
+    (``bright[0] * f + bright[1]``) or dark (``dark * f``)."""
     shape = np.zeros(img.shape[:2], np.uint8)
+    angle = rng.uniform(0, np.pi)
+    cx, cy = rng.uniform(centre[0], centre[1], 2) * size
     dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
-    cv2.line(shape, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1, thick, cv2.LINE_8)
-    return shape.astype(bool)
+    cv2.line(shape, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1, thick(), cv2.LINE_8)
+    f = img.astype(np.float32)
+    target = bright[0] * f + bright[1] if rng.random() < 0.5 else dark * f
+    return shape.astype(bool), target
 
 
 def _scratch(img, rng, size):
-    length = rng.uniform(0.3, 0.6) * size
-    angle = rng.uniform(0, np.pi)
-    cx, cy = rng.uniform(0.3, 0.7, 2) * size
-    shape = _line(img, length, angle, cx, cy, max(1, int(round(rng.uniform(1, 3) * size / 256))))
-    f = img.astype(np.float32)
-    target = 0.3 * f + 175 if rng.random() < 0.5 else 0.25 * f
-    return shape, target
+    return _line_defect(img, rng, size, rng.uniform(0.3, 0.6) * size, (0.3, 0.7),
+                        lambda: max(1, int(round(rng.uniform(1, 3) * size / 256))), (0.3, 175), 0.25)
 
 
 def _stain(img, rng, size):
@@ -119,13 +120,7 @@ def _hole(img, rng, size):
 
 # Defects a few pixels wide, for the large layout: sizes in pixels, not relative to the image.
 def _fine_scratch(img, rng, size):
-    length = rng.uniform(40, 110)
-    angle = rng.uniform(0, np.pi)
-    cx, cy = rng.uniform(0.08, 0.92, 2) * size
-    shape = _line(img, length, angle, cx, cy, 2)
-    f = img.astype(np.float32)
-    target = 0.25 * f + 185 if rng.random() < 0.5 else 0.1 * f
-    return shape, target
+    return _line_defect(img, rng, size, rng.uniform(40, 110), (0.08, 0.92), lambda: 2, (0.25, 185), 0.1)
 
 
 def _pit(img, rng, size):

@@ -39,26 +39,17 @@ class Context:
     log: Callable[[str], None] = print
     probes: dict = field(default_factory=dict)
     _workspace: Workspace | None = None
+    # what the checks run on: the GPU, or the CPU when rehearsing (set from ``rehearse``)
+    torch_device: str = field(init=False)
+    ort_device: str = field(init=False)
+    ort_provider: str = field(init=False)
+    parity_engine: str = field(init=False)
 
-    def on_device(self, gpu: str, cpu: str) -> str:
-        """``gpu``, or ``cpu`` when rehearsing: each check names what it runs on both ways."""
-        return cpu if self.rehearse else gpu
-
-    @property
-    def torch_device(self) -> str:
-        return self.on_device("cuda", "cpu")
-
-    @property
-    def ort_device(self) -> str:
-        return self.on_device("cuda", "cpu")
-
-    @property
-    def ort_provider(self) -> str:
-        return self.on_device("CUDAExecutionProvider", "CPUExecutionProvider")
-
-    @property
-    def parity_engine(self) -> str:
-        return self.on_device("ort-cuda", "ort-cpu")
+    def __post_init__(self) -> None:
+        cpu = self.rehearse
+        self.torch_device = self.ort_device = "cpu" if cpu else "cuda"
+        self.ort_provider = "CPUExecutionProvider" if cpu else "CUDAExecutionProvider"
+        self.parity_engine = "ort-cpu" if cpu else "ort-cuda"
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
