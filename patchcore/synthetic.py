@@ -63,15 +63,20 @@ def load_texture(name: str) -> np.ndarray:
     return np.clip(gray * np.array(TEXTURES[name], np.float32), 0, 255).astype(np.uint8)
 
 
-def _crop(tex: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    h, w = tex.shape[:2]
-    side = int(rng.integers(int(0.55 * min(h, w)), int(0.7 * min(h, w)) + 1))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    out = tex[y:y + side, x:x + side]
+def _flipped(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``out`` mirrored left to right, then upside down, each at even odds."""
     if rng.random() < 0.5:
         out = out[:, ::-1]
     if rng.random() < 0.5:
         out = out[::-1]
+    return out
+
+
+def _crop(tex: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    h, w = tex.shape[:2]
+    side = int(rng.integers(int(0.55 * min(h, w)), int(0.7 * min(h, w)) + 1))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    out = _flipped(tex[y:y + side, x:x + side], rng)
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(np.ascontiguousarray(out), (size, size), interpolation=interp)
 
@@ -183,11 +188,7 @@ def _tall_crop(tex: np.ndarray, rng: np.random.Generator, width: int) -> np.ndar
     ch = int(rng.integers(int(0.8 * h), h + 1))
     cw = int(round(ch / TALL_ASPECT))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    out = tex[y:y + ch, x:x + cw]
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    if rng.random() < 0.5:
-        out = out[::-1]
+    out = _flipped(tex[y:y + ch, x:x + cw], rng)
     return cv2.resize(np.ascontiguousarray(out), (width, int(round(width * TALL_ASPECT))), interpolation=cv2.INTER_AREA)
 
 
