@@ -120,7 +120,8 @@ def eval_(
         check_output_folder(out, "--out")
         if bundle is not None:
             for d in data:
-                typer.echo(_row_line(evaluate_bundle(bundle, d, out, device=options.device, original=original_resolution)))
+                row = evaluate_bundle(bundle, d, out, device=options.device, original=original_resolution)
+                typer.echo(_row_line(row))
         else:
             jobs = [(d, cfg, out, overlays, None, original_resolution) for d in data for cfg in configs]
             for row in run_jobs(fit_and_evaluate, jobs, ray or bool(ray_address), ray_address, options.device):

@@ -1,14 +1,15 @@
 """Out-of-fold scoring: every good training image scored against a memory bank that did not see it.
 
 The training images' patch embeddings are extracted once (:class:`~patchcore.streaming.EmbeddingStore`,
-on disk) and reused. The ``k`` folds (:func:`patchcore.folds.fold_split`, a fixed-seed split) are the shards of the composable coreset
-(:mod:`patchcore.coreset`, what ``--shards`` uses): each fold selects its share once, and the bank
-that scores fold ``f`` is the final greedy round over the other folds' selections, at the bundle's
-coreset ratio (or bank size) of their patches. So the folds cost about ``2 / k`` of one exact
-selection instead of ``k`` selections over most of the rows. The fold's own images are then scored
-against it (image scores and anomaly maps, through the same :func:`runtime.postprocess.finish` as
-every other score). What it gives is what good parts the bank has never seen score: the threshold's and the
-pixel threshold's calibration set, and a held-out score for every image a recipe is chosen on.
+on disk) and reused. The ``k`` folds (:func:`patchcore.folds.fold_split`, a fixed-seed split) are the
+shards of the composable coreset (:mod:`patchcore.coreset`, what ``--shards`` uses): each fold selects
+its share once, and the bank that scores fold ``f`` is the final greedy round over the other folds'
+selections, at the bundle's coreset ratio (or bank size) of their patches. So the folds cost about
+``2 / k`` of one exact selection instead of ``k`` selections over most of the rows. The fold's own images
+are then scored against it (image scores and anomaly maps, through the same
+:func:`runtime.postprocess.finish` as every other score). What it gives is what good parts the bank has
+never seen score: the threshold's and the pixel threshold's calibration set, and a held-out score for
+every image a recipe is chosen on.
 """
 
 from __future__ import annotations
