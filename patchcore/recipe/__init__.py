@@ -17,11 +17,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..data import ClassDataset, DatasetError, load_test_set
-from ..input_geometry import image_sizes
 from ..config import PatchCoreConfig
+from ..data import ClassDataset, DatasetError, load_test_set
 from ..folds import fold_split, too_few
+from ..input_geometry import image_sizes
 from ..model import PatchCore
+from ..presets import PRESETS
 from .ranking import Ranking, rank, recall_at
 from .recipe_candidates import Candidate, declare
 from .validate import MIN_PER_FOLD, GroupResult, Settings, evaluate_group, make_defects, pool, read_images
@@ -40,8 +41,6 @@ class RecipeChoice:
 
 
 def _default_settings() -> dict:
-    from ..presets import PRESETS
-
     return PRESETS["default"]
 
 
