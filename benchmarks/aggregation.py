@@ -41,7 +41,8 @@ def build(taps: bool, spec):
     """The effnet-lite0 PatchCore model with the taps form (``taps``) or the convolution forced, on the
     preprocessing ``spec`` (the default bundle's: 320 x 320)."""
     from patchcore import features
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
 
     saved = features._taps_cheaper
     if not taps:

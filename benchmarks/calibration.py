@@ -19,32 +19,17 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from common import MVTEC, ROOT, cpu_name, replace_section, use_checkout
 
-from common import replace_section  # noqa: E402
-
+use_checkout()
 SECTION = "calibration"
 OUT = ROOT / ".bench" / "calibration"
-MVTEC = ROOT.parent / "shared" / "datasets" / "mvtec_ad"
 SYNTH = ("brick", "grass", "gravel")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def class_images(name: str, n_synth_train: int) -> tuple[list[Path], list[Path]]:
@@ -61,7 +46,7 @@ def class_images(name: str, n_synth_train: int) -> tuple[list[Path], list[Path]]
 def one_run(name: str, seed: int, n_fit: int, n_synth_train: int) -> dict:
     import numpy as np
 
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
     from patchcore.model import PatchCore
     from runtime.images import read_image
 

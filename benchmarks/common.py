@@ -13,6 +13,16 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+MVTEC = ROOT.parent / "shared" / "datasets" / "mvtec_ad"  # the shared MVTec AD classes
+
+
+def use_checkout() -> None:
+    """Import the project's packages (patchcore, runtime) from this checkout."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+
 
 def worker_parser():
     """The arguments both tools' workers take, so run.py drives them with one argument list."""

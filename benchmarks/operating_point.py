@@ -27,17 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from common import MVTEC, ROOT, cpu_name, replace_section, use_checkout
 
-from common import cpu_name, replace_section  # noqa: E402
-
+use_checkout()
 SECTION = "operating-point"
 OUT = ROOT / ".bench" / "operating_point"
-MVTEC = ROOT.parent / "shared" / "datasets" / "mvtec_ad"
-from patchcore.fit_options import DEFAULT_POLICY, DEFAULT_RULE  # noqa: E402
+from patchcore.presets import DEFAULT_POLICY, DEFAULT_RULE  # noqa: E402
 
 CLASSES = ("bottle", "screw", "hazelnut_reduced", "transistor_reduced", "brick", "brick-tall")
 POLICIES = ("false-calls=1%", "false-calls=2%", "false-calls=3%", "false-calls=4%", "false-calls=5%", "f1", "f1@5%", "f1@20%",
@@ -103,7 +98,7 @@ def one_run(name: str, seed: int) -> dict:
 
     import patchcore.fit_calibration as FC
     from patchcore.data import load_class
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
     from patchcore.model import PatchCore
 
     stash = {}

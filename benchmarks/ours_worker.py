@@ -79,7 +79,8 @@ def main(argv=None) -> int:
 
     from export.onnx_export import export_bundle
     from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
     from runtime.images import read_image
     from runtime.predictor import Predictor
 

@@ -164,7 +164,8 @@ def worker(a) -> None:
             times.append((time.perf_counter() - t0) / a.iterations)
         res = {"rows": a.rows, "seconds_per_iteration": statistics.median(times), "peak_rss_mb": peak_rss_mb()}
     else:
-        from patchcore.model import PatchCore, PatchCoreConfig
+        from patchcore.config import PatchCoreConfig
+        from patchcore.model import PatchCore
 
         paths = sorted(Path(a.images).glob("*.jpg"))[: a.n]
         cfg = PatchCoreConfig(backbone=BACKBONE, coreset_ratio=a.coreset, bank_size=a.bank_size, shards=a.shards,

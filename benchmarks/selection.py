@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from common import _markers, replace_section  # noqa: E402
+from common import ROOT, _markers, cpu_name, replace_section, use_checkout
+
+use_checkout()
 
 SECTION, WORK = "selection", ROOT / ".bench" / "selection"
 RESULTS = WORK / "results.jsonl"
@@ -54,9 +52,9 @@ def run_class(name: str, fit_time: bool, log) -> dict:
     from scipy.stats import kendalltau
 
     from patchcore.data import load_test_set
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
     from patchcore.model import PatchCore
-    from patchcore.selection import fixed_default, select_recipe
+    from patchcore.recipe import fixed_default, select_recipe
 
     ds = load_test_set(class_folder(name))
     base = preset_config("auto", backbone="effnet-lite0", weights="default", seed=0, device="cpu")
@@ -212,14 +210,6 @@ def write_report() -> None:
     replace_section(ROOT / "BENCHMARKS.md", SECTION, render(records, meta))
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(x.split(":", 1)[1].strip() for x in out.splitlines() if x.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=("run", "report"))
@@ -230,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report()
         return 0
     WORK.mkdir(parents=True, exist_ok=True)
-    meta = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(),
+    meta = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
             "command": "nice -n 5 python benchmarks/selection.py run " + " ".join(argv or sys.argv[2:])}
     (WORK / "meta.json").write_text(json.dumps(meta))
     done = {json.loads(x)["class"] for x in RESULTS.read_text().splitlines() if x.strip()} if RESULTS.is_file() else set()

@@ -32,17 +32,12 @@ import time
 from pathlib import Path
 from statistics import mean, pstdev
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from common import MVTEC, ROOT, replace_section, use_checkout
 
-from common import replace_section  # noqa: E402
-
+use_checkout()
 SECTION = "study"
 WORK = ROOT / ".bench" / "study"
 RESULTS = WORK / "results.jsonl"
-MVTEC = ROOT.parent / "shared" / "datasets" / "mvtec_ad"
 CLASSES = ("hazelnut_reduced", "transistor_reduced", "synthetic_tall", "synthetic_large", "bottle", "screw")
 AGGREGATIONS = ("paper", "local-mean")
 DIMS = ("128", "full")  # full: 1024 for paper, the layers' channels (native) for local-mean
@@ -85,7 +80,8 @@ def run_group(cls: str, aggregation: str, dims: str, budget: int, done: set, log
     from patchcore.data import load_class, load_mask
     from patchcore.input_geometry import describe, image_sizes
     from patchcore.metrics import evaluate
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
     from runtime.images import read_image
     from runtime.preprocess import prepare, preprocess_mask, stack_inputs
 

@@ -61,7 +61,7 @@ def fitted_bundle(data: Path, work: Path, preset: str, coreset: float | None) ->
     if not (bundle / "manifest.json").is_file():
         from export.onnx_export import export_bundle
         from patchcore.data import load_class
-        from patchcore.fit_options import preset_config
+        from patchcore.config import preset_config
         from patchcore.model import PatchCore
 
         cfg = preset_config(preset, backbone="effnet-lite0", device="cpu", coreset_ratio=coreset)

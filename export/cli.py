@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 
 from patchcore import fit_options as opt
+from patchcore.fit_options import FitOptions
 from patchcore.cli import DEPRECATED as FIT_DEPRECATED
 from patchcore.cli import PROG, app
 from runtime.engines import DeviceUnavailableError
@@ -43,20 +44,9 @@ def export_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="class folder in MVTec AD layout "
                                         "(default: the embedded synthetic class, written to datasets/synthetic/brick)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="bundle folder (default models/<backbone>)"),
-    backbone: str = opt.BACKBONE, coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS,
-    layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT,
-    holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
-    device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
-    geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
-    tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
-    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
-    aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
-    upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
-    calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
-    operating_point: Optional[str] = opt.OPERATING_POINT, rule: str = opt.RULE, ng: Optional[Path] = opt.NG,
+    backbone: str = opt.BACKBONE, options: FitOptions = FitOptions(),
     mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="millimetres per original image pixel, "
                                               "recorded in the bundle: the runtime then gives region areas in mm²"),
-    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET,
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="also export the float16 feature graph"),
     reuse: bool = typer.Option(False, "--reuse", help="reuse the bundle at --out when its fit settings match"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="labelled folder (MVTec layout, test/...): "
@@ -77,12 +67,7 @@ def export_cmd(
     from .pipeline import ExportRequest, export_model  # torch: loaded when the command runs
 
     with known_errors():
-        cfg = opt.fit_config(backbone, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                             batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
-                             bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                             calibration=calibration, folds=folds, latency_budget_ms=latency_budget_ms,
-                             operating_point=operating_point, rule=rule, ng=ng)
+        cfg = options.config(backbone)
         if mm_per_px is not None and not (mm_per_px > 0 and math.isfinite(mm_per_px)):
             raise UsageError(f"--mm-per-px must be a finite number > 0, got {mm_per_px}")
         req = ExportRequest(cfg, out or Path("models") / backbone, data, name, fp16, scoring_graph, bank_dtype,
@@ -173,7 +158,7 @@ def engine_cmd(
         typer.echo(json.dumps({"bundle": str(bundle), "engines": b.manifest["engines"]}))
 
 
-app.command("export", epilog=EXIT_CODES_HELP)(export_cmd)
+app.command("export", epilog=EXIT_CODES_HELP)(opt.fit_command(export_cmd))
 app.command("parity", epilog=EXIT_CODES_HELP)(parity_cmd)
 app.command("engine", epilog=EXIT_CODES_HELP)(engine_cmd)
 

@@ -29,18 +29,12 @@ import onnxruntime
 
 from patchcore.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, trace_feature_graph
 from runtime import bundle as bundle_io
-from runtime import errors
 
+from .errors import ExportError
 from .search_graph import DEFAULT_CHUNK, append_search, search_outputs
 
 # protobuf refuses to serialise a message of 2 GiB or more; keep a margin for the graph itself
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
-
-
-class ExportError(RuntimeError):
-    """A graph that could not be written, or that failed its checks; the message names the file."""
-
-    exit_code = errors.GRAPH
 
 
 # ---------------------------------------------------------------------------------------- files

@@ -20,9 +20,9 @@ same test images of a class folder (a folder with only ``train/good``: its train
 A target passes when every figure is within its tolerance (:data:`FP32`, :data:`FP16`, or :data:`REDUCED`
 for the int8 and bf16 variants, judged by AUROC, unweighted image scores and verdicts). In
 float16 the image-score tolerance applies to the unweighted image scores: float16's feature error
-is large enough to tip a near-tie of eq. 7 (measured: a random-weight wide_resnet50_2 bundle,
-2.8e-2 reweighted against 1.9e-3 unweighted), so the reweighted scores are judged by what a line
-sees of them instead: the same AUROC within 0.1 points and the same verdicts outside the band.
+is large enough to tip a near-tie of eq. 7 (the reweighting then moves an image score by far more
+than the feature error itself does), so the reweighted scores are judged by what a line sees of
+them instead: the same AUROC within 0.1 points and the same verdicts outside the band.
 ``runtime_spec`` replaces the runtime's preprocessing (only): it shows that a preprocessing
 mismatch, the classic cause of exported models scoring differently, is caught.
 """

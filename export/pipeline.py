@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from patchcore.config import PatchCoreConfig
 from patchcore.data import NoTestImages, load_class, load_test_set
-from patchcore.model import PatchCore, PatchCoreConfig
-from patchcore.selection import model_for
+from patchcore.model import PatchCore
+from patchcore.recipe import model_for
 from patchcore.registry import WeightsUnavailableError
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import Bundle, BundleError, read_bundle

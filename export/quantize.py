@@ -12,8 +12,8 @@ which layers were kept in float are recorded in the manifest's graph entry.
 normalised pixels, whose range int8 covers badly); ``last`` is the aggregation after the last
 backbone convolution (pooling, resize, projection: the ops that make the embedding itself);
 ``depthwise`` are the grouped (depthwise) convolutions of EfficientNet-style trunks, whose
-per-channel activation ranges one per-tensor int8 scale covers badly (on bottle, effnet-lite0:
-feature error 21% with only the first convolution in float, 10% with the depthwise ones too).
+per-channel activation ranges one per-tensor int8 scale covers badly (keeping them in float cuts
+the feature error well below first-only's: BENCHMARKS.md, "int8: which layers stay in float").
 Backbones without them (ResNets) quantize every convolution but the first either way.
 """
 
@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from .onnx_export import ExportError
+from .errors import ExportError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT = ("none", "first", "last", "first+last", "first+depthwise")

@@ -36,15 +36,14 @@ SEARCH_IMAGES = 16
 # Share of check patches whose true nearest bank patch must be among the candidates. Image scores and
 # the maps at and above the map level are the exact search's whatever the count (the scorer settles
 # those patches exactly), so it is chosen for speed: a miss costs only a higher bound below the level,
-# or a little more settling near it, and each candidate is a bank row read per patch. effnet-lite0
-# bottle: 1 candidate (recall 0.884 on its check patches) against 2 (0.972): 2 took 1.10x the search
-# time over the test set and 1.20x over its good images, settling 1.7% fewer patches
-# (benchmarks/candidate_count.py); 2 had been a 25% faster search than 8 (0.9999).
+# or a little more settling near it, while each candidate is a bank row read per patch, so a higher
+# recall costs more search time than the settling it saves (benchmarks/candidate_count.py;
+# BENCHMARKS.md, "Candidate count of the int8 search").
 SEARCH_RECALL = 0.85
 # int8 on fewer principal components only while this many candidates reach SEARCH_RECALL: the exact
-# rescoring of each candidate reads a bank row from memory (~1.6 ms per candidate per image, 784
-# patches x 1024 dims, on the 2-core Xeon of BENCHMARKS.md), against ~1.9 ms saved per eighth of the
-# components dropped (the integer product over a 14,739-row bank: 25.8 ms on all, 12.6 on 128)
+# rescoring of each candidate reads a bank row from memory, and past this many candidates those reads
+# cost more than dropping components saves in the integer product over the bank (BENCHMARKS.md,
+# "int8 candidate search with exact rescoring")
 PROJECTED_MAX_CANDIDATES = 8
 
 

@@ -8,11 +8,9 @@ and argmin, and the chunks' minima are then reduced again. The largest intermedi
 (batch * patches, chunk) block, never the whole distance matrix.
 
 Precision: queries and bank are centred on the bank mean first (distances do not change, the
-norms in the expansion shrink), but the expansion still cancels digits in float32: measured, the
-in-graph distances agree with exact ones to 1.5e-6 (relative to the largest patch score) on a
-small synthetic bank and 5e-5 on MVTec bottle (effnet-lite0, 14.7k x 1024 bank; 1.2e-3 behind
-the float16 feature graph), and a near-tie may pick a neighbour whose exact distance is larger by
-that much. The runtime therefore uses the graph's index as a candidate and recomputes the
+norms in the expansion shrink), but the expansion still cancels digits in float32: the in-graph
+distances differ from exact ones in their last digits (more behind the float16 feature graph and on
+larger banks), and a near-tie may pick a neighbour whose exact distance is larger by that much. The runtime therefore uses the graph's index as a candidate and recomputes the
 distance exactly from ``q - m`` (see ``runtime.predictor``), so its scores keep the float32
 parity tolerance; ``nn_distance`` is for consumers that run the graph alone. The parity report
 measures both.

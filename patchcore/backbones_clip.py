@@ -471,18 +471,11 @@ def _register(name: str, model: str, tag: str, quick_gelu: bool, note: str,
     arch = ARCHS[model]
     side = arch.image_size
     kind = "ModifiedResNet" if not arch.is_vit else f"ViT ({arch.layers} blocks, patch {arch.patch_size})"
-    register(
-        BackboneSpec(
-            name=name,
-            family="CLIP",
-            description=f"CLIP {model} image encoder, {kind}, {note}",
-            layers=feature_layers(arch),
-            default_layers=default_layers(arch),
-            preprocess=PreprocessSpec(resize=side, crop=side, interpolation="bicubic", mean=mean, std=std),
-            weights_tag=f"open_clip {model} {tag}",
-            build=_clip_builder(name, arch, tag, quick_gelu),
-        )
-    )
+    register(BackboneSpec(name=name, family="CLIP", description=f"CLIP {model} image encoder, {kind}, {note}",
+                          layers=feature_layers(arch), default_layers=default_layers(arch),
+                          preprocess=PreprocessSpec(resize=side, crop=side, interpolation="bicubic", mean=mean,
+                                                    std=std),
+                          weights_tag=f"open_clip {model} {tag}", build=_clip_builder(name, arch, tag, quick_gelu)))
 
 
 # OpenAI weights were trained with QuickGELU (ResNets have none: ReLU only).

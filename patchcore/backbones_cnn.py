@@ -79,18 +79,10 @@ for _name, _arch, _enum, _widths, _desc in [
     ("resnet101", "resnet101", "IMAGENET1K_V1", (256, 512, 1024, 2048), "ResNet-101"),
     ("resnet18", "resnet18", "IMAGENET1K_V1", (64, 128, 256, 512), "ResNet-18"),
 ]:
-    register(
-        BackboneSpec(
-            name=_name,
-            family="ImageNet",
-            description=f"torchvision {_desc}",
-            layers=_resnet_layers(_widths),
-            default_layers=("layer2", "layer3"),
-            preprocess=IMAGENET_SPEC,
-            weights_tag=f"torchvision {_enum}",
-            build=_resnet_builder(_arch, _enum),
-        )
-    )
+    register(BackboneSpec(name=_name, family="ImageNet", description=f"torchvision {_desc}",
+                          layers=_resnet_layers(_widths), default_layers=("layer2", "layer3"),
+                          preprocess=IMAGENET_SPEC, weights_tag=f"torchvision {_enum}",
+                          build=_resnet_builder(_arch, _enum)))
 
 
 class EfficientNetLiteTrunk(nn.Module):

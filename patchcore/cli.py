@@ -22,6 +22,8 @@ from runtime.cli.options import (EXIT_CODES_HELP, UPDATE_ADD, UPDATE_GOOD, UPDAT
                                   UPDATE_RECURSIVE, app as make_app, version_callback)
 
 from . import fit_options as opt
+from .fit_options import FitOptions
+from .presets import AUTO
 
 PROG = "patchcore"
 app = make_app(PROG, "Fit, evaluate and export PatchCore (PyTorch), and check the exported bundle's parity.")
@@ -37,48 +39,33 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 
 @app.command(epilog=EXIT_CODES_HELP)
+@opt.fit_command
 def fit(
     data: List[Path] = typer.Option(..., "--data", help="class folder(s) in MVTec AD layout (repeatable)"),
     out: Path = typer.Option(None, "--out", "-o", help="bundle folder (default models/<class>-<backbone>); with "
                              "several classes or backbones, the folder that receives the <class>-<backbone> bundles"),
     backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
-    coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS,
-    layers: Optional[str] = opt.LAYERS, seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT,
-    holdout: float = opt.HOLDOUT, resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP,
-    device: str = opt.DEVICE, batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
-    geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
-    tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
-    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
-    aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
-    upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
-    calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
-    operating_point: Optional[str] = opt.OPERATING_POINT, rule: str = opt.RULE, ng: Optional[Path] = opt.NG,
-    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET, ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
+    options: FitOptions = FitOptions(), ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
 ):
     """Fit on DATA/train/good and save the model as a bundle (no ONNX; `patchcore export` adds it)."""
     from .evaluation import fit_bundle
 
     with known_errors():
         _check_folders(data)
-        _check_ray(preset, ray or bool(ray_address))
+        _check_ray(options.preset, ray or bool(ray_address))
         combos = [(d, bb) for d in data for bb in backbone]
         jobs = []
         for d, bb in combos:
-            cfg = opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                                 batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
-                                 bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                                 latency_budget_ms=latency_budget_ms, calibration=calibration, folds=folds,
-                                 operating_point=operating_point, rule=rule, ng=ng)
+            cfg = options.config(bb)
             dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
             check_output_folder(dest, "--out")
             jobs.append((d, cfg, dest))
-        for dest in run_jobs(fit_bundle, jobs, ray or bool(ray_address), ray_address, device):
+        for dest in run_jobs(fit_bundle, jobs, ray or bool(ray_address), ray_address, options.device):
             typer.echo(str(dest))
 
 
 def _check_ray(preset: str, use_ray: bool) -> None:
-    if use_ray and preset == opt.AUTO:
+    if use_ray and preset == AUTO:
         raise ValueError("--preset auto selects its recipe in this process; drop --ray or choose a preset")
 
 
@@ -110,22 +97,12 @@ def run_jobs(fn: Callable[..., Any], jobs: list[tuple], use_ray: bool, address: 
 
 
 @app.command("eval", epilog=EXIT_CODES_HELP)
+@opt.fit_command
 def eval_(
     data: List[Path] = typer.Option(..., "--data", help="class folder(s) in MVTec AD layout (repeatable)"),
     backbone: List[str] = typer.Option(["effnet-lite0"], "--backbone", "-b", help="backbone(s) (repeatable)"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="results folder"),
-    coreset: Optional[float] = opt.CORESET, weights: str = opt.WEIGHTS, layers: Optional[str] = opt.LAYERS,
-    seed: int = opt.SEED, n_reweight: Optional[int] = opt.N_REWEIGHT, holdout: float = opt.HOLDOUT,
-    resize: Optional[int] = opt.RESIZE, crop: Optional[int] = opt.CROP, device: str = opt.DEVICE,
-    batch_size: int = opt.BATCH_SIZE, target_dim: Optional[int] = opt.TARGET_DIM,
-    geometry: Optional[str] = opt.GEOMETRY, input_size: Optional[str] = opt.INPUT_SIZE, tile: Optional[str] = opt.TILE,
-    tile_overlap: int = opt.TILE_OVERLAP, tile_scale: Optional[float] = opt.TILE_SCALE,
-    bank_size: Optional[int] = opt.BANK_SIZE, shards: int = opt.SHARDS, work_dir: Optional[Path] = opt.WORK_DIR,
-    aggregation: Optional[str] = opt.AGGREGATION, max_pixels_in: Optional[int] = opt.MAX_PIXELS_IN,
-    upsample: bool = opt.UPSAMPLE, roi: Optional[str] = opt.ROI, preset: str = opt.PRESET,
-    calibration: Optional[str] = opt.CALIBRATION, folds: int = opt.FOLDS,
-    operating_point: Optional[str] = opt.OPERATING_POINT, rule: str = opt.RULE, ng: Optional[Path] = opt.NG,
-    latency_budget_ms: Optional[float] = opt.LATENCY_BUDGET, ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
+    options: FitOptions = FitOptions(), ray: bool = opt.RAY, ray_address: Optional[str] = opt.RAY_ADDRESS,
     overlays: int = typer.Option(12, "--overlays", help="overlay images per class and backbone (0 = none)"),
     original_resolution: bool = typer.Option(False, "--original-resolution", help="also compute pixel AUROC and PRO "
                                              "with the maps taken back onto the original images and masks"),
@@ -137,22 +114,17 @@ def eval_(
     from .report import load_rows, write_summary
 
     with known_errors():
-        configs = [opt.fit_config(bb, coreset, weights, layers, seed, n_reweight, holdout, resize, crop, device,
-                                  batch_size, target_dim, geometry, input_size, tile, tile_overlap, tile_scale,
-                                  bank_size, shards, work_dir, aggregation=aggregation,
-                                 max_pixels_in=max_pixels_in, upsample=upsample, roi=roi, preset=preset,
-                                 latency_budget_ms=latency_budget_ms, calibration=calibration, folds=folds,
-                                 operating_point=operating_point, rule=rule, ng=ng)
-                   for bb in backbone]  # bad options fail before any data is read
-        _check_ray(preset, ray or bool(ray_address))
+        configs = [options.config(bb) for bb in backbone]  # bad options fail before any data is read
+        _check_ray(options.preset, ray or bool(ray_address))
         _check_folders(data)
         check_output_folder(out, "--out")
         if bundle is not None:
             for d in data:
-                typer.echo(_row_line(evaluate_bundle(bundle, d, out, device=device, original=original_resolution)))
+                row = evaluate_bundle(bundle, d, out, device=options.device, original=original_resolution)
+                typer.echo(_row_line(row))
         else:
             jobs = [(d, cfg, out, overlays, None, original_resolution) for d in data for cfg in configs]
-            for row in run_jobs(fit_and_evaluate, jobs, ray or bool(ray_address), ray_address, device):
+            for row in run_jobs(fit_and_evaluate, jobs, ray or bool(ray_address), ray_address, options.device):
                 typer.echo(_row_line(row))
         md, csv = write_summary(out, load_rows(out))
         typer.echo(f"summary: {md} {csv}", err=True)

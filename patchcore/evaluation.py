@@ -11,11 +11,12 @@ import numpy as np
 from runtime.images import read_image
 from runtime.preprocess import preprocess_mask
 
+from .config import PatchCoreConfig
 from .data import ClassDataset, load_class, load_mask
 from .metrics import evaluate
-from .model import FitExecutor, PatchCore, PatchCoreConfig
+from .model import FitExecutor, PatchCore
+from .recipe import model_for
 from .report import overlay_image, write_overlays, write_run_metrics
-from .selection import model_for
 
 
 def score_dataset(model: PatchCore, ds: ClassDataset):

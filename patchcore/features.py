@@ -11,8 +11,8 @@ and computes far less than unfold + pooling (BENCHMARKS.md). Its weights are spa
 are block-diagonal the convolution is grouped (wide_resnet50_2, resnet), and where they are not,
 each output still reads only a few taps of its 3x3 neighbourhood, so the layer is unfolded (a
 one-hot depthwise convolution, which copies) and each output sums its few weighted taps
-(effnet-lite0: 2 and 3 taps per output instead of 360 and 1,008; the feature graph 1.43x faster in
-onnxruntime float32, BENCHMARKS.md "The feature graph's aggregation").
+(effnet-lite0: 2 and 3 taps per output instead of 360 and 1,008), so the feature graph does a small
+share of the unfolded form's work (benchmarks/aggregation.py measures it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 - ``holdout``: the ``threshold_quantile`` of held-out good images' scores (``--preset paper``; its
   figures stay as they were);
-- ``oof``: every good training image scored out of fold (:mod:`patchcore.folds`), the pixel threshold
+- ``oof``: every good training image scored out of fold (:mod:`patchcore.out_of_fold`), the pixel threshold
   from their maps, and the operating point (:mod:`patchcore.operating_evidence`): the threshold the
   declared policy picks on good and defect evidence, with its rule and its curve;
 - ``f1``: the F1-optimal threshold of a labelled folder (``export --calibrate``).
@@ -20,10 +20,10 @@ from runtime.calibration import image_threshold, pixel_threshold
 from runtime.errors import UsageError
 from runtime.postprocess import robust_scale
 
-from .fit_options import DEFAULT_RULE
-from .folds import out_of_fold
 from .metrics import f1_max
 from .operating_evidence import EvidenceOptions, operating_point
+from .out_of_fold import out_of_fold
+from .presets import DEFAULT_RULE
 from .streaming import EmbeddingStore
 
 

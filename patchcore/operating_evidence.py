@@ -1,15 +1,15 @@
 """The operating point's evidence at fit time: good parts and defects scored by banks that never saw them.
 
-Good evidence: every training image's out-of-fold score (:mod:`patchcore.folds`). A fold bank holds
+Good evidence: every training image's out-of-fold score (:mod:`patchcore.out_of_fold`). A fold bank holds
 ``(k-1)/k`` of the images, so a good part scores a little higher against it than a new good part
 against the full bank: the fit measures this fold bias (every fold's held-out images are also scored
 against a bank of one fold fewer; the score's drop from ``k-2`` to ``k-1`` folds, extrapolated as a
 power law in the bank's images to ``k`` folds) and records it (``facts.fold_bias``). The good scores (and maps, for
 their regions) are divided by it (:data:`FOLD_BIAS_APPLIED`): the study (BENCHMARKS.md, "Operating point")
-found the estimate close to the measured bias (1-3 points on most runs), and the corrected threshold is
-what brings screw to 0.9 of the oracle's F1 while the false-call promise held.
+found the estimate close to the measured bias, and the corrected threshold nearer the oracle's F1 while
+the false-call promise held.
 
-Defect evidence: synthetic defects (:mod:`patchcore.selection.defects`: every family and size bucket,
+Defect evidence: synthetic defects (:mod:`patchcore.synthetic_defects`: every family and size bucket,
 exact masks) drawn on each fold's held-out images, with donors from the other folds, scored against
 that fold's bank; with ``--ng DIR``, half of the user's real NG images (a seeded split), scored by the
 full bank, join them, and the other half checks the chosen point (``check``). Nothing reads the
@@ -41,26 +41,21 @@ from runtime.regions import find_regions
 from runtime.search.build import build_index
 from runtime.search.scorer import PatchScorer
 
-from .fit_options import DEFAULT_POLICY, DEFAULT_RULE, RULE_CHOICES
-from .folds import OutOfFold
+from . import synthetic_defects as D
 from .input_geometry import image_sizes
+from .out_of_fold import OutOfFold
+from .presets import DEFAULT_POLICY, DEFAULT_RULE, RULE_CHOICES
 from .progress import progress_bar
 
 RULE_MARGIN = 0.02  # auto picks "either" only when it beats image-score's objective by this much
-# Defects' scores are not divided by the fold bias: on bottle and screw test defects, fold banks score
-# them within a fraction of a percent of the full bank (a defect's patch is far from every bank),
-# while good parts sit a few percent higher (BENCHMARKS.md, "Operating point").
+# Defects' scores are not divided by the fold bias: a defect's patch is far from every bank, so a fold
+# bank scores it about as the full bank does, while a good part scores higher against a fold bank than
+# against the full one (BENCHMARKS.md, "Operating point").
 DEFECT_CORRECTION = 1.0
 # Whether the good evidence is divided by the measured fold bias (True) or kept as scored (False): chosen by
 # the study (BENCHMARKS.md, "Operating point": which one keeps the false-call promise on unseen good images).
 FOLD_BIAS_APPLIED = True
 MAX_DEFECTS = 120  # at most this many synthetic defects in all (the fit's added time stays modest)
-
-
-def _defects():
-    from .selection import defects  # the package imports patchcore.model: imported when a fit runs
-
-    return defects
 
 
 @dataclass(frozen=True)
@@ -146,7 +141,6 @@ def synthetic_defects(model, paths: Sequence[Path], oof: OutOfFold, scorer: Scor
                       defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Each family x size once per fold (at most :data:`MAX_DEFECTS` in all), drawn on the fold's
     held-out images (hosts in turn; donors from the other folds) and scored by the fold's bank."""
-    D = _defects()
     per_fold = min(len(D.FAMILIES) * len(D.SIZE_BUCKETS), max(1, MAX_DEFECTS // len(oof.folds)))
     cells = [(fi, fam, si, size) for fi, fam in enumerate(D.FAMILIES) for si, size in enumerate(D.SIZE_BUCKETS)]
     scores, regions, families, sizes = [], [], [], []

@@ -18,7 +18,8 @@ import numpy as np
 from runtime.images import read_image
 from runtime.line.ray_cluster import task_resources, worker_count
 
-from .model import PatchCore, PatchCoreConfig, ShardSelection
+from .config import PatchCoreConfig
+from .model import PatchCore, ShardSelection
 from .progress import progress_bar
 
 

@@ -63,31 +63,42 @@ def load_texture(name: str) -> np.ndarray:
     return np.clip(gray * np.array(TEXTURES[name], np.float32), 0, 255).astype(np.uint8)
 
 
-def _crop(tex: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    h, w = tex.shape[:2]
-    side = int(rng.integers(int(0.55 * min(h, w)), int(0.7 * min(h, w)) + 1))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    out = tex[y:y + side, x:x + side]
+def _flipped(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``out`` mirrored left to right, then upside down, each at even odds."""
     if rng.random() < 0.5:
         out = out[:, ::-1]
     if rng.random() < 0.5:
         out = out[::-1]
+    return out
+
+
+def _crop(tex: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    h, w = tex.shape[:2]
+    side = int(rng.integers(int(0.55 * min(h, w)), int(0.7 * min(h, w)) + 1))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    out = _flipped(tex[y:y + side, x:x + side], rng)
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(np.ascontiguousarray(out), (size, size), interpolation=interp)
 
 
 # Each defect draws its binary shape and says what the damaged pixels look like.
-def _scratch(img, rng, size):
+def _line_defect(img, rng, size, length, centre, thick, bright, dark):
+    """A straight line ``length`` long at a random angle, its centre drawn within ``centre`` (shares
+    of the side), ``thick()`` pixels wide (drawn after the centre), then at even odds bright
+    (``bright[0] * f + bright[1]``) or dark (``dark * f``)."""
     shape = np.zeros(img.shape[:2], np.uint8)
-    length = rng.uniform(0.3, 0.6) * size
     angle = rng.uniform(0, np.pi)
-    cx, cy = rng.uniform(0.3, 0.7, 2) * size
+    cx, cy = rng.uniform(centre[0], centre[1], 2) * size
     dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
-    thick = max(1, int(round(rng.uniform(1, 3) * size / 256)))
-    cv2.line(shape, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1, thick, cv2.LINE_8)
+    cv2.line(shape, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1, thick(), cv2.LINE_8)
     f = img.astype(np.float32)
-    target = 0.3 * f + 175 if rng.random() < 0.5 else 0.25 * f
+    target = bright[0] * f + bright[1] if rng.random() < 0.5 else dark * f
     return shape.astype(bool), target
+
+
+def _scratch(img, rng, size):
+    return _line_defect(img, rng, size, rng.uniform(0.3, 0.6) * size, (0.3, 0.7),
+                        lambda: max(1, int(round(rng.uniform(1, 3) * size / 256))), (0.3, 175), 0.25)
 
 
 def _stain(img, rng, size):
@@ -114,15 +125,7 @@ def _hole(img, rng, size):
 
 # Defects a few pixels wide, for the large layout: sizes in pixels, not relative to the image.
 def _fine_scratch(img, rng, size):
-    shape = np.zeros(img.shape[:2], np.uint8)
-    length = rng.uniform(40, 110)
-    angle = rng.uniform(0, np.pi)
-    cx, cy = rng.uniform(0.08, 0.92, 2) * size
-    dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
-    cv2.line(shape, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1, 2, cv2.LINE_8)
-    f = img.astype(np.float32)
-    target = 0.25 * f + 185 if rng.random() < 0.5 else 0.1 * f
-    return shape.astype(bool), target
+    return _line_defect(img, rng, size, rng.uniform(40, 110), (0.08, 0.92), lambda: 2, (0.25, 185), 0.1)
 
 
 def _pit(img, rng, size):
@@ -185,11 +188,7 @@ def _tall_crop(tex: np.ndarray, rng: np.random.Generator, width: int) -> np.ndar
     ch = int(rng.integers(int(0.8 * h), h + 1))
     cw = int(round(ch / TALL_ASPECT))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    out = tex[y:y + ch, x:x + cw]
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    if rng.random() < 0.5:
-        out = out[::-1]
+    out = _flipped(tex[y:y + ch, x:x + cw], rng)
     return cv2.resize(np.ascontiguousarray(out), (width, int(round(width * TALL_ASPECT))), interpolation=cv2.INTER_AREA)
 
 

@@ -99,7 +99,7 @@ class Workspace:
     # --------------------------------------------------------------------------- bundles
     def config(self, name: str, device: str | None = None):
         """The PatchCoreConfig of recipe ``name`` (weights as recorded by its fit, if any)."""
-        from patchcore.model import PatchCoreConfig
+        from patchcore.config import PatchCoreConfig
 
         r = RECIPES[name]
         side = self.sizes.input_px

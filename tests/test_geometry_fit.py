@@ -26,7 +26,8 @@ from export.parity import run_parity  # noqa: E402
 from patchcore.data import load_class  # noqa: E402
 from patchcore.evaluation import original_resolution_metrics, score_dataset  # noqa: E402
 from patchcore.metrics import evaluate  # noqa: E402
-from patchcore.model import PatchCore, PatchCoreConfig  # noqa: E402
+from patchcore.config import PatchCoreConfig  # noqa: E402
+from patchcore.model import PatchCore  # noqa: E402
 from patchcore.synthetic import make_synthetic_class  # noqa: E402
 from runtime.bundle import read_bundle  # noqa: E402
 from tests.conftest import REPO  # noqa: E402

@@ -115,7 +115,8 @@ def scoring_bundle(tmp_path_factory) -> Path:
     """A small effnet-lite0 bundle with the in-graph search graphs."""
     from export.onnx_export import export_bundle
     from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
     from patchcore.synthetic import make_synthetic_class
 
     root = tmp_path_factory.mktemp("tp")

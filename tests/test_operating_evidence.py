@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from patchcore.data import load_class
-from patchcore.folds import OutOfFold
-from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.out_of_fold import OutOfFold
+from patchcore.config import PatchCoreConfig
+from patchcore.model import PatchCore
 from patchcore.operating_evidence import RULE_MARGIN, fold_bias, rule_for
 from runtime import operating_point as op
 from runtime.errors import UsageError

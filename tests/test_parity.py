@@ -18,7 +18,8 @@ from export.onnx_export import export_bundle
 from export.parity import FP16, FP32, run_parity
 from patchcore.backbones import get_spec, names
 from patchcore.data import load_class
-from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.config import PatchCoreConfig
+from patchcore.model import PatchCore
 from patchcore.synthetic import make_synthetic_class
 from runtime.engines import tensorrt_status
 

@@ -25,7 +25,7 @@ from export.parity import run_parity  # noqa: E402
 from patchcore import input_geometry  # noqa: E402
 from patchcore.data import load_class  # noqa: E402
 from patchcore.features import LocalMeanAggregator  # noqa: E402
-from patchcore.fit_options import preset_config  # noqa: E402
+from patchcore.config import preset_config  # noqa: E402
 from patchcore.model import PatchCore  # noqa: E402
 from runtime.images import read_image  # noqa: E402
 from runtime.predictor import Predictor  # noqa: E402

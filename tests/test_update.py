@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from export.onnx_export import export_bundle
 from patchcore.coreset import greedy_coreset, projection_matrix, random_projection
 from patchcore.metrics import image_auroc
-from patchcore.model import PatchCore, PatchCoreConfig
+from patchcore.config import PatchCoreConfig
+from patchcore.model import PatchCore
 from patchcore.synthetic import add_defect
 from runtime import bundle as bundle_io
 from runtime.bundle import BundleError, finalize_manifest, read_bundle
@@ -497,7 +498,7 @@ def test_the_demo_taught_a_colour_variant_at_the_default_bank(tmp_path):
     flagged and the test set's image AUROC is kept (within 0.005). benchmarks/update.py measures
     more draws and the earlier row budget beside it."""
     from patchcore.data import load_class
-    from patchcore.fit_options import preset_config
+    from patchcore.config import preset_config
     from patchcore.synthetic import make_synthetic_class
 
     data = make_synthetic_class(tmp_path / "data")

@@ -29,10 +29,14 @@ from runtime.search.scorer import PatchScorer
 from ..coreset import coreset_size, greedy_select, projection_matrix
 from ..data import ClassDataset, load_mask
 from ..metrics import image_auroc, pixel_auroc, pro_score
-from ..model import PatchCore, PatchCoreConfig
+from .. import synthetic_defects as D
+from ..config import PatchCoreConfig
+from ..model import PatchCore
 from ..progress import progress_bar
-from . import defects as D
-from .candidates import Candidate
+from .recipe_candidates import Candidate
+
+
+MIN_PER_FOLD = 4  # held-out good images per fold, fewest
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,15 @@ def _real_check(group: GroupModels, banks: dict[str, np.ndarray], test: ClassDat
         for k in ks:
             out[a].real[k] = {"image_auroc": image_auroc(labels, np.concatenate(scores[a][k])),
                               "pixel_auroc": pix, "pro": pro}
+
+
+def pool(paths: Sequence[Path], max_images: int, seed: int) -> list[Path]:
+    """The good images selection uses: at most ``max_images`` of ``paths``, drawn with ``seed``, in name order."""
+    paths = sorted(Path(p) for p in paths)
+    if len(paths) <= max_images:
+        return paths
+    pick = np.random.default_rng(seed).choice(len(paths), max_images, replace=False)
+    return [paths[i] for i in sorted(pick)]
 
 
 def read_images(paths: Sequence[Path]) -> list[np.ndarray]:

@@ -3,7 +3,7 @@
 aggregation {paper 1024 dims, local-mean native} x input budget {224², 320², the images' own size
 up to a cap} x eq. 7 neighbours {9, 3}: at most 12. Budgets that give the same network input on
 these images (a 256 x 256 part at 320² and at its own size) are one candidate. The fixed default
-(:data:`patchcore.fit_options.PRESETS` ``default``) is always one of them.
+(:data:`patchcore.presets.PRESETS` ``default``) is always one of them.
 """
 
 from __future__ import annotations

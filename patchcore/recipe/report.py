@@ -8,7 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .candidates import Candidate
+from .recipe_candidates import Candidate
 from .ranking import Ranking
 from .validate import Settings, eval_mask
 

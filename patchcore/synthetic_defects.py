@@ -1,4 +1,5 @@
-"""Synthetic defects with exact masks, drawn on good images for recipe selection.
+"""Synthetic defects with exact masks, drawn on good images: recipe selection's validation
+(:mod:`patchcore.recipe`) and the operating point's defect evidence (:mod:`patchcore.operating_evidence`).
 
 Six families, each sized in native pixels (an area in a few buckets relative to the part) and
 placed on the part (the foreground), not on empty background:

@@ -2,9 +2,10 @@
 judged on its own good images with synthetic defects, the fixed default winning ties.
 
 :func:`select_recipe` runs it; :func:`model_for` is what the fitting commands call. The pieces:
-:mod:`.candidates` (what is tried), :mod:`.defects` (synthetic defects with exact masks),
-:mod:`.folds` (the good images and their folds), :mod:`.validate` (scoring every candidate),
-:mod:`.ranking` (the choice), :mod:`.report` (table, pictures, the manifest's record).
+:mod:`.recipe_candidates` (the recipes tried), :mod:`patchcore.synthetic_defects` (synthetic defects
+with exact masks), :mod:`patchcore.folds` (the folds of the good images), :mod:`.validate` (the good
+images used, scoring every candidate), :mod:`.ranking` (the choice), :mod:`.report` (table, pictures,
+the manifest's record).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import PatchCoreConfig
 from ..data import ClassDataset, DatasetError, load_test_set
+from ..folds import fold_split, too_few
 from ..input_geometry import image_sizes
-from ..model import PatchCore, PatchCoreConfig
-from . import folds as F
-from .candidates import Candidate, declare
+from ..model import PatchCore
+from ..presets import PRESETS
 from .ranking import Ranking, rank, recall_at
-from .validate import GroupResult, Settings, evaluate_group, make_defects, read_images
+from .recipe_candidates import Candidate, declare
+from .validate import MIN_PER_FOLD, GroupResult, Settings, evaluate_group, make_defects, pool, read_images
 
-__all__ = ["Selection", "Settings", "model_for", "select_recipe"]
+__all__ = ["RecipeChoice", "Settings", "model_for", "select_recipe"]
 
 
 @dataclass
-class Selection:
+class RecipeChoice:
     config: PatchCoreConfig  # what to fit: the chosen candidate's settings on the base config
     record: dict  # the manifest's ``selection``
     candidates: list[Candidate] | None = None
@@ -38,8 +41,6 @@ class Selection:
 
 
 def _default_settings() -> dict:
-    from ..fit_options import PRESETS
-
     return PRESETS["default"]
 
 
@@ -50,22 +51,23 @@ def fixed_default(base: PatchCoreConfig) -> PatchCoreConfig:
 
 
 def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | None = None,
-                  log: Callable[[str], None] = lambda s: None) -> Selection:
+                  log: Callable[[str], None] = lambda s: None) -> RecipeChoice:
     """Choose among the candidates for ``ds`` (its train/good; its test/ only as a shown check)."""
     settings = settings or Settings(latency_budget_ms=base.select_latency_ms)
     t0 = time.perf_counter()
     seed = base.seed
-    paths = F.pool(ds.train, settings.max_images, seed)
-    why = F.too_few(len(paths), settings.folds)
+    paths = pool(ds.train, settings.max_images, seed)
+    why = too_few(len(paths), settings.folds, MIN_PER_FOLD)
     if why:
+        why = f"selection needs {why}: fitting the fixed default recipe"
         log(why)
-        return Selection(fixed_default(base), {"verdict": "not run", "reason": why})
+        return RecipeChoice(fixed_default(base), {"verdict": "not run", "reason": why})
     probe = PatchCore(fixed_default(base))
     sizes = image_sizes(paths)
     cands = declare(sizes, probe.strides[1], _default_settings())
     del probe
     images = read_images(paths)
-    split = F.split(len(images), settings.folds, seed)
+    split = fold_split(len(images), settings.folds, seed + 1, dealt=True)  # seed + 1: not the pool's draw
     synth = make_defects(images, split, settings, seed)
     test = ds if any(s.label for s in ds.test) else None
     results: dict[tuple, GroupResult] = {}
@@ -80,7 +82,7 @@ def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | 
     if not live:
         why = f"every candidate is over the latency budget of {settings.latency_budget_ms:g} ms"
         log(why + ": fitting the fixed default recipe")
-        return Selection(fixed_default(base), {"verdict": "not run", "reason": why})
+        return RecipeChoice(fixed_default(base), {"verdict": "not run", "reason": why})
     cells = [(fam, size) for fam in settings.families for size in settings.sizes]
     fig, rec, pro = _figures(live, results, synth, cells, settings)
     default = 0 if cands[0] in live else None
@@ -96,7 +98,7 @@ def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | 
     rec_ = record(cands, live, dropped, results, ranking, settings, len(paths), seconds)
     log(f"selection: {rec_['verdict']}: {chosen.label} ({ranking.reason}) in {seconds:.0f} s")
     cfg = replace(base, **chosen.settings(), select=False)
-    return Selection(cfg, rec_, live, ranking, results, synth)
+    return RecipeChoice(cfg, rec_, live, ranking, results, synth)
 
 
 def _figures(cands: list[Candidate], results: dict, synth: list, cells: list, settings: Settings):
