@@ -5,6 +5,11 @@ Images become ``HxWx3 uint8 RGB`` whatever their mode on disk (gray, gray+alpha,
 ``cv2.imdecode(bytes)`` rather than ``cv2.imread(path)`` so paths with non-ASCII characters work
 on every platform and the same code serves files, camera frames and uploaded bytes.
 
+8-bit RGB PNGs (what line cameras and most tools write) are decoded by libspng (``pyspng``) where it
+is installed, to RGB directly: the same pixels as OpenCV's libpng (tested on real and generated
+images) for a quarter less time (BENCHMARKS.md "Decoding"); every other kind, and any PNG libspng
+refuses, goes through OpenCV, which names what is wrong.
+
 Pixels are returned as stored: EXIF orientation tags are ignored, so training, export checks and
 the runtime all see the same array for the same file.
 
@@ -30,6 +35,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import errors
+
+try:  # optional: without it every image goes through OpenCV
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - the base install has it where a wheel exists
+    _spng = None
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS_ENV = "PATCHCORE_RT_MAX_PIXELS"
@@ -181,6 +191,26 @@ def _channels(arr: np.ndarray) -> int:
     return 1 if arr.ndim == 2 else arr.shape[2]
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png_rgb8(data: bytes) -> bool:
+    """The IHDR says 8 bits per sample, colour type 2 (RGB), not interlaced."""
+    return (len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR"
+            and data[24] == 8 and data[25] == 2 and data[28] == 0)
+
+
+def _decode_png_rgb8(data: bytes) -> np.ndarray | None:
+    """An 8-bit RGB PNG through libspng, or None where that path does not apply or refuses the file."""
+    if _spng is None or not _is_png_rgb8(data):
+        return None
+    try:
+        arr = _spng.load(data)
+    except Exception:  # corrupt or truncated: OpenCV decodes it again and says what is wrong
+        return None
+    return arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else None
+
+
 def decode_image(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode encoded image bytes (PNG, JPEG, ...) to an ``HxWx3 uint8 RGB`` array.
 
@@ -191,6 +221,9 @@ def decode_image(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -
     if len(data) == 0:
         raise ImageReadError(f"{name}: file is empty")
     check_size(data, name, limits)
+    fast = _decode_png_rgb8(data)
+    if fast is not None:
+        return fast
     raw = _decode_raw(data, name)
     c = _channels(raw)
     if c not in (1, 2, 3, 4):

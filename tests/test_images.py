@@ -152,3 +152,68 @@ def test_is_image_file():
     assert IMAGE_SUFFIXES == (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
     assert is_image_file("a/B.PNG") and is_image_file("x.tiff") and is_image_file("x.webp")
     assert not is_image_file("a.txt") and not is_image_file("png") and not is_image_file(".hidden.png")
+
+
+def _opencv_pixels(data: bytes) -> np.ndarray:
+    """The pixels OpenCV's libpng gives, as the runtime returned them before libspng."""
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_libspng_path_gives_opencvs_pixels(level):
+    """8-bit RGB PNGs (every zlib level, OpenCV's and Pillow's filters) decode through libspng to the
+    same pixels OpenCV gives; the fast path is the one taken."""
+    from runtime import images
+
+    pytest.importorskip("pyspng")
+    img = np.random.default_rng(level).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    img[20:60, 30:90] = (200, 10, 30)  # flat areas make the encoder pick other filters
+    for data in (cv2.imencode(".png", img[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, level])[1].tobytes(),
+                 _pil_png(img, level)):
+        assert images._is_png_rgb8(data)
+        fast = images._decode_png_rgb8(data)
+        assert fast is not None and np.array_equal(fast, img)
+        assert np.array_equal(decode_image(data, "x.png"), _opencv_pixels(data))
+
+
+def _pil_png(img: np.ndarray, level: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def test_libspng_path_not_taken_for_other_pngs(tmp_path):
+    """Interlaced, 16-bit, grey, palette and RGBA PNGs go through OpenCV; a truncated RGB PNG too,
+    and OpenCV's error names the file."""
+    from runtime import images
+
+    import zlib
+
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    whole = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
+    ihdr = whole[12:28] + b"\x01"  # the same header, marked Adam7-interlaced, with its CRC
+    interlaced = whole[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + whole[33:]
+    others = [interlaced,
+              cv2.imencode(".png", (rgb.astype(np.uint16) * 257)[..., ::-1])[1].tobytes(),
+              cv2.imencode(".png", rgb[..., 0])[1].tobytes(),
+              cv2.imencode(".png", np.dstack([rgb, rgb[..., :1]]))[1].tobytes()]
+    for data in others:
+        assert not images._is_png_rgb8(data)
+        assert images._decode_png_rgb8(data) is None
+    assert np.array_equal(decode_image(others[1], "16.png"), rgb)
+    assert images._is_png_rgb8(whole)
+    with pytest.raises(ImageReadError, match="cut.png"):
+        decode_image(whole[: len(whole) * 2 // 3], "cut.png")
+
+
+def test_libspng_path_on_real_images(shared_datasets):
+    """Every bottle image (8-bit RGB PNGs from a line camera) decodes to OpenCV's pixels."""
+    pytest.importorskip("pyspng")
+    files = sorted((shared_datasets / "mvtec_ad" / "bottle").glob("*/*/*.png"))
+    if not files:
+        pytest.skip(f"no bottle images under {shared_datasets}/mvtec_ad/bottle (see ../shared/datasets/README.md)")
+    for f in files[::7]:
+        data = f.read_bytes()
+        assert np.array_equal(decode_image(data, f.name), _opencv_pixels(data)), f
