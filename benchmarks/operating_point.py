@@ -234,6 +234,21 @@ def render(res: dict) -> str:
                   f"{name} {sum(r['default']['f1'] >= 0.9 * r['oracle_f1'] and r['default']['false_calls'] <= 0.1 * r['default']['n_good'] for r in rs)}"
                   f"/{len(rs)} seeds" for name, rs in by_class.items()) + ". Why these defaults: docs/defaults.md, "
               "\"The operating point\"."]
+    lines += ["", "The false-call promise pooled over seeds (the default policy and rule): every seed's test/good images "
+              "together, against the interval each seed's bundle states (95%, from its own evidence). One seed's "
+              "test/good set resolves only 5 (bottle) or 2.4 (screw) points, so the per-seed check is in the next table.", "",
+              "| class | false calls, all seeds | measured rate (95% interval) | stated rate, per seed (interval) | "
+              "measured at or below the stated upper end |", "|---|---|---|---|---|"]
+    for name, rs in by_class.items():
+        rows = [next(x for x in analyse(r)["rows"] if x.get("policy") == str(DEFAULT_POLICY)
+                     and x.get("rule") == str(DEFAULT_RULE)) for r in rs]
+        k, n = sum(x["false_calls"] for x in rows), sum(x["n_good"] for x in rows)
+        lo, hi = _wilson(k, n)
+        stated = "; ".join(sorted({f"{100 * x['expected_false_calls']:.1f}% ({100 * x['expected_false_calls_interval'][0]:.1f}-"
+                                   f"{100 * x['expected_false_calls_interval'][1]:.1f}%)" for x in rows}))
+        held = k / n <= min(x["expected_false_calls_interval"][1] for x in rows) + 1e-12
+        lines.append(f"| {name} | {k} / {n} | {100 * k / n:.1f}% ({100 * lo:.1f}-{100 * hi:.1f}%) | {stated} | "
+                     f"{'yes' if held else 'no'} |")
     lines += ["", "### Every policy and rule (mean over seeds)", "",
               "F1 / oracle: mean of the per-seed ratios. Promise held: the seeds where the false-call rate on "
               "test/good lies at or below the upper end of the stated 95% interval (the promise is an upper bound); in "
