@@ -83,7 +83,7 @@ class PluginTable(Generic[P]):
             raise self._error(f"{self.name} {key!r} is not known: choose {', '.join(self._by_key)}{hint}")
         return row
 
-    def describe(self) -> list[dict[str, str]]:
-        """The rows for ``info`` and the docs pages."""
-        return [{"key": r.key, "needs": r.needs or "(nothing beyond the runtime)", "what": r.what,
-                 "example": r.example} for r in self.rows]
+    def describe(self, key_name: str = "key", no_needs: str = "(nothing beyond the runtime)") -> list[dict[str, str]]:
+        """The rows for ``info`` and the docs pages, the key under ``key_name`` (a sink's "scheme")."""
+        return [{key_name: r.key, "needs": r.needs or no_needs, "what": r.what, "example": r.example}
+                for r in self.rows]

@@ -59,5 +59,4 @@ def make_sink(url: str) -> Sink:
 
 def describe() -> list[dict[str, str]]:
     """The table for ``info`` and the docs."""
-    return [{"scheme": k.key, "needs": k.needs or "(standard library)", "what": k.what, "example": k.example}
-            for k in SINKS]
+    return SINKS.describe(key_name="scheme", no_needs="(standard library)")
