@@ -128,6 +128,36 @@ def reference_run(rev: str, paths: list[str]) -> dict:
     return {**json.loads(out.read_text()), "rev": sha.stdout.strip()}
 
 
+def region_cost(predictor, encoded: list[bytes]) -> dict:
+    """Cutting the records' regions from the default path's maps (batch 1), outside the bench's stages:
+    median ms per image as the records cut them now (a map that cannot reach the pixel threshold is
+    skipped) and by the full cut every time (the map taken onto the original and labelled: before),
+    alternating image by image; the same regions either way (checked), and the share skipped."""
+    from runtime.geometry import map_to_original
+    from runtime.images import decode_image
+    from runtime.regions import Judge, below_level, find_regions
+
+    judge = Judge.for_manifest(predictor.bundle.manifest)
+    level = judge.level
+    now, full, skipped = [], [], 0
+    for i, data in enumerate(encoded):
+        pred = predictor.predict([decode_image(data, f"image {i}")])
+        amap, plan = pred.maps[0], pred.plans[0]
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            if which == 0:
+                got = judge.regions(amap, plan)[:2]
+                now.append(time.perf_counter() - t0)
+            else:
+                want = find_regions(map_to_original(amap, plan, fill=-np.inf), level.value, judge.mm_per_px, level.base)
+                full.append(time.perf_counter() - t0)
+        if got != want:
+            raise RuntimeError(f"image {i}: the regions cut now differ from the full cut")
+        skipped += below_level(amap, level.value)
+    return {"now": 1000 * float(np.median(now)), "full": 1000 * float(np.median(full)), "skipped": skipped,
+            "n": len(encoded)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--export-args", default=EXPORT_ARGS, help="patchcore export's options beside --data bottle")
@@ -152,6 +182,10 @@ def main() -> None:
         for batch in (1, 4):
             log(f"{kind} images, batch {batch}")
             res[(kind, batch)] = interleaved(sides, sets[kind], batch, args.rounds, args.repeat)
+    cuts = {}
+    for kind in ("good", "test"):
+        log(f"regions, {kind} images")
+        cuts[kind] = region_cost(sides["default"], sets[kind])
     peer = None
     if not args.no_peer:
         peer = fast_peer.measure({"after": sides["default"], "before": sides["exact"]}, DATA, args.peer_rounds,
@@ -165,14 +199,14 @@ def main() -> None:
     paths = test_paths()
     log(f"exact path against {args.reference}")
     exact = {"now": exact_run(sides["exact"], paths), "ref": reference_run(args.reference, paths)}
-    write(args, started, load, info, res, acc, peer, exact, len(sets["good"]), len(sets["test"]))
+    write(args, started, load, info, res, acc, peer, exact, cuts, len(sets["good"]), len(sets["test"]))
 
 
 def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def write(args, started, load, info, res, acc, peer, exact, n_good, n_test) -> None:
+def write(args, started, load, info, res, acc, peer, exact, cuts, n_good, n_test) -> None:
     import onnxruntime
 
     finished, load_end = dt.datetime.now(dt.timezone.utc), os.getloadavg()
@@ -200,6 +234,13 @@ def write(args, started, load, info, res, acc, peer, exact, n_good, n_test) -> N
         for side, x in r.items():
             lines.append(f"| {kind} | {batch} | {side} | " + " | ".join(f"{x[s]:.2f}" for s in STAGES)
                          + f" | {x['total'] / x['features']:.2f}x |")
+    lines += ["", "Cutting the records' regions (`runtime.regions`, in every record of `predict`, `watch`, `camera` and "
+              "`serve`, outside the stages above), default path, batch 1, median ms per image, the two ways alternated "
+              "image by image, the same regions on every image:", "",
+              "| images | full cut (before) | maps below the pixel threshold skipped (now) | maps skipped |",
+              "|---|---|---|---|"]
+    for kind, c in cuts.items():
+        lines.append(f"| {kind} | {c['full']:.2f} | {c['now']:.2f} | {c['skipped']} of {c['n']} |")
     lines += ["", "| side | image AUROC | pixel AUROC | PRO |", "|---|---|---|---|"]
     for side, m in acc.items():
         lines.append(f"| {side} | {m['image_auroc']:.4f} | {m['pixel_auroc']:.4f} | {m['pro']:.4f} |")
