@@ -159,8 +159,9 @@ def measure(ours: dict, data: Path, rounds: int, every: int = 4, ratios: tuple[i
     return {"times": times, "accuracy": acc, "models": peer.ready, "n_images": len(images), "rounds": rounds}
 
 
-def render(res: dict, ours_acc: dict) -> list[str]:
-    """Markdown lines: the table of every side with ratios against anomalib's default ONNX export."""
+def render(res: dict, ours_acc: dict, labels: dict[str, str] | None = None) -> list[str]:
+    """Markdown lines: the table of every side with ratios against anomalib's default ONNX export
+    (``labels``: our sides' names in the table, where they are not fast_default's before and after)."""
     t, models = res["times"], res["models"]
     ref = t["onnx-10"]["total"]
     fixed = {n: m["fixed_batch"] for n, m in models.items() if m.get("fixed_batch") not in (None, 1)}
@@ -181,7 +182,7 @@ def render(res: dict, ours_acc: dict) -> list[str]:
         if name in ours_acc:
             label = {"before": "ours before (`--search numpy --graph features_fp32`)",
                      "after": "ours after (no options)",
-                     "after-fp32": "ours after, `--graph features_fp32`"}.get(name, f"ours {name}")
+                     "after-fp32": "ours after, `--graph features_fp32`", **(labels or {})}.get(name, f"ours {name}")
             bank, acc = ours_acc[name].get("bank", ""), ours_acc[name]
             stages = " | ".join(f"{x[s]:.2f}" for s in ("preprocess", "features", "search", "postprocess"))
         else:

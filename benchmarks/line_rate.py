@@ -277,7 +277,8 @@ def write(args, started, load, info, res, acc, peer, exact, cuts, n_good, n_test
                      f"same bundle, whole test set: image scores {'identical bit for bit' if same_scores else 'DIFFER'}, "
                      f"maps {'identical bit for bit' if same_maps else 'DIFFER'} (float32 SHA-256)")
     if peer:
-        lines += ["", *fast_peer.render(peer, {"after": acc["default"], "before": acc["exact"]})]
+        lines += ["", *fast_peer.render(peer, {"after": acc["default"], "before": acc["exact"]}, labels={
+            "after": "ours, default (no options)", "before": "ours, exact path (`--search numpy --graph features_fp32`)"})]
     elif peer_note:
         lines.append(f"- anomalib's default ONNX export: {peer_note}")
     lines += ["", "### Against the done-means (issue 42)", ""]
