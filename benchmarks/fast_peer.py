@@ -45,14 +45,14 @@ def timing_paths(data: Path, every: int = 4) -> list[Path]:
     return [s.path for s in test_samples(data, 0)][::every]
 
 
-def ensure_models(data: Path) -> dict[str, Path]:
-    """anomalib's exports per coreset ratio, fitted and exported once (``anomalib_peer.py prepare``)."""
+def ensure_models(data: Path, ratios: tuple[int, ...] = RATIOS) -> dict[int, Path]:
+    """anomalib's exports per coreset ratio (percent), fitted and exported once (``anomalib_peer.py prepare``)."""
     from plan import anomalib_weights
     from run import VPY, ensure_anomalib_venv, ensure_probe
 
     ensure_anomalib_venv()
     folders = {}
-    for pct in RATIOS:
+    for pct in ratios:
         out = PEER / f"anomalib-{pct}"
         if not (out / "peer.json").is_file():
             cmd = [str(VPY), str(HERE / "anomalib_peer.py"), "prepare", "--data", str(data), "--coreset", str(pct / 100),
@@ -68,12 +68,12 @@ def ensure_models(data: Path) -> dict[str, Path]:
 class Peer:
     """The anomalib worker process: one JSON line per command, one per answer."""
 
-    def __init__(self, data: Path, folders: dict[int, Path], every: int):
+    def __init__(self, data: Path, folders: dict[int, Path], every: int, kinds: tuple[str, ...] = KINDS):
         from run import VPY
 
         cmd = [str(VPY), str(HERE / "anomalib_peer.py"), "serve", "--data", str(data), "--every", str(every)]
         for pct, folder in folders.items():
-            cmd += [a for kind in KINDS for a in ("--model", f"{kind}-{pct}={folder}")]
+            cmd += [a for kind in kinds for a in ("--model", f"{kind}-{pct}={folder}")]
         self.log = open(PEER / "serve.log", "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True)
@@ -111,7 +111,7 @@ def time_ours(predictor, images: list) -> dict:
 
 def interleaved(ours: dict, peer: Peer, images: list, rounds: int) -> dict:
     """{side: {stage: median over rounds}}; anomalib's sides have only ``total``."""
-    names = [*ours, *(f"{k}-{p}" for p in RATIOS for k in KINDS)]
+    names = [*ours, *peer.ready]
     per_round: dict = {n: [] for n in names}
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
@@ -140,14 +140,16 @@ def peer_accuracy(peer: Peer, data: Path) -> dict:
     return out
 
 
-def measure(ours: dict, data: Path, rounds: int, every: int = 4) -> dict:
-    """The whole peer comparison: models (cached), interleaved timing, anomalib's accuracy."""
+def measure(ours: dict, data: Path, rounds: int, every: int = 4, ratios: tuple[int, ...] = RATIOS,
+            kinds: tuple[str, ...] = KINDS) -> dict:
+    """The whole peer comparison: models (cached), interleaved timing, anomalib's accuracy; anomalib's
+    exports at coreset ``ratios`` (percent), each of ``kinds`` (onnx, openvino)."""
     from runtime.images import read_image
 
-    folders = ensure_models(data)
+    folders = ensure_models(data, ratios)
     paths = timing_paths(data, every)
     images = [read_image(p) for p in paths]
-    peer = Peer(data, folders, every)
+    peer = Peer(data, folders, every, kinds)
     try:
         log(f"timing {len(images)} test images, {rounds} rounds: {', '.join(ours)} and {', '.join(peer.ready)}")
         times = interleaved(ours, peer, images, rounds)
@@ -157,8 +159,9 @@ def measure(ours: dict, data: Path, rounds: int, every: int = 4) -> dict:
     return {"times": times, "accuracy": acc, "models": peer.ready, "n_images": len(images), "rounds": rounds}
 
 
-def render(res: dict, ours_acc: dict) -> list[str]:
-    """Markdown lines: the table of every side with ratios against anomalib's default ONNX export."""
+def render(res: dict, ours_acc: dict, labels: dict[str, str] | None = None) -> list[str]:
+    """Markdown lines: the table of every side with ratios against anomalib's default ONNX export
+    (``labels``: our sides' names in the table, where they are not fast_default's before and after)."""
     t, models = res["times"], res["models"]
     ref = t["onnx-10"]["total"]
     fixed = {n: m["fixed_batch"] for n, m in models.items() if m.get("fixed_batch") not in (None, 1)}
@@ -179,7 +182,7 @@ def render(res: dict, ours_acc: dict) -> list[str]:
         if name in ours_acc:
             label = {"before": "ours before (`--search numpy --graph features_fp32`)",
                      "after": "ours after (no options)",
-                     "after-fp32": "ours after, `--graph features_fp32`"}.get(name, f"ours {name}")
+                     "after-fp32": "ours after, `--graph features_fp32`", **(labels or {})}.get(name, f"ours {name}")
             bank, acc = ours_acc[name].get("bank", ""), ours_acc[name]
             stages = " | ".join(f"{x[s]:.2f}" for s in ("preprocess", "features", "search", "postprocess"))
         else:

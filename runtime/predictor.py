@@ -91,7 +91,8 @@ class Predictor:
                  search: str = "auto", engine: FeatureEngine | None = None, threads: int | None = None,
                  candidates: int | None = None, log=lambda s: None, overlays: bool = False):
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
-        self.overlays = overlays  # maps exact down to the overlays' floor (see map_level)
+        self.overlays = overlays  # maps exact down to the overlays' floor (see level), unless a call says
+        self.settled: np.ndarray | None = None  # (B,) patches the last call's reduced search settled per image
         m = self.bundle.manifest
         self.spec = self.bundle.preprocess
         self.grid = tuple(m["features"]["grid"])
@@ -139,17 +140,21 @@ class Predictor:
 
     @property
     def map_level(self) -> float | None:
+        """:meth:`level` for this predictor's ``overlays`` (what a call that does not say uses)."""
+        return self.level(self.overlays)
+
+    def level(self, overlays: bool) -> float | None:
         """The anomaly-map value from which a reduced-precision search makes every pixel exact.
 
         For records (``overlays`` False): the level regions are cut at (the pixel threshold, or the
         image threshold in a bundle without one). Every region pixel, its box, area, peak and mean,
         and the peak of any map that reaches the level, are then the exact search's.
 
-        Where overlays are drawn (``overlays`` True): also down to the overlays' floor, threshold -
+        Where an overlay is drawn (``overlays`` True): also down to the overlays' floor, threshold -
         scale (normalised score 0, the median held-out good image score), below which an overlay
         shows no colour; with a pixel threshold, the lower of that and the pixel threshold's own
         floor (overlays are centred on it). That settles most of a part's patches, where the pixel
-        threshold settles only those around its defects, so it is paid only where an overlay is made.
+        threshold settles only those around its defects, so it is paid only for the images drawn.
 
         Below the level a pixel may keep an over-estimate (a distance to a real bank row) but stays
         below it. None for a bundle without a threshold: every patch is settled."""
@@ -157,20 +162,32 @@ class Predictor:
             return None
         pixel = self.bundle.manifest["threshold"].get("pixel_value")
         cut = float(self.threshold) if pixel is None else float(pixel)  # where regions are cut (pixel_level)
-        if not self.overlays:
+        if not overlays:
             return cut
         level = min(cut, float(self.threshold) - float(self.scale))
         if pixel is not None:  # overlays are centred on the pixel threshold
             level = min(level, cut - max(float(self.scale), SCALE_FLOOR * abs(cut)))
         return level
 
-    def map_patches(self, bounds: np.ndarray) -> np.ndarray:
+    def map_patches(self, bounds: np.ndarray, overlays=None) -> np.ndarray:
         """(B, P) upper bounds of the patch scores -> (B, P) bool: the patches to settle exactly for
-        the maps to be exact at and above :attr:`map_level` (:mod:`runtime.exact_maps`)."""
-        level = self.map_level
-        if level is None:
-            return np.ones(bounds.shape, bool)
-        return exact_maps.patches_to_settle(bounds, self.layout, self.blur_sigma, level)
+        the maps to be exact at and above :meth:`level` (:mod:`runtime.exact_maps`); ``overlays``: one
+        flag per image, or one for all (None: this predictor's)."""
+        drawn = self._drawn(overlays, len(bounds))
+        out = np.zeros(bounds.shape, bool)
+        for flag in (False, True):
+            rows = drawn == flag
+            if not rows.any():
+                continue
+            level = self.level(flag)
+            out[rows] = True if level is None else exact_maps.patches_to_settle(
+                bounds[rows], self.layout, self.blur_sigma, level)
+        return out
+
+    def _drawn(self, overlays, n: int) -> np.ndarray:
+        """(n,) bool: which images of a call get an overlay (``overlays`` None: this predictor's flag)."""
+        flags = np.broadcast_to(np.asarray(self.overlays if overlays is None else overlays, bool), (n,))
+        return np.array(flags)
 
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
@@ -199,18 +216,21 @@ class Predictor:
         emb = self.engine.run_outputs(x)["embeddings"] if self.in_graph_search else self.engine.run(x)
         return emb.reshape(len(images), -1, emb.shape[-1])
 
-    def predict(self, images: Sequence[np.ndarray]) -> Prediction:
-        """RGB uint8 images -> scores, maps and verdicts."""
+    def predict(self, images: Sequence[np.ndarray], overlays=None) -> Prediction:
+        """RGB uint8 images -> scores, maps and verdicts (``overlays``: see :meth:`predict_prepared`)."""
         t0 = time.perf_counter()
         prepared = [self.prepare(im) for im in images]
         seconds = time.perf_counter() - t0
-        pred = self.predict_prepared(prepared)
+        pred = self.predict_prepared(prepared, overlays)
         pred.timings["preprocess"] += seconds
         return pred
 
-    def predict_prepared(self, prepared: Sequence[Prepared]) -> Prediction:
+    def predict_prepared(self, prepared: Sequence[Prepared], overlays=None) -> Prediction:
         """Prepared images -> scores, maps (on each canvas; ``map_on_original`` for the image's
-        own pixels) and verdicts."""
+        own pixels) and verdicts. ``overlays``: which images get an overlay drawn (one bool per
+        image, or one for all; None: the predictor's ``overlays``), whose maps a reduced search
+        then settles down to the overlays' floor (:meth:`level`). :attr:`settled` says how many
+        patches of each image it searched exactly."""
         t0 = time.perf_counter()
         x = stack_inputs(prepared)
         n = len(prepared)
@@ -228,7 +248,8 @@ class Predictor:
             t2 = time.perf_counter()
             emb = emb.reshape(n, -1, emb.shape[-1])
             # a reduced candidate step settles first, exactly, the patches the maps show (map_patches)
-            s = self.scorer.score(emb, settle=self.map_patches)
+            s = self.scorer.score(emb, settle=lambda bounds: self.map_patches(bounds, overlays))
+        self.settled = None if s.exact is None else s.exact.sum(axis=1)
         t3 = time.perf_counter()
         pred = finish(s, self.layout, self.blur_sigma, self.threshold, self.scale, [p.plan for p in prepared])
         t4 = time.perf_counter()

@@ -36,6 +36,19 @@ MAX_REGIONS = 5  # the largest regions a record carries
 _AREA = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|mm2|mm²)?\s*$")
 
 
+# float32 rounding of the bilinear weights: the map on the original may exceed its canvas's largest
+# value by a few units in the last place, never by this share of it
+_RESIZE_SLACK = 1e-6
+
+
+def below_level(amap: np.ndarray, level: float) -> bool:
+    """Whether no pixel of the canvas map ``amap`` taken onto the original image
+    (:func:`~runtime.geometry.map_to_original`: bilinear, each pixel a convex combination of canvas
+    pixels) can reach ``level``: its largest value, with a rounding's slack, stays below it."""
+    peak = float(np.max(amap))
+    return peak + _RESIZE_SLACK * abs(peak) < level  # False for a NaN map: cut as before
+
+
 def find_regions(amap: np.ndarray, level: float, mm_per_px: float | None = None, base: float | None = None,
                  top: int = MAX_REGIONS) -> tuple[list[dict[str, Any]], int]:
     """Connected regions of ``amap`` (on the original image) at or above ``level``: the ``top``
@@ -140,10 +153,12 @@ class Judge:
         """The canvas map's regions on the original image, their count, and why there are none."""
         if self.level.value is None:
             return [], 0, self.level.source
+        why = f"no pixel reaches the pixel threshold {self.level.value:.6g}"
+        if below_level(amap, self.level.value):
+            return [], 0, why  # the map on the original cannot reach the level: nothing to cut (most good parts)
         found, total = find_regions(map_to_original(amap, plan, fill=-np.inf), self.level.value, self.mm_per_px,
                                     self.level.base)
-        why = None if found else f"no pixel reaches the pixel threshold {self.level.value:.6g}"
-        return found, total, why
+        return found, total, None if found else why
 
     def decide(self, score_ng: bool, regions: list[dict[str, Any]] | None) -> tuple[bool, str]:
         """The verdict (True = NG) and which test decided it: ``image-score``, ``region`` (the

@@ -51,3 +51,10 @@ def test_each_side_shows_its_own_auroc_and_fixed_batches_are_said():
     assert any("**1.50x** at batch 1, **1.00x** against its per-image" in ln for ln in lines)
     res, ours = _result(after_total=30.0, onnx10_total=45.0)
     assert not any("traced at a fixed batch" in ln for ln in render(res, ours))
+
+
+def test_our_sides_can_be_named_for_the_section_that_renders_them():
+    res, ours = _result(after_total=20.0, onnx10_total=60.0)
+    lines = render(res, ours, labels={"after": "ours, default (no options)"})
+    assert _row(lines, "ours, default (no options)")[6:8] == ["20.00", "**3.00x**"]
+    assert _row(lines, "ours before")[6] == "60.00"  # a side without a label keeps fast_default's name

@@ -118,8 +118,8 @@ def camera(
         run = replace(run, publish=tuple(publish or ()))
         line = LineRun("frames", run, out)
         plc = make_trigger(trigger) if trigger else None
-        # anomalous frames are saved with overlays
-        products = line.open_bundles(bundle, load, require_threshold=True, overlays=True)
+        # anomalous frames are saved with overlays, their maps settled for them (runtime.line.records.drawn_outcome)
+        products = line.open_bundles(bundle, load, require_threshold=True)
         products.check(product, "--product")  # an unknown product: exit 2 before the camera opens
         kind, extra = (CameraRunner, {}) if plc is None else (TriggeredCamera, {"trigger": plc, "log": line.status.log})
         runner = kind(products.current(products.first), opts,

@@ -69,5 +69,5 @@ def serve(
                             token=token or None, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms,
                             max_queue=max_queue, models=models, watch=watch_folder, watch_out=out, watch_move=move,
                             watch_settle=settle, publish=run.publish, rule=run.rule)
-        # any request may ask for an overlay
-        run_server(opts, lambda path: run.load_predictor(path, overlays=True), info)
+        # a request that asks for an overlay gets its map settled for it (runtime.serve.service._score_group)
+        run_server(opts, run.load_predictor, info)

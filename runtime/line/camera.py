@@ -16,7 +16,9 @@ for files, ``score``, ``normalised``, ``verdict``, ``latency_ms``, ``lag_ms`` fr
 result, ``dropped`` so far, ``bundle``; for industrial cameras a ``camera`` block: the settings read
 back from the camera, its frame id and timestamp, frames ``missed`` so far). A frame the camera
 delivered broken is an error record (``error``, no score). Frames judged anomalous are saved to the output folder
-as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them. A replaced bundle
+as ``frame-<index>-<UTC timestamp>.png`` with a ``...-overlay.png`` beside them. Every frame's map is exact
+at and above the pixel threshold (its record and regions); only a frame saved with an overlay has its map
+settled down to the overlay's floor (:func:`~runtime.line.records.drawn_outcome`). A replaced bundle
 folder or SIGHUP switches bundles between batches (:mod:`runtime.line.reload`).
 """
 
@@ -33,7 +35,7 @@ import cv2
 from ..errors import OutputError, UsageError
 from .outputs import encode_png, outcome_overlay, write_new
 from .products import score_by_product
-from .records import Item, evidence_fields, score_items, scored_fields
+from .records import Item, drawn_outcome, evidence_fields, score_items, scored_fields
 from .run_options import RunOptions
 from .sources import Frame, FrameSource, SourceError, open_source
 from .sources.base import stamp_frame
@@ -293,7 +295,9 @@ class CameraRunner:
                 try:
                     rec["saved"] = str(write_new(base, encode_png(f.bgr)))
                     if self.opt.save_overlays and o.map is not None:
-                        ov = outcome_overlay(o.item.image, o, p, run.judge(p))
+                        # the map exact down to the overlay's floor: settled for the frames drawn only
+                        shown = drawn_outcome(p, o, run.limits, run.judge(p))
+                        ov = outcome_overlay(o.item.image, shown, p, run.judge(p))
                         rec["overlay"] = str(write_new(base.with_name(base.stem + "-overlay.png"), encode_png(ov)))
                 except OSError as e:
                     raise OutputError(f"--out {self.opt.out}: cannot save frame {f.index} ({e.strerror or e})") from None

@@ -164,11 +164,13 @@ def product_of_path(rel: str, products: Products) -> str | None:
     return None
 
 
-def score_by_product(products: Products, items: list, product_of: Callable[[object], str | None], run):
+def score_by_product(products: Products, items: list, product_of: Callable[[object], str | None], run,
+                     overlays: bool | None = None):
     """Score ``items`` (each with its product from ``product_of(item)``) under ``run`` (a
     :class:`~runtime.line.run_options.RunOptions`: limits, and the rule judged per product's bundle):
     one model call per product. Returns ``(outcomes, predictors, products)`` in the items' order; an item of an
-    unknown product gets an error outcome and ``None`` as its predictor, never a score."""
+    unknown product gets an error outcome and ``None`` as its predictor, never a score. ``overlays``:
+    as :func:`~runtime.line.records.score_items`'s, for every item."""
     from .records import Outcome, score_items
 
     groups: dict[str | None, list[int]] = {}
@@ -191,6 +193,6 @@ def score_by_product(products: Products, items: list, product_of: Callable[[obje
                 items[i].error = f"{items[i].name}: product {name!r}: bundle not usable ({e or type(e).__name__})"
                 outcomes[i] = Outcome(items[i], verdict="error", error=items[i].error)
             continue
-        for i, o in zip(idx, score_items(p, [items[i] for i in idx], run.limits, run.judge(p))):
+        for i, o in zip(idx, score_items(p, [items[i] for i in idx], run.limits, run.judge(p), overlays)):
             outcomes[i], preds[i] = o, p
     return outcomes, preds, names

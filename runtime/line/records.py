@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -146,9 +146,12 @@ def explanation(outcome: Outcome) -> dict[str, Any]:
 
 
 def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_LIMITS,
-                judge: Judge | None = None) -> list[Outcome]:
+                judge: Judge | None = None, overlays: bool | Sequence[bool] | None = None) -> list[Outcome]:
     """Decode, prepare and score ``items`` as one batch; returns one Outcome per item, in order.
     ``judge`` cuts the regions and decides the verdicts (default: the bundle's own, :func:`bundle_judge`).
+    ``overlays``: the items whose overlay will be drawn (one flag per item, or one for all; None: the
+    predictor's own setting), whose maps are then exact down to the overlays' floor
+    (:meth:`runtime.predictor.Predictor.level`); the others' maps are exact at the pixel threshold.
 
     Each input is decoded and prepared in turn and its decoded pixels dropped at once (an item
     given decoded, a camera frame, keeps its ``image``). ``latency_ms`` is the input's own decode
@@ -156,6 +159,8 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
     for once it is picked up).
     """
     prepared = []
+    drawn = [overlays] * len(items) if overlays is None or isinstance(overlays, bool) else list(overlays)
+    drawn_of = {id(it): bool(d) for it, d in zip(items, drawn)}
     for it in items:
         decode(it, limits)
         if it.image is None:
@@ -171,7 +176,10 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
     by_id: dict[int, Outcome] = {}
     if prepared:
         t0 = time.perf_counter()
-        res = predictor.predict_prepared([p for _, p in prepared])
+        if overlays is None:
+            res = predictor.predict_prepared([p for _, p in prepared])
+        else:
+            res = predictor.predict_prepared([p for _, p in prepared], overlays=[drawn_of[id(it)] for it, _ in prepared])
         seconds = time.perf_counter() - t0
         judge = judge if judge is not None else bundle_judge(predictor)
         for i, (it, _) in enumerate(prepared):
@@ -184,6 +192,29 @@ def score_items(predictor, items: Sequence[Item], limits: ImageLimits = DEFAULT_
                         latency_ms=1000.0 * it.decode_s)
         out.append(o)
     return out
+
+
+def settles_for_overlays(predictor) -> bool:
+    """Whether ``predictor``'s maps, as scored for records, may hold values an overlay would show that
+    the exact search would not give (a reduced search that settled them only down to the pixel
+    threshold): an image to be drawn is then scored again with ``overlays`` (:func:`drawn_outcome`)."""
+    scorer = getattr(predictor, "scorer", None)
+    if not getattr(scorer, "approximate", False) or getattr(predictor, "in_graph_search", False):
+        return False
+    return not predictor.overlays and predictor.level(True) != predictor.level(False)
+
+
+def drawn_outcome(predictor, outcome: Outcome, limits: ImageLimits = DEFAULT_LIMITS,
+                  judge: Judge | None = None) -> Outcome:
+    """The outcome to draw an overlay from: ``outcome`` itself where its map is already exact down to
+    the overlays' floor, else ``outcome`` with the map of its image scored again with the overlay band
+    settled (only the images drawn pay for it; the score, verdict and regions stay ``outcome``'s: they
+    are exact either way)."""
+    image = outcome.item.image
+    if image is None or outcome.map is None or not settles_for_overlays(predictor):
+        return outcome
+    again = score_items(predictor, [Item(outcome.item.name, image=image)], limits, judge, overlays=True)[0]
+    return outcome if again.map is None else replace(outcome, map=again.map)
 
 
 def record(outcome: Outcome, bundle_id: str, **extra: Any) -> dict[str, Any]:

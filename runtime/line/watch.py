@@ -371,11 +371,13 @@ class Watcher:
             return []
         if self.products is None:
             self._take_current_bundle()
-            outcomes = score_items(self.predictor, items, self.limits, self.run_options.judge(self.predictor))
+            outcomes = score_items(self.predictor, items, self.limits, self.run_options.judge(self.predictor),
+                                   overlays=True if opt.overlays else None)
             preds, names = [self.predictor] * len(outcomes), [None] * len(outcomes)
         else:
             outcomes, preds, names = score_by_product(self.products, items,
-                                                      lambda it: product_of_path(it.name, self.products), self.run_options)
+                                                      lambda it: product_of_path(it.name, self.products), self.run_options,
+                                                      overlays=True if opt.overlays else None)
         reserved: set[Path] = set()
         records = []
         for o, p, product in zip(outcomes, preds, names):

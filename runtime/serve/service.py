@@ -178,7 +178,9 @@ class Service:
 
     def _score_group(self, p, jobs: Sequence[Job], product: str | None) -> list[tuple[Outcome, Result]]:
         judge = self.opts.run_options.judge(p)
-        outcomes = score_items(p, [j.item for j in jobs], self.opts.limits, judge)
+        # maps exact down to the overlay's floor only for the requests that ask for an overlay; the others
+        # (and their thumbnails on the results page) exact at and above the pixel threshold
+        outcomes = score_items(p, [j.item for j in jobs], self.opts.limits, judge, overlays=[j.overlay for j in jobs])
         out = []
         for j, o in zip(jobs, outcomes):
             rec = record(o, p.bundle.bundle_id, precision=p.precision,
