@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from runtime.calibration import DEFAULT_PIXEL_QUANTILE
 
-from . import fit_calibration, input_geometry
+from . import fit_calibration, fused, input_geometry
 from .features import AGGREGATIONS
 from .out_of_fold import DEFAULT_FOLDS
 from .presets import AUTO, DEFAULT_RULE, PRESET_CALIBRATION, resolve_preset
@@ -83,6 +83,7 @@ class PatchCoreConfig:
             if not ok:
                 raise ValueError(message)
         fit_calibration.check_options(self)
+        fused.check_options(self)
         self.input_size = input_geometry.parse_size(self.input_size)
         self.tile = input_geometry.parse_size(self.tile, "--tile")
         self.roi = input_geometry.parse_roi(self.roi)
