@@ -207,3 +207,31 @@ def test_edited_fused_bundle_is_a_bad_bundle(bundle, tmp_path):
     path.write_text(json.dumps(m))
     with pytest.raises(BundleError, match="features.parts"):
         read_bundle(root, verify=False)
+
+
+def test_fused_bundle_refuses_a_bank_update(bundle):
+    from runtime.errors import USAGE, UsageError
+    from runtime.update import requirements
+
+    with pytest.raises(UsageError, match="fused bundle cannot be updated") as e:
+        requirements(read_bundle(bundle))
+    assert e.value.exit_code == USAGE
+
+
+def test_fused_int8_graph_runs_with_the_exact_search(fitted, data, tmp_path, bundle):
+    """The int8 feature graph of a fused model (one output, both parts' columns) quantizes and runs;
+    its parts still search exactly, and its image scores stay near the float graph's."""
+    from export.quantize import Int8Settings, calibration_inputs
+
+    train = sorted(load_class(data).train)
+    root = tmp_path / "int8"
+    export_bundle(fitted, root, fp16=False, int8_calibration=calibration_inputs(fitted, train, 8),
+                  int8_settings=Int8Settings(images=8))
+    images = [read_image(s.path) for s in load_class(data).test]
+    p = Predictor(root, device="cpu", graph="features_int8", search="auto")
+    assert isinstance(p.scorer, FusedScorer) and p.precision.endswith("int8")
+    got = p.predict(images).image_scores
+    ref = Predictor(bundle, device="cpu", search="numpy").predict(images).image_scores
+    rel = float(np.max(np.abs(got - ref) / np.abs(ref)))
+    print(f"\nfused int8 graph: image scores within {rel:.2%} of fp32")
+    assert rel < 0.2  # int8's own parity judge (export.reduced_check) decides its use; here: it runs and is sane
