@@ -12,6 +12,7 @@ Why these normalisers: BENCHMARKS.md, section "fused", and docs/fused.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,17 +49,6 @@ class PartFit:
     shard: object  # patchcore.model.ShardSelection
     oof: OutOfFold
     oof_seconds: float
-
-
-def check_options(cfg) -> None:
-    """What a fused fit needs, as one-line ValueErrors (exit 2) before any image is read."""
-    if cfg.aggregation != "fused":
-        return
-    if cfg.calibration != "oof" or cfg.holdout <= 0:
-        raise ValueError("--aggregation fused normalises each part by its out-of-fold good scores: it needs "
-                         "--calibration oof (--preset paper calibrates on a holdout: add --calibration oof)")
-    if cfg.shards != 1:
-        raise ValueError("--aggregation fused fits one shard: leave --shards at 1")
 
 
 def _sample(values: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -119,7 +109,6 @@ def fit_fused(model, paths: Sequence[Path]) -> None:
     """Fit ``model`` (a PatchCore whose aggregation is fused) on ``paths``: both parts' banks, their
     normalisers, and the thresholds on the fused out-of-fold scores."""
     from . import fit_calibration
-    from .model import ShardSelection
 
     cfg = model.config
     n = len(paths)
@@ -141,9 +130,10 @@ def fit_fused(model, paths: Sequence[Path]) -> None:
     if len({len(r) for r in rows}) != 1:
         raise RuntimeError(f"fused parts selected different bank sizes {[len(r) for r in rows]}")
     model.fused_parts = parts
-    combined = ShardSelection(np.concatenate(rows, axis=1), np.concatenate([f.shard.projected for f in fits], axis=1),
-                              fits[0].shard.n_patches, spilled, embed_s,
-                              sum(f.shard.coreset_seconds for f in fits), None)
+    combined = dataclasses.replace(  # one ShardSelection of both parts' rows, side by side
+        fits[0].shard, rows=np.concatenate(rows, axis=1), spilled_bytes=spilled, feature_seconds=embed_s,
+        projected=np.concatenate([f.shard.projected for f in fits], axis=1), radius=None,
+        coreset_seconds=sum(f.shard.coreset_seconds for f in fits))
     model._fit_bank(list(paths), [combined])
     model.fit_info["fused"] = {
         "parts": [{"aggregation": f.aggregation, "dim": f.dim, "coreset_seconds": round(f.shard.coreset_seconds, 3),

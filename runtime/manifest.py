@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Mapping
 
 from . import errors
+from .fused_parts import check_features
 from .geometry import TileLayout
 from .preprocess import PreprocessSpec
 
@@ -401,8 +402,6 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json",
     if bank["dim"] != manifest["features"]["target_dim"]:
         raise BundleError(f"{where}: field 'memory_bank.dim' ({bank['dim']}) differs from 'features.target_dim' "
                           f"({manifest['features']['target_dim']})")
-    from .fused import check_features  # here: the scorer it also holds is not needed to read a manifest
-
     wanted = check_features(manifest["features"])
     if wanted:
         raise BundleError(f"{where}: field 'features.parts' must be {wanted}")
