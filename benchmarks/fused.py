@@ -35,6 +35,7 @@ from study import class_folder  # noqa: E402
 SECTION = "fused"
 WORK = ROOT / ".bench" / "fused"
 RESULTS = WORK / "results.jsonl"
+TIMING = WORK / "timing.jsonl"
 CLASSES = ("synthetic_tall", "hazelnut_reduced", "transistor_reduced", "synthetic_large", "bottle", "screw")
 SEEDS = {"bottle": (0,), "screw": (0,)}  # the rest: 0, 1, 2
 TRAIN_STEP = {"screw": 2}
@@ -186,6 +187,83 @@ def run_class(cls: str, done: set) -> None:
             write_report()
 
 
+def run_timing(cls: str, rounds: int) -> None:
+    """The runtime's cost per image, as the runtime runs it: each recipe's feature graph in onnxruntime
+    (fp32, batch 1; fused: one trunk, both aggregations) + its exact searches (fused: both) + maps, on
+    real test images, interleaved round by round (the machine is shared). The banks have the sizes the
+    class's fit gave (results.jsonl), filled with its training patches."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from patchcore.config import preset_config
+    from patchcore.data import load_class
+    from patchcore.fused import plain_scorer
+    from patchcore.input_geometry import image_sizes
+    from patchcore.model import PatchCore
+    from patchcore.onnx_graph import INPUT_NAME, trace_feature_graph
+    from runtime.fused import FusedPart, FusedScorer, split_columns
+    from runtime.images import read_image
+    from runtime.postprocess import finish
+    from runtime.preprocess import prepare, stack_inputs
+
+    rec = next(r for r in _records() if r["class"] == cls)
+    ds = load_class(class_folder(cls))
+    paths = sorted(ds.train)[:: TRAIN_STEP.get(cls, 1)]
+    fused = PatchCore(preset_config("default", backbone="effnet-lite0", aggregation="fused", device="cpu"))
+    fused.set_preprocess(fused.resolve_geometry(image_sizes(paths)))
+    rows = fused.embed_images([read_image(p) for p in paths[:: max(1, len(paths) // 8)]])
+    rows = rows.reshape(-1, rows.shape[-1])
+    bank = rows[np.random.default_rng(0).choice(len(rows), rec["bank_rows"], replace=len(rows) < rec["bank_rows"])]
+    banks = split_columns(bank, fused.feature_model.aggregator.part_dims)
+    parts = [FusedPart(a, b.shape[1], 0.0, 1.0, 0.0, 1.0) for a, b in zip(RECIPES, banks)]
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 2
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sides = {}
+    for name in (*RECIPES, "fused"):
+        model = fused if name == "fused" else PatchCore(
+            preset_config("default", backbone="effnet-lite0", aggregation=name, device="cpu"), preprocess=fused.preprocess)
+        sess = ort.InferenceSession(trace_feature_graph(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        scorer = (FusedScorer(parts, [plain_scorer(fused, b) for b in banks]) if name == "fused"
+                  else plain_scorer(fused, banks[RECIPES.index(name)]))
+        sides[name] = (sess, scorer)
+    x = [stack_inputs([prepare(read_image(t.path), fused.preprocess)]) for t in ds.test[:4]]
+    times = {k: {"graph": [], "search": []} for k in sides}
+
+    def once(name: str, xi) -> None:
+        sess, scorer = sides[name]
+        t0 = time.perf_counter()
+        emb = sess.run(None, {INPUT_NAME: xi})[0]
+        t1 = time.perf_counter()
+        finish(scorer.score(emb.reshape(1, -1, emb.shape[-1])), fused.layout, fused.config.blur_sigma, None, None)
+        times[name]["graph"].append(1000 * (t1 - t0))
+        times[name]["search"].append(1000 * (time.perf_counter() - t1))
+
+    for name in sides:  # warm-up
+        once(name, x[0])
+        times[name] = {"graph": [], "search": []}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            for xi in x:
+                once(name, xi)
+    out = {"key": ["timing", cls], "class": cls, "rounds": rounds, "images": len(x), "load_start": os.getloadavg()[0],
+           "ms": {k: {part: round(statistics.median(v), 1) for part, v in t.items()} for k, t in times.items()}}
+    with open(TIMING, "a") as fh:
+        fh.write(json.dumps(out) + "\n")
+    log(f"{cls} timing: {out['ms']}")
+
+
+def _records() -> list[dict]:
+    return [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()] if RESULTS.is_file() else []
+
+
+def _timings() -> dict:
+    if not TIMING.is_file():
+        return {}
+    return {json.loads(x)["class"]: json.loads(x) for x in TIMING.read_text().splitlines() if x.strip()}
+
+
 # ------------------------------------------------------------------------------------- report
 def _cell(values: list[float]) -> str:
     if len(values) == 1:
@@ -211,8 +289,8 @@ def render(records: list[dict], started: str | None = None) -> str:
              "(range); screw on every second training image.", "",
              "Image AUROC / pixel AUROC / PRO:", "",
              "| class | seeds | paper | local-mean | fused | fused - better part (image / pixel / PRO) | "
-             "fit s (paper / local-mean / fused) | ms per image (paper / local-mean / fused) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "fit s (paper / local-mean / fused) |",
+             "|---|---|---|---|---|---|---|"]
     worst = {0: [], 1: [], 2: []}
     for c in classes:
         rs = [r for r in records if r["class"] == c]
@@ -223,12 +301,10 @@ def render(records: list[dict], started: str | None = None) -> str:
             gaps.append(statistics.mean(col[fused][i]) - best)
             worst[i].append(gaps[-1])
         fit = {k: statistics.mean(r["fit_seconds"][k] for r in rs) for k in (*RECIPES, "fused")}
-        ms = next((r["ms_per_image"] for r in rs if "ms_per_image" in r), {})
         cells = [" / ".join(_cell(col[k][i]) for i in range(3)) for k in (*RECIPES, fused)]
         lines.append(f"| {c} | {len(rs)} | {cells[0]} | {cells[1]} | {cells[2]} | "
                      f"{' / '.join(f'{g:+.3f}' for g in gaps)} | "
-                     f"{fit['paper']:.0f} / {fit['local-mean']:.0f} / {fit['fused']:.0f} | "
-                     f"{' / '.join(str(ms.get(k, '-')) for k in (*RECIPES, 'fused'))} |")
+                     f"{fit['paper']:.0f} / {fit['local-mean']:.0f} / {fit['fused']:.0f} |")
     if classes:
         names = ("image", "pixel", "PRO")
         within = [all(g >= -GAP for g in worst[i]) for i in range(3)]
@@ -236,6 +312,23 @@ def render(records: list[dict], started: str | None = None) -> str:
                   + ", ".join(f"{names[i]} {min(worst[i]):+.3f}" for i in range(3))
                   + f"; within {GAP} of the better part everywhere: "
                   + ", ".join(f"{names[i]} {'yes' if within[i] else 'no'}" for i in range(3)) + "."]
+    timing = _timings()
+    if timing:
+        lines += ["", "The runtime's cost per image (`benchmarks/fused.py timing`): each recipe's feature graph in "
+                  "onnxruntime fp32 at batch 1 (2 threads) + its exact searches and maps (fused: both), median ms over "
+                  "4 test images x the rounds, recipes interleaved round by round:", "",
+                  "| class | rounds | paper: graph + search | local-mean: graph + search | fused: graph + search | "
+                  "fused / paper | fused / local-mean | load at start |", "|---|---|---|---|---|---|---|---|"]
+        for c in classes:
+            t = timing.get(c)
+            if not t:
+                continue
+            ms = t["ms"]
+            total = {k: ms[k]["graph"] + ms[k]["search"] for k in ms}
+            lines.append(f"| {c} | {t['rounds']} | " + " | ".join(
+                f"{ms[k]['graph']:.0f} + {ms[k]['search']:.0f} = {total[k]:.0f}" for k in (*RECIPES, "fused"))
+                + f" | {total['fused'] / total['paper']:.2f}x | {total['fused'] / total['local-mean']:.2f}x | "
+                f"{t['load_start']:.1f} |")
     lines += ["", "The normalisers (fused image / pixel / PRO, mean over seeds and classes; and the worst class's "
               "fused - better part):", "", "| normaliser | mean image | mean pixel | mean PRO | worst gap image | "
               "worst gap pixel | worst gap PRO |", "|---|---|---|---|---|---|---|"]
@@ -256,18 +349,24 @@ def render(records: list[dict], started: str | None = None) -> str:
 
 
 def write_report(started: str | None = None) -> None:
-    records = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()] if RESULTS.is_file() else []
+    records = _records()
     replace_section(ROOT / "BENCHMARKS.md", SECTION, render(records, started))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("run", "report"))
+    ap.add_argument("what", choices=("run", "timing", "report"))
     ap.add_argument("--classes", default=",".join(CLASSES))
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     if args.what == "report":
         write_report()
+        return 0
+    if args.what == "timing":
+        for cls in args.classes.split(","):
+            run_timing(cls, args.rounds)
+            write_report()
         return 0
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     done = done_keys()

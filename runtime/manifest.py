@@ -286,6 +286,8 @@ def _expected(e: Any) -> str | None:
 # fields a manifest may carry (bank updates, calibration facts): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "features.aggregation": one_of("paper", "local-mean", "fused"),
+    "features.parts": array,
+    "features.search": one_of("exact"),
     "memory_bank.projection_file": non_empty_str,
     "memory_bank.projection_dim": positive_int,
     "memory_bank.coverage_radius": non_negative_number,
