@@ -21,8 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from runtime.calibration import DEFAULT_PIXEL_QUANTILE, PIXEL_SAMPLE
-from runtime import fused as runtime_fused
 from runtime.fused import FusedPart, FusedScorer, combine_images, combine_maps, split_columns
+from runtime.fused_parts import read_parts as read_feature_parts
+from runtime.postprocess import MAD_TO_SIGMA
 from runtime.search.build import build_index
 from runtime.search.scorer import PatchScorer
 
@@ -37,7 +38,6 @@ from .streaming import EmbeddingStore
 NORMALISERS = ("quantile", "z")
 DEFAULT_NORMALISER = "quantile"
 IMAGE_QUANTILE = 0.99
-MAD_TO_SIGMA = 1.4826
 
 
 @dataclass
@@ -173,4 +173,4 @@ def manifest_parts(model) -> dict:
 
 def read_parts(manifest: dict) -> list[FusedPart] | None:
     """A fused bundle's parts from its manifest (None for a bundle of one aggregation)."""
-    return runtime_fused.read_parts(manifest["features"])
+    return read_feature_parts(manifest["features"])
