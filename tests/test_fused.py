@@ -235,3 +235,12 @@ def test_fused_int8_graph_runs_with_the_exact_search(fitted, data, tmp_path, bun
     rel = float(np.max(np.abs(got - ref) / np.abs(ref)))
     print(f"\nfused int8 graph: image scores within {rel:.2%} of fp32")
     assert rel < 0.2  # int8's own parity judge (export.reduced_check) decides its use; here: it runs and is sane
+
+
+def test_reduced_search_on_a_fused_bundle_is_one_line_exit_2(bundle, data):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "runtime", "predict", str(bundle), str(data / "test" / "good"),
+                        "--search", "int8"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "searches exactly" in errors[0], r.stderr
