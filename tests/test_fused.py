@@ -78,6 +78,25 @@ def test_manifest_parts_are_checked():
     assert "positive" in check_features(broken)
 
 
+def test_normaliser_is_fitted_on_the_out_of_fold_good_scores():
+    from patchcore.fused import normaliser
+    from patchcore.out_of_fold import OutOfFold
+
+    rng = np.random.default_rng(1)
+    oof = OutOfFold(rng.gamma(3.0, 2.0, 40), rng.gamma(2.0, 1.0, (40, 16, 16)).astype(np.float32),
+                    [np.arange(i, 40, 5) for i in range(5)], [10] * 5)
+    q = normaliser("paper", 6, oof)
+    assert (q.image_center, q.pixel_center) == (0.0, 0.0)
+    assert q.image_scale == pytest.approx(np.quantile(oof.image_scores, 0.99), rel=1e-12)
+    assert q.pixel_scale == pytest.approx(np.quantile(oof.maps.astype(np.float64).ravel(), 0.999), rel=1e-6)
+    z = normaliser("paper", 6, oof, "z")
+    med = np.median(oof.image_scores)
+    assert z.image_center == pytest.approx(med) and z.image_scale == pytest.approx(
+        1.4826 * np.median(np.abs(oof.image_scores - med)))
+    with pytest.raises(ValueError, match="normaliser"):
+        normaliser("paper", 6, oof, "mean")
+
+
 def test_fused_aggregator_is_both_parts_side_by_side():
     torch.manual_seed(0)
     feats = [torch.randn(2, 40, 8, 8), torch.randn(2, 112, 4, 4)]
