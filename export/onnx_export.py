@@ -196,6 +196,9 @@ def export_bundle(model, root: str | Path, name: str | None = None, *, fp16: boo
         raise ValueError(f"bank_dtype must be one of {bundle_io.BANK_DTYPES}, got {bank_dtype!r}")
     if model.bank is None:
         raise RuntimeError("model is not fitted")
+    if scoring and model.config.aggregation == "fused":
+        raise ValueError("--scoring-graph searches one bank in-graph; a fused bundle has two (its parts search "
+                         "exactly in the runtime): leave --scoring-graph out")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = name or root.name

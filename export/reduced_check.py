@@ -88,7 +88,7 @@ def measure_reduced(root: str | Path, paths: Sequence[Path], source: str, log: C
             f"reweighting {facts['image_unweighted_max_rel_error']:.2%} (max, {n} images); "
             + verdict_text(facts))
     sub = np.unique(np.linspace(0, len(images) - 1, min(SEARCH_IMAGES, len(images))).round().astype(int))
-    for kind in SEARCH_KINDS:
+    for kind in SEARCH_KINDS if b.manifest["features"].get("parts") is None else ():  # fused: exact search only
         search = search_study(kind, ref_p.scorer.bank, ref_emb[sub], ref_p.scorer.score(ref_emb[sub]),
                               ref_p.scorer.n_reweight)
         if search is not None:

@@ -83,6 +83,7 @@ class PatchCoreConfig:
             if not ok:
                 raise ValueError(message)
         fit_calibration.check_options(self)
+        check_fused(self)
         self.input_size = input_geometry.parse_size(self.input_size)
         self.tile = input_geometry.parse_size(self.tile, "--tile")
         self.roi = input_geometry.parse_roi(self.roi)
@@ -93,6 +94,17 @@ class PatchCoreConfig:
         return {"geometry": self.geometry, "input_size": self.input_size, "tile": self.tile,
                 "tile_overlap": self.tile_overlap, "tile_scale": self.tile_scale, "resize": self.resize,
                 "crop": self.crop, "max_pixels_in": self.max_pixels_in, "upsample": self.upsample, "roi": self.roi}
+
+
+def check_fused(cfg) -> None:
+    """What a fused fit (:mod:`patchcore.fused`) needs, as one-line ValueErrors (exit 2) before any image is read."""
+    if cfg.aggregation != "fused":
+        return
+    if cfg.calibration != "oof" or cfg.holdout <= 0:
+        raise ValueError("--aggregation fused normalises each part by its out-of-fold good scores: it needs "
+                         "--calibration oof (--preset paper calibrates on a holdout: add --calibration oof)")
+    if cfg.shards != 1:
+        raise ValueError("--aggregation fused fits one shard: leave --shards at 1")
 
 
 def preset_config(preset: str = "default", **options) -> PatchCoreConfig:

@@ -174,7 +174,8 @@ class PatchAggregator(nn.Module):
         return y
 
 
-AGGREGATIONS = ("paper", "local-mean")
+AGGREGATIONS = ("paper", "local-mean", "fused")
+FUSED_PARTS = ("paper", "local-mean")  # the fused aggregation's parts, in the order of its output's columns
 
 
 class LocalMeanAggregator(nn.Module):
@@ -215,14 +216,37 @@ class LocalMeanAggregator(nn.Module):
         return out.flatten(2).transpose(1, 2)
 
 
+class FusedAggregator(nn.Module):
+    """Both aggregations of the same trunk maps, side by side: (B, h*w, D_paper + D_local) with the
+    paper's ``target_dim`` columns first and local-mean's native columns after (``part_dims``). One
+    output keeps the feature graph's interface (one ``embeddings`` tensor, every graph variant as
+    it was); the manifest's ``features.parts`` says where to split it (:mod:`runtime.fused`)."""
+
+    def __init__(self, channels: Sequence[int], pretrain_dim: int = 1024, target_dim: int | None = None):
+        super().__init__()
+        paper_dim = 1024 if target_dim is None else int(target_dim)
+        if paper_dim > len(channels) * pretrain_dim:
+            raise ValueError(f"--aggregation fused: --target-dim {paper_dim} (its paper part) is above the "
+                             f"{len(channels) * pretrain_dim} dims its layers are pooled from; give at most that")
+        self.parts = nn.ModuleList([PatchAggregator(channels, pretrain_dim, paper_dim), LocalMeanAggregator(channels)])
+        self.channels = list(channels)
+        self.part_dims = [int(p.target_dim) for p in self.parts]
+        self.target_dim = sum(self.part_dims)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([part(feats) for part in self.parts], dim=2)
+
+
 def make_aggregator(aggregation: str, channels: Sequence[int], pretrain_dim: int = 1024,
                     target_dim: int | None = None) -> nn.Module:
     """The patch-feature module of ``aggregation`` (``paper``: target_dim None means 1024;
-    ``local-mean``: None means native)."""
+    ``local-mean``: None means native; ``fused``: target_dim is its paper part's)."""
     if aggregation == "paper":
         return PatchAggregator(channels, pretrain_dim, 1024 if target_dim is None else target_dim)
     if aggregation == "local-mean":
         return LocalMeanAggregator(channels, target_dim)
+    if aggregation == "fused":
+        return FusedAggregator(channels, pretrain_dim, target_dim)
     raise ValueError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
 
 

@@ -63,6 +63,13 @@ def out_of_fold_calibration(model, store: EmbeddingStore, paths: Sequence[Path])
     t0 = time.perf_counter()
     oof = out_of_fold(model, store, len(paths), cfg.folds, cfg.seed, cfg.n_reweight, cfg.blur_sigma,
                       cfg.search_backend, cfg.device, keep_banks=True)
+    calibrate_from_oof(model, oof, paths, t0)
+
+
+def calibrate_from_oof(model, oof, paths: Sequence[Path], t0: float) -> None:
+    """The threshold section from out-of-fold scores ``oof`` (a fused fit's are its parts' combined);
+    ``t0``: when scoring them began (the section's seconds count from it)."""
+    cfg = model.config
     pixel = pixel_threshold(oof.maps, cfg.pixel_quantile)
     section = image_threshold(oof.image_scores, cfg.threshold_quantile, "oof-quantile", folds=len(oof.folds),
                               fold_bank_rows=oof.bank_rows, **pixel)

@@ -83,7 +83,9 @@ class FitOptions:
         "(default: the system temp folder, $TMPDIR); freed when the fit ends")
     aggregation: Optional[str] = _flag(
         None, "--aggregation", help="patch features: paper (unfold 3x3 + adaptive pooling to "
-        "--target-dim) | local-mean (each layer's 3x3 average, concatenated; default: the preset's)")
+        "--target-dim) | local-mean (each layer's 3x3 average, concatenated) | fused (both, each with its own "
+        "bank, scores averaged on each one's out-of-fold good scale; --target-dim sets its paper part; "
+        "docs/fused.md) (default: the preset's)")
     max_pixels_in: Optional[int] = _flag(
         None, "--max-pixels-in", help="--geometry auto's pixel budget for the network input "
         "(default: the preset's); never beyond the training images' size without --upsample")

@@ -22,6 +22,7 @@ import runtime
 from runtime import bundle as bundle_io
 from runtime.coreset_update import project, selection_radius
 from runtime.fileio import sha256_file
+from runtime.fused import FusedPart, FusedScorer
 from runtime.geometry import TileLayout
 from runtime.images import read_image
 from runtime.postprocess import Prediction, finish
@@ -35,6 +36,7 @@ from .config import PatchCoreConfig
 from .coreset import coreset_size, greedy_selection, merge_selection, projection_matrix, shard_budget, shard_members
 from .device import torch_device
 from .features import PatchFeatureModel, make_aggregator
+from .fused import fit_fused, manifest_parts, read_parts, scorer_for
 from .out_of_fold import MIN_IMAGES, image_batches
 from .progress import progress_bar
 from .streaming import EmbeddingStore, StreamingProjection
@@ -99,6 +101,7 @@ class PatchCore:
         # The fit's greedy radius (patchcore.coreset.Selection): where an update stops by default.
         self.fit_radius: float | None = None
         self.selection: dict | None = None  # how recipe selection chose this config (the manifest's record)
+        self.fused_parts: list[FusedPart] | None = None  # --aggregation fused: its parts' dims and normalisers
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -196,6 +199,11 @@ class PatchCore:
             sizes = input_geometry.image_sizes(paths)
             self.set_preprocess(self.resolve_geometry(sizes))
             self._geometry_facts = {"from_images": len(paths), "median_hw": list(input_geometry.median_size(sizes))}
+        if cfg.aggregation == "fused":
+            if executor is not None:
+                raise ValueError("--aggregation fused fits here: it cannot run its parts on an executor (Ray)")
+            fit_fused(self, paths)
+            return self
         holdout: list[Path] = []
         if cfg.calibration == "holdout" and cfg.holdout > 0 and len(paths) >= 10:
             # at least 5 held-out images, or the quantile is one image's score and scale collapses
@@ -307,8 +315,11 @@ class PatchCore:
 
     def set_bank(self, bank: np.ndarray) -> None:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
-        index, _ = build_index(self.bank, self.config.search_backend, device=self.config.device, exact=True)
-        self.scorer = PatchScorer(self.bank, index, n_reweight=self.config.n_reweight)
+        self.scorer = self.exact_scorer(self.bank)
+
+    def exact_scorer(self, bank: np.ndarray) -> PatchScorer | FusedScorer:
+        """A scorer of ``bank`` searching exactly (a fused model's: its parts', :func:`patchcore.fused.scorer_for`)."""
+        return scorer_for(self, bank)
 
     # ------------------------------------------------------------------ calibration
     def calibrate_holdout(self, paths: Sequence[Path]) -> None:
@@ -377,6 +388,7 @@ class PatchCore:
                 "patch": 3,
                 "grid": list(self.grid),
                 "input_size": list(self.input_size),
+                **manifest_parts(self),
             },
             "memory_bank": {
                 "file": bundle_io.BANK_FILE,
@@ -445,9 +457,10 @@ class PatchCore:
                 raise bundle_io.BundleError(f"{root}: backbone weights file {wpath} is gone")
             if sha256_file(wpath) != bb["weights_sha256"]:
                 raise bundle_io.BundleError(f"{root}: backbone weights file {wpath} changed since fitting")
+        parts = read_parts(m)  # a fused bundle's target_dim is its parts' sum; its config's, the paper part's
         cfg = PatchCoreConfig(
-            backbone=bb["name"], layers=tuple(l["name"] for l in bb["layers"]), weights=bb["weights"],
-            seed=bb["seed"], pretrain_dim=m["features"]["pretrain_dim"], target_dim=m["features"]["target_dim"],
+            backbone=bb["name"], layers=tuple(l["name"] for l in bb["layers"]), weights=bb["weights"], seed=bb["seed"],
+            pretrain_dim=m["features"]["pretrain_dim"], target_dim=parts[0].dim if parts else m["features"]["target_dim"],
             aggregation=m["features"].get("aggregation", "paper"),
             coreset_ratio=m["memory_bank"]["coreset_ratio"], bank_size=m["memory_bank"].get("bank_size"),
             shards=m["memory_bank"].get("shards", 1), n_reweight=m["scoring"]["n_reweight"],
@@ -455,6 +468,7 @@ class PatchCore:
             **{k: m["memory_bank"][k] for k in ("projection_dim", "n_starts") if k in m["memory_bank"]},
         )
         model = cls(cfg, preprocess=b.preprocess)
+        model.fused_parts = parts
         if list(model.grid) != list(m["features"]["grid"]):
             raise bundle_io.BundleError(f"{root}: the backbone gives a {model.grid} patch grid, the manifest says "
                                         f"{m['features']['grid']}")

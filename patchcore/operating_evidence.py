@@ -38,7 +38,6 @@ from runtime.images import is_image_file, read_image
 from runtime.postprocess import finish
 from runtime.preprocess import prepare, stack_inputs
 from runtime.regions import find_regions
-from runtime.search.build import build_index
 from runtime.search.scorer import PatchScorer
 
 from . import synthetic_defects as D
@@ -132,9 +131,7 @@ class Scorer:
 
 
 def _fold_scorer(model, bank: np.ndarray) -> PatchScorer:
-    cfg = model.config
-    index, _ = build_index(bank, cfg.search_backend, device=cfg.device, exact=True)
-    return PatchScorer(bank, index, n_reweight=cfg.n_reweight)
+    return model.exact_scorer(bank)  # a fused model's scores its parts' banks side by side
 
 
 def synthetic_defects(model, paths: Sequence[Path], oof: OutOfFold, scorer: Scorer, seed: int,

@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Mapping
 
 from . import errors
+from .fused_parts import check_features
 from .geometry import TileLayout
 from .preprocess import PreprocessSpec
 
@@ -284,7 +285,9 @@ def _expected(e: Any) -> str | None:
 
 # fields a manifest may carry (bank updates, calibration facts): checked when present
 OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
-    "features.aggregation": one_of("paper", "local-mean"),
+    "features.aggregation": one_of("paper", "local-mean", "fused"),
+    "features.parts": array,
+    "features.search": one_of("exact"),
     "memory_bank.projection_file": non_empty_str,
     "memory_bank.projection_dim": positive_int,
     "memory_bank.coverage_radius": non_negative_number,
@@ -401,6 +404,9 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = "manifest.json",
     if bank["dim"] != manifest["features"]["target_dim"]:
         raise BundleError(f"{where}: field 'memory_bank.dim' ({bank['dim']}) differs from 'features.target_dim' "
                           f"({manifest['features']['target_dim']})")
+    wanted = check_features(manifest["features"])
+    if wanted:
+        raise BundleError(f"{where}: field 'features.parts' must be {wanted}")
     if threshold["value"] is not None and not (threshold["scale"] is not None and threshold["scale"] > 0):
         raise BundleError(f"{where}: field 'threshold.scale' must be > 0 when a threshold is set, "
                           f"got {_short(threshold['scale'])}")

@@ -34,8 +34,14 @@ FIELD_DOCS: dict[str, str] = {
     "versions": "package versions the bundle was written with",
     "files": "every file of the bundle: `{\"sha256\": ..., \"bytes\": ...}`",
     DIGEST_FIELD: "sha256 of this manifest's canonical JSON without this field",
-    "features.aggregation": "how layer maps become patch features: the paper's (unfold + adaptive pooling) or "
-                            "local-mean (3x3 average, concatenated); both are inside the feature graph",
+    "features.aggregation": "how layer maps become patch features: the paper's (unfold + adaptive pooling), "
+                            "local-mean (3x3 average, concatenated) or fused (both, side by side: `parts`); all are "
+                            "inside the feature graph",
+    "features.parts": "a fused bundle's parts, in column order of the embeddings and the bank: each part's "
+                      "`aggregation`, `dim` and normalisers (`image_center`, `image_scale`, `pixel_center`, "
+                      "`pixel_scale`: score -> (score - center) / scale, fitted on its out-of-fold good images); "
+                      "the fused score is the mean of the parts' normalised scores (docs/fused.md)",
+    "features.search": "`exact`: a fused bundle's parts are searched exactly, every patch (no reduced step)",
     "memory_bank.projection_file": "the coreset's random projection (`.npy`), for `update` without torch",
     "memory_bank.projection_dim": "dimensions of that projection",
     "memory_bank.coverage_radius": "the bank's covering radius in the projection (updates raise it where they stop "

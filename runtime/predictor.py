@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import exact_maps
+from . import exact_maps, fused
 from .bundle import Bundle, BundleError, check_graph_metadata, read_bundle
 from .engines import ENGINES, DeviceUnavailableError, FeatureEngine, engine_cache_dir, engine_for_device, resolve
 from .geometry import TileLayout
@@ -133,9 +133,17 @@ class Predictor:
                                   f"got {value!r}: re-export the bundle")
         if candidates is None:
             candidates = measured.get("candidates")
+        search_device = "cuda" if device in ("cuda", "tensorrt") else "auto"
+        parts = fused.read_parts(m["features"])
+        if parts is not None:  # both parts searched exactly (runtime.fused), whatever --search auto would pick
+            if self.in_graph_search:
+                raise BundleError(f"graph {graph!r} searches one bank in-graph; a fused bundle has two: use a "
+                                  "features_* graph")
+            self.scorer, self.search_choice = fused.make_scorer(bank, parts, search, m["scoring"]["n_reweight"],
+                                                                search_device), {}
+            return
         index, self.search_choice = build_index(  # search_choice: what --search auto measured ({} else)
-            bank, search, device="cuda" if device in ("cuda", "tensorrt") else "auto", candidates=candidates,
-            components=measured.get("components"))
+            bank, search, device=search_device, candidates=candidates, components=measured.get("components"))
         self.scorer = PatchScorer(bank, index, n_reweight=m["scoring"]["n_reweight"])
 
     @property
@@ -191,6 +199,8 @@ class Predictor:
 
     def info(self) -> dict:
         search = "in-graph + exact rescoring" if self.in_graph_search else self.scorer.backend
+        if isinstance(self.scorer, fused.FusedScorer):
+            search = f"fused: {' + '.join(p.aggregation for p in self.scorer.parts)}, each {search}, exact"
         out = {"bundle": self.bundle.bundle_id, "engine": self.engine.name, "graph": self.graph, "search": search,
                "precision": self.precision}
         if self.search_choice:

@@ -110,6 +110,9 @@ def requirements(bundle: Bundle) -> tuple[np.ndarray, float]:
     """The projection matrix and covering radius an update continues from; a BundleError (exit
     3) naming the missing fields for bundles written before updates existed."""
     mb, thr = bundle.manifest["memory_bank"], bundle.manifest["threshold"]
+    if bundle.manifest["features"].get("parts") is not None:
+        raise UsageError(f"{bundle.root}: a fused bundle cannot be updated (each part's bank and its out-of-fold "
+                         "normaliser would have to be fitted again): refit it with the new good images")
     missing = [f"memory_bank.{k}" for k in ("projection_file", "coverage_radius", "coreset_ratio") if k not in mb]
     if thr.get("method") in QUANTILE_METHODS and "calibration_scores" not in thr:
         missing.append("threshold.calibration_scores")
