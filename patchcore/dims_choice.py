@@ -13,6 +13,10 @@ aggregation's own ``--target-dim`` (adaptive pooling of the 1024-dim features, d
 embedding: see :mod:`patchcore.reduction`), so the exported graph and the runtime need nothing new.
 The record (every size's figures, the rule, what was chosen) goes into the manifest as
 ``target_dim_choice``.
+
+Opt-in, not the default: measured against the real test sets (``benchmarks/bank_dims.py choice``,
+BENCHMARKS.md "bank-dims"), synthetic defects on a product's good images did not always show the
+losses its real defects do, and their figures move between sizes by more than the tolerance.
 """
 
 from __future__ import annotations

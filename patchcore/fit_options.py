@@ -60,7 +60,8 @@ class FitOptions:
         None, "--target-dim", help="patch embedding dimension (default: the preset's; "
         "paper aggregation 1024, local-mean its native dims; smaller banks search faster, see "
         "BENCHMARKS.md) | auto (export: the smallest of 512, 256, 128 within 0.005 image and pixel AUROC of "
-        "1024 on the product's good images with synthetic defects, recorded in the manifest)")
+        "1024 on the product's good images with synthetic defects, recorded in the manifest; opt-in: its "
+        "evidence missed real losses on 2 of 6 classes, docs/defaults.md)")
     geometry: Optional[str] = _flag(
         None, "--geometry", help="how images become the network input: auto (default: H x W from the "
         "training images' aspect, whole image), paper (resize 256, center crop 224), crop, resize, pad "
