@@ -279,7 +279,9 @@ def render(recs: list[dict]) -> str:
              f"{next(r['n_test'] for r in cells if r['class'] == c)} test, {next(r['geometry'] for r in cells if r['class'] == c)}, "
              f"seeds {','.join(str(s) for s in sorted({r['seed'] for r in cells if r['class'] == c}))})" for c in classes)
          + ". " + "".join(f"{c} is fitted on every {n}nd good training image (as in the study section). "
-                          for c, n in TRAIN_STEP.items() if c in classes), ""]
+                          for c, n in TRAIN_STEP.items() if c in classes)
+         + "screw and bottle ran seed 0 only (each coreset selection over their 256k-334k patches took minutes on "
+           "the loaded machine); cells marked \"not run\" did not fit the run's time.", ""]
     L += [f"### The rule: a new default only if it never loses more than {RULE} image or pixel AUROC", "",
           "| reduction / dims | classes | worst Δ image AUROC | worst Δ pixel AUROC | worst Δ PRO | mean Δ pixel AUROC "
           "| passes on the classes run | search time / 1024's, numpy · int8 (median over classes) |",
@@ -320,8 +322,10 @@ def _choice_table(recs: list[dict], loss: dict) -> list[str]:
         return []
     L = ["", "### `export --target-dim auto` on each class: its choice from the good training images, and the "
          "real cost of that size", "",
+         "`python benchmarks/bank_dims.py choice`: the default recipe with `--target-dim auto`, as `export` runs it. "
          "The choice sees only the good training images (at most 60, 3 folds, synthetic defects); the last "
-         "column is the chosen size's Δ on the real test set from the table above (pool, mean over seeds).", "",
+         "column is the chosen size's Δ on the real test set from the table above (pool, mean over seeds). "
+         "A chosen size that really loses more than the tolerance is a wrong choice.", "",
          "| class | chosen | evidence: image / pixel AUROC on synthetic defects, 1024 · 512 · 256 · 128 | "
          "choice s | real Δ image, Δ pixel of the chosen size |", "|---|---|---|---|---|"]
     for r in sorted(choices, key=lambda r: CLASSES.index(r["class"])):
