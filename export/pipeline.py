@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,10 +177,18 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
     if req.reuse:
         reused, why = reusable(req.out, settings)
         log(f"--reuse: {'reusing' if reused else 'fitting again'}: {why}")
+    dims = None  # --target-dim auto's record (the manifest's target_dim_choice)
     if reused:
         model = _reload(req.out, req.config.device)
+        dims = read_bundle(req.out).manifest.get("target_dim_choice")
     else:
-        model = model_for(req.config, data_dir, log=log).fit(ds.train)
+        config = req.config
+        if config.target_dim_auto:
+            from patchcore.dims_choice import choose_target_dim
+
+            choice = choose_target_dim(config, ds.train, log=log)
+            config, dims = replace(config, target_dim=choice.dim), choice.record
+        model = model_for(config, data_dir, log=log).fit(ds.train)
         if req.calibrate is not None:
             if req.data is not None and req.calibrate.resolve() == Path(data_dir).resolve():
                 log("warning: --calibrate uses the same folder's test images that evaluation uses: "
@@ -196,7 +204,8 @@ def export_model(req: ExportRequest, log: Callable[[str], None] = lambda s: None
     bundle = export_bundle(model, req.out, name=req.name, fp16=req.fp16, scoring=req.scoring_graph,
                            bank_dtype=req.bank_dtype, int8_calibration=calibration, int8_settings=req.int8,
                            extra={"export": {"settings": settings, "tool": "patchcore export"},
-                                  **({"units": {"mm_per_px": req.mm_per_px}} if req.mm_per_px else {})})
+                                  **({"units": {"mm_per_px": req.mm_per_px}} if req.mm_per_px else {}),
+                                  **({"target_dim_choice": dims} if dims else {})})
     if req.int8 is not None:  # measured parity of the reduced variants (int8, and bf16 where OpenVINO runs)
         from .reduced_check import check_images, measure_reduced, record_reduced
 

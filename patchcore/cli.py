@@ -56,12 +56,20 @@ def fit(
         combos = [(d, bb) for d in data for bb in backbone]
         jobs = []
         for d, bb in combos:
-            cfg = options.config(bb)
+            cfg = _fits_here(options.config(bb))
             dest = out if out is not None and len(combos) == 1 else (out or Path("models")) / f"{d.name}-{bb}"
             check_output_folder(dest, "--out")
             jobs.append((d, cfg, dest))
         for dest in run_jobs(fit_bundle, jobs, ray or bool(ray_address), ray_address, options.device):
             typer.echo(str(dest))
+
+
+def _fits_here(cfg):
+    """``cfg``, unless it asks for ``--target-dim auto``: a choice ``patchcore export`` makes (exit 2 here)."""
+    if cfg.target_dim_auto:
+        raise ValueError("--target-dim auto is chosen by `patchcore export`; fit and eval take a number "
+                         "(or leave it unset)")
+    return cfg
 
 
 def _check_ray(preset: str, use_ray: bool) -> None:
@@ -114,7 +122,7 @@ def eval_(
     from .report import load_rows, write_summary
 
     with known_errors():
-        configs = [options.config(bb) for bb in backbone]  # bad options fail before any data is read
+        configs = [_fits_here(options.config(bb)) for bb in backbone]  # bad options fail before any data is read
         _check_ray(options.preset, ray or bool(ray_address))
         _check_folders(data)
         check_output_folder(out, "--out")

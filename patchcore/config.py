@@ -24,6 +24,7 @@ class PatchCoreConfig:
     seed: int = 0
     pretrain_dim: int = 1024
     target_dim: int | None = 1024  # None: the aggregation's own (paper 1024, local-mean the layers' channels)
+    target_dim_auto: bool = False  # export chooses target_dim per product first (patchcore.dims_choice)
     aggregation: str = "paper"  # patch features: paper | local-mean (patchcore.features)
     coreset_ratio: float = 0.1
     bank_size: int | None = None  # rows of the memory bank instead of coreset_ratio
@@ -73,6 +74,9 @@ class PatchCoreConfig:
             (self.aggregation in AGGREGATIONS,
              f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"),
             (self.target_dim is None or self.target_dim >= 1, f"--target-dim must be >= 1, got {self.target_dim}"),
+            (not self.target_dim_auto or self.aggregation == "paper",
+             f"--target-dim auto chooses the paper aggregation's dimension; --aggregation {self.aggregation} keeps "
+             "its own (give a number or leave --target-dim unset)"),
             (min(self.pretrain_dim, self.projection_dim, self.batch_size, self.n_starts) >= 1,
              "pretrain_dim, projection_dim, batch_size and n_starts must be >= 1"),
             (self.blur_sigma >= 0, f"blur sigma must be >= 0, got {self.blur_sigma}"),

@@ -22,6 +22,8 @@ from .presets import AUTO, DEFAULT_POLICY, DEFAULT_RULE, PRESET_CALIBRATION, res
 BACKBONE = typer.Option("effnet-lite0", "--backbone", "-b", help="registry name (see `patchcore backbones`)")
 RAY = typer.Option(False, "--ray", help="run on Ray (pip install 'patchcore-rt[scale]'): several classes x "
                    "backbones as one task each; one class x backbone with its embedding or shards as tasks")
+TARGET_DIM_AUTO = "auto"  # export chooses the dimension per product (patchcore.dims_choice)
+FULL_DIM = 1024  # what --target-dim auto fits its evidence at and keeps when no smaller size is as good
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join (implies --ray; default: a local Ray)")
 
 
@@ -54,10 +56,12 @@ class FitOptions:
         None, "--crop", help="override the paper recipe's center crop (implies --geometry paper)")
     device: str = _flag("auto", "--device", help="torch device for fitting: auto | cpu | cuda")
     batch_size: int = _flag(8, "--batch-size", min=1, help="network inputs (images, or tiles) per forward pass")
-    target_dim: Optional[int] = _flag(
-        None, "--target-dim", min=1, help="patch embedding dimension (default: the preset's; "
+    target_dim: Optional[str] = _flag(
+        None, "--target-dim", help="patch embedding dimension (default: the preset's; "
         "paper aggregation 1024, local-mean its native dims; smaller banks search faster, see "
-        "BENCHMARKS.md)")
+        "BENCHMARKS.md) | auto (export: the smallest of 512, 256, 128 within 0.005 image and pixel AUROC of "
+        "1024 on the product's good images with synthetic defects, recorded in the manifest; opt-in: its "
+        "evidence missed real losses on 2 of 6 classes, docs/defaults.md)")
     geometry: Optional[str] = _flag(
         None, "--geometry", help="how images become the network input: auto (default: H x W from the "
         "training images' aspect, whole image), paper (resize 256, center crop 224), crop, resize, pad "
@@ -126,7 +130,8 @@ class FitOptions:
         the preset (a ValueError, exit 2, names a bad value or an impossible combination)."""
         from .config import PatchCoreConfig  # torch: imported when a command runs, not to build --help
 
-        v = resolve_preset(self.preset, dict(aggregation=self.aggregation, target_dim=self.target_dim,
+        target_dim = parse_target_dim(self.target_dim)
+        v = resolve_preset(self.preset, dict(aggregation=self.aggregation, target_dim=target_dim,
                                              n_reweight=self.n_reweight, geometry=self.geometry,
                                              max_pixels_in=self.max_pixels_in, coreset=self.coreset),
                            self.tile, self.input_size, self.resize, self.crop)
@@ -137,13 +142,25 @@ class FitOptions:
             max_pixels_in=v["max_pixels_in"], upsample=self.upsample, roi=self.roi,
             layers=tuple(self.layers.split(",")) if self.layers else None, seed=self.seed,
             n_reweight=v["n_reweight"], holdout=self.holdout, resize=self.resize, crop=self.crop, device=self.device,
-            batch_size=self.batch_size, target_dim=v["target_dim"], geometry=v["geometry"],
+            batch_size=self.batch_size, geometry=v["geometry"],
+            target_dim=FULL_DIM if v["target_dim"] == TARGET_DIM_AUTO else v["target_dim"],
+            target_dim_auto=v["target_dim"] == TARGET_DIM_AUTO,
             input_size=self.input_size, tile=self.tile, tile_overlap=self.tile_overlap, tile_scale=self.tile_scale,
             bank_size=self.bank_size, shards=self.shards,
             work_dir=str(self.work_dir) if self.work_dir is not None else None,
             calibration=self.calibration or PRESET_CALIBRATION.get(self.preset, "oof"), folds=self.folds,
             select=self.preset == AUTO, select_latency_ms=self.latency_budget_ms,
             operating_point=self.operating_point, rule=self.rule, ng=None if self.ng is None else str(self.ng))
+
+
+def parse_target_dim(value: str | int | None) -> int | str | None:
+    """``--target-dim``'s value: None (unset), ``auto``, or a positive integer; else a ValueError (exit 2)."""
+    if value is None or value == TARGET_DIM_AUTO:
+        return value
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--target-dim must be a positive integer or {TARGET_DIM_AUTO}, got {value!r}")
+    return int(text)
 
 
 def flag(name: str):

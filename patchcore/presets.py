@@ -17,6 +17,8 @@ RULE_CHOICES = ("auto", "image-score", "either")
 # patchcore.input_geometry; max_pixels_in applies to --geometry auto only).
 # "default" is what the study in BENCHMARKS.md ("Patch features and resolution") measured best
 # across classes (README, "Defaults, presets, patch features and a region of interest").
+# target_dim stays 1024: no smaller size kept every class within issue 42's 0.005 AUROC (BENCHMARKS.md
+# "bank-dims", docs/defaults.md "The bank's dimension"); `export --target-dim auto` chooses per product.
 PRESETS = {
     "default": {"aggregation": "paper", "target_dim": 1024, "n_reweight": 9, "geometry": None,
                 "max_pixels_in": 320 * 320, "coreset": 0.01},

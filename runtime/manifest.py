@@ -307,6 +307,8 @@ OPTIONAL_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "selection.verdict": one_of("switched", "kept default", "uncertain", "not run"),
     "selection.reason": string,
     "reduced_precision": reduced_verdicts,
+    "target_dim_choice": obj,
+    "target_dim_choice.chosen": positive_int,
 }
 
 

@@ -84,4 +84,8 @@ FIELD_DOCS: dict[str, str] = {
                          "images only), its figures, `verdicts` and the `reasons` of a refusal; `--graph auto` "
                          "chooses only among approved variants. `<kind>_search`: the candidate count `--search "
                          "<kind>` uses",
+    "target_dim_choice": "how `export --target-dim auto` chose `features.target_dim`: image and pixel AUROC of "
+                         "each size (1024, 512, 256, 128) on synthetic defects of held-out good images, the "
+                         "`tolerance`, the `reason` in one line (docs/defaults.md)",
+    "target_dim_choice.chosen": "the dimension taken: the smallest size within the tolerance of 1024's figures",
 }
