@@ -1,11 +1,12 @@
 """Recipe selection (``--preset auto``): each product gets the candidate recipe that suits it,
-judged on its own good images with synthetic defects, the fixed default winning ties.
+judged on its own good images with synthetic defects (and the user's real NG images with ``--ng``),
+the fixed default winning ties.
 
 :func:`select_recipe` runs it; :func:`model_for` is what the fitting commands call. The pieces:
 :mod:`.recipe_candidates` (the recipes tried), :mod:`patchcore.synthetic_defects` (synthetic defects
-with exact masks), :mod:`patchcore.folds` (the folds of the good images), :mod:`.validate` (the good
-images used, scoring every candidate), :mod:`.ranking` (the choice), :mod:`.report` (table, pictures,
-the manifest's record).
+with exact masks), :mod:`.real_ng` (``--ng``'s images and masks), :mod:`patchcore.folds` (the folds
+of the good images), :mod:`.validate` (the good images used, scoring every candidate),
+:mod:`.ranking` (the choice), :mod:`.report` (table, pictures, the manifest's record).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | 
     from .report import record
 
     facts = {"draws": draws, "ng": None if not ng else {"images": len(ng), "masks": all(r.mask is not None for r in ng)},
-             "check_seconds": max((r.check_seconds for r in results.values()), default=0.0)}
+             # per input size, the check's time (the same for each aggregation of that size)
+             "check_seconds": sum({hw: r.check_seconds for (_, hw), r in results.items()}.values())}
     rec_ = record(cands, live, dropped, results, ranking, settings, len(paths), seconds, families, facts)
     log(f"selection: {rec_['verdict']}: {chosen.label} ({ranking.reason}) in {seconds:.0f} s")
     cfg = replace(base, **chosen.settings(), select=False)

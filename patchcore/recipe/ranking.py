@@ -28,6 +28,7 @@ import numpy as np
 
 BOOTSTRAP = 2000
 LEVEL = 0.95
+EPS = 1e-9  # a lead this small is rounding, not a lead
 REAL = "real"  # the family name of the --ng cells
 REAL_WEIGHT = 0.5  # the real cells' share of the figure when there are any (docs/selection.md, "--ng")
 
@@ -108,10 +109,10 @@ def _lead_tests(figures: np.ndarray, ch: int, default: int, families: Sequence[s
         failed.append(f"it wins {won} of {k} folds")
     if lo <= 0:
         failed.append(f"its lead's {LEVEL:.0%} interval [{lo:+.3f}, {hi:+.3f}] includes zero")
-    gone = [f for f, v in without.items() if v <= 0]
+    gone = [f for f, v in without.items() if v <= EPS]
     if gone:
         failed.append(f"without {', '.join(gone)} its lead is gone")
-    if out["real_lead"] is not None and out["real_lead"] <= 0:
+    if out["real_lead"] is not None and out["real_lead"] <= EPS:
         failed.append(f"on the real NG images it trails the default ({out['real_lead']:+.3f})")
     out["failed"] = failed
     return out
@@ -149,7 +150,7 @@ def rank(figures: np.ndarray, recall: np.ndarray, aupro: np.ndarray, families: S
         if best != default:
             tests[g] = {"challenger": best, **_lead_tests(figures, best, default, families, cell_family, w, fold_draw,
                                                           seed)}
-    leading = [t for t in tests.values() if t["lead"] > 0]
+    leading = [t for t in tests.values() if t["lead"] > EPS]
     if not leading:
         return Ranking(**common, chosen=default, challenger=default, verdict="kept default",
                        reason="no aggregation's best candidate leads the fixed default", folds_won=0, interval=None,

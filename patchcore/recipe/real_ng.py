@@ -60,8 +60,10 @@ def load(folder: str | Path, seed: int, files: Sequence[Path] | None = None) -> 
     """The choosing half of ``--ng`` decoded, with masks where found; a corrupt image or mask, or a
     mask of another size, is a UsageError (exit 2) naming the file."""
     root = Path(folder)
+    files = list(files if files is not None else ng_files(root))
+    use = set(choosing_half(files, seed))
     out = []
-    for p in choosing_half(files if files is not None else ng_files(root), seed):
+    for p in files:  # every file is decoded (the checking half too), so a bad one is found before the fit
         try:
             img = read_image(p)
             mp = mask_path(p, root)
@@ -71,5 +73,6 @@ def load(folder: str | Path, seed: int, files: Sequence[Path] | None = None) -> 
         if mask is not None and mask.shape != img.shape[:2]:
             raise UsageError(f"--ng {folder}: mask {mp} is {mask.shape[1]}x{mask.shape[0]}, its image "
                              f"{img.shape[1]}x{img.shape[0]}")
-        out.append(RealNG(p, img, mask))
+        if p in use:
+            out.append(RealNG(p, img, mask))
     return out
