@@ -108,11 +108,14 @@ def run_class(name: str, seed: int, ng: bool, fit_time: bool, log) -> dict:
     by_label = {c["label"]: c for c in rows}
     best = max(rows, key=lambda c: real_mean(c.get("real")) or -1) if rows else None
     check_s = rec.get("check_seconds") or 0.0
-    lead = next((g for g in rec.get("groups", {}).values() if g["challenger"] == rec.get("challenger")), None)
+    groups = rec.get("groups", {})
+    # the challenger's lead; with the default kept for want of any lead, the best group's (negative) lead
+    lead = next((g for g in groups.values() if g["challenger"] == rec.get("challenger")), None) or \
+        max(groups.values(), key=lambda g: g["lead"], default=None)
     return {"class": name, "seed": seed, "ng": n_ng if ng else None, "ng_used": len(ng_imgs or []),
             "n_train": len(ds.train), "n_test": len(check.test), "verdict": rec["verdict"],
             "reason": rec["reason"], "decided_by": rec.get("decided_by"), "chosen": rec.get("chosen"),
-            "default": rec.get("default"), "challenger": rec.get("challenger"), "lead": lead,
+            "default": rec.get("default"), "challenger": rec.get("challenger"), "lead": lead, "groups": groups,
             "draws": rec.get("validation", {}).get("draws"), "best_real": best["label"] if best else None,
             "real": {c["label"]: c.get("real") for c in rows}, "place": {c["label"]: c["place"] for c in rows},
             "figure": {c["label"]: c["figure"] for c in rows}, "latency_ms": {c["label"]: c["latency_ms"] for c in rows},
