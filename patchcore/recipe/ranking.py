@@ -152,9 +152,10 @@ def rank(figures: np.ndarray, recall: np.ndarray, aupro: np.ndarray, families: S
                                                           seed)}
     leading = [t for t in tests.values() if t["lead"] > EPS]
     if not leading:
+        nearest = max(tests.values(), key=lambda t: t["lead"], default=None)
         return Ranking(**common, chosen=default, challenger=default, verdict="kept default",
                        reason="no aggregation's best candidate leads the fixed default", folds_won=0, interval=None,
-                       groups=tests)
+                       decided_by=_decided_by(nearest), groups=tests)
     passed = [t for t in leading if not t["failed"]]
     top = max(passed or leading, key=lambda t: t["lead"])
     ch = top["challenger"]
