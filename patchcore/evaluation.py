@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -105,13 +106,36 @@ def fit_bundle(data: str | Path, config: PatchCoreConfig, dest: str | Path | Non
     return model_for(config, ds).fit(ds.train, executor=executor).save(dest)
 
 
+def without_ng(ds: ClassDataset, ng: str | Path | None) -> ClassDataset:
+    """``ds`` without the test images that are also in ``--ng`` (they took part in choosing the recipe
+    or the operating point, so they cannot judge it); one line says how many left. A UsageError
+    (exit 2) when no good or no defective test image is left."""
+    if ng is None:
+        return ds
+    from dataclasses import replace as _replace
+
+    from runtime.errors import UsageError
+
+    from .recipe.real_ng import ng_files
+
+    given = {p.resolve() for p in ng_files(ng)}
+    test = [s for s in ds.test if s.path.resolve() not in given]
+    if len(test) == len(ds.test):
+        return ds
+    if len({s.label for s in test}) < 2:
+        raise UsageError(f"--ng {ng} holds the test set's {'defective' if any(s.label == 0 for s in test) else 'good'} "
+                         "images: nothing left to evaluate on (name NG images that are not in test/, or a part of them)")
+    print(f"eval: {len(ds.test) - len(test)} test images are in --ng {ng}: left out of the figures", file=sys.stderr)
+    return _replace(ds, test=test)
+
+
 def fit_and_evaluate(data: str | Path, config: PatchCoreConfig, out_dir: str | Path, n_overlays: int = 12,
                      bundle_dir: str | Path | None = None, original: bool = False,
                      executor: FitExecutor | None = None) -> dict:
     """Fit on ``data``'s train/good, score its test set, write metrics.json, scores.jsonl and
     overlays under ``out_dir/<class>/<backbone>/``; return the summary row. ``original`` adds
     pixel metrics at the original resolution."""
-    ds = load_class(data)
+    ds = without_ng(load_class(data), config.ng)
     t0 = time.perf_counter()  # with --preset auto, the selection is part of the fit time
     model = model_for(config, ds, Path(out_dir) / ds.name / config.backbone)
     model.fit(ds.train, executor=executor)

@@ -119,8 +119,8 @@ class FitOptions:
         "than any good image's) | auto (the better of the two on the evidence) (default: "
         f"{DEFAULT_RULE}, docs/defaults.md)")
     ng: Optional[Path] = _flag(
-        None, "--ng", help="folder of real NG images: half join the defect evidence, half check the chosen "
-        "operating point (never the dataset's test/)")
+        None, "--ng", help="folder of real NG images: half join the defect evidence (and, with --preset auto, "
+        "the recipe's ranking), half check the chosen operating point; eval leaves them out of its figures")
     latency_budget_ms: Optional[float] = _flag(
         None, "--latency-budget-ms", min=0.0, help="--preset auto: drop candidate recipes "
         "slower than this per image (measured while selecting)")

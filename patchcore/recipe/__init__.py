@@ -1,11 +1,12 @@
 """Recipe selection (``--preset auto``): each product gets the candidate recipe that suits it,
-judged on its own good images with synthetic defects, the fixed default winning ties.
+judged on its own good images with synthetic defects (and the user's real NG images with ``--ng``),
+the fixed default winning ties.
 
 :func:`select_recipe` runs it; :func:`model_for` is what the fitting commands call. The pieces:
 :mod:`.recipe_candidates` (the recipes tried), :mod:`patchcore.synthetic_defects` (synthetic defects
-with exact masks), :mod:`patchcore.folds` (the folds of the good images), :mod:`.validate` (the good
-images used, scoring every candidate), :mod:`.ranking` (the choice), :mod:`.report` (table, pictures,
-the manifest's record).
+with exact masks), :mod:`.real_ng` (``--ng``'s images and masks), :mod:`patchcore.folds` (the folds
+of the good images), :mod:`.validate` (the good images used, scoring every candidate),
+:mod:`.ranking` (the choice), :mod:`.report` (table, pictures, the manifest's record).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,9 +24,12 @@ from ..folds import fold_split, too_few
 from ..input_geometry import image_sizes
 from ..model import PatchCore
 from ..presets import PRESETS
-from .ranking import Ranking, rank, recall_at
+from . import real_ng
+from .ranking import REAL, Ranking, rank, recall_at
+from .real_ng import RealNG
 from .recipe_candidates import Candidate, declare
-from .validate import MIN_PER_FOLD, GroupResult, Settings, evaluate_group, make_defects, pool, read_images
+from .validate import (MIN_PER_FOLD, GroupResult, Settings, evaluate_group, make_defects, n_draws, pool,
+                       read_images)
 
 __all__ = ["RecipeChoice", "Settings", "model_for", "select_recipe"]
 
@@ -51,8 +55,11 @@ def fixed_default(base: PatchCoreConfig) -> PatchCoreConfig:
 
 
 def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | None = None,
-                  log: Callable[[str], None] = lambda s: None) -> RecipeChoice:
-    """Choose among the candidates for ``ds`` (its train/good; its test/ only as a shown check)."""
+                  log: Callable[[str], None] = lambda s: None, ng: Sequence[RealNG] | None = None,
+                  check: ClassDataset | None = None) -> RecipeChoice:
+    """Choose among the candidates for ``ds`` from its train/good, plus the real NG images ``ng``
+    (``--ng``'s choosing half) when given. ``check``: a dataset whose test images every candidate is
+    also scored on (shown beside the choice, never used to make it); nothing else reads test/."""
     settings = settings or Settings(latency_budget_ms=base.select_latency_ms)
     t0 = time.perf_counter()
     seed = base.seed
@@ -67,13 +74,15 @@ def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | 
     cands = declare(sizes, probe.strides[1], _default_settings())
     del probe
     images = read_images(paths)
-    split = fold_split(len(images), settings.folds, seed + 1, dealt=True)  # seed + 1: not the pool's draw
+    draws = n_draws(settings, len(ds.train))
+    # seed + 1 + d: not the pool's draw; each draw's folds follow the one before in one list
+    split = [f for d in range(draws) for f in fold_split(len(images), settings.folds, seed + 1 + d, dealt=True)]
+    fold_draw = [d for d in range(draws) for _ in range(settings.folds)]
     synth = make_defects(images, split, settings, seed)
-    test = ds if any(s.label for s in ds.test) else None
     results: dict[tuple, GroupResult] = {}
     for hw in dict.fromkeys(c.input_hw for c in cands):
         mine = [c for c in cands if c.input_hw == hw]
-        for agg, r in evaluate_group(base, mine, images, split, synth, test, settings, len(ds.train)).items():
+        for agg, r in evaluate_group(base, mine, images, split, synth, check, settings, len(ds.train), ng).items():
             results[(agg, hw)] = r
     dropped = []
     if settings.latency_budget_ms is not None:
@@ -84,10 +93,12 @@ def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | 
         log(why + ": fitting the fixed default recipe")
         return RecipeChoice(fixed_default(base), {"verdict": "not run", "reason": why})
     cells = [(fam, size) for fam in settings.families for size in settings.sizes]
-    fig, rec, pro = _figures(live, results, synth, cells, settings)
+    fig, rec, pro = _figures(live, results, synth, cells, settings, len(split), bool(ng))
+    cell_family = [c[0] for c in cells] + ([REAL] if ng else [])
+    families = [*settings.families, *([REAL] if ng else [])]
     default = 0 if cands[0] in live else None
-    ranking = rank(fig, rec, pro, settings.families, [c[0] for c in cells], default if default is not None else 0,
-                   seed)
+    ranking = rank(fig, rec, pro, families, cell_family, default if default is not None else 0, seed,
+                   groups=[c.aggregation for c in live], fold_draw=fold_draw)
     if default is None:  # the fixed default is over the budget: the best candidate under it
         ranking.chosen, ranking.verdict = ranking.order[0], "switched"
         ranking.reason = "the fixed default is over the latency budget: the best candidate under it"
@@ -95,17 +106,23 @@ def select_recipe(base: PatchCoreConfig, ds: ClassDataset, settings: Settings | 
     seconds = time.perf_counter() - t0
     from .report import record
 
-    rec_ = record(cands, live, dropped, results, ranking, settings, len(paths), seconds)
+    facts = {"draws": draws, "ng": None if not ng else {"images": len(ng), "masks": all(r.mask is not None for r in ng)},
+             # per input size, the check's time (the same for each aggregation of that size)
+             "check_seconds": sum({hw: r.check_seconds for (_, hw), r in results.items()}.values())}
+    rec_ = record(cands, live, dropped, results, ranking, settings, len(paths), seconds, families, facts)
     log(f"selection: {rec_['verdict']}: {chosen.label} ({ranking.reason}) in {seconds:.0f} s")
     cfg = replace(base, **chosen.settings(), select=False)
     return RecipeChoice(cfg, rec_, live, ranking, results, synth)
 
 
-def _figures(cands: list[Candidate], results: dict, synth: list, cells: list, settings: Settings):
-    """(C, folds, cells) figures (mean of image recall and AU-PRO), and the recall and AU-PRO themselves."""
-    k = settings.folds
-    rec = np.zeros((len(cands), k, len(cells)))
+def _figures(cands: list[Candidate], results: dict, synth: list, cells: list, settings: Settings, k: int,
+             real: bool):
+    """(C, folds, cells) figures (mean of image recall and AU-PRO), and the recall and AU-PRO
+    themselves; with ``real`` one more cell per fold: the ``--ng`` images (recall alone when they
+    have no masks)."""
+    rec = np.zeros((len(cands), k, len(cells) + real))
     pro = np.zeros_like(rec)
+    fig = np.zeros_like(rec)
     for f in range(k):
         mine = [s for s in synth if s.fold == f]
         where = {cell: [i for i, s in enumerate(mine) if (s.family, s.size) == cell] for cell in cells}
@@ -115,7 +132,13 @@ def _figures(cands: list[Candidate], results: dict, synth: list, cells: list, se
             for j, cell in enumerate(cells):
                 rec[ci, f, j] = recall_at(good, bad[where[cell]], settings.fp_rate)
                 pro[ci, f, j] = r.aupro[f][cell]
-    return (rec + pro) / 2, rec, pro
+                fig[ci, f, j] = (rec[ci, f, j] + pro[ci, f, j]) / 2
+            if real:
+                rec[ci, f, -1] = recall_at(good, r.ng_scores[f], settings.fp_rate)
+                au = r.ng_aupro[f]
+                pro[ci, f, -1] = rec[ci, f, -1] if au is None else au
+                fig[ci, f, -1] = rec[ci, f, -1] if au is None else (rec[ci, f, -1] + au) / 2
+    return fig, rec, pro
 
 
 def model_for(config: PatchCoreConfig, data: str | Path | ClassDataset, out_dir: str | Path | None = None,
@@ -129,7 +152,8 @@ def model_for(config: PatchCoreConfig, data: str | Path | ClassDataset, out_dir:
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ds = data if isinstance(data, ClassDataset) else _dataset(Path(data))
-    sel = select_recipe(config, ds, log=log)
+    ng = real_ng.load(config.ng, config.seed) if config.ng is not None else None
+    sel = select_recipe(config, ds, log=log, ng=ng)
     if out_dir is not None and sel.ranking is not None:
         from .report import write_outputs
 

@@ -17,9 +17,22 @@ def _r(v, digits: int = 4):
     return None if v is None else round(float(v), digits)
 
 
+def _tests(t: dict, live: Sequence[Candidate]) -> dict:
+    """One group's challenger and its lead over the default, as the manifest keeps them."""
+    per_draw = t["lead_per_draw"]
+    return {"challenger": live[t["challenger"]].label, "lead": _r(t["lead"]), "folds_won": t["folds_won"],
+            "folds": t["folds"], "interval": [_r(v) for v in t["interval"]],
+            "lead_without_family": {f: _r(v) for f, v in t["lead_without_family"].items()},
+            "lead_per_draw": [_r(v) for v in per_draw],
+            "lead_spread": _r(max(per_draw) - min(per_draw)) if len(per_draw) > 1 else None,
+            "synthetic_lead": _r(t["synthetic_lead"]), "real_lead": _r(t["real_lead"]), "failed": t["failed"]}
+
+
 def record(cands: Sequence[Candidate], live: Sequence[Candidate], dropped: Sequence[Candidate], results: dict,
-           ranking: Ranking, settings: Settings, n_images: int, seconds: float) -> dict:
-    """The manifest's ``selection``: the verdict, why, the chosen settings and every candidate's figures."""
+           ranking: Ranking, settings: Settings, n_images: int, seconds: float, families: Sequence[str],
+           facts: dict) -> dict:
+    """The manifest's ``selection``: the verdict, why, what decided, the chosen settings, each
+    aggregation's lead over the default and every candidate's figures."""
     chosen = live[ranking.chosen]
     rows = []
     for c in cands:
@@ -30,27 +43,33 @@ def record(cands: Sequence[Candidate], live: Sequence[Candidate], dropped: Seque
                if c.n_reweight in results[c.group].real else None}
         if c in live:
             i = live.index(c)
-            row.update(place=ranking.order.index(i) + 1, median_rank=_r(ranking.median_rank[i], 2),
-                       figure=_r(ranking.mean[i]), recall=_r(ranking.recall[i]), aupro=_r(ranking.aupro[i]),
-                       families={f: _r(ranking.family_mean[i, j]) for j, f in enumerate(settings.families)})
+            row.update(place=ranking.order.index(i) + 1, figure=_r(ranking.mean[i]), recall=_r(ranking.recall[i]),
+                       aupro=_r(ranking.aupro[i]), families={f: _r(ranking.family_mean[i, j])
+                                                             for j, f in enumerate(families)})
         else:
             row["dropped"] = f"over the latency budget of {settings.latency_budget_ms:g} ms"
         rows.append(row)
+    lead = next((t for t in ranking.groups.values() if t["challenger"] == ranking.challenger), None)
     return {
         "verdict": ranking.verdict,
         "reason": ranking.reason,
+        "decided_by": ranking.decided_by,
         "chosen": chosen.label,
         "settings": chosen.settings(),
         "default": cands[0].label,
         "challenger": live[ranking.challenger].label,
-        "tests": {"folds_won": ranking.folds_won, "folds": settings.folds,
+        "tests": {"folds_won": ranking.folds_won, "folds": settings.folds * facts["draws"],
                   "interval": None if ranking.interval is None else [_r(v) for v in ranking.interval],
-                  "place_without_family": ranking.top_two_without},
-        "validation": {"good_images": n_images, "folds": settings.folds, "defects_per_cell": settings.per_cell,
-                       "families": list(settings.families), "sizes": list(settings.sizes),
-                       "fp_rate": settings.fp_rate, "eval_side": settings.eval_side},
+                  "lead": None if lead is None else _r(lead["lead"]),
+                  "lead_spread": None if lead is None else _tests(lead, live)["lead_spread"]},
+        "groups": {str(g): _tests(t, live) for g, t in ranking.groups.items()},
+        "validation": {"good_images": n_images, "folds": settings.folds, "draws": facts["draws"],
+                       "defects_per_cell": settings.per_cell, "families": list(families),
+                       "sizes": list(settings.sizes), "fp_rate": settings.fp_rate, "eval_side": settings.eval_side,
+                       "real_ng": facts["ng"]},
         "latency_budget_ms": settings.latency_budget_ms,
         "seconds": _r(seconds, 1),
+        "check_seconds": _r(facts["check_seconds"], 1),
         "candidates": rows,
     }
 
@@ -62,7 +81,7 @@ def _f(v, digits: int = 3) -> str:
 def table(rec: dict) -> str:
     """The selection table as Markdown: candidates x synthetic figures per family x latency x verdict."""
     fams = rec["validation"]["families"]
-    head = ["candidate", "place", "median rank", *fams, "recall", "AU-PRO", "ms / image", "real image / pixel / PRO",
+    head = ["candidate", "place", "figure", *fams, "recall", "AU-PRO", "ms / image", "real image / pixel / PRO",
             "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(rec["candidates"], key=lambda r: r.get("place", 99)):
@@ -76,12 +95,18 @@ def table(rec: dict) -> str:
         if "dropped" in row:
             cells = ["dropped", "–", *["–"] * len(fams), "–", "–"]
         else:
-            cells = [str(row["place"]), _f(row["median_rank"], 1), *[_f(row["families"][f]) for f in fams],
+            cells = [str(row["place"]), _f(row["figure"]), *[_f(row["families"][f]) for f in fams],
                      _f(row["recall"]), _f(row["aupro"])]
         lines.append("| " + " | ".join([row["label"], *cells, _f(row["latency_ms"], 0), real_s, verdict]) + " |")
-    t = rec["tests"]
-    lines += ["", f"{rec['verdict']}: {rec['chosen']} ({rec['reason']}); {rec['validation']['good_images']} good "
-              f"images in {t['folds']} folds, {rec['seconds']:.0f} s."]
+    v = rec["validation"]
+    lines += ["", f"{rec['verdict']}: {rec['chosen']} ({rec['reason']}); decided by {rec['decided_by']}; "
+              f"{v['good_images']} good images in {v['folds']} folds x {v['draws']} draw(s), {rec['seconds']:.0f} s."]
+    for g, gt in rec["groups"].items():
+        spread = "" if gt["lead_spread"] is None else f", spread over draws {gt['lead_spread']:.3f}"
+        real = "" if gt["real_lead"] is None else f", on real NG {gt['real_lead']:+.3f}"
+        lines.append(f"- {g}: {gt['challenger']} leads the default by {gt['lead']:+.3f} "
+                     f"[{gt['interval'][0]:+.3f}, {gt['interval'][1]:+.3f}], {gt['folds_won']} of {gt['folds']} "
+                     f"folds{real}{spread}")
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ from .. import synthetic_defects as D
 from ..config import PatchCoreConfig
 from ..model import PatchCore
 from ..progress import progress_bar
-from .recipe_candidates import Candidate
+from .recipe_candidates import AGGREGATIONS, Candidate
 
 
 MIN_PER_FOLD = 4  # held-out good images per fold, fewest
@@ -49,7 +49,19 @@ class Settings:
     families: tuple[str, ...] = D.FAMILIES
     sizes: tuple[float, ...] = D.SIZE_BUCKETS
     latency_budget_ms: float | None = None
-    real_check: bool = True  # score the layout's test/ too (shown, never used to choose)
+    # fold draws (seeds of the dealt folds) averaged over: None = DRAWS_SMALL below SMALL_CLASS good
+    # training images, else 1 (docs/selection.md, "Variance")
+    draws: int | None = None
+
+
+SMALL_CLASS = 100  # fewer good training images than this: the choice is averaged over DRAWS_SMALL fold draws
+DRAWS_SMALL = 3
+
+
+def n_draws(settings: Settings, n_train: int) -> int:
+    if settings.draws is not None:
+        return settings.draws
+    return DRAWS_SMALL if n_train < SMALL_CLASS else 1
 
 
 @dataclass
@@ -70,7 +82,10 @@ class GroupResult:
     synth_scores: list[dict[int, np.ndarray]] = field(default_factory=list)  # per fold: k -> (n_synth,)
     aupro: list[dict[tuple[str, float], float]] = field(default_factory=list)  # per fold: cell -> AU-PRO
     examples: dict[str, np.ndarray] = field(default_factory=dict)  # family -> eval map of fold 0's last defect
-    real: dict[int, dict] = field(default_factory=dict)  # k -> real figures
+    real: dict[int, dict] = field(default_factory=dict)  # k -> real figures (the shown check)
+    ng_scores: list[np.ndarray] = field(default_factory=list)  # per fold: the --ng images' image scores
+    ng_aupro: list[float | None] = field(default_factory=list)  # per fold: their AU-PRO (None: no masks)
+    check_seconds: float = 0.0
     latency_ms: float | None = None
     latency_on: str = "torch"  # what ran the features when timed: torch, or onnxruntime:<provider>
 
@@ -99,7 +114,8 @@ def eval_map(amap: np.ndarray, side: int) -> np.ndarray:
 def make_defects(images: Sequence[np.ndarray], folds: Sequence[np.ndarray], settings: Settings,
                  seed: int) -> list[Synthetic]:
     """``per_cell`` defects of each family x size on each fold's held-out images (hosts taken in
-    turn), a donor from the fold's bank images; each drawn from its own seeded generator."""
+    turn), a donor from the fold's bank images; each drawn from its own seeded generator. ``folds``
+    may hold several draws' folds one after the other: the fold's index seeds its defects."""
     fgs = [D.foreground(im) for im in images]
     out = []
     n = len(images)
@@ -126,7 +142,7 @@ class GroupModels:
                  sizes: Sequence[tuple[int, int]]):
         self.models: dict[str, PatchCore] = {}
         for agg in aggregations:
-            cfg = replace(base, aggregation=agg, target_dim=1024 if agg == "paper" else None, geometry="auto",
+            cfg = replace(base, aggregation=agg, **AGGREGATIONS.get(agg, {"target_dim": None}), geometry="auto",
                           max_pixels_in=budget, n_reweight=0, select=False, holdout=0.0)
             m = PatchCore(cfg)
             m.set_preprocess(m.resolve_geometry(sizes))
@@ -227,9 +243,10 @@ def _latency(group: GroupModels, agg: str, bank: np.ndarray, image: np.ndarray, 
 
 def evaluate_group(base: PatchCoreConfig, cands: Sequence[Candidate], images: Sequence[np.ndarray],
                    folds: Sequence[np.ndarray], synth: Sequence[Synthetic], test: ClassDataset | None,
-                   settings: Settings, n_train: int) -> dict[str, GroupResult]:
-    """Every aggregation of ``cands`` (all of one input size) on every fold, and on the real test
-    set when given: {aggregation: GroupResult}."""
+                   settings: Settings, n_train: int, ng: Sequence | None = None) -> dict[str, GroupResult]:
+    """Every aggregation of ``cands`` (all of one input size) on every fold (the ``--ng`` images
+    ``ng`` scored by each fold's bank too), and on ``test`` (the shown check, never used to
+    choose) when given: {aggregation: GroupResult}."""
     aggs = sorted({c.aggregation for c in cands})
     ks = sorted({c.n_reweight for c in cands})
     hw = cands[0].input_hw
@@ -249,6 +266,12 @@ def evaluate_group(base: PatchCoreConfig, cands: Sequence[Candidate], images: Se
         projected[a] = torch.from_numpy(emb[a].reshape(-1, emb[a].shape[2])) @ w.T
     out = {a: GroupResult() for a in aggs}
     side = settings.eval_side
+    ng_emb = ng_plans = ng_masks = None
+    if ng:
+        ng_emb, ng_plans = group.embed([r.image for r in ng])
+        if all(r.mask is not None for r in ng):
+            ng_masks = [eval_mask(r.mask, side) for r in ng]
+    fold0_bank = {}
     with progress_bar(f"{tag} folds", total=len(folds)) as advance:
         for f, held in enumerate(folds):
             members = np.setdiff1d(np.arange(n), held)
@@ -271,14 +294,30 @@ def evaluate_group(base: PatchCoreConfig, cands: Sequence[Candidate], images: Se
                         if f == 0 and size == settings.sizes[-1]:  # the largest: the picture shows it
                             r.examples[fam] = maps[pick[-1]]
                 r.aupro.append(cells)
+                if ng_emb is not None:
+                    sc, mp = _scores(model, bank, ng_emb[a], ng_plans, ks, side, maps=ng_masks is not None)
+                    r.ng_scores.append(sc[max(ks)])
+                    r.ng_aupro.append(None if mp is None else pro_score(ng_masks, mp))
+                fold0_bank.setdefault(a, bank)
             advance(1)
-    pool_banks = {a: _bank(group.models[a], emb[a], projected[a], np.arange(n), n_train) for a in aggs}
+    # a bank of all the pool's images only where something needs it (the check, a latency budget):
+    # without them the latency shown is timed against fold 0's bank (2/3 of the images)
+    timed = settings.latency_budget_ms is not None
+    t0 = time.perf_counter()
+    if test is not None or timed:
+        banks = {a: _bank(group.models[a], emb[a], projected[a], np.arange(n), n_train) for a in aggs}
+    else:
+        banks = fold0_bank
+    pool_s = time.perf_counter() - t0 if not timed else 0.0  # only the check needed them: its time
     del emb, projected
     for a in aggs:
-        out[a].latency_ms, out[a].latency_on = _latency(group, a, pool_banks[a], images[0], max(ks),
-                                                        graph=settings.latency_budget_ms is not None)
-    if test is not None and settings.real_check:
-        _real_check(group, pool_banks, test, ks, side, out, tag)
+        out[a].latency_ms, out[a].latency_on = _latency(group, a, banks[a] if timed else fold0_bank[a], images[0],
+                                                        max(ks), graph=timed)
+    if test is not None:
+        t0 = time.perf_counter()
+        _real_check(group, banks, test, ks, side, out, tag)
+        for a in aggs:
+            out[a].check_seconds = pool_s + time.perf_counter() - t0
     return out
 
 
