@@ -55,7 +55,7 @@ class DimsChoice:
 def choose_target_dim(config: PatchCoreConfig, train: Sequence[Path], log: Callable[[str], None] = lambda s: None,
                       settings: Settings | None = None) -> DimsChoice:
     """The dimension to fit ``config`` with on the good images ``train``, and the record of why."""
-    settings = settings or Settings(real_check=False)
+    settings = settings or Settings()
     t0 = time.perf_counter()
     seed = config.seed
     paths = pool(train, settings.max_images, seed)

@@ -21,7 +21,7 @@ from patchcore.synthetic import make_synthetic_class
 from runtime.bundle import read_bundle
 
 SMALL = ["--resize", "112", "--crop", "112"]
-FEW = Settings(folds=3, max_images=12, per_cell=1, families=("stain", "scratch"), sizes=(0.02,), real_check=False)
+FEW = Settings(folds=3, max_images=12, per_cell=1, families=("stain", "scratch"), sizes=(0.02,))
 
 
 @pytest.fixture(scope="module")
