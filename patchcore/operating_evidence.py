@@ -76,6 +76,13 @@ class EvidenceOptions:
             ng_images(self.ng)
 
 
+def ng_split(n: int, seed: int) -> np.ndarray:
+    """The seeded order of ``n`` ``--ng`` images: the first half sets the operating point and takes
+    part in the recipe choice (:mod:`patchcore.recipe.real_ng`), the rest checks them. One function,
+    so the two choices cannot drift apart."""
+    return np.random.default_rng([seed, 7]).permutation(n)
+
+
 def ng_images(folder: str | Path) -> list[Path]:
     """The image files under ``folder`` (recursively, sorted); a UsageError (exit 2) when it is
     missing or holds fewer than two (one to set the point, one to check it)."""
@@ -172,7 +179,7 @@ def real_defects(model, folder: str | Path, scorer: Scorer, seed: int):
     """The user's NG images scored by the full bank, split (seeded) into a half that sets the point
     and a half that checks it: ``(set scores, set regions, check scores, check regions, names)``."""
     files = ng_images(folder)
-    perm = np.random.default_rng([seed, 7]).permutation(len(files))
+    perm = ng_split(len(files), seed)
     n_set = len(files) // 2
     full = _fold_scorer(model, model.bank)
     out = []

@@ -20,7 +20,6 @@ import numpy as np
 from runtime.errors import UsageError
 from runtime.images import ImageReadError, read_image, read_mask
 
-NG_SPLIT_SEED = 7  # the operating point's split of --ng ([seed, 7]: patchcore.operating_evidence.real_defects)
 
 
 @dataclass
@@ -40,7 +39,9 @@ def ng_files(folder: str | Path) -> list[Path]:
 def choosing_half(files: Sequence[Path], seed: int) -> list[Path]:
     """The half of ``files`` that takes part in choices (the operating point's "set" half); the rest
     checks them."""
-    perm = np.random.default_rng([seed, NG_SPLIT_SEED]).permutation(len(files))
+    from ..operating_evidence import ng_split
+
+    perm = ng_split(len(files), seed)
     return sorted(files[i] for i in perm[:len(files) // 2])
 
 
