@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -54,21 +53,29 @@ DONE = {"good": 2.0, "test": 3.0, "onnx_batch1": 3.0, "onnx_own_batch": 2.0}  # 
 
 # run with the reference revision's runtime first on sys.path: the exact path's scores and maps of the
 # test images, in the order and batches of precision.accuracy
-_REFERENCE_RUN = """
-import hashlib, json, sys
-import numpy as np
-from runtime.images import read_image
+_EXACT_RUN = """
+def exact_run(predictor, paths):
+    \"\"\"Image scores and a SHA-256 of the float32 maps of ``paths``, in batches of 8.\"\"\"
+    import hashlib
+    import numpy as np
+    from runtime.images import read_image
+
+    scores, digest = [], hashlib.sha256()
+    for s in range(0, len(paths), 8):
+        pred = predictor.predict([read_image(x) for x in paths[s : s + 8]])
+        scores += [float(v) for v in pred.image_scores]
+        for m in pred.maps:
+            digest.update(np.ascontiguousarray(m, np.float32).tobytes())
+    return {"scores": scores, "maps_sha256": digest.hexdigest()}
+"""
+_REFERENCE_RUN = _EXACT_RUN + """
+import json, sys
 from runtime.predictor import Predictor
 bundle, paths, out = sys.argv[1], json.loads(open(sys.argv[2]).read()), sys.argv[3]
 p = Predictor(bundle, device="cpu", search="numpy", graph="features_fp32")
-scores, digest = [], hashlib.sha256()
-for s in range(0, len(paths), 8):
-    pred = p.predict([read_image(x) for x in paths[s : s + 8]])
-    scores += [float(v) for v in pred.image_scores]
-    for m in pred.maps:
-        digest.update(np.ascontiguousarray(m, np.float32).tobytes())
-open(out, "w").write(json.dumps({"scores": scores, "maps_sha256": digest.hexdigest()}))
+open(out, "w").write(json.dumps(exact_run(p, paths)))
 """
+exec(_EXACT_RUN)  # exact_run: the same code with this checkout's runtime
 
 
 def log(msg: str) -> None:
@@ -94,19 +101,6 @@ def test_paths() -> list[str]:
     from patchcore.data import load_test_set
 
     return [str(s.path) for s in load_test_set(DATA).test]
-
-
-def exact_run(predictor, paths: list[str]) -> dict:
-    """What ``_REFERENCE_RUN`` computes, with this checkout's runtime."""
-    from runtime.images import read_image
-
-    scores, digest = [], hashlib.sha256()
-    for s in range(0, len(paths), 8):
-        pred = predictor.predict([read_image(x) for x in paths[s : s + 8]])
-        scores += [float(v) for v in pred.image_scores]
-        for m in pred.maps:
-            digest.update(np.ascontiguousarray(m, np.float32).tobytes())
-    return {"scores": scores, "maps_sha256": digest.hexdigest()}
 
 
 def reference_run(rev: str, paths: list[str]) -> dict:
